@@ -1,0 +1,134 @@
+"""One exception hierarchy. Each class carries the offending values and builds its own message.
+
+The CLI catches :class:`PackagerError` once and maps ``exit_code`` to the process exit status:
+2 for bad input or usage, 3 for an environment problem, 1 for damage found by verification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class PackagerError(Exception):
+    """Base of every error packager raises on purpose."""
+
+    exit_code = 2
+    hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class UsageError(PackagerError):
+    """Bad arguments or a request that cannot be satisfied as asked."""
+
+
+class EnvironmentProblem(PackagerError):
+    """Something outside the user's input is wrong: a missing tool, a port in use, a full disk."""
+
+    exit_code = 3
+
+
+class ConfigError(PackagerError):
+    """release.toml is invalid. Names the key and what is allowed."""
+
+    def __init__(self, file: Path | str, key: str, reason: str, allowed: str | None = None):
+        self.file, self.key, self.reason, self.allowed = Path(file), key, reason, allowed
+        text = f"{file}: {key}: {reason}"
+        super().__init__(text, hint=f"allowed: {allowed}" if allowed else None)
+
+
+@dataclass(frozen=True)
+class CatalogProblem:
+    """One bad catalog row: where it is and what is wrong with it."""
+
+    file: str
+    line: int
+    reason: str
+    item_id: str | None = None
+
+    def __str__(self) -> str:
+        who = f" (id {self.item_id})" if self.item_id is not None else ""
+        return f"{self.file}:{self.line}{who}: {self.reason}"
+
+
+class CatalogError(PackagerError):
+    """One or more catalog rows are invalid; all of them are reported together."""
+
+    def __init__(self, problems: list[CatalogProblem], shown: int = 50):
+        self.problems = problems
+        lines = [str(p) for p in problems[:shown]]
+        if len(problems) > shown:
+            lines.append(f"... and {len(problems) - shown} more")
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(
+            f"catalog rejected, {count}, nothing was ingested:\n  " + "\n  ".join(lines),
+            hint="fix the rows, or pass --skip-invalid to load the good rows and write the bad ones "
+            "to a rejects file",
+        )
+
+
+class WorkspaceError(PackagerError):
+    """The release workspace is missing, incomplete or inconsistent."""
+
+
+class ShardBuildError(PackagerError):
+    """A shard could not be built: an input file changed, vanished or could not be read."""
+
+    def __init__(self, shard: str, reason: str, path: str | None = None):
+        self.shard, self.reason, self.path = shard, reason, path
+        where = f" ({path})" if path else ""
+        super().__init__(f"{shard}: {reason}{where}")
+
+
+class ContainerError(PackagerError):
+    """A file is not a packager shard, or its container structure is broken."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+class MemberNotFound(PackagerError):
+    def __init__(self, shard: Path | str, key: str):
+        self.shard, self.key = Path(shard), key
+        super().__init__(f"{shard}: no member with id or path {key!r}",
+                         hint="list the members with `packager extract SHARD --list`")
+
+
+class UnsafeMemberName(PackagerError):
+    def __init__(self, shard: Path | str, name: str, reason: str):
+        self.shard, self.name, self.reason = Path(shard), name, reason
+        super().__init__(f"{shard}: refusing member {name!r}: {reason}")
+
+
+class ShardDamaged(PackagerError):
+    """Data read back from a shard does not match what its manifest promises."""
+
+    exit_code = 1
+
+    def __init__(self, shard: Path | str, member: str, offset: int, reason: str):
+        self.shard, self.member, self.offset, self.reason = Path(shard), member, offset, reason
+        super().__init__(f"{shard}: member {member!r} at offset {offset}: {reason}")
+
+
+class TorrentError(PackagerError):
+    def __init__(self, path: Path | str, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+class PieceSizeError(PackagerError):
+    def __init__(self, size: int, minimum: int, maximum: int):
+        self.size, self.minimum, self.maximum = size, minimum, maximum
+        super().__init__(
+            f"piece size {size} is not a power of two between {minimum} and {maximum} bytes",
+            hint="use a power of two such as 16KiB, 1MiB or 16MiB",
+        )
