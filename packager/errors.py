@@ -62,12 +62,13 @@ class CatalogProblem:
 class CatalogError(PackagerError):
     """One or more catalog rows are invalid; all of them are reported together."""
 
-    def __init__(self, problems: list[CatalogProblem], shown: int = 50):
+    def __init__(self, problems: list[CatalogProblem], total: int | None = None, shown: int = 50):
         self.problems = problems
+        self.total = len(problems) if total is None else total
         lines = [str(p) for p in problems[:shown]]
-        if len(problems) > shown:
-            lines.append(f"... and {len(problems) - shown} more")
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        if self.total > len(lines):
+            lines.append(f"... and {self.total - len(lines)} more")
+        count = f"{self.total} problem{'s' if self.total != 1 else ''}"
         super().__init__(
             f"catalog rejected, {count}, nothing was ingested:\n  " + "\n  ".join(lines),
             hint="fix the rows, or pass --skip-invalid to load the good rows and write the bad ones "

@@ -1,0 +1,433 @@
+"""Catalog readers (JSONL, CSV, SQLite) and validation, and ingest into state.sqlite.
+
+A catalog row has ``id``, ``path`` (relative to the archive root), ``kind``, ``popularity``, optional ``size``
+and ``mtime``; any other field is kept as it is. Ingest reads every catalog, checks every row (and stats its
+file unless sizes are trusted) and reports all problems together, each with its file and line. With any
+problem nothing is committed, unless the caller asks to skip invalid rows, which then go to a rejects file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .config import ReleaseConfig
+from .errors import CatalogError, CatalogProblem, UsageError
+from .state import State, dumps_extra
+
+# container.RESERVED_MANIFEST_NAME lives in this folder, so no catalog path may.
+RESERVED_PREFIX = ".packager"
+KNOWN_FIELDS = ("id", "path", "kind", "popularity", "size", "mtime")
+MAX_PROBLEMS_KEPT = 10_000  # enough to show and count; the rest are only counted
+BATCH = 20_000
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One row as read from a catalog, before validation."""
+
+    source: str
+    line: int
+    fields: dict | None  # None when the line could not be decoded at all
+    error: str | None = None
+
+
+@dataclass
+class IngestReport:
+    rows: int = 0
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    problems: list[CatalogProblem] = field(default_factory=list)
+    problem_count: int = 0
+    rejects_file: Path | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "rows": self.rows, "added": self.added, "changed": self.changed, "unchanged": self.unchanged,
+            "rejected": self.rejected,
+            "rejects_file": str(self.rejects_file) if self.rejects_file else None,
+            "problems": [vars(p) for p in self.problems],
+        }
+
+
+# ---- readers --------------------------------------------------------------------------------------
+
+def _read_jsonl(path: Path) -> Iterator[RawRow]:
+    name = str(path)
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield RawRow(name, n, None, f"not valid UTF-8 at byte {e.start}")
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield RawRow(name, n, None, f"not a JSON object: {e.msg} at column {e.colno}")
+                continue
+            if not isinstance(obj, dict):
+                yield RawRow(name, n, None, "not a JSON object")
+                continue
+            yield RawRow(name, n, obj)
+
+
+class _LineCountingReader(io.TextIOBase):
+    """Decodes UTF-8 line by line so a bad byte is reported at its line, not as a crash of csv."""
+
+    def __init__(self, f):
+        self.f, self.bad_lines = f, {}
+        self.n = 0
+
+    def readline(self, size=-1):  # pragma: no cover - csv uses iteration
+        return next(self, "")
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        raw = self.f.readline()
+        if not raw:
+            raise StopIteration
+        self.n += 1
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.bad_lines[self.n] = f"not valid UTF-8 at byte {e.start}"
+            return raw.decode("utf-8", errors="replace")
+
+
+def _read_csv(path: Path) -> Iterator[RawRow]:
+    name = str(path)
+    with open(path, "rb") as f:
+        lines = _LineCountingReader(f)
+        reader = csv.reader(lines)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield RawRow(name, 1, None, f"bad CSV header: {e}")
+            return
+        header = [h.strip() for h in header]
+        while True:
+            start = lines.n + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield RawRow(name, start, None, f"bad CSV: {e}")
+                continue
+            if not values or values == [""]:
+                continue
+            bad = [lines.bad_lines.pop(n) for n in range(start, lines.n + 1) if n in lines.bad_lines]
+            if bad:
+                yield RawRow(name, start, None, bad[0])
+                continue
+            if len(values) != len(header):
+                yield RawRow(name, start, None, f"has {len(values)} fields, the header has {len(header)}")
+                continue
+            row = {k: v for k, v in zip(header, values, strict=True) if not (k not in KNOWN_FIELDS and v == "")}
+            yield RawRow(name, start, row)
+
+
+def _read_sqlite(path: Path, table: str) -> Iterator[RawRow]:
+    name = f"{path}:{table}"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db.text_factory = bytes
+        cur = db.execute(f'SELECT rowid, * FROM "{table.replace(chr(34), "")}"')
+    except sqlite3.Error as e:
+        raise UsageError(f"{path}: cannot read table {table!r}: {e}",
+                         hint="name the table with --table") from None
+    columns = [d[0] for d in cur.description][1:]
+    try:
+        for rowid, *values in cur:
+            row = {}
+            for k, v in zip(columns, values, strict=True):
+                if isinstance(v, bytes):
+                    try:
+                        v = v.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        yield RawRow(name, rowid, None, f"column {k}: not valid UTF-8 at byte {e.start}")
+                        break
+                if v is not None:
+                    row[k] = v
+            else:
+                yield RawRow(name, rowid, row)
+    finally:
+        db.close()
+
+
+def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
+    """Rows of a catalog file, chosen by extension (.jsonl/.ndjson, .csv, .sqlite/.db)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: catalog not found", hint="give the path of a .jsonl, .csv or .sqlite file")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return _read_jsonl(path)
+    if suffix in (".csv", ".tsv"):
+        return _read_csv(path)
+    if suffix in (".sqlite", ".sqlite3", ".db"):
+        return _read_sqlite(path, table or "catalog")
+    raise UsageError(f"{path}: unknown catalog format {suffix!r}",
+                     hint="use .jsonl, .csv or .sqlite (with --table)")
+
+
+# ---- validation -----------------------------------------------------------------------------------
+
+def check_path(path: object) -> str | None:
+    """Why a catalog path is unacceptable, or None. Lexical checks only; the file system comes later."""
+    if not isinstance(path, str) or not path:
+        return "path is missing or empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return f"path {path!r} contains control characters"
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in path):
+        return f"path {path!r} is not valid UTF-8"
+    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        return f"path {path!r} is absolute; paths are relative to the archive root"
+    parts = path.split("/")
+    if ".." in parts:
+        return f"path {path!r} escapes the archive root ('..')"
+    if any(p in ("", ".") for p in parts):
+        return f"path {path!r} is not normalized (empty or '.' component); write {str(PurePosixPath(path))!r}"
+    if parts[0] == RESERVED_PREFIX:
+        return f"path {path!r} uses the reserved folder {RESERVED_PREFIX!r}"
+    return None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            f = float(value.strip())
+        except ValueError:
+            return None
+        return f if math.isfinite(f) else None
+    return None
+
+
+def _integer(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+class _Checker:
+    """Validates rows and stats their files, caching resolved directories."""
+
+    def __init__(self, config: ReleaseConfig, trust_sizes: bool):
+        self.root = config.root
+        self.root_real = os.path.realpath(config.root)
+        self.kinds = set(config.kinds)
+        self.kind_list = ", ".join(config.kinds)
+        self.trust_sizes = trust_sizes
+        self.dir_ok: dict[str, bool] = {}
+
+    def _inside_root(self, rel: str) -> bool:
+        parent = os.path.dirname(rel)
+        ok = self.dir_ok.get(parent)
+        if ok is None:
+            real = os.path.realpath(os.path.join(self.root, parent))
+            ok = real == self.root_real or real.startswith(self.root_real + os.sep)
+            if len(self.dir_ok) > 100_000:
+                self.dir_ok.clear()
+            self.dir_ok[parent] = ok
+        return ok
+
+    def _stat(self, rel: str, size: int | None) -> tuple[int | None, str | None]:
+        if not self._inside_root(rel):
+            return None, f"path {rel!r} leaves the archive root through a symlinked folder"
+        full = os.path.join(self.root, rel)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            return None, f"file {rel!r} is missing under {self.root}"
+        except OSError as e:
+            return None, f"file {rel!r} cannot be read: {e.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            return None, f"file {rel!r} is a symlink; only regular files are packaged"
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"{rel!r} is not a regular file"
+        if not os.access(full, os.R_OK):
+            return None, f"file {rel!r} is not readable"
+        if size is not None and st.st_size != size:
+            return None, f"size mismatch for {rel!r}: catalog says {size} bytes, the file has {st.st_size}"
+        return st.st_size, None
+
+    def check(self, row: RawRow) -> tuple[tuple | None, str | None]:
+        """(stage tuple, None) for a good row, (None, reason) for a bad one."""
+        if row.fields is None:
+            return None, row.error
+        f = row.fields
+        raw_id = f.get("id")
+        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or str(raw_id).strip() == "":
+            return None, "id is missing or empty"
+        item_id = str(raw_id)
+        path = f.get("path")
+        reason = check_path(path)
+        if reason:
+            return None, reason
+        kind = f.get("kind")
+        if kind not in self.kinds:
+            return None, f"unknown kind {kind!r}; release.toml names: {self.kind_list}"
+        if f.get("popularity") in (None, ""):
+            return None, "popularity is empty"
+        popularity = _number(f.get("popularity"))
+        if popularity is None:
+            return None, f"popularity {f.get('popularity')!r} is not a number"
+        size = None
+        if f.get("size") not in (None, ""):
+            size = _integer(f.get("size"))
+            if size is None or size < 0:
+                return None, f"size {f.get('size')!r} is not a whole number of bytes"
+        mtime = None
+        if f.get("mtime") not in (None, ""):
+            mtime = _integer(f.get("mtime"))
+            if mtime is None or mtime < 0:
+                return None, f"mtime {f.get('mtime')!r} is not Unix seconds"
+        if self.trust_sizes:
+            if size is None:
+                return None, "size is required with --trust-sizes"
+        else:
+            size, reason = self._stat(path, size)
+            if reason:
+                return None, reason
+        extra = {k: v for k, v in f.items() if k not in KNOWN_FIELDS}
+        return (item_id, path, kind, popularity, size, mtime, dumps_extra(extra), row.source, row.line), None
+
+
+# ---- ingest ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IngestOptions:
+    table: str | None = None
+    trust_sizes: bool = False
+    skip_invalid: bool = False
+    rejects: Path | None = None
+
+
+class _Problems:
+    def __init__(self, report: IngestReport, rejects: Path | None):
+        self.report, self.rejects_path = report, rejects
+        self.rejects_file = None
+
+    def add(self, source: str, line: int, reason: str, item_id: str | None, row: dict | None) -> None:
+        self.report.problem_count += 1
+        if len(self.report.problems) < MAX_PROBLEMS_KEPT:
+            self.report.problems.append(CatalogProblem(source, line, reason, item_id))
+        if self.rejects_path is not None:
+            if self.rejects_file is None:
+                self.rejects_file = open(self.rejects_path.with_name(self.rejects_path.name + ".part"), "w",
+                                         encoding="utf-8")
+            rec = {"file": source, "line": line, "reason": reason, "row": row}
+            self.rejects_file.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+
+    def finish(self, keep: bool) -> None:
+        if self.rejects_file is None:
+            return
+        self.rejects_file.close()
+        part = self.rejects_path.with_name(self.rejects_path.name + ".part")
+        if keep:
+            os.replace(part, self.rejects_path)
+            self.report.rejects_file = self.rejects_path
+        else:
+            part.unlink(missing_ok=True)
+
+
+def ingest(state: State, config: ReleaseConfig, catalogs: list[Path], options: IngestOptions,
+           on_rows: Callable[[int], None] | None = None) -> IngestReport:
+    """Validate and load catalogs in one transaction. Raises CatalogError (nothing committed) on any
+    problem unless options.skip_invalid, in which case bad rows go to options.rejects."""
+    report = IngestReport()
+    checker = _Checker(config, options.trust_sizes)
+    problems = _Problems(report, options.rejects if options.skip_invalid else None)
+    bad_keys: set[tuple[str, int]] = set()
+    state.create_stage()
+    try:
+        with state.transaction():
+            for catalog in catalogs:
+                _stage_catalog(state, catalog, options, checker, problems, report, on_rows)
+            _check_stage(state, problems, bad_keys)
+            if report.problem_count and not options.skip_invalid:
+                raise CatalogError(report.problems, total=report.problem_count)
+            if bad_keys:
+                state.db.executemany("DELETE FROM temp.stage WHERE source = ? AND line = ?", bad_keys)
+            report.added, report.changed, report.unchanged = state.commit_stage()
+            report.rejected = report.problem_count
+        problems.finish(keep=True)
+    except BaseException:
+        problems.finish(keep=False)
+        raise
+    finally:
+        state.drop_stage()
+    return report
+
+
+def _stage_catalog(state: State, catalog: Path, options: IngestOptions, checker: _Checker,
+                   problems: _Problems, report: IngestReport, on_rows) -> None:
+    batch: list[tuple] = []
+    count = 0
+    for row in read_catalog(catalog, options.table):
+        count += 1
+        staged, reason = checker.check(row)
+        if reason:
+            item_id = None if row.fields is None or row.fields.get("id") is None else str(row.fields["id"])
+            problems.add(row.source, row.line, reason, item_id, row.fields)
+            continue
+        batch.append(staged)
+        if len(batch) >= BATCH:
+            state.stage_rows(batch)
+            batch.clear()
+            if on_rows:
+                on_rows(count)
+    state.stage_rows(batch)
+    if on_rows:
+        on_rows(count)
+    report.rows += count
+    if count == 0:
+        problems.add(str(catalog), 0, "empty catalog: no rows", None, None)
+
+
+def _check_stage(state: State, problems: _Problems, bad_keys: set[tuple[str, int]]) -> None:
+    """Checks that need all rows at once: repeated ids or paths, and changes to known ids."""
+    for column, label in (("id", "duplicate id"), ("path", "duplicate path")):
+        for value, f_src, f_line, src, line in state.stage_duplicates(column):
+            problems.add(src, line, f"{label} {value!r}, first seen at {f_src}:{f_line}",
+                         value if column == "id" else None, None)
+            bad_keys.add((src, line))
+    for path, src, line, other in state.stage_path_clashes():
+        problems.add(src, line, f"path {path!r} already belongs to id {other!r}", None, None)
+        bad_keys.add((src, line))
+    names = ("path", "kind", "popularity", "size", "mtime", "extra")
+    for item_id, src, line, shard, *pairs in state.stage_conflicts():
+        if shard is None:
+            continue  # a known id that is in no shard yet may still change
+        diffs = [f"{n} {pairs[2 * i]!r} -> {pairs[2 * i + 1]!r}" for i, n in enumerate(names)
+                 if pairs[2 * i] != pairs[2 * i + 1]]
+        problems.add(src, line, f"id {item_id!r} is already in shard {shard} and cannot change "
+                     f"({'; '.join(diffs)})", item_id, None)
+        bad_keys.add((src, line))

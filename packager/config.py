@@ -1,0 +1,363 @@
+"""release.toml -> typed, validated, frozen dataclasses.
+
+Every value is checked when the file is loaded, and a bad one is reported with its key (``phases[2].level``)
+and what is allowed, so a release engineer never learns about a typo from a half-built shard.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_NAME = "release.toml"
+FORMATS = ("v1", "hybrid", "v2")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+RELEASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*$")
+# zstd's fastest negative level through its strongest ultra level.
+LEVEL_MIN, LEVEL_MAX = -7, 22
+# The seek table stores each frame's decompressed size as a u32.
+FRAME_SIZE_MIN, FRAME_SIZE_MAX = 64 * 1024, 1 << 31
+PIECE_SIZE_MIN, PIECE_SIZE_MAX = 16 * 1024, 64 * 1024 * 1024
+
+_UNITS = {
+    "": 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value: Any) -> int:
+    """'50GB' -> 50_000_000_000, '16MiB' -> 16_777_216, 4096 -> 4096. ValueError on anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"negative size: {value}")
+        return value
+    match = _SIZE_RE.match(str(value))
+    if not match or match.group(2).upper() not in _UNITS:
+        raise ValueError(f"not a size: {value!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def format_size(n: int | float) -> str:
+    """Human-readable size in powers of 1000, as disks and torrents are usually sold and shown."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    min_popularity: float | None = None  # inclusive
+    max_popularity: float | None = None  # exclusive
+
+    def admits(self, popularity: float) -> bool:
+        return (self.min_popularity is None or popularity >= self.min_popularity) and (
+            self.max_popularity is None or popularity < self.max_popularity
+        )
+
+    @property
+    def range_text(self) -> str:
+        lo = "" if self.min_popularity is None else f"{self.min_popularity:g}"
+        hi = "" if self.max_popularity is None else f"{self.max_popularity:g}"
+        return f"[{lo or '-inf'}, {hi or 'inf'})"
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    kinds: tuple[str, ...]
+    tiers: tuple[Tier, ...]
+    shard_size: int
+    level: int
+    frame_size: int
+    format: str = "v1"
+    piece_size: int | None = None  # None: the automatic rule
+    min_popularity: float | None = None
+    max_popularity: float | None = None
+
+    @property
+    def tiered(self) -> bool:
+        return len(self.tiers) > 1 or self.tiers[0].name != ""
+
+    def shard_name(self, release: str, tier: str, seq: int) -> str:
+        parts = [release, self.name] + ([tier] if tier else []) + [f"{seq:05d}"]
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    path: Path
+    name: str
+    root: Path
+    mtime: int
+    phases: tuple[Phase, ...]
+    trackers: tuple[tuple[str, ...], ...] = ()
+    web_seeds: tuple[str, ...] = ()
+    private: bool = False
+    source: str | None = None
+    creation_date: int | None = None
+    base_url: str = ""
+    signing_key: Path | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for phase in self.phases:
+            seen.update(dict.fromkeys(phase.kinds))
+        return tuple(seen)
+
+    def phase(self, name: str) -> Phase:
+        for phase in self.phases:
+            if phase.name == name:
+                return phase
+        raise ConfigError(self.path, "phases", f"no phase named {name!r}",
+                          allowed=", ".join(p.name for p in self.phases))
+
+
+class _Reader:
+    """Pulls typed values out of a TOML table, naming the key in every error."""
+
+    def __init__(self, file: Path, table: dict[str, Any], prefix: str):
+        self.file, self.table, self.prefix = file, table, prefix
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, reason: str, allowed: str | None = None) -> ConfigError:
+        return ConfigError(self.file, self.key(name), reason, allowed)
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., allowed: str | None = None):
+        if name not in self.table:
+            if default is ...:
+                raise self.fail(name, "missing", allowed)
+            return default
+        value = self.table[name]
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise self.fail(name, f"expected a number, got {value!r}", allowed)
+        if not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.fail(name, f"expected {want}, got {value!r}", allowed)
+        return value
+
+    def size(self, name: str, default: Any = ..., lo: int = 1, hi: int | None = None) -> int:
+        raw = self.get(name, (str, int), default)
+        try:
+            value = parse_size(raw)
+        except ValueError:
+            raise self.fail(name, f"not a size: {raw!r}", "a number of bytes or e.g. 50GB, 16MiB") from None
+        if value < lo or (hi is not None and value > hi):
+            top = f" and at most {hi} bytes" if hi else ""
+            raise self.fail(name, f"{raw!r} is out of range", f"at least {lo} bytes{top}")
+        return value
+
+    def popularity(self, name: str) -> float | None:
+        value = self.get(name, (int, float), None)
+        if value is not None and not math.isfinite(value):
+            raise self.fail(name, f"not a finite number: {value!r}")
+        return None if value is None else float(value)
+
+    def unknown_keys(self, known: set[str]) -> None:
+        extra = sorted(set(self.table) - known)
+        if extra:
+            raise self.fail(extra[0], "unknown key", ", ".join(sorted(known)))
+
+
+def _piece_size(reader: _Reader) -> int | None:
+    raw = reader.get("piece_size", (str, int), "auto")
+    if raw == "auto":
+        return None
+    try:
+        value = parse_size(raw)
+    except ValueError:
+        value = -1
+    if value < PIECE_SIZE_MIN or value > PIECE_SIZE_MAX or value & (value - 1):
+        raise reader.fail("piece_size", f"{raw!r} is not allowed",
+                          '"auto" or a power of two from 16KiB to 64MiB')
+    return value
+
+
+def _range(reader: _Reader) -> tuple[float | None, float | None]:
+    lo, hi = reader.popularity("min_popularity"), reader.popularity("max_popularity")
+    if lo is not None and hi is not None and lo >= hi:
+        raise reader.fail("max_popularity", f"{hi:g} is not above min_popularity {lo:g}")
+    return lo, hi
+
+
+def _tiers(file: Path, raw: Any, prefix: str) -> tuple[Tier, ...]:
+    if raw is None:
+        return (Tier(""),)
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(file, prefix, "expected a non-empty list of [[phases.tiers]] tables")
+    tiers, names = [], set()
+    for i, table in enumerate(raw):
+        r = _Reader(file, table, f"{prefix}[{i}]")
+        r.unknown_keys({"name", "min_popularity", "max_popularity"})
+        name = r.get("name", str)
+        if not NAME_RE.match(name) or name in names:
+            raise r.fail("name", f"{name!r} is invalid or repeated",
+                         "a unique name of lowercase letters, digits and _")
+        names.add(name)
+        tiers.append(Tier(name, *_range(r)))
+    return tuple(tiers)
+
+
+def _phase(file: Path, table: Any, index: int) -> Phase:
+    prefix = f"phases[{index}]"
+    if not isinstance(table, dict):
+        raise ConfigError(file, prefix, "expected a [[phases]] table")
+    r = _Reader(file, table, prefix)
+    r.unknown_keys({"name", "kinds", "tiers", "shard_size", "level", "frame_size", "format", "piece_size",
+                    "min_popularity", "max_popularity"})
+    name = r.get("name", str)
+    if not NAME_RE.match(name):
+        raise r.fail("name", f"{name!r} is not a valid phase name", "lowercase letters, digits and _")
+    kinds = r.get("kinds", list)
+    if not kinds or not all(isinstance(k, str) and NAME_RE.match(k) for k in kinds):
+        raise r.fail("kinds", f"{kinds!r} is not a list of kind names",
+                     'a non-empty list such as ["audio"] (lowercase letters, digits and _)')
+    level = r.get("level", int, 3)
+    if not LEVEL_MIN <= level <= LEVEL_MAX:
+        raise r.fail("level", f"{level} is out of range", f"an integer from {LEVEL_MIN} to {LEVEL_MAX}")
+    fmt = r.get("format", str, "v1")
+    if fmt not in FORMATS:
+        raise r.fail("format", f"{fmt!r} is not a torrent format", ", ".join(FORMATS))
+    lo, hi = _range(r)
+    return Phase(
+        name=name,
+        kinds=tuple(kinds),
+        tiers=_tiers(file, table.get("tiers"), f"{prefix}.tiers"),
+        shard_size=r.size("shard_size"),
+        level=level,
+        frame_size=r.size("frame_size", 16 * 2**20, FRAME_SIZE_MIN, FRAME_SIZE_MAX),
+        format=fmt,
+        piece_size=_piece_size(r),
+        min_popularity=lo,
+        max_popularity=hi,
+    )
+
+
+def _trackers(r: _Reader) -> tuple[tuple[str, ...], ...]:
+    raw = r.get("trackers", list, [])
+    tiers = []
+    for tier in raw:
+        urls = [tier] if isinstance(tier, str) else tier
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise r.fail("trackers", f"{tier!r} is not a tracker URL or a list of them")
+        for url in urls:
+            if not re.match(r"^(https?|udp)://[^/\s]+", url):
+                raise r.fail("trackers", f"{url!r} is not a tracker URL", "http://, https:// or udp:// URLs")
+        if urls:
+            tiers.append(tuple(urls))
+    return tuple(tiers)
+
+
+def _web_seeds(r: _Reader) -> tuple[str, ...]:
+    seeds = r.get("web_seeds", list, [])
+    for url in seeds:
+        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
+            raise r.fail("web_seeds", f"{url!r} is not a web seed URL", "http:// or https:// URLs")
+    return tuple(seeds)
+
+
+def parse_config(text: str, path: Path) -> ReleaseConfig:
+    """Parse and validate release.toml text; relative paths resolve against the file's folder."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "(syntax)", str(e)) from None
+    top = _Reader(path, data, "")
+    top.unknown_keys({"release", "torrents", "publish", "phases"})
+    rel = _Reader(path, top.get("release", dict), "release")
+    rel.unknown_keys({"name", "root", "mtime", "creation_date"})
+    name = rel.get("name", str)
+    if not RELEASE_NAME_RE.match(name):
+        raise rel.fail("name", f"{name!r} cannot start a file name", "letters, digits, '.' and '_'")
+    root = Path(rel.get("root", str)).expanduser()
+    if not root.is_absolute():
+        root = path.parent / root
+    tor = _Reader(path, top.get("torrents", dict, {}), "torrents")
+    tor.unknown_keys({"trackers", "web_seeds", "private", "source"})
+    pub = _Reader(path, top.get("publish", dict, {}), "publish")
+    pub.unknown_keys({"base_url", "signing_key"})
+    key = pub.get("signing_key", str, None)
+    phases_raw = top.get("phases", list)
+    if not phases_raw:
+        raise top.fail("phases", "at least one [[phases]] table is needed")
+    phases = tuple(_phase(path, t, i) for i, t in enumerate(phases_raw))
+    names = [p.name for p in phases]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise ConfigError(path, f"phases[{i}].name", f"phase {n!r} is defined twice")
+    for label in ("mtime", "creation_date"):
+        value = rel.get(label, int, None)
+        if value is not None and value < 0:
+            raise rel.fail(label, f"{value} is negative", "Unix seconds, 0 or more")
+    return ReleaseConfig(
+        path=path,
+        name=name,
+        root=root,
+        mtime=rel.get("mtime", int, 0),
+        creation_date=rel.get("creation_date", int, None),
+        phases=phases,
+        trackers=_trackers(tor),
+        web_seeds=_web_seeds(tor),
+        private=tor.get("private", bool, False),
+        source=tor.get("source", str, "") or None,
+        base_url=pub.get("base_url", str, ""),
+        signing_key=(path.parent / Path(key).expanduser()) if key else None,
+    )
+
+
+def load_config(workspace: Path) -> ReleaseConfig:
+    path = Path(workspace) / CONFIG_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "not found: is this a release workspace?",
+                          allowed="a folder made by `packager init DIR --root ARCHIVE`") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, "(file)", f"cannot be read: {e}") from None
+    return parse_config(text, path)
+
+
+def default_config_text(name: str, root: Path) -> str:
+    template = resources.files("packager").joinpath("release_template.toml").read_text(encoding="utf-8")
+    root_text = str(root).replace("\\", "\\\\").replace('"', '\\"')
+    return template.replace("{name}", name).replace("{root}", root_text)
+
+
+def init_workspace(workspace: Path, root: Path, name: str | None = None) -> ReleaseConfig:
+    """Create release.toml (commented defaults) and state.sqlite in a new or empty folder."""
+    from .errors import UsageError, WorkspaceError
+    from .state import STATE_NAME, State
+
+    workspace = Path(workspace)
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise UsageError(f"{root}: the archive root is not a folder", hint="pass --root ARCHIVE_FOLDER")
+    if (workspace / CONFIG_NAME).exists() or (workspace / STATE_NAME).exists():
+        raise WorkspaceError(f"{workspace}: already a release workspace",
+                             hint="edit its release.toml, or choose a new folder")
+    name = name or root.name or "release"
+    name = re.sub(r"[^A-Za-z0-9._]+", "_", name).strip("._") or "release"
+    text = default_config_text(name, root)
+    workspace.mkdir(parents=True, exist_ok=True)
+    config = parse_config(text, workspace / CONFIG_NAME)
+    tmp = workspace / (CONFIG_NAME + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    State(workspace / STATE_NAME, create=True).close()
+    tmp.replace(workspace / CONFIG_NAME)
+    return config

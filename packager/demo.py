@@ -1,0 +1,148 @@
+"""`packager demo`: a deterministic synthetic archive, run through every stage that exists.
+
+The archive imitates the real one in miniature: incompressible "audio" (random bytes behind an OGG page
+header), small "art" (random bytes behind a JPEG header), and one JSONL metadata file that compresses
+well, with Zipf-like popularity so the tiers are uneven the way listening is.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import CONFIG_NAME, init_workspace, load_config
+from .state import open_state
+
+SEED = 20261125
+DEMO_CONFIG = """\
+# The demo release: the same shape as the real one, with shard sizes scaled down to megabytes.
+[release]
+name = "demo"
+root = "{root}"
+mtime = 1735689600
+
+[torrents]
+trackers = [["http://127.0.0.1:6969/announce"]]
+web_seeds = []
+
+[publish]
+base_url = "https://example.org/demo/torrents/"
+
+[[phases]]
+name = "metadata"
+kinds = ["metadata"]
+shard_size = "50GB"
+level = 15
+frame_size = "1MiB"
+
+[[phases]]
+name = "audio"
+kinds = ["audio"]
+shard_size = "4MB"
+level = -1
+frame_size = "1MiB"
+
+  [[phases.tiers]]
+  name = "t1"
+  min_popularity = 60
+
+  [[phases.tiers]]
+  name = "t2"
+  min_popularity = 30
+  max_popularity = 60
+
+  [[phases.tiers]]
+  name = "t3"
+  min_popularity = 10
+  max_popularity = 30
+
+  [[phases.tiers]]
+  name = "t4"
+  max_popularity = 10
+
+[[phases]]
+name = "art"
+kinds = ["art"]
+shard_size = "1MB"
+level = -1
+frame_size = "1MiB"
+format = "hybrid"
+"""
+
+_WORDS = ("river", "night", "blue", "echo", "paper", "silver", "north", "glass", "ember", "tide", "lantern",
+          "velvet", "orbit", "hollow", "cedar", "static", "harbor", "ivory", "signal", "meadow")
+
+
+def _title(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(_WORDS).capitalize() for _ in range(n))
+
+
+def generate_archive(root: Path, audio_files: int = 240, seed: int = SEED) -> Path:
+    """Write the synthetic archive under root and return the path of its JSONL catalog."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows, tracks = [], []
+    albums = max(1, audio_files // 8)
+    for a in range(albums):
+        artist = f"artist{a % 37:03d}"
+        album = f"album{a:04d}"
+        art = f"art/{artist}/{album}.jpg"
+        body = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + rng.randbytes(rng.randint(3_000, 20_000))
+        _write(root / art, body)
+        rows.append({"id": f"art-{a:05d}", "path": art, "kind": "art",
+                     "popularity": round(100 / (a + 1) ** 0.6, 3), "size": len(body), "album": album})
+    for t in range(audio_files):
+        a = t % albums
+        artist, album = f"artist{a % 37:03d}", f"album{a:04d}"
+        title = _title(rng, rng.randint(1, 3))
+        path = f"audio/{artist}/{album}/{t:05d} {title}.ogg"
+        # A quarter of the files are large, so some shards hold one file only.
+        size = int(rng.lognormvariate(10.8, 0.7)) if t % 4 else rng.randint(60_000, 250_000)
+        body = b"OggS\x00\x02" + rng.randbytes(max(0, size - 6))
+        _write(root / path, body)
+        popularity = round(100 / (t + 1) ** 0.55, 3)  # Zipf-like: a few tracks take most listens
+        rows.append({"id": f"trk-{t:06d}", "path": path, "kind": "audio", "popularity": popularity,
+                     "size": len(body), "title": title, "artist": artist})
+        tracks.append({"id": f"trk-{t:06d}", "title": title, "artist": artist, "album": album,
+                       "duration_ms": rng.randint(90_000, 420_000), "isrc": f"XX{rng.randint(0, 10**10):010d}",
+                       "popularity": popularity})
+    meta = "".join(json.dumps(t, sort_keys=True) + "\n" for t in tracks * 20).encode()
+    _write(root / "metadata/tracks.jsonl", meta)
+    rows.append({"id": "meta-tracks", "path": "metadata/tracks.jsonl", "kind": "metadata",
+                 "popularity": 1000, "size": len(meta)})
+    catalog = root.parent / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return catalog
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.stat().st_size != len(data):
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+
+def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = print) -> Path:
+    """Generate the archive (once) and run every stage on it; returns the workspace path."""
+    from .catalog import IngestOptions, ingest
+    from .plan import plan
+
+    folder = Path(folder).resolve()
+    root, workspace = folder / "archive", folder / "release"
+    say(f"[bold]1. archive[/]  generating {audio_files} audio files, art and metadata under {root}")
+    catalog = generate_archive(root, audio_files)
+    if not (workspace / CONFIG_NAME).exists():
+        init_workspace(workspace, root, "demo")
+        (workspace / CONFIG_NAME).write_text(DEMO_CONFIG.replace("{root}", str(root)), encoding="utf-8")
+    config = load_config(workspace)
+    with open_state(workspace) as state:
+        report = ingest(state, config, [catalog], IngestOptions())
+        say(f"[bold]2. ingest[/]   {report.rows} catalog rows: {report.added} added, "
+            f"{report.unchanged} unchanged")
+        planned = plan(state, config)
+        say(f"[bold]3. plan[/]     {len(planned.shards)} new shards for {planned.items} items")
+    say(f"workspace: {workspace}  (try `packager status {workspace}`)")
+    return workspace

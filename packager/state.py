@@ -1,0 +1,357 @@
+"""state.sqlite: the catalog, the plan, and build and publish state. Nothing else in packager speaks SQL.
+
+The items table is sized for 10^8 rows: reads stream through cursors, bulk writes go through
+``executemany`` inside one transaction, and the planner works from a temporary table that SQLite sorts.
+Membership of a shard lives in ``members``, which is only ever appended to: that is the append-only plan.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import WorkspaceError
+
+STATE_NAME = "state.sqlite"
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    popularity REAL NOT NULL,
+    size INTEGER NOT NULL,
+    mtime INTEGER,
+    extra TEXT,                 -- the catalog row's other fields, as JSON
+    source TEXT NOT NULL,       -- catalog file the row came from
+    line INTEGER NOT NULL,      -- its line (or rowid) there
+    removed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS shards (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    phase TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    items INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,     -- sum of member sizes (uncompressed content)
+    pop_min REAL NOT NULL,
+    pop_max REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'planned',   -- planned | built | failed
+    error TEXT,
+    planned_at TEXT NOT NULL,
+    UNIQUE (phase, tier, seq)
+);
+CREATE TABLE IF NOT EXISTS members (
+    shard_id INTEGER NOT NULL REFERENCES shards(id),
+    ord INTEGER NOT NULL,       -- position in the shard: plan order
+    item_rowid INTEGER NOT NULL UNIQUE,
+    PRIMARY KEY (shard_id, ord)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS builds (
+    shard_id INTEGER PRIMARY KEY REFERENCES shards(id),
+    file TEXT NOT NULL,         -- path relative to the workspace
+    length INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    piece_size INTEGER NOT NULL,
+    v1_pieces BLOB NOT NULL,
+    v2_root BLOB,
+    v2_piece_layer BLOB,
+    frames INTEGER NOT NULL,
+    uncompressed INTEGER NOT NULL,
+    built_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS member_builds (
+    shard_id INTEGER NOT NULL,
+    ord INTEGER NOT NULL,
+    xxh3_128 TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    first_frame INTEGER NOT NULL,
+    last_frame INTEGER NOT NULL,
+    PRIMARY KEY (shard_id, ord)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS torrents (
+    shard_id INTEGER PRIMARY KEY REFERENCES shards(id),
+    file TEXT NOT NULL,
+    format TEXT NOT NULL,
+    info_hash_v1 TEXT,
+    info_hash_v2 TEXT,
+    magnet TEXT NOT NULL,
+    torrent_sha256 TEXT NOT NULL,
+    torrent_size INTEGER NOT NULL,
+    made_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS publications (
+    phase TEXT PRIMARY KEY,
+    published_at TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """One catalog row as ingest stores it."""
+
+    id: str
+    path: str
+    kind: str
+    popularity: float
+    size: int
+    mtime: int | None
+    extra: str | None
+    source: str
+    line: int
+
+
+@dataclass(frozen=True)
+class ShardRow:
+    id: int
+    name: str
+    phase: str
+    tier: str
+    seq: int
+    items: int
+    bytes: int
+    pop_min: float
+    pop_max: float
+    state: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """A shard member in plan order, with what the container writer needs."""
+
+    ord: int
+    id: str
+    path: str
+    kind: str
+    popularity: float
+    size: int
+    mtime: int | None
+
+
+class State:
+    """A connection to state.sqlite with every query packager makes."""
+
+    def __init__(self, path: Path, create: bool = False):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise WorkspaceError(f"{self.path}: no state database: is this a release workspace?",
+                                 hint="create one with `packager init DIR --root ARCHIVE`")
+        # isolation_level=None: we open transactions explicitly, so one ingest or plan is one commit.
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA temp_store=FILE")
+        self.db.execute("PRAGMA cache_size=-262144")  # 256 MiB page cache bound
+        if create:
+            self.db.executescript(SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        else:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if not row or int(row[0]) != SCHEMA_VERSION:
+                raise WorkspaceError(f"{self.path}: unknown state schema version {row and row[0]}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ---- ingest ---------------------------------------------------------------------------------
+
+    def create_stage(self) -> None:
+        self.db.execute("DROP TABLE IF EXISTS temp.stage")
+        self.db.execute(
+            "CREATE TEMP TABLE stage (id TEXT, path TEXT, kind TEXT, popularity REAL, size INTEGER, "
+            "mtime INTEGER, extra TEXT, source TEXT, line INTEGER)"
+        )
+
+    def stage_rows(self, rows: Iterable[tuple]) -> None:
+        self.db.executemany("INSERT INTO temp.stage VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
+    def stage_duplicates(self, column: str) -> Iterator[tuple[str, str, int, str, int]]:
+        """(value, first file, first line, repeat file, repeat line) for each repeated id or path."""
+        assert column in ("id", "path")
+        self.db.execute(f"CREATE INDEX IF NOT EXISTS temp.stage_{column} ON stage({column})")
+        yield from self.db.execute(
+            f"SELECT s.{column}, f.source, f.line, s.source, s.line FROM temp.stage s "
+            f"JOIN (SELECT {column}, MIN(rowid) AS first FROM temp.stage GROUP BY {column} "
+            f"HAVING COUNT(*) > 1) d ON s.{column} = d.{column} "
+            f"JOIN temp.stage f ON f.rowid = d.first WHERE s.rowid != d.first ORDER BY s.rowid"
+        )
+
+    def stage_conflicts(self) -> Iterator[tuple]:
+        """Staged rows whose id is known with other values: (id, source, line, shard name or None,
+        old path, new path, old kind, new kind, old pop, new pop, old size, new size, old mtime, new
+        mtime, old extra, new extra)."""
+        yield from self.db.execute(
+            "SELECT s.id, s.source, s.line, sh.name, i.path, s.path, i.kind, s.kind, i.popularity, "
+            "s.popularity, i.size, s.size, i.mtime, s.mtime, i.extra, s.extra "
+            "FROM temp.stage s JOIN items i ON i.id = s.id "
+            "LEFT JOIN members m ON m.item_rowid = i.rowid LEFT JOIN shards sh ON sh.id = m.shard_id "
+            "WHERE i.path IS NOT s.path OR i.kind IS NOT s.kind OR i.popularity IS NOT s.popularity "
+            "OR i.size IS NOT s.size OR i.mtime IS NOT s.mtime OR i.extra IS NOT s.extra "
+            "ORDER BY s.rowid"
+        )
+
+    def stage_path_clashes(self) -> Iterator[tuple[str, str, int, str]]:
+        """Staged rows whose path already belongs to another known id: (path, source, line, other id)."""
+        yield from self.db.execute(
+            "SELECT s.path, s.source, s.line, i.id FROM temp.stage s JOIN items i ON i.path = s.path "
+            "WHERE i.id != s.id ORDER BY s.rowid"
+        )
+
+    def commit_stage(self) -> tuple[int, int, int]:
+        """Move staged rows into items: (added, changed, unchanged). Call inside a transaction."""
+        total = self.db.execute("SELECT COUNT(*) FROM temp.stage").fetchone()[0]
+        changed = self.db.execute(
+            "UPDATE items SET path=s.path, kind=s.kind, popularity=s.popularity, size=s.size, "
+            "mtime=s.mtime, extra=s.extra, source=s.source, line=s.line FROM temp.stage s "
+            "WHERE items.id = s.id AND (items.path IS NOT s.path OR items.kind IS NOT s.kind OR "
+            "items.popularity IS NOT s.popularity OR items.size IS NOT s.size OR "
+            "items.mtime IS NOT s.mtime OR items.extra IS NOT s.extra)"
+        ).rowcount
+        added = self.db.execute(
+            "INSERT INTO items (id, path, kind, popularity, size, mtime, extra, source, line) "
+            "SELECT id, path, kind, popularity, size, mtime, extra, source, line FROM temp.stage "
+            "WHERE true ON CONFLICT(id) DO NOTHING"
+        ).rowcount
+        return added, changed, total - added - changed
+
+    def drop_stage(self) -> None:
+        self.db.execute("DROP TABLE IF EXISTS temp.stage")
+
+    # ---- plan -----------------------------------------------------------------------------------
+
+    def load_candidates(self, kinds: tuple[str, ...], lo: float | None, hi: float | None) -> int:
+        """Fill temp.cand with the unassigned, present items of these kinds in [lo, hi), in plan order
+        (popularity desc, id asc). SQLite sorts; Python never holds the list."""
+        self.db.execute("DROP TABLE IF EXISTS temp.cand")
+        self.db.execute("CREATE TEMP TABLE cand (n INTEGER PRIMARY KEY, item_rowid INTEGER, size INTEGER, "
+                        "popularity REAL)")
+        where = ["i.kind IN (%s)" % ",".join("?" * len(kinds)), "i.removed = 0",
+                 "NOT EXISTS (SELECT 1 FROM members m WHERE m.item_rowid = i.rowid)"]
+        args: list = list(kinds)
+        if lo is not None:
+            where.append("i.popularity >= ?")
+            args.append(lo)
+        if hi is not None:
+            where.append("i.popularity < ?")
+            args.append(hi)
+        return self.db.execute(
+            "INSERT INTO temp.cand (item_rowid, size, popularity) SELECT i.rowid, i.size, i.popularity "
+            f"FROM items i WHERE {' AND '.join(where)} ORDER BY i.popularity DESC, i.id ASC",
+            args,
+        ).rowcount
+
+    def iter_candidates(self) -> Iterator[tuple[int, int, float]]:
+        yield from self.db.execute("SELECT item_rowid, size, popularity FROM temp.cand ORDER BY n")
+
+    def next_seq(self, phase: str, tier: str) -> int:
+        row = self.db.execute("SELECT MAX(seq) FROM shards WHERE phase=? AND tier=?", (phase, tier)).fetchone()
+        return (row[0] or 0) + 1
+
+    def add_shard(self, name: str, phase: str, tier: str, seq: int, items: int, nbytes: int,
+                  pop_min: float, pop_max: float, planned_at: str) -> int:
+        cur = self.db.execute(
+            "INSERT INTO shards (name, phase, tier, seq, items, bytes, pop_min, pop_max, planned_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (name, phase, tier, seq, items, nbytes, pop_min, pop_max, planned_at),
+        )
+        return cur.lastrowid
+
+    def add_members(self, rows: Iterable[tuple[int, int, int]]) -> None:
+        """(shard_id, ord, item_rowid) rows."""
+        self.db.executemany("INSERT INTO members (shard_id, ord, item_rowid) VALUES (?,?,?)", rows)
+
+    def unassigned_counts(self) -> list[tuple[str, int, int]]:
+        """(kind, items, bytes) of present items in no shard."""
+        return self.db.execute(
+            "SELECT kind, COUNT(*), COALESCE(SUM(size),0) FROM items i WHERE removed = 0 AND NOT EXISTS "
+            "(SELECT 1 FROM members m WHERE m.item_rowid = i.rowid) GROUP BY kind ORDER BY kind"
+        ).fetchall()
+
+    # ---- shards ---------------------------------------------------------------------------------
+
+    def shards(self, phase: str | None = None, state: str | None = None) -> list[ShardRow]:
+        where, args = [], []
+        if phase is not None:
+            where.append("phase = ?")
+            args.append(phase)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        sql = "SELECT id, name, phase, tier, seq, items, bytes, pop_min, pop_max, state, error FROM shards"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [ShardRow(*r) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+    def shard(self, name: str) -> ShardRow | None:
+        row = self.db.execute(
+            "SELECT id, name, phase, tier, seq, items, bytes, pop_min, pop_max, state, error FROM shards "
+            "WHERE name = ?", (name,)).fetchone()
+        return ShardRow(*row) if row else None
+
+    def iter_members(self, shard_id: int) -> Iterator[MemberRow]:
+        for row in self.db.execute(
+            "SELECT m.ord, i.id, i.path, i.kind, i.popularity, i.size, i.mtime FROM members m "
+            "JOIN items i ON i.rowid = m.item_rowid WHERE m.shard_id = ? ORDER BY m.ord", (shard_id,)
+        ):
+            yield MemberRow(*row)
+
+    def is_published(self, phase: str) -> bool:
+        return self.db.execute("SELECT 1 FROM publications WHERE phase = ?", (phase,)).fetchone() is not None
+
+    def shard_extras(self, shard_id: int) -> dict:
+        """Build and torrent facts of a shard, for status: file, sha256, info-hashes, magnet."""
+        out: dict = {}
+        row = self.db.execute("SELECT file, length, sha256 FROM builds WHERE shard_id = ?", (shard_id,)).fetchone()
+        if row:
+            out.update(file=row[0], length=row[1], sha256=row[2])
+        row = self.db.execute("SELECT file, info_hash_v1, info_hash_v2, magnet FROM torrents WHERE shard_id = ?",
+                              (shard_id,)).fetchone()
+        if row:
+            out.update(torrent=row[0], info_hash_v1=row[1], info_hash_v2=row[2], magnet=row[3])
+        return out
+
+    def item_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (key, value))
+
+
+def open_state(workspace: Path) -> State:
+    return State(Path(workspace) / STATE_NAME)
+
+
+def dumps_extra(extra: dict) -> str | None:
+    """Canonical JSON for extra catalog fields, so re-ingesting the same row compares equal."""
+    return json.dumps(extra, sort_keys=True, separators=(",", ":"), ensure_ascii=False) if extra else None
