@@ -1,0 +1,89 @@
+"""The CLI through typer's CliRunner: exit codes and what a user sees."""
+
+import json
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from packager.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_init_ingest_plan_status(tmp_path, archive):
+    size = archive.add("audio/x.ogg", 1234)
+    cat = archive.jsonl([{"id": "x", "path": "audio/x.ogg", "kind": "audio", "popularity": 70, "size": size}])
+    ws = tmp_path / "ws"
+    r = invoke("init", ws, "--root", archive.root, "--name", "music")
+    assert r.exit_code == 0, r.output
+    assert (ws / "release.toml").exists() and (ws / "state.sqlite").exists()
+    r = invoke("ingest", ws, cat)
+    assert r.exit_code == 0 and "1 added" in r.output
+    r = invoke("plan", ws, "--dry-run")
+    assert r.exit_code == 0 and "would add 1 shards" in r.output
+    r = invoke("plan", ws)
+    assert r.exit_code == 0 and "music-audio-t1-00001" in r.output
+    r = invoke("status", ws)
+    assert r.exit_code == 0 and "audio" in r.output and "1 planned" in r.output
+    data = json.loads(invoke("status", ws, "--json").output)
+    assert data["shards"][0]["name"] == "music-audio-t1-00001"
+    assert data["phases"][1]["tiers"][0] == {"name": "t1", "popularity": "[60, inf)", "shards": 1, "items": 1,
+                                             "bytes": 1234, "pop_min": 70.0, "pop_max": 70.0,
+                                             "states": {"planned": 1}}
+
+
+def test_bad_catalog_exits_2_with_file_and_line_and_no_traceback(workspace, archive):
+    cat = archive.jsonl([{"id": "x", "path": "../x", "kind": "audio", "popularity": 1}])
+    r = invoke("ingest", workspace, cat)
+    assert r.exit_code == 2
+    assert f"{cat}:1" in r.output and "escapes the archive root" in r.output
+    assert "error:" in r.output and "hint:" in r.output and "Traceback" not in r.output
+
+
+def test_ingest_json_report(workspace, archive):
+    size = archive.add("audio/y.ogg", 10)
+    cat = archive.jsonl([{"id": "y", "path": "audio/y.ogg", "kind": "audio", "popularity": 1, "size": size},
+                         {"id": "z", "path": "audio/none.ogg", "kind": "audio", "popularity": 1}])
+    r = invoke("ingest", workspace, cat, "--skip-invalid", "--json")
+    assert r.exit_code == 0
+    data = json.loads(r.output)
+    assert data["added"] == 1 and data["rejected"] == 1 and data["problems"][0]["line"] == 2
+
+
+def test_not_a_workspace(tmp_path):
+    r = invoke("status", tmp_path)
+    assert r.exit_code == 2 and "release.toml" in r.output and "packager init" in r.output
+
+
+def test_init_refuses_a_missing_root_and_an_existing_workspace(tmp_path, workspace, archive):
+    r = invoke("init", tmp_path / "new", "--root", tmp_path / "nowhere")
+    assert r.exit_code == 2 and "not a folder" in r.output
+    r = invoke("init", workspace, "--root", archive.root)
+    assert r.exit_code == 2 and "already a release workspace" in r.output
+
+
+def test_bad_config_names_the_key(workspace):
+    cfg = workspace / "release.toml"
+    cfg.write_text(cfg.read_text().replace("level = -1", "level = 40", 1))
+    r = invoke("plan", workspace)
+    assert r.exit_code == 2 and "phases[1].level" in r.output and "-7 to 22" in r.output
+
+
+def test_usage_error_exits_2():
+    assert invoke("status").exit_code == 2
+    assert invoke("frobnicate").exit_code == 2
+
+
+def test_every_command_is_in_the_readme_and_has_an_example():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert names
+    for name in names:
+        assert re.search(rf"packager {re.escape(name)}\b", readme), f"`packager {name}` is not in README.md"
+        r = invoke(name, "--help")
+        assert r.exit_code == 0 and "Example:" in r.output, name
