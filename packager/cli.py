@@ -68,8 +68,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
 ) -> None:
     """Turn a huge preservation archive into a phased public BitTorrent release."""
 
@@ -87,7 +88,9 @@ def init(
     """
     config = init_workspace(workspace, root, name)
     out.print(f"created {workspace}/release.toml (release {config.name!r}, root {config.root})")
-    out.print(f"phases: {', '.join(p.name for p in config.phases)}; edit release.toml, then `packager ingest`")
+    out.print(
+        f"phases: {', '.join(p.name for p in config.phases)}; edit release.toml, then `packager ingest`"
+    )
 
 
 @app.command()
@@ -95,11 +98,17 @@ def ingest(
     workspace: Workspace,
     catalogs: Annotated[list[Path], typer.Argument(help="Catalog files: .jsonl, .csv or .sqlite.")],
     table: Annotated[str | None, typer.Option(help="Table to read from a SQLite catalog.")] = None,
-    trust_sizes: Annotated[bool, typer.Option(
-        "--trust-sizes", help="Take sizes from the catalog without a stat of every file (build still checks).")
+    trust_sizes: Annotated[
+        bool,
+        typer.Option(
+            "--trust-sizes",
+            help="Take sizes from the catalog without a stat of every file (build still checks).",
+        ),
     ] = False,
-    skip_invalid: Annotated[bool, typer.Option(
-        "--skip-invalid", help="Load the good rows and write the bad ones to a rejects file.")] = False,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option("--skip-invalid", help="Load the good rows and write the bad ones to a rejects file."),
+    ] = False,
     rejects: Annotated[Path | None, typer.Option(help="Where --skip-invalid writes bad rows.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -120,8 +129,10 @@ def ingest(
     if as_json:
         emit_json(report.as_dict())
         return
-    out.print(f"{report.rows} rows: {report.added} added, {report.changed} changed, "
-              f"{report.unchanged} unchanged, {report.rejected} rejected")
+    out.print(
+        f"{report.rows} rows: {report.added} added, {report.changed} changed, "
+        f"{report.unchanged} unchanged, {report.rejected} rejected"
+    )
     if report.rejects_file:
         out.print(f"rejected rows written to {report.rejects_file}")
         for p in report.problems[:20]:
@@ -131,7 +142,9 @@ def ingest(
 @app.command()
 def plan(
     workspace: Workspace,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; store nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change; store nothing.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Assign every unassigned item to a phase, tier and new shard; existing shards never change.
@@ -148,7 +161,9 @@ def plan(
         emit_json(report.as_dict())
         return
     verb = "would add" if dry_run else "added"
-    out.print(f"{verb} {len(report.shards)} shards holding {report.items} items ({format_size(report.bytes)})")
+    out.print(
+        f"{verb} {len(report.shards)} shards holding {report.items} items ({format_size(report.bytes)})"
+    )
     if report.shards:
         table = Table("shard", "items", "size", "popularity", box=None)
         shown = report.shards if len(report.shards) <= 40 else report.shards[:20] + report.shards[-20:]
@@ -191,24 +206,37 @@ def render_status(data: dict, show_shards: bool) -> None:
             states = ", ".join(f"{n} {s}" for s, n in sorted(tier["states"].items())) or "-"
             if phase["published"]:
                 states += " · published"
-            table.add_row(phase["name"], tier["name"] or "-", tier["popularity"], str(tier["shards"]),
-                          str(tier["items"]), format_size(tier["bytes"]), states)
+            table.add_row(
+                phase["name"],
+                tier["name"] or "-",
+                tier["popularity"],
+                str(tier["shards"]),
+                str(tier["items"]),
+                format_size(tier["bytes"]),
+                states,
+            )
     out.print(table)
     for u in data["unassigned"]:
         out.print(f"unplanned: {u['items']} {u['kind']} items ({format_size(u['bytes'])})")
     if show_shards and data["shards"]:
         st = Table("shard", "items", "size", "popularity", "state", "info-hash (v1)", box=None)
         for s in data["shards"]:
-            st.add_row(s["name"], str(s["items"]), format_size(s["bytes"]),
-                       f"{s['pop_max']:g} .. {s['pop_min']:g}", s["state"] + (f": {s['error']}" if s["error"] else ""),
-                       s.get("info_hash_v1") or "-")
+            st.add_row(
+                s["name"],
+                str(s["items"]),
+                format_size(s["bytes"]),
+                f"{s['pop_max']:g} .. {s['pop_min']:g}",
+                s["state"] + (f": {s['error']}" if s["error"] else ""),
+                s.get("info_hash_v1") or "-",
+            )
         out.print(st)
 
 
 @app.command()
 def demo(
-    workspace: Annotated[Path, typer.Argument(help="Folder for the demo (archive, catalog, workspace).")] = Path(
-        "packager-demo"),
+    workspace: Annotated[
+        Path, typer.Argument(help="Folder for the demo (archive, catalog, workspace).")
+    ] = Path("packager-demo"),
     files: Annotated[int, typer.Option(help="Number of audio files to generate.")] = 240,
 ) -> None:
     """Generate a small synthetic archive and run every stage of the pipeline on it.
@@ -233,8 +261,13 @@ class _progress:
             return lambda n: None
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.completed:,} " + self.label),
-                                 TimeElapsedColumn(), console=err, transient=True)
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.completed:,} " + self.label),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
         self.progress.start()
         task = self.progress.add_task(self.label, total=None)
         return lambda n: self.progress.update(task, completed=n)

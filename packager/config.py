@@ -27,9 +27,16 @@ FRAME_SIZE_MIN, FRAME_SIZE_MAX = 64 * 1024, 1 << 31
 PIECE_SIZE_MIN, PIECE_SIZE_MAX = 16 * 1024, 64 * 1024 * 1024
 
 _UNITS = {
-    "": 1, "B": 1,
-    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
@@ -123,8 +130,9 @@ class ReleaseConfig:
         for phase in self.phases:
             if phase.name == name:
                 return phase
-        raise ConfigError(self.path, "phases", f"no phase named {name!r}",
-                          allowed=", ".join(p.name for p in self.phases))
+        raise ConfigError(
+            self.path, "phases", f"no phase named {name!r}", allowed=", ".join(p.name for p in self.phases)
+        )
 
 
 class _Reader:
@@ -184,8 +192,9 @@ def _piece_size(reader: _Reader) -> int | None:
     except ValueError:
         value = -1
     if value < PIECE_SIZE_MIN or value > PIECE_SIZE_MAX or value & (value - 1):
-        raise reader.fail("piece_size", f"{raw!r} is not allowed",
-                          '"auto" or a power of two from 16KiB to 64MiB')
+        raise reader.fail(
+            "piece_size", f"{raw!r} is not allowed", '"auto" or a power of two from 16KiB to 64MiB'
+        )
     return value
 
 
@@ -207,8 +216,9 @@ def _tiers(file: Path, raw: Any, prefix: str) -> tuple[Tier, ...]:
         r.unknown_keys({"name", "min_popularity", "max_popularity"})
         name = r.get("name", str)
         if not NAME_RE.match(name) or name in names:
-            raise r.fail("name", f"{name!r} is invalid or repeated",
-                         "a unique name of lowercase letters, digits and _")
+            raise r.fail(
+                "name", f"{name!r} is invalid or repeated", "a unique name of lowercase letters, digits and _"
+            )
         names.add(name)
         tiers.append(Tier(name, *_range(r)))
     return tuple(tiers)
@@ -219,15 +229,30 @@ def _phase(file: Path, table: Any, index: int) -> Phase:
     if not isinstance(table, dict):
         raise ConfigError(file, prefix, "expected a [[phases]] table")
     r = _Reader(file, table, prefix)
-    r.unknown_keys({"name", "kinds", "tiers", "shard_size", "level", "frame_size", "format", "piece_size",
-                    "min_popularity", "max_popularity"})
+    r.unknown_keys(
+        {
+            "name",
+            "kinds",
+            "tiers",
+            "shard_size",
+            "level",
+            "frame_size",
+            "format",
+            "piece_size",
+            "min_popularity",
+            "max_popularity",
+        }
+    )
     name = r.get("name", str)
     if not NAME_RE.match(name):
         raise r.fail("name", f"{name!r} is not a valid phase name", "lowercase letters, digits and _")
     kinds = r.get("kinds", list)
     if not kinds or not all(isinstance(k, str) and NAME_RE.match(k) for k in kinds):
-        raise r.fail("kinds", f"{kinds!r} is not a list of kind names",
-                     'a non-empty list such as ["audio"] (lowercase letters, digits and _)')
+        raise r.fail(
+            "kinds",
+            f"{kinds!r} is not a list of kind names",
+            'a non-empty list such as ["audio"] (lowercase letters, digits and _)',
+        )
     level = r.get("level", int, 3)
     if not LEVEL_MIN <= level <= LEVEL_MAX:
         raise r.fail("level", f"{level} is out of range", f"an integer from {LEVEL_MIN} to {LEVEL_MAX}")
@@ -326,8 +351,12 @@ def load_config(workspace: Path) -> ReleaseConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(path, "(file)", "not found: is this a release workspace?",
-                          allowed="a folder made by `packager init DIR --root ARCHIVE`") from None
+        raise ConfigError(
+            path,
+            "(file)",
+            "not found: is this a release workspace?",
+            allowed="a folder made by `packager init DIR --root ARCHIVE`",
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(path, "(file)", f"cannot be read: {e}") from None
     return parse_config(text, path)
@@ -349,8 +378,9 @@ def init_workspace(workspace: Path, root: Path, name: str | None = None) -> Rele
     if not root.is_dir():
         raise UsageError(f"{root}: the archive root is not a folder", hint="pass --root ARCHIVE_FOLDER")
     if (workspace / CONFIG_NAME).exists() or (workspace / STATE_NAME).exists():
-        raise WorkspaceError(f"{workspace}: already a release workspace",
-                             hint="edit its release.toml, or choose a new folder")
+        raise WorkspaceError(
+            f"{workspace}: already a release workspace", hint="edit its release.toml, or choose a new folder"
+        )
     name = name or root.name or "release"
     name = re.sub(r"[^A-Za-z0-9._]+", "_", name).strip("._") or "release"
     text = default_config_text(name, root)

@@ -71,8 +71,28 @@ frame_size = "1MiB"
 format = "hybrid"
 """
 
-_WORDS = ("river", "night", "blue", "echo", "paper", "silver", "north", "glass", "ember", "tide", "lantern",
-          "velvet", "orbit", "hollow", "cedar", "static", "harbor", "ivory", "signal", "meadow")
+_WORDS = (
+    "river",
+    "night",
+    "blue",
+    "echo",
+    "paper",
+    "silver",
+    "north",
+    "glass",
+    "ember",
+    "tide",
+    "lantern",
+    "velvet",
+    "orbit",
+    "hollow",
+    "cedar",
+    "static",
+    "harbor",
+    "ivory",
+    "signal",
+    "meadow",
+)
 
 
 def _title(rng: random.Random, n: int) -> str:
@@ -91,8 +111,16 @@ def generate_archive(root: Path, audio_files: int = 240, seed: int = SEED) -> Pa
         art = f"art/{artist}/{album}.jpg"
         body = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + rng.randbytes(rng.randint(3_000, 20_000))
         _write(root / art, body)
-        rows.append({"id": f"art-{a:05d}", "path": art, "kind": "art",
-                     "popularity": round(100 / (a + 1) ** 0.6, 3), "size": len(body), "album": album})
+        rows.append(
+            {
+                "id": f"art-{a:05d}",
+                "path": art,
+                "kind": "art",
+                "popularity": round(100 / (a + 1) ** 0.6, 3),
+                "size": len(body),
+                "album": album,
+            }
+        )
     for t in range(audio_files):
         a = t % albums
         artist, album = f"artist{a % 37:03d}", f"album{a:04d}"
@@ -103,15 +131,39 @@ def generate_archive(root: Path, audio_files: int = 240, seed: int = SEED) -> Pa
         body = b"OggS\x00\x02" + rng.randbytes(max(0, size - 6))
         _write(root / path, body)
         popularity = round(100 / (t + 1) ** 0.55, 3)  # Zipf-like: a few tracks take most listens
-        rows.append({"id": f"trk-{t:06d}", "path": path, "kind": "audio", "popularity": popularity,
-                     "size": len(body), "title": title, "artist": artist})
-        tracks.append({"id": f"trk-{t:06d}", "title": title, "artist": artist, "album": album,
-                       "duration_ms": rng.randint(90_000, 420_000), "isrc": f"XX{rng.randint(0, 10**10):010d}",
-                       "popularity": popularity})
+        rows.append(
+            {
+                "id": f"trk-{t:06d}",
+                "path": path,
+                "kind": "audio",
+                "popularity": popularity,
+                "size": len(body),
+                "title": title,
+                "artist": artist,
+            }
+        )
+        tracks.append(
+            {
+                "id": f"trk-{t:06d}",
+                "title": title,
+                "artist": artist,
+                "album": album,
+                "duration_ms": rng.randint(90_000, 420_000),
+                "isrc": f"XX{rng.randint(0, 10**10):010d}",
+                "popularity": popularity,
+            }
+        )
     meta = "".join(json.dumps(t, sort_keys=True) + "\n" for t in tracks * 20).encode()
     _write(root / "metadata/tracks.jsonl", meta)
-    rows.append({"id": "meta-tracks", "path": "metadata/tracks.jsonl", "kind": "metadata",
-                 "popularity": 1000, "size": len(meta)})
+    rows.append(
+        {
+            "id": "meta-tracks",
+            "path": "metadata/tracks.jsonl",
+            "kind": "metadata",
+            "popularity": 1000,
+            "size": len(meta),
+        }
+    )
     catalog = root.parent / "catalog.jsonl"
     catalog.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return catalog
@@ -140,8 +192,10 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
     config = load_config(workspace)
     with open_state(workspace) as state:
         report = ingest(state, config, [catalog], IngestOptions())
-        say(f"[bold]2. ingest[/]   {report.rows} catalog rows: {report.added} added, "
-            f"{report.unchanged} unchanged")
+        say(
+            f"[bold]2. ingest[/]   {report.rows} catalog rows: {report.added} added, "
+            f"{report.unchanged} unchanged"
+        )
         planned = plan(state, config)
         say(f"[bold]3. plan[/]     {len(planned.shards)} new shards for {planned.items} items")
     say(f"workspace: {workspace}  (try `packager status {workspace}`)")

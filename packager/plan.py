@@ -41,7 +41,9 @@ class PlanReport:
 
     def as_dict(self) -> dict:
         return {
-            "dry_run": self.dry_run, "new_shards": [vars(s) for s in self.shards], "items": self.items,
+            "dry_run": self.dry_run,
+            "new_shards": [vars(s) for s in self.shards],
+            "items": self.items,
             "bytes": self.bytes,
             "unassigned": [{"kind": k, "items": n, "bytes": b} for k, n, b in self.unassigned],
         }
@@ -86,8 +88,9 @@ class _ShardCutter:
 
     def _open(self, popularity: float) -> None:
         name = self.phase.shard_name(self.release, self.tier.name, self.seq)
-        self.shard_id = self.state.add_shard(name, self.phase.name, self.tier.name, self.seq, 0, 0,
-                                             popularity, popularity, self.now)
+        self.shard_id = self.state.add_shard(
+            name, self.phase.name, self.tier.name, self.seq, 0, 0, popularity, popularity, self.now
+        )
         self.count = self.bytes = 0
         self.pop_max = popularity
 
@@ -96,19 +99,32 @@ class _ShardCutter:
             return
         self.state.add_members(self.batch)
         self.batch.clear()
-        self.state.db.execute("UPDATE shards SET items=?, bytes=?, pop_min=?, pop_max=? WHERE id=?",
-                              (self.count, self.bytes, self.pop_min, self.pop_max, self.shard_id))
+        self.state.db.execute(
+            "UPDATE shards SET items=?, bytes=?, pop_min=?, pop_max=? WHERE id=?",
+            (self.count, self.bytes, self.pop_min, self.pop_max, self.shard_id),
+        )
         name = self.phase.shard_name(self.release, self.tier.name, self.seq)
-        self.report.shards.append(PlannedShard(name, self.phase.name, self.tier.name, self.seq, self.count,
-                                               self.bytes, self.pop_min, self.pop_max))
+        self.report.shards.append(
+            PlannedShard(
+                name,
+                self.phase.name,
+                self.tier.name,
+                self.seq,
+                self.count,
+                self.bytes,
+                self.pop_min,
+                self.pop_max,
+            )
+        )
         self.report.items += self.count
         self.report.bytes += self.bytes
         self.seq += 1
         self.shard_id = None
 
 
-def plan(state: State, config: ReleaseConfig, dry_run: bool = False,
-         on_items: Callable[[int], None] | None = None) -> PlanReport:
+def plan(
+    state: State, config: ReleaseConfig, dry_run: bool = False, on_items: Callable[[int], None] | None = None
+) -> PlanReport:
     """Assign every unassigned item to a phase, tier and new shard. With dry_run nothing is stored."""
     report = PlanReport(dry_run=dry_run)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -148,16 +164,31 @@ def release_status(state: State, config: ReleaseConfig) -> dict:
             states: dict[str, int] = {}
             for s in mine:
                 states[s.state] = states.get(s.state, 0) + 1
-            tiers.append({
-                "name": tier.name, "popularity": tier.range_text, "shards": len(mine),
-                "items": sum(s.items for s in mine), "bytes": sum(s.bytes for s in mine),
-                "pop_min": min((s.pop_min for s in mine), default=None),
-                "pop_max": max((s.pop_max for s in mine), default=None), "states": states,
-            })
-        phases.append({"name": phase.name, "kinds": list(phase.kinds), "tiers": tiers,
-                       "published": state.is_published(phase.name)})
+            tiers.append(
+                {
+                    "name": tier.name,
+                    "popularity": tier.range_text,
+                    "shards": len(mine),
+                    "items": sum(s.items for s in mine),
+                    "bytes": sum(s.bytes for s in mine),
+                    "pop_min": min((s.pop_min for s in mine), default=None),
+                    "pop_max": max((s.pop_max for s in mine), default=None),
+                    "states": states,
+                }
+            )
+        phases.append(
+            {
+                "name": phase.name,
+                "kinds": list(phase.kinds),
+                "tiers": tiers,
+                "published": state.is_published(phase.name),
+            }
+        )
     return {
-        "release": config.name, "root": str(config.root), "items": state.item_count(), "phases": phases,
+        "release": config.name,
+        "root": str(config.root),
+        "items": state.item_count(),
+        "phases": phases,
         "shards": [vars(s) | state.shard_extras(s.id) for s in shards],
         "unassigned": [{"kind": k, "items": n, "bytes": b} for k, n, b in state.unassigned_counts()],
     }

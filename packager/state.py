@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from .errors import WorkspaceError
 
 STATE_NAME = "state.sqlite"
@@ -144,10 +146,14 @@ class State:
     def __init__(self, path: Path, create: bool = False):
         self.path = Path(path)
         if not create and not self.path.exists():
-            raise WorkspaceError(f"{self.path}: no state database: is this a release workspace?",
-                                 hint="create one with `packager init DIR --root ARCHIVE`")
+            raise WorkspaceError(
+                f"{self.path}: no state database: is this a release workspace?",
+                hint="create one with `packager init DIR --root ARCHIVE`",
+            )
         # isolation_level=None: we open transactions explicitly, so one ingest or plan is one commit.
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+        # check_same_thread=False: ingest stages rows from a writer thread while the main thread parses;
+        # the two never use the connection at the same time.
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA temp_store=FILE")
@@ -249,10 +255,15 @@ class State:
         """Fill temp.cand with the unassigned, present items of these kinds in [lo, hi), in plan order
         (popularity desc, id asc). SQLite sorts; Python never holds the list."""
         self.db.execute("DROP TABLE IF EXISTS temp.cand")
-        self.db.execute("CREATE TEMP TABLE cand (n INTEGER PRIMARY KEY, item_rowid INTEGER, size INTEGER, "
-                        "popularity REAL)")
-        where = ["i.kind IN (%s)" % ",".join("?" * len(kinds)), "i.removed = 0",
-                 "NOT EXISTS (SELECT 1 FROM members m WHERE m.item_rowid = i.rowid)"]
+        self.db.execute(
+            "CREATE TEMP TABLE cand (n INTEGER PRIMARY KEY, item_rowid INTEGER, size INTEGER, "
+            "popularity REAL)"
+        )
+        where = [
+            f"i.kind IN ({','.join('?' * len(kinds))})",
+            "i.removed = 0",
+            "NOT EXISTS (SELECT 1 FROM members m WHERE m.item_rowid = i.rowid)",
+        ]
         args: list = list(kinds)
         if lo is not None:
             where.append("i.popularity >= ?")
@@ -270,11 +281,23 @@ class State:
         yield from self.db.execute("SELECT item_rowid, size, popularity FROM temp.cand ORDER BY n")
 
     def next_seq(self, phase: str, tier: str) -> int:
-        row = self.db.execute("SELECT MAX(seq) FROM shards WHERE phase=? AND tier=?", (phase, tier)).fetchone()
+        row = self.db.execute(
+            "SELECT MAX(seq) FROM shards WHERE phase=? AND tier=?", (phase, tier)
+        ).fetchone()
         return (row[0] or 0) + 1
 
-    def add_shard(self, name: str, phase: str, tier: str, seq: int, items: int, nbytes: int,
-                  pop_min: float, pop_max: float, planned_at: str) -> int:
+    def add_shard(
+        self,
+        name: str,
+        phase: str,
+        tier: str,
+        seq: int,
+        items: int,
+        nbytes: int,
+        pop_min: float,
+        pop_max: float,
+        planned_at: str,
+    ) -> int:
         cur = self.db.execute(
             "INSERT INTO shards (name, phase, tier, seq, items, bytes, pop_min, pop_max, planned_at) "
             "VALUES (?,?,?,?,?,?,?,?,?)",
@@ -311,13 +334,16 @@ class State:
     def shard(self, name: str) -> ShardRow | None:
         row = self.db.execute(
             "SELECT id, name, phase, tier, seq, items, bytes, pop_min, pop_max, state, error FROM shards "
-            "WHERE name = ?", (name,)).fetchone()
+            "WHERE name = ?",
+            (name,),
+        ).fetchone()
         return ShardRow(*row) if row else None
 
     def iter_members(self, shard_id: int) -> Iterator[MemberRow]:
         for row in self.db.execute(
             "SELECT m.ord, i.id, i.path, i.kind, i.popularity, i.size, i.mtime FROM members m "
-            "JOIN items i ON i.rowid = m.item_rowid WHERE m.shard_id = ? ORDER BY m.ord", (shard_id,)
+            "JOIN items i ON i.rowid = m.item_rowid WHERE m.shard_id = ? ORDER BY m.ord",
+            (shard_id,),
         ):
             yield MemberRow(*row)
 
@@ -327,11 +353,14 @@ class State:
     def shard_extras(self, shard_id: int) -> dict:
         """Build and torrent facts of a shard, for status: file, sha256, info-hashes, magnet."""
         out: dict = {}
-        row = self.db.execute("SELECT file, length, sha256 FROM builds WHERE shard_id = ?", (shard_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT file, length, sha256 FROM builds WHERE shard_id = ?", (shard_id,)
+        ).fetchone()
         if row:
             out.update(file=row[0], length=row[1], sha256=row[2])
-        row = self.db.execute("SELECT file, info_hash_v1, info_hash_v2, magnet FROM torrents WHERE shard_id = ?",
-                              (shard_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT file, info_hash_v1, info_hash_v2, magnet FROM torrents WHERE shard_id = ?", (shard_id,)
+        ).fetchone()
         if row:
             out.update(torrent=row[0], info_hash_v1=row[1], info_hash_v2=row[2], magnet=row[3])
         return out
@@ -344,8 +373,9 @@ class State:
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                        (key, value))
+        self.db.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value)
+        )
 
 
 def open_state(workspace: Path) -> State:
@@ -354,4 +384,9 @@ def open_state(workspace: Path) -> State:
 
 def dumps_extra(extra: dict) -> str | None:
     """Canonical JSON for extra catalog fields, so re-ingesting the same row compares equal."""
-    return json.dumps(extra, sort_keys=True, separators=(",", ":"), ensure_ascii=False) if extra else None
+    if not extra:
+        return None
+    try:
+        return orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # integers beyond 64 bits and the like: the standard encoder copes
+        return json.dumps(extra, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

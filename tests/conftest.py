@@ -84,7 +84,8 @@ def make_workspace(tmp_path: Path, archive: Archive) -> Callable[..., Path]:
         init_workspace(ws, archive.root, "t")
         (ws / CONFIG_NAME).write_text(
             SMALL_CONFIG.replace("{root}", str(archive.root)).replace("{audio_shard}", audio_shard),
-            encoding="utf-8")
+            encoding="utf-8",
+        )
         return ws
 
     return make

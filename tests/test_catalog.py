@@ -28,7 +28,9 @@ def good_rows(archive, n=3):
     rows = []
     for i in range(n):
         size = archive.add(f"audio/a{i}.ogg", 100 + i)
-        rows.append({"id": f"a{i}", "path": f"audio/a{i}.ogg", "kind": "audio", "popularity": 10 * i, "size": size})
+        rows.append(
+            {"id": f"a{i}", "path": f"audio/a{i}.ogg", "kind": "audio", "popularity": 10 * i, "size": size}
+        )
     return rows
 
 
@@ -40,13 +42,16 @@ def rejected(ws: Path, catalog: Path) -> CatalogError:
 
 
 def assert_reported(err: CatalogError, catalog: Path, line: int, words: str):
-    assert any(p.file == str(catalog) and p.line == line and words in p.reason for p in err.problems), err.message
+    assert any(p.file == str(catalog) and p.line == line and words in p.reason for p in err.problems), (
+        err.message
+    )
     assert f"{catalog}:{line}" in err.message
 
 
 def test_good_catalog_loads_and_reingest_is_a_noop(workspace, archive):
-    cat = archive.jsonl(good_rows(archive) + [{"id": "x", "path": "audio/a0.ogg", "kind": "audio",
-                                                "popularity": 1}][:0])
+    cat = archive.jsonl(
+        good_rows(archive) + [{"id": "x", "path": "audio/a0.ogg", "kind": "audio", "popularity": 1}][:0]
+    )
     report = run(workspace, cat)
     assert (report.rows, report.added) == (3, 3)
     again = run(workspace, cat)
@@ -110,11 +115,16 @@ def test_symlink(workspace, archive):
     assert_reported(rejected(workspace, cat), cat, 1, "symlink")
 
 
-@pytest.mark.parametrize("path, words", [("../outside.ogg", "escapes the archive root"),
-                                         ("audio/../../x.ogg", "escapes the archive root"),
-                                         ("/etc/passwd", "absolute"),
-                                         ("audio//a0.ogg", "not normalized"),
-                                         (".packager/manifest.jsonl", "reserved")])
+@pytest.mark.parametrize(
+    "path, words",
+    [
+        ("../outside.ogg", "escapes the archive root"),
+        ("audio/../../x.ogg", "escapes the archive root"),
+        ("/etc/passwd", "absolute"),
+        ("audio//a0.ogg", "not normalized"),
+        (".packager/manifest.jsonl", "reserved"),
+    ],
+)
 def test_path_leaving_the_root(workspace, archive, path, words):
     rows = good_rows(archive)
     rows[1]["path"] = path
@@ -140,8 +150,15 @@ def test_size_mismatch(workspace, archive):
     assert_reported(rejected(workspace, cat), cat, 2, "size mismatch")
 
 
-@pytest.mark.parametrize("value, words", [("", "popularity is empty"), (None, "popularity is empty"),
-                                          ("lots", "not a number"), ("nan", "not a number")])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("", "popularity is empty"),
+        (None, "popularity is empty"),
+        ("lots", "not a number"),
+        ("nan", "not a number"),
+    ],
+)
 def test_bad_popularity(workspace, archive, value, words):
     rows = good_rows(archive)
     rows[2]["popularity"] = value
@@ -205,7 +222,9 @@ def test_skip_invalid_loads_good_rows_and_writes_rejects(workspace, archive):
     report = run(workspace, cat, skip_invalid=True, rejects=rejects)
     assert (report.added, report.rejected) == (2, 1)
     lines = [json.loads(x) for x in rejects.read_text().splitlines()]
-    assert lines == [{"file": str(cat), "line": 2, "reason": "popularity 'x' is not a number", "row": rows[1]}]
+    assert lines == [
+        {"file": str(cat), "line": 2, "reason": "popularity 'x' is not a number", "row": rows[1]}
+    ]
     assert not rejects.with_name("rejects.jsonl.part").exists()
 
 
@@ -220,14 +239,20 @@ def test_changed_row_is_fine_before_planning_and_refused_after(workspace, archiv
     cat = archive.jsonl(rows)
     with pytest.raises(CatalogError) as e:
         run(workspace, cat)
-    assert_reported(e.value, cat, 1, "already in shard t-audio-t1-00001 and cannot change (popularity 99.0 -> 98.0)")
+    assert_reported(
+        e.value, cat, 1, "already in shard t-audio-t1-00001 and cannot change (popularity 99.0 -> 98.0)"
+    )
 
 
 def test_csv_catalog(workspace, archive):
     rows = good_rows(archive, 2)
     cat = archive.base / "c.csv"
-    cat.write_text("id,path,kind,popularity,size,title\n" + "".join(
-        f'{r["id"]},{r["path"]},{r["kind"]},{r["popularity"]},{r["size"]},"T, {r["id"]}"\n' for r in rows))
+    cat.write_text(
+        "id,path,kind,popularity,size,title\n"
+        + "".join(
+            f'{r["id"]},{r["path"]},{r["kind"]},{r["popularity"]},{r["size"]},"T, {r["id"]}"\n' for r in rows
+        )
+    )
     assert run(workspace, cat).added == 2
     cat.write_text("id,path,kind,popularity\nz,audio/a0.ogg,audio,\n")
     with pytest.raises(CatalogError) as e:

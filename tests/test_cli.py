@@ -32,9 +32,16 @@ def test_init_ingest_plan_status(tmp_path, archive):
     assert r.exit_code == 0 and "audio" in r.output and "1 planned" in r.output
     data = json.loads(invoke("status", ws, "--json").output)
     assert data["shards"][0]["name"] == "music-audio-t1-00001"
-    assert data["phases"][1]["tiers"][0] == {"name": "t1", "popularity": "[60, inf)", "shards": 1, "items": 1,
-                                             "bytes": 1234, "pop_min": 70.0, "pop_max": 70.0,
-                                             "states": {"planned": 1}}
+    assert data["phases"][1]["tiers"][0] == {
+        "name": "t1",
+        "popularity": "[60, inf)",
+        "shards": 1,
+        "items": 1,
+        "bytes": 1234,
+        "pop_min": 70.0,
+        "pop_max": 70.0,
+        "states": {"planned": 1},
+    }
 
 
 def test_bad_catalog_exits_2_with_file_and_line_and_no_traceback(workspace, archive):
@@ -47,8 +54,12 @@ def test_bad_catalog_exits_2_with_file_and_line_and_no_traceback(workspace, arch
 
 def test_ingest_json_report(workspace, archive):
     size = archive.add("audio/y.ogg", 10)
-    cat = archive.jsonl([{"id": "y", "path": "audio/y.ogg", "kind": "audio", "popularity": 1, "size": size},
-                         {"id": "z", "path": "audio/none.ogg", "kind": "audio", "popularity": 1}])
+    cat = archive.jsonl(
+        [
+            {"id": "y", "path": "audio/y.ogg", "kind": "audio", "popularity": 1, "size": size},
+            {"id": "z", "path": "audio/none.ogg", "kind": "audio", "popularity": 1},
+        ]
+    )
     r = invoke("ingest", workspace, cat, "--skip-invalid", "--json")
     assert r.exit_code == 0
     data = json.loads(r.output)

@@ -18,8 +18,9 @@ def test_default_config_describes_the_real_release(tmp_path: Path):
     assert set(config.kinds) == {"metadata", "audio", "art"}
 
 
-@pytest.mark.parametrize("text, size", [("50GB", 50 * 10**9), ("16MiB", 16 * 2**20), (4096, 4096),
-                                         ("1.5 kB", 1500), ("7", 7)])
+@pytest.mark.parametrize(
+    "text, size", [("50GB", 50 * 10**9), ("16MiB", 16 * 2**20), (4096, 4096), ("1.5 kB", 1500), ("7", 7)]
+)
 def test_sizes(text, size):
     assert parse_size(text) == size
 
@@ -36,19 +37,22 @@ def _with(tmp_path: Path, old: str, new: str) -> str:
     return text.replace(old, new, 1)
 
 
-@pytest.mark.parametrize("old, new, key, allowed", [
-    ('level = 15', 'level = 99', "phases[0].level", "-7 to 22"),
-    ('format = "v1"', 'format = "v3"', "phases[0].format", "v1, hybrid, v2"),
-    ('shard_size = "50GB"', 'shard_size = "lots"', "phases[0].shard_size", "50GB"),
-    ('piece_size = "auto"', 'piece_size = "3MB"', "phases[0].piece_size", "power of two"),
-    ('frame_size = "16MiB"', 'frame_size = "1KiB"', "phases[0].frame_size", "at least"),
-    ('kinds = ["metadata"]', 'kinds = []', "phases[0].kinds", "non-empty list"),
-    ('name = "t2"', 'name = "t1"', "phases[1].tiers[1].name", "unique"),
-    ('max_popularity = 60', 'max_popularity = 20', "phases[1].tiers[1].max_popularity", None),
-    ('private = false', 'private = "no"', "torrents.private", None),
-    ('trackers = []', 'trackers = ["ftp://x"]', "torrents.trackers", "udp://"),
-    ('mtime = 1735689600', 'mtime = 1735689600\ncolour = "red"', "release.colour", "name, root"),
-])
+@pytest.mark.parametrize(
+    "old, new, key, allowed",
+    [
+        ("level = 15", "level = 99", "phases[0].level", "-7 to 22"),
+        ('format = "v1"', 'format = "v3"', "phases[0].format", "v1, hybrid, v2"),
+        ('shard_size = "50GB"', 'shard_size = "lots"', "phases[0].shard_size", "50GB"),
+        ('piece_size = "auto"', 'piece_size = "3MB"', "phases[0].piece_size", "power of two"),
+        ('frame_size = "16MiB"', 'frame_size = "1KiB"', "phases[0].frame_size", "at least"),
+        ('kinds = ["metadata"]', "kinds = []", "phases[0].kinds", "non-empty list"),
+        ('name = "t2"', 'name = "t1"', "phases[1].tiers[1].name", "unique"),
+        ("max_popularity = 60", "max_popularity = 20", "phases[1].tiers[1].max_popularity", None),
+        ("private = false", 'private = "no"', "torrents.private", None),
+        ("trackers = []", 'trackers = ["ftp://x"]', "torrents.trackers", "udp://"),
+        ("mtime = 1735689600", 'mtime = 1735689600\ncolour = "red"', "release.colour", "name, root"),
+    ],
+)
 def test_invalid_config_names_the_key_and_allowed_values(tmp_path, old, new, key, allowed):
     with pytest.raises(ConfigError) as e:
         parse_config(_with(tmp_path, old, new), tmp_path / "release.toml")
@@ -65,6 +69,9 @@ def test_syntax_error_is_a_config_error(tmp_path):
 
 
 def test_duplicate_phase(tmp_path):
-    text = default_config_text("m", tmp_path) + '\n[[phases]]\nname = "art"\nkinds = ["art"]\nshard_size = "1GB"\n'
+    text = (
+        default_config_text("m", tmp_path)
+        + '\n[[phases]]\nname = "art"\nkinds = ["art"]\nshard_size = "1GB"\n'
+    )
     with pytest.raises(ConfigError, match="defined twice"):
         parse_config(text, tmp_path / "release.toml")

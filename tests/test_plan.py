@@ -55,13 +55,20 @@ def test_big_file_gets_its_own_shard(workspace, archive):
 
 
 def test_tiers_and_phases(workspace, archive):
-    rows = [audio(0, 10, 90), audio(1, 10, 10),
-            {"id": "m", "path": "meta.jsonl", "kind": "metadata", "popularity": 0, "size": 5},
-            {"id": "p", "path": "art/p.jpg", "kind": "art", "popularity": 3, "size": 5}]
+    rows = [
+        audio(0, 10, 90),
+        audio(1, 10, 10),
+        {"id": "m", "path": "meta.jsonl", "kind": "metadata", "popularity": 0, "size": 5},
+        {"id": "p", "path": "art/p.jpg", "kind": "art", "popularity": 3, "size": 5},
+    ]
     load(workspace, archive, rows, trust_sizes=True)
     do_plan(workspace)
-    assert shard_members(workspace) == {"t-metadata-00001": ["m"], "t-audio-t1-00001": ["a000"],
-                                        "t-audio-t2-00001": ["a001"], "t-art-00001": ["p"]}
+    assert shard_members(workspace) == {
+        "t-metadata-00001": ["m"],
+        "t-audio-t1-00001": ["a000"],
+        "t-audio-t2-00001": ["a001"],
+        "t-art-00001": ["p"],
+    }
 
 
 def test_dry_run_stores_nothing(workspace, archive):
@@ -77,8 +84,10 @@ def test_new_items_go_to_new_shards(workspace, archive):
     do_plan(workspace)
     load(workspace, archive, [audio(2, 10, 99 - 50), audio(3, 10, 1.5)], name="more.jsonl", trust_sizes=True)
     do_plan(workspace)
-    assert shard_members(workspace) == {"t-audio-t2-00001": ["a001", "a000"],
-                                        "t-audio-t2-00002": ["a002", "a003"]}
+    assert shard_members(workspace) == {
+        "t-audio-t2-00001": ["a001", "a000"],
+        "t-audio-t2-00002": ["a002", "a003"],
+    }
     assert do_plan(workspace).shards == []
 
 
@@ -99,9 +108,14 @@ def test_same_catalog_in_shuffled_order_gives_the_same_plan(make_workspace, arch
 
 _fresh = itertools.count()
 batches = st.lists(
-    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 150_000), st.sampled_from([1, 20, 49.5, 50, 80])),
-             min_size=0, max_size=12),
-    min_size=1, max_size=5)
+    st.lists(
+        st.tuples(st.integers(0, 40), st.integers(0, 150_000), st.sampled_from([1, 20, 49.5, 50, 80])),
+        min_size=0,
+        max_size=12,
+    ),
+    min_size=1,
+    max_size=5,
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
