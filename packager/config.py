@@ -22,8 +22,8 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 RELEASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*$")
 # zstd's fastest negative level through its strongest ultra level.
 LEVEL_MIN, LEVEL_MAX = -7, 22
-# The seek table stores each frame's decompressed size as a u32.
-FRAME_SIZE_MIN, FRAME_SIZE_MAX = 64 * 1024, 1 << 31
+# The seek table stores each frame's decompressed size as a u32; 1 GiB keeps far inside it.
+FRAME_SIZE_MIN, FRAME_SIZE_MAX = 64 * 1024, 1 << 30
 PIECE_SIZE_MIN, PIECE_SIZE_MAX = 16 * 1024, 64 * 1024 * 1024
 
 _UNITS = {

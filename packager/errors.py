@@ -16,6 +16,17 @@ class PackagerError(Exception):
     exit_code = 2
     hint: str | None = None
 
+    def __new__(cls, *args, **kwargs):
+        # Remember the constructor's arguments: build workers raise these in another process, and pickle
+        # would otherwise call __init__ with the message alone.
+        self = super().__new__(cls, *args)
+        self._init = (args, kwargs)
+        return self
+
+    def __reduce__(self):
+        args, kwargs = self._init
+        return _rebuild, (type(self), args, kwargs)
+
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         if hint is not None:
@@ -24,6 +35,10 @@ class PackagerError(Exception):
     @property
     def message(self) -> str:
         return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+def _rebuild(cls, args, kwargs):
+    return cls(*args, **kwargs)
 
 
 class UsageError(PackagerError):

@@ -1,13 +1,21 @@
 """Streaming hashers, each fed every byte exactly once while a shard is written.
 
-INTERFACE FIXED; implementation in progress.
+Memory stays O(pieces) whatever the file size: the hashers keep at most one partial 16 KiB block and the
+leaf hashes of one piece, plus the per-piece digests that the .torrent needs anyway. The bulk hashing goes
+through hashlib, which releases the GIL for buffers over 2 KiB, so the writer can run these on a second
+core while the first one compresses.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import xxhash
+
 V2_BLOCK_SIZE = 16 * 1024  # BEP 52: merkle leaves are 16 KiB blocks
+
+_ZERO_LEAF = bytes(32)  # BEP 52: leaf hashes beyond the end of the file are set to zero
 
 
 @dataclass(frozen=True)
@@ -34,16 +42,147 @@ class ShardHashes:
 class MemberHasher:
     """xxh3-128 and SHA-256 of one member's content."""
 
-    def update(self, data: bytes | memoryview) -> None: ...
+    def __init__(self) -> None:
+        self._size = 0
+        self._xxh3 = xxhash.xxh3_128()
+        self._sha256 = hashlib.sha256()
 
-    def finish(self) -> MemberDigest: ...
+    def update(self, data: bytes | memoryview) -> None:
+        self._size += len(data) if isinstance(data, bytes) else data.nbytes
+        self._xxh3.update(data)
+        self._sha256.update(data)
+
+    def finish(self) -> MemberDigest:
+        return MemberDigest(self._size, self._xxh3.hexdigest(), self._sha256.hexdigest())
+
+
+def _sha256(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def merkle_root(layer: list[bytes], width: int, pad: bytes = _ZERO_LEAF) -> bytes:
+    """Root of a binary SHA-256 tree whose bottom row is `layer` padded with `pad` to `width` entries.
+
+    `width` is a power of two >= len(layer). The padding is never materialised: a missing right sibling at
+    each level is the root of an all-`pad` subtree, which is hashed up alongside, so a file of 3 pieces in a
+    2^20-wide tree costs 20 extra hashes, not 2^20.
+    """
+    if width & (width - 1) or width < len(layer) or width < 1:
+        raise ValueError(f"width {width} is not a power of two covering {len(layer)} hashes")
+    row = list(layer)
+    while width > 1:
+        if len(row) % 2:
+            row.append(pad)
+        row = [_sha256(row[i] + row[i + 1]) for i in range(0, len(row), 2)]
+        pad = _sha256(pad + pad)
+        width //= 2
+    return row[0] if row else pad
 
 
 class ShardHasher:
     """SHA-1 per v1 piece, SHA-256 of the file, and optionally the BEP 52 merkle tree (16 KiB leaves)."""
 
-    def __init__(self, piece_size: int, v2: bool = False): ...
+    def __init__(self, piece_size: int, v2: bool = False):
+        # BEP 52 makes a piece a whole subtree of 16 KiB leaves; v1 alone would accept any size, but no
+        # client we target makes non-power-of-two pieces, so one rule for both.
+        if piece_size < V2_BLOCK_SIZE or piece_size & (piece_size - 1):
+            raise ValueError(f"piece size {piece_size} is not a power of two >= {V2_BLOCK_SIZE}")
+        self.piece_size = piece_size
+        self.v2 = v2
+        self._length = 0
+        self._file = hashlib.sha256()
+        self._piece = hashlib.sha1()
+        self._piece_left = piece_size
+        self._v1_pieces = bytearray()
+        self._leaves_per_piece = piece_size // V2_BLOCK_SIZE
+        self._block = bytearray()  # the unfinished 16 KiB block, never longer than one block
+        self._leaves: list[bytes] = []  # leaf hashes of the current piece only
+        self._piece_layer = bytearray()
+        self._finished: ShardHashes | None = None
 
-    def update(self, data: bytes | memoryview) -> None: ...
+    def update(self, data: bytes | memoryview) -> None:
+        if self._finished is not None:
+            raise RuntimeError("ShardHasher.update() after finish()")
+        view = memoryview(data).cast("B")
+        if not view.nbytes:
+            return
+        self._length += view.nbytes
+        self._file.update(view)
+        self._update_v1(view)
+        if self.v2:
+            self._update_v2(view)
 
-    def finish(self) -> ShardHashes: ...
+    def _update_v1(self, view: memoryview) -> None:
+        pos, end = 0, view.nbytes
+        while pos < end:
+            take = min(self._piece_left, end - pos)
+            self._piece.update(view[pos : pos + take])
+            pos += take
+            self._piece_left -= take
+            if not self._piece_left:
+                self._v1_pieces += self._piece.digest()
+                self._piece = hashlib.sha1()
+                self._piece_left = self.piece_size
+
+    def _update_v2(self, view: memoryview) -> None:
+        pos, end = 0, view.nbytes
+        if self._block:
+            pos = min(V2_BLOCK_SIZE - len(self._block), end)
+            self._block += view[:pos]
+            if len(self._block) < V2_BLOCK_SIZE:
+                return
+            self._add_leaf(_sha256(self._block))
+            self._block.clear()
+        whole_end = pos + (end - pos) // V2_BLOCK_SIZE * V2_BLOCK_SIZE
+        for start in range(pos, whole_end, V2_BLOCK_SIZE):
+            self._add_leaf(_sha256(view[start : start + V2_BLOCK_SIZE]))
+        self._block += view[whole_end:]
+
+    def _add_leaf(self, leaf: bytes) -> None:
+        self._leaves.append(leaf)
+        if len(self._leaves) == self._leaves_per_piece:
+            self._piece_layer += merkle_root(self._leaves, self._leaves_per_piece)
+            self._leaves.clear()
+
+    def finish(self) -> ShardHashes:
+        """The hashes of everything fed so far; idempotent, and no update() is accepted afterwards."""
+        if self._finished is None:
+            if self._piece_left != self.piece_size:
+                self._v1_pieces += self._piece.digest()
+            root, layer = self._finish_v2() if self.v2 else (None, None)
+            self._finished = ShardHashes(
+                length=self._length,
+                sha256=self._file.digest(),
+                piece_size=self.piece_size,
+                v1_pieces=bytes(self._v1_pieces),
+                v2_root=root,
+                v2_piece_layer=layer,
+            )
+        return self._finished
+
+    def _finish_v2(self) -> tuple[bytes, bytes]:
+        if self._block:
+            # BEP 52: "The last block may be shorter than 16KiB", hashed as it is, not zero-filled.
+            self._leaves.append(_sha256(self._block))
+            self._block.clear()
+        if not self._length:
+            # BEP 52 gives an empty file no "pieces root"; the caller cannot make a v2 torrent of it.
+            return b"", b""
+        if self._length <= self.piece_size:
+            # A file of one piece or less has a tree only as wide as its own blocks need (libtorrent and
+            # BEP 52 agree); padding it to a whole piece would give a different root.
+            if self._piece_layer:
+                return bytes(self._piece_layer), b""
+            return merkle_root(self._leaves, _next_power_of_two(len(self._leaves))), b""
+        if self._leaves:
+            self._piece_layer += merkle_root(self._leaves, self._leaves_per_piece)
+            self._leaves.clear()
+        layer = bytes(self._piece_layer)
+        hashes = [layer[i : i + 32] for i in range(0, len(layer), 32)]
+        # Pieces past the end of the file are whole subtrees of zero leaves: their root pads the piece layer.
+        pad = merkle_root([], self._leaves_per_piece)
+        return merkle_root(hashes, _next_power_of_two(len(hashes)), pad), layer

@@ -143,8 +143,12 @@ class MemberRow:
 class State:
     """A connection to state.sqlite with every query packager makes."""
 
-    def __init__(self, path: Path, create: bool = False):
+    def __init__(self, path: Path, create: bool = False, readonly: bool = False):
         self.path = Path(path)
+        if readonly:
+            # Build workers read their shard's members while the coordinator writes (WAL allows it).
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=60)
+            return
         if not create and not self.path.exists():
             raise WorkspaceError(
                 f"{self.path}: no state database: is this a release workspace?",
@@ -364,6 +368,64 @@ class State:
         if row:
             out.update(torrent=row[0], info_hash_v1=row[1], info_hash_v2=row[2], magnet=row[3])
         return out
+
+    # ---- build ----------------------------------------------------------------------------------
+
+    def record_build(self, shard_id: int, file: str, hashes, frames: int, uncompressed: int, built_at: str,
+                     records) -> None:
+        """Store a finished shard's hashes and member records and mark it built. Call in a transaction."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO builds (shard_id, file, length, sha256, piece_size, v1_pieces, v2_root, "
+            "v2_piece_layer, frames, uncompressed, built_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (shard_id, file, hashes.length, hashes.sha256.hex(), hashes.piece_size, hashes.v1_pieces,
+             hashes.v2_root, hashes.v2_piece_layer, frames, uncompressed, built_at),
+        )
+        self.db.execute("DELETE FROM member_builds WHERE shard_id = ?", (shard_id,))
+        self.db.executemany(
+            "INSERT INTO member_builds (shard_id, ord, xxh3_128, sha256, offset, first_frame, last_frame) "
+            "VALUES (?,?,?,?,?,?,?)",
+            ((shard_id, i, r.xxh3_128, r.sha256, r.offset, r.first_frame, r.last_frame)
+             for i, r in enumerate(records)),
+        )
+        self.db.execute("UPDATE shards SET state = 'built', error = NULL WHERE id = ?", (shard_id,))
+
+    def record_torrent(self, shard_id: int, file: str, fmt: str, v1: str | None, v2: str | None, magnet: str,
+                       torrent_sha256: str, torrent_size: int, made_at: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO torrents (shard_id, file, format, info_hash_v1, info_hash_v2, magnet, "
+            "torrent_sha256, torrent_size, made_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (shard_id, file, fmt, v1, v2, magnet, torrent_sha256, torrent_size, made_at),
+        )
+
+    def built_files(self) -> list[tuple[str, int, str]]:
+        """(file, length, sha256) of every built shard."""
+        return self.db.execute(
+            "SELECT b.file, b.length, b.sha256 FROM builds b JOIN shards s ON s.id = b.shard_id "
+            "WHERE s.state = 'built'"
+        ).fetchall()
+
+    def build_hashes(self, shard_id: int):
+        """The ShardHashes recorded when the shard was built, or None."""
+        from .hashing import ShardHashes
+
+        row = self.db.execute(
+            "SELECT length, sha256, piece_size, v1_pieces, v2_root, v2_piece_layer FROM builds "
+            "WHERE shard_id = ?", (shard_id,)).fetchone()
+        if row is None:
+            return None
+        return ShardHashes(length=row[0], sha256=bytes.fromhex(row[1]), piece_size=row[2], v1_pieces=row[3],
+                           v2_root=row[4], v2_piece_layer=row[5])
+
+    def mark_unbuilt(self, file: str) -> None:
+        with self.transaction():
+            row = self.db.execute("SELECT shard_id FROM builds WHERE file = ?", (file,)).fetchone()
+            if row:
+                self.db.execute("DELETE FROM builds WHERE shard_id = ?", row)
+                self.db.execute("DELETE FROM member_builds WHERE shard_id = ?", row)
+                self.db.execute("UPDATE shards SET state = 'planned' WHERE id = ?", row)
+
+    def mark_failed(self, shard_id: int, reason: str) -> None:
+        self.db.execute("UPDATE shards SET state = 'failed', error = ? WHERE id = ?", (reason, shard_id))
 
     def item_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]

@@ -29,9 +29,9 @@ FORMATS = ("v1", "hybrid", "v2")
 # libtorrent and others refuse, and 64 MiB x 2^12 pieces covers a 256 GiB shard.
 PIECE_SIZE_MIN = 16 * KiB
 PIECE_SIZE_MAX = 64 * MiB
-# The automatic rule's ceiling on the piece count. 4096 v1 pieces make an 80 KB `pieces` string (hybrid adds a
-# 128 KB piece layer), small enough to fetch over ut_metadata quickly, fine enough that one track of a shard
-# maps to a handful of pieces.
+# The automatic rule's ceiling on the piece count. 4096 v1 pieces make an 80 KB `pieces` string, 5 of the
+# 16 KiB blocks a magnet user fetches over ut_metadata (BEP 9); the piece layer of a hybrid adds 128 KB but
+# travels outside the info dict. Fewer, larger pieces would make fetching one track cost more.
 TARGET_MAX_PIECES = 4096
 
 # libtorrent's load_torrent_limits defaults: a bigger .torrent or more pieces and it refuses to load the file.
@@ -50,7 +50,7 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
 
 
 def piece_size_for(total_size: int) -> int:
-    """The smallest power of two that cuts `total_size` bytes into at most 4096 pieces, clamped to 16 KiB-64 MiB.
+    """The smallest power of two cutting `total_size` bytes into at most 4096 pieces, within 16 KiB-64 MiB.
 
     Hence for 64 MiB < size <= 256 GiB the count is between 2049 and 4096; at or below 64 MiB the pieces are
     16 KiB (at most 4096 of them); above 256 GiB they are 64 MiB and the count grows (16384 at 1 TiB).
@@ -119,9 +119,12 @@ def parse_piece_size(value: str | int) -> int:
 
 
 def _check_url(name: str, what: str, url: str, schemes: tuple[str, ...]) -> None:
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme.lower() not in schemes or not parts.hostname:
-        allowed = ", ".join(f"{s}://" for s in schemes)
+    allowed = ", ".join(f"{s}://" for s in schemes)
+    if not isinstance(url, str) or any(c.isspace() or not c.isprintable() for c in url):
+        # RFC 3986 has no raw spaces; libtorrent would percent-encode them on load, changing the URL.
+        raise TorrentError(name, f"{what} {url!r} is not a URL starting with {allowed}; escape spaces as %20")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in schemes or not parts.hostname:
         raise TorrentError(name, f"{what} {url!r} is not a URL starting with {allowed}")
 
 
@@ -140,7 +143,7 @@ def _check_hashes(name: str, fmt: str, h: ShardHashes) -> None:
         raise TorrentError(name, f"file length {h.length} is not positive; an empty shard has no pieces")
     count = piece_count(h.length, h.piece_size)
     if count > PIECES_MAX:
-        raise TorrentError(name, f"{count} pieces, more than libtorrent loads ({PIECES_MAX}); use larger pieces")
+        raise TorrentError(name, f"{count} pieces, over libtorrent's {PIECES_MAX}; use larger pieces")
     if fmt != "v2" and len(h.v1_pieces) != 20 * count:
         raise TorrentError(name, f"v1 pieces are {len(h.v1_pieces)} bytes, expected 20 x {count} pieces")
     if fmt == "v1":
@@ -182,8 +185,8 @@ class TorrentSpec:
             raise TorrentError(self.name, f"format {self.format!r} is not one of {', '.join(FORMATS)}")
         _check_hashes(self.name, self.format, self.hashes)
         object.__setattr__(self, "trackers", _as_tiers(self.trackers))
-        object.__setattr__(self, "web_seeds", (self.web_seeds,) if isinstance(self.web_seeds, str)
-                           else tuple(self.web_seeds))
+        seeds = (self.web_seeds,) if isinstance(self.web_seeds, str) else tuple(self.web_seeds)
+        object.__setattr__(self, "web_seeds", seeds)
         for tier in self.trackers:
             if not tier:
                 raise TorrentError(self.name, "empty tracker tier")
@@ -283,7 +286,7 @@ def magnet_link(
     trackers: Sequence[str] = (),
     web_seeds: Sequence[str] = (),
 ) -> str:
-    """BEP 9 magnet: btih for v1, btmh (multihash 0x12 sha2-256, 0x20 bytes) for v2 (BEP 52), then dn, tr, ws."""
+    """BEP 9 magnet: btih for v1, btmh (multihash 0x12 = sha2-256, 0x20 bytes) for v2 (BEP 52), dn, tr, ws."""
     if not info_hash_v1 and not info_hash_v2:
         raise TorrentError(name or "<magnet>", "a magnet link needs a v1 or v2 info-hash")
     parts = []

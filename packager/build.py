@@ -1,0 +1,378 @@
+"""Build shards: one pass over each shard's input bytes, a .torrent from the recorded hashes, resumable.
+
+A shard is the unit of work. A worker streams the shard's members from state.sqlite (its own read-only
+connection), writes ``shards/<name>.tar.zst.part`` through the container writer while ShardHasher hashes every
+output byte, fsyncs it and returns the hashes. Only the coordinating process writes state.sqlite. It
+finishes a shard in this order, so that a kill at any moment leaves either no trace or a state it completes:
+
+1. write ``torrents/<name>.torrent`` (atomic rename; identical bytes if it is ever rewritten);
+2. one transaction records the build, the member records and the torrent, and marks the shard built;
+3. rename ``.part`` into place and fsync the folder.
+
+At the next start, a shard that is built but whose file is still ``.part`` (killed between 2 and 3) is
+renamed after a size and SHA-256 check; a planned shard's stale ``.part`` is deleted and the shard rebuilt from
+its first byte. A shard whose final file exists is never written again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .config import ReleaseConfig
+from .container import MemberRecord, MemberSource, write_shard
+from .errors import PackagerError, ShardBuildError, UsageError, WorkspaceError
+from .hashing import ShardHashes, ShardHasher
+from .state import STATE_NAME, ShardRow, State
+from .torrent import TorrentSpec, build_metainfo, identity, piece_size_for, write_torrent
+
+SHARDS_DIR = "shards"
+TORRENTS_DIR = "torrents"
+SHARD_SUFFIX = ".tar.zst"
+PART_SUFFIX = ".part"
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs to write one shard; small and picklable."""
+
+    shard_id: int
+    name: str
+    workspace: str
+    root: str
+    level: int
+    frame_size: int
+    piece_size: int
+    v2: bool
+    default_mtime: int
+    planned_bytes: int
+
+    @property
+    def final_path(self) -> Path:
+        return Path(self.workspace) / SHARDS_DIR / (self.name + SHARD_SUFFIX)
+
+    @property
+    def part_path(self) -> Path:
+        return self.final_path.with_name(self.final_path.name + PART_SUFFIX)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard_id: int
+    name: str
+    hashes: ShardHashes
+    records: list[MemberRecord]
+    frames: int
+    uncompressed: int
+
+
+# ---- events: the library never prints; the CLI turns these into progress bars --------------------------
+
+@dataclass(frozen=True)
+class ShardStarted:
+    name: str
+    total: int
+
+
+@dataclass(frozen=True)
+class BytesDone:
+    name: str
+    n: int
+
+
+@dataclass(frozen=True)
+class ShardFinished:
+    name: str
+    length: int
+    info_hash: str | None
+
+
+@dataclass(frozen=True)
+class ShardFailed:
+    name: str
+    reason: str
+
+
+@dataclass
+class BuildReport:
+    built: list[str]
+    failed: list[tuple[str, str]]
+    skipped: int
+    recovered: list[str]
+
+    def as_dict(self) -> dict:
+        return {"built": self.built, "failed": [{"shard": n, "reason": r} for n, r in self.failed],
+                "already_built": self.skipped, "recovered": self.recovered}
+
+
+Event = ShardStarted | BytesDone | ShardFinished | ShardFailed
+
+
+# ---- the worker side -------------------------------------------------------------------------------------
+
+def _member_sources(job: ShardJob) -> Iterator[MemberSource]:
+    """Stream the shard's members from state.sqlite in plan order, without holding them all."""
+    state = State(Path(job.workspace) / STATE_NAME, readonly=True)
+    try:
+        root = Path(job.root)
+        for m in state.iter_members(job.shard_id):
+            yield MemberSource(id=m.id, path=m.path, kind=m.kind, popularity=m.popularity, size=m.size,
+                               source=root / m.path, mtime=job.default_mtime if m.mtime is None else m.mtime)
+    finally:
+        state.close()
+
+
+def write_one(job: ShardJob, on_progress: Callable[[int], None] | None = None) -> ShardResult:
+    """Write one shard to its .part file, fsynced, and return its hashes. Removes the .part on failure."""
+    job.part_path.parent.mkdir(parents=True, exist_ok=True)
+    hasher = ShardHasher(job.piece_size, v2=job.v2)
+    try:
+        with open(job.part_path, "wb") as out:
+            written = write_shard(out, _member_sources(job), level=job.level, frame_size=job.frame_size,
+                                  manifest_mtime=job.default_mtime, sinks=(hasher.update,),
+                                  on_progress=on_progress, shard_name=job.name)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        job.part_path.unlink(missing_ok=True)
+        raise
+    hashes = hasher.finish()
+    if hashes.length != written.compressed_size:
+        raise ShardBuildError(job.name, f"wrote {written.compressed_size} bytes but hashed {hashes.length}")
+    return ShardResult(job.shard_id, job.name, hashes, written.records, written.frames, written.uncompressed_size)
+
+
+_progress_queue: multiprocessing.Queue | None = None
+
+
+def _init_worker(q: multiprocessing.Queue) -> None:
+    global _progress_queue
+    _progress_queue = q
+
+
+def _write_in_worker(job: ShardJob) -> ShardResult:
+    q = _progress_queue
+    assert q is not None
+    q.put(ShardStarted(job.name, job.planned_bytes))
+    return write_one(job, lambda n: q.put(BytesDone(job.name, n)))
+
+
+# ---- the coordinator side --------------------------------------------------------------------------------
+
+def torrent_spec(config: ReleaseConfig, name: str, fmt: str, hashes: ShardHashes) -> TorrentSpec:
+    from . import __version__
+
+    return TorrentSpec(name=name + SHARD_SUFFIX, hashes=hashes, format=fmt, trackers=config.trackers,
+                       web_seeds=config.web_seeds, private=config.private, source=config.source,
+                       created_by=f"packager {__version__}", creation_date=config.creation_date)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_torrent(state: State, config: ReleaseConfig, workspace: Path, shard_id: int, name: str, fmt: str,
+                 hashes: ShardHashes) -> tuple[str | None, str | None, str]:
+    """Write torrents/<name>.torrent from recorded hashes and record it; (v1 hash, v2 hash, magnet)."""
+    metainfo = build_metainfo(torrent_spec(config, name, fmt, hashes))
+    ident = identity(metainfo)
+    rel = f"{TORRENTS_DIR}/{name}{SHARD_SUFFIX}.torrent"
+    (workspace / TORRENTS_DIR).mkdir(exist_ok=True)
+    write_torrent(workspace / rel, metainfo)
+    state.record_torrent(shard_id, rel, fmt, ident.info_hash_v1, ident.info_hash_v2, ident.magnet,
+                         hashlib.sha256(metainfo).hexdigest(), len(metainfo), _now())
+    return ident.info_hash_v1, ident.info_hash_v2, ident.magnet
+
+
+def remake_torrents(state: State, config: ReleaseConfig, workspace: Path, phase: str | None = None) -> list[dict]:
+    """Re-create the .torrent of every built shard from its recorded hashes (no read of the shards), e.g.
+    after trackers or web seeds changed: those sit outside the info dict, so the info-hashes stay."""
+    if phase is not None:
+        config.phase(phase)
+    made = []
+    for row in state.shards(phase=phase, state="built"):
+        hashes = state.build_hashes(row.id)
+        fmt = config.phase(row.phase).format
+        with state.transaction():
+            v1, v2, magnet = make_torrent(state, config, Path(workspace), row.id, row.name, fmt, hashes)
+        made.append({"shard": row.name, "format": fmt, "info_hash_v1": v1, "info_hash_v2": v2, "magnet": magnet})
+    return made
+
+
+def _finish(state: State, config: ReleaseConfig, workspace: Path, job: ShardJob, fmt: str,
+            result: ShardResult) -> str | None:
+    h = result.hashes
+    rel = f"{SHARDS_DIR}/{job.name}{SHARD_SUFFIX}"
+    with state.transaction():
+        state.record_build(job.shard_id, rel, h, result.frames, result.uncompressed, _now(), result.records)
+        v1, v2, _ = make_torrent(state, config, workspace, job.shard_id, job.name, fmt, h)
+    os.replace(job.part_path, job.final_path)
+    _fsync_dir(job.final_path.parent)
+    return v1 or v2
+
+
+def _recover(state: State, workspace: Path) -> list[str]:
+    """Complete renames interrupted after the commit; delete .part files of shards that are not built."""
+    recovered = []
+    shards_dir = workspace / SHARDS_DIR
+    if not shards_dir.is_dir():
+        return recovered
+    built = {row[0]: row for row in state.built_files()}
+    for part in sorted(shards_dir.glob("*" + SHARD_SUFFIX + PART_SUFFIX)):
+        final = part.with_name(part.name[: -len(PART_SUFFIX)])
+        rel = f"{SHARDS_DIR}/{final.name}"
+        if rel in built and not final.exists():
+            _, length, sha256 = built[rel]
+            if part.stat().st_size == length and _file_sha256(part) == sha256:
+                os.replace(part, final)
+                _fsync_dir(shards_dir)
+                recovered.append(final.name)
+                continue
+            state.mark_unbuilt(rel)
+        part.unlink()
+    for rel, _, _ in built.values():
+        if not (workspace / rel).exists():
+            state.mark_unbuilt(rel)
+    return recovered
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def plan_jobs(state: State, config: ReleaseConfig, workspace: Path, phase: str | None) -> list[tuple[ShardJob, str]]:
+    """(job, torrent format) for every planned or failed shard, optionally of one phase."""
+    if phase is not None:
+        config.phase(phase)  # raises ConfigError naming the phases
+    jobs = []
+    for row in state.shards(phase=phase):
+        if row.state == "built":
+            continue
+        p = config.phase(row.phase)
+        jobs.append((_job(config, workspace, p, row), p.format))
+    return jobs
+
+
+def _job(config: ReleaseConfig, workspace: Path, phase, row: ShardRow) -> ShardJob:
+    return ShardJob(
+        shard_id=row.id, name=row.name, workspace=str(workspace), root=str(config.root), level=phase.level,
+        frame_size=phase.frame_size, piece_size=phase.piece_size or piece_size_for(row.bytes),
+        v2=phase.format in ("hybrid", "v2"), default_mtime=config.mtime, planned_bytes=row.bytes,
+    )
+
+
+def build(state: State, config: ReleaseConfig, workspace: Path, jobs_count: int = 0, phase: str | None = None,
+          on_event: Callable[[Event], None] = lambda e: None) -> BuildReport:
+    """Build every planned (or previously failed) shard. Failures are per shard; the others still finish."""
+    workspace = Path(workspace)
+    if not config.root.is_dir():
+        raise WorkspaceError(f"{config.root}: the archive root is not there", hint="check release.root")
+    if jobs_count < 0:
+        raise UsageError(f"--jobs {jobs_count}: must be 0 (one per core) or more")
+    recovered = _recover(state, workspace)
+    todo = plan_jobs(state, config, workspace, phase)
+    skipped = len([s for s in state.shards(phase=phase) if s.state == "built"])
+    report = BuildReport(built=[], failed=[], skipped=skipped, recovered=recovered)
+    if not todo:
+        return report
+    (workspace / SHARDS_DIR).mkdir(exist_ok=True)
+    workers = jobs_count or os.cpu_count() or 1
+    if workers == 1 or len(todo) == 1:
+        _build_inline(state, config, workspace, todo, report, on_event)
+    else:
+        _build_pool(state, config, workspace, todo, min(workers, len(todo)), report, on_event)
+    return report
+
+
+def _settle(state: State, config: ReleaseConfig, workspace: Path, job: ShardJob, fmt: str, report: BuildReport,
+            on_event, result: ShardResult | None, error: BaseException | None) -> None:
+    if error is None:
+        try:
+            ih = _finish(state, config, workspace, job, fmt, result)
+        except PackagerError as e:
+            error = e
+        else:
+            report.built.append(job.name)
+            on_event(ShardFinished(job.name, result.hashes.length, ih))
+            return
+    reason = error.message if isinstance(error, PackagerError) else f"{type(error).__name__}: {error}"
+    if isinstance(error, ShardBuildError):
+        reason = f"{error.reason}" + (f" ({error.path})" if error.path else "")
+    job.part_path.unlink(missing_ok=True)
+    state.mark_failed(job.shard_id, reason)
+    report.failed.append((job.name, reason))
+    on_event(ShardFailed(job.name, reason))
+
+
+def _build_inline(state, config, workspace, todo, report, on_event) -> None:
+    for job, fmt in todo:
+        on_event(ShardStarted(job.name, job.planned_bytes))
+        try:
+            result = write_one(job, lambda n, name=job.name: on_event(BytesDone(name, n)))
+        except (PackagerError, OSError) as e:
+            _settle(state, config, workspace, job, fmt, report, on_event, None, e)
+        else:
+            _settle(state, config, workspace, job, fmt, report, on_event, result, None)
+
+
+def _build_pool(state, config, workspace, todo, workers, report, on_event) -> None:
+    # spawn, not fork: the coordinator runs threads (progress display, queue feeder) that fork would copy
+    # in an arbitrary state.
+    ctx = multiprocessing.get_context("spawn")
+    progress: multiprocessing.Queue = ctx.Queue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            try:
+                on_event(progress.get(timeout=0.1))
+            except queue.Empty:
+                continue
+
+    pumper = threading.Thread(target=pump, name="progress-pump", daemon=True)
+    pumper.start()
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(progress,)) as pool:
+            pending: dict[Future, tuple[ShardJob, str]] = {}
+            queue_jobs = list(todo)
+            while queue_jobs or pending:
+                while queue_jobs and len(pending) < workers * 2:
+                    job, fmt = queue_jobs.pop(0)
+                    pending[pool.submit(_write_in_worker, job)] = (job, fmt)
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job, fmt = pending.pop(fut)
+                    error = fut.exception()
+                    if error is not None and not isinstance(error, PackagerError | OSError):
+                        raise error
+                    _settle(state, config, workspace, job, fmt, report, on_event,
+                            None if error else fut.result(), error)
+    finally:
+        stop.set()
+        pumper.join()
+        while True:  # deliver the last progress events
+            try:
+                on_event(progress.get_nowait())
+            except (queue.Empty, OSError, ValueError):
+                break

@@ -1,0 +1,270 @@
+"""Real peers on 127.0.0.1: an opentracker with a whitelist, and libtorrent sessions.
+
+Every fixture is a factory; whatever it starts is stopped in its teardown, and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote_from_bytes
+
+import libtorrent as lt
+import pytest
+
+LOOPBACK = "127.0.0.1"
+# A swarm of its own, so the readiness probe never shows up as a peer of a torrent under test.
+PROBE_HASH = hashlib.sha1(b"packager interop probe").hexdigest()
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A TCP+UDP port free on 127.0.0.1 right now; never the same one twice in a test."""
+    handed_out: set[int] = set()
+
+    def pick() -> int:
+        for _ in range(50):
+            with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
+                tcp.bind((LOOPBACK, 0))
+                port = tcp.getsockname()[1]
+                try:
+                    udp.bind((LOOPBACK, port))  # opentracker and libtorrent listen on both
+                except OSError:
+                    continue
+            if port not in handed_out:
+                handed_out.add(port)
+                return port
+        raise RuntimeError("no free port on 127.0.0.1")
+
+    return pick
+
+
+# --- opentracker -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tracker:
+    port: int
+    whitelist: Path
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def announce_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/announce"
+
+    @property
+    def udp_url(self) -> str:
+        return f"udp://{LOOPBACK}:{self.port}/announce"
+
+    def announce(self, info_hash_hex: str, port: int, event: str = "started", left: int = 0) -> bytes:
+        query = (
+            f"info_hash={quote_from_bytes(bytes.fromhex(info_hash_hex))}&peer_id=-PK0001-{port:012d}"
+            f"&port={port}&uploaded=0&downloaded=0&left={left}&compact=1&event={event}"
+        )
+        with urllib.request.urlopen(f"{self.announce_url}?{query}", timeout=2) as reply:
+            return reply.read()
+
+
+def _opentracker_user() -> list[str]:
+    # opentracker refuses to keep running as root ("Still running with root privileges?!") and setuid()s to
+    # `nobody` by default; as another user that setuid fails and it exits silently, so name ourselves.
+    if os.geteuid() == 0:
+        return ["-u", "nobody"]
+    return ["-u", pwd.getpwuid(os.geteuid()).pw_name]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.fixture
+def opentracker(free_port) -> Iterator[Callable[[Iterable[str]], Tracker]]:
+    """Start Debian's opentracker (whitelist build) on 127.0.0.1 serving only the given hex info-hashes."""
+    binary = shutil.which("opentracker")
+    if binary is None:
+        pytest.skip("opentracker not installed (Debian: apt install opentracker)")
+    started: list[Tracker] = []
+    dirs: list[str] = []
+
+    def start(whitelist_hashes: Iterable[str]) -> Tracker:
+        # Not pytest's tmp_path (mode 0700): opentracker reads the whitelist after dropping to `nobody`.
+        home = tempfile.mkdtemp(prefix="packager-opentracker-")
+        dirs.append(home)
+        os.chmod(home, 0o755)
+        whitelist = Path(home, "whitelist.txt")
+        whitelist.write_text("".join(f"{h.lower()}\n" for h in [*whitelist_hashes, PROBE_HASH]))
+        config = Path(home, "opentracker.conf")
+        # The Debian build is compiled with WANT_ACCESSLIST_WHITE; the path must be absolute.
+        config.write_text(f"access.whitelist {whitelist}\n")
+        whitelist.chmod(0o644)
+        config.chmod(0o644)
+        port = free_port()
+        log = Path(home, "opentracker.log")
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [binary, "-i", LOOPBACK, "-p", str(port), "-P", str(port), "-f", str(config),
+                 *_opentracker_user()],
+                cwd=home, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        tracker = Tracker(port, whitelist, process, log)
+        started.append(tracker)
+        _wait_ready(tracker)
+        return tracker
+
+    yield start
+    for tracker in started:
+        _stop(tracker.process)
+    for home in dirs:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _wait_ready(tracker: Tracker, seconds: float = 10) -> None:
+    reply = b""
+
+    def answered() -> bool:
+        nonlocal reply
+        if tracker.process.poll() is not None:
+            return True
+        try:
+            reply = tracker.announce(PROBE_HASH, port=1)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+        # opentracker answers before its accesslist thread has read the whitelist: until then every hash,
+        # the probe's too, gets "Requested download is not authorized".
+        return b"8:interval" in reply
+
+    wait_until(answered, seconds)
+    if tracker.process.poll() is not None or b"8:interval" not in reply:
+        _stop(tracker.process)
+        pytest.fail(
+            f"opentracker on port {tracker.port} not serving its whitelist:"
+            f" exit {tracker.process.returncode}, reply {reply[:200]!r},"
+            f" log {tracker.log.read_bytes()[-1000:]!r}"
+        )
+    tracker.announce(PROBE_HASH, port=1, event="stopped")
+
+
+# --- libtorrent -----------------------------------------------------------------------------------------
+
+
+def loopback_settings(port: int) -> dict:
+    return {
+        "listen_interfaces": f"{LOOPBACK}:{port}",
+        # Peers must come from the tracker only: no DHT, local discovery or port mapping.
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        # Every peer in these tests is 127.0.0.1; libtorrent otherwise keeps one connection per IP.
+        "allow_multiple_connections_per_ip": True,
+        # aria2 speaks TCP only; one transport keeps the libtorrent runs alike.
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        # Shutdown otherwise waits up to 5 s for `stopped` announces.
+        "stop_tracker_timeout": 1,
+        "alert_mask": lt.alert_category.error
+        | lt.alert_category.tracker
+        | lt.alert_category.status
+        | lt.alert_category.storage,
+    }
+
+
+@dataclass
+class Peer:
+    session: lt.session
+    port: int
+    handle: lt.torrent_handle | None = None
+    alerts: list[str] = field(default_factory=list)
+
+    def drain(self) -> list[lt.alert]:
+        got = self.session.pop_alerts()
+        self.alerts += [f"{type(a).__name__}: {a.message()}" for a in got]
+        return got
+
+    def describe(self) -> str:
+        st = self.handle.status() if self.handle is not None else None
+        where = f"state {st.state}, progress {st.progress:.3f}, peers {st.num_peers}" if st else "no torrent"
+        return f"libtorrent on port {self.port}: {where}; last alerts: {self.alerts[-8:]}"
+
+
+@pytest.fixture
+def lt_session(free_port) -> Iterator[Callable[[], Peer]]:
+    """A libtorrent session on 127.0.0.1 with discovery off; closed in teardown."""
+    peers: list[Peer] = []
+
+    def start() -> Peer:
+        port = free_port()
+        peer = Peer(lt.session(loopback_settings(port)), port)
+        peers.append(peer)
+        return peer
+
+    yield start
+    for peer in peers:
+        if peer.handle is not None:
+            peer.session.remove_torrent(peer.handle)
+        peer.session.pause()
+    peers.clear()  # the last reference: libtorrent's destructor joins its threads
+
+
+def add_torrent(peer: Peer, torrent: Path, save_path: Path, flags: int = 0) -> lt.torrent_handle:
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(str(torrent))
+    params.save_path = str(save_path)
+    params.flags |= flags
+    peer.handle = peer.session.add_torrent(params)
+    return peer.handle
+
+
+@pytest.fixture
+def lt_seeder(lt_session) -> Callable[[Path, Path], Peer]:
+    """Seed `torrent_path` from `data_dir` once libtorrent has checked every piece and announced."""
+
+    def start(torrent_path: Path, data_dir: Path, seconds: float = 20) -> Peer:
+        peer = lt_session()
+        # No seed_mode: a full check proves the .torrent matches the data before anyone downloads.
+        handle = add_torrent(peer, torrent_path, data_dir)
+        hashes = handle.info_hashes()
+        # A hybrid torrent is announced twice, under its v1 and its truncated v2 info-hash (BEP 52).
+        expected = set()
+        if handle.trackers() and hashes.has_v1():
+            expected.add(lt.protocol_version.V1)
+        if handle.trackers() and hashes.has_v2():
+            expected.add(lt.protocol_version.V2)
+        replies: set = set()
+
+        def ready() -> bool:
+            replies.update(a.version for a in peer.drain() if isinstance(a, lt.tracker_reply_alert))
+            return handle.status().is_seeding and expected <= replies
+
+        if not wait_until(ready, seconds):
+            pytest.fail(f"seeder not ready in {seconds} s: {peer.describe()}")
+        return peer
+
+    return start

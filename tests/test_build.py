@@ -1,0 +1,182 @@
+"""Building shards: the state machine around the container writer, failures, determinism, resume."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from packager.build import build
+from packager.catalog import IngestOptions, ingest
+from packager.cli import app
+from packager.config import load_config
+from packager.container import ShardReader
+from packager.plan import plan
+from packager.state import open_state
+
+
+def prepare(ws: Path, archive, rows, name="c.jsonl"):
+    with open_state(ws) as state:
+        config = load_config(ws)
+        ingest(state, config, [archive.jsonl(rows, name)], IngestOptions())
+        plan(state, config)
+
+
+def run_build(ws: Path, jobs=1, **kw):
+    with open_state(ws) as state:
+        return build(state, load_config(ws), ws, jobs_count=jobs, **kw)
+
+
+def rows_for(archive, n=12, seed=3, size=(0, 40_000)):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        body = rng.randbytes(rng.randint(*size))
+        path = f"audio/{i % 3}/tr {i:02d} é.ogg"
+        archive.add(path, body)
+        rows.append({"id": f"t{i:02d}", "path": path, "kind": "audio", "popularity": rng.choice([5, 20, 70, 90]),
+                     "size": len(body)})
+    meta = b"".join(json.dumps({"n": i, "title": "x" * 50}).encode() + b"\n" for i in range(2000))
+    archive.add("meta/all.jsonl", meta)
+    rows.append({"id": "m", "path": "meta/all.jsonl", "kind": "metadata", "popularity": 0, "size": len(meta)})
+    return rows
+
+
+def digests(ws: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for d in ("shards", "torrents") for p in sorted((ws / d).iterdir())}
+
+
+def test_build_writes_shards_torrents_and_state(workspace, archive):
+    rows = rows_for(archive)
+    prepare(workspace, archive, rows)
+    report = run_build(workspace)
+    assert not report.failed and len(report.built) >= 3
+    with open_state(workspace) as state:
+        shards = state.shards()
+        assert {s.state for s in shards} == {"built"}
+        for s in shards:
+            f = workspace / "shards" / f"{s.name}.tar.zst"
+            extras = state.shard_extras(s.id)
+            assert extras["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+            assert extras["length"] == f.stat().st_size
+            assert (workspace / extras["torrent"]).exists() and extras["magnet"].startswith("magnet:?")
+            with ShardReader(f) as reader:
+                got = {r.id: r for r in reader.manifest()}
+                assert list(got) == [m.id for m in state.iter_members(s.id)]
+                for r in got.values():
+                    assert b"".join(reader.iter_member(r)) == (archive.root / r.path).read_bytes()
+    assert run_build(workspace).built == []  # nothing left to do; nothing rewritten
+
+
+def test_changed_input_fails_only_its_shard(workspace, archive):
+    rows = rows_for(archive, size=(30_000, 40_000))
+    prepare(workspace, archive, rows)
+    victim = rows[0]
+    (archive.root / victim["path"]).write_bytes(b"shorter")
+    report = run_build(workspace, jobs=2)
+    assert len(report.failed) == 1
+    name, reason = report.failed[0]
+    assert victim["path"] in reason and "7" in reason and str(victim["size"]) in reason
+    assert report.built, "the other shards still finish"
+    assert not list((workspace / "shards").glob("*.part"))
+    assert not (workspace / "shards" / f"{name}.tar.zst").exists()
+    r = CliRunner().invoke(app, ["status", str(workspace), "--json"])
+    states = {s["name"]: s["state"] for s in json.loads(r.output)["shards"]}
+    assert states[name] == "failed"
+    # Put the file back: the next build retries the failed shard only.
+    archive.add(victim["path"], b"\0" * victim["size"])
+    again = run_build(workspace)
+    assert again.built == [name] and again.failed == []
+
+
+def test_same_catalog_gives_identical_bytes_with_any_jobs_and_row_order(make_workspace, archive):
+    rows = rows_for(archive, n=18)
+    results = []
+    for n, jobs in enumerate((1, 2)):
+        ws = make_workspace(f"ws{n}")
+        shuffled = rows[:]
+        random.Random(n).shuffle(shuffled)
+        prepare(ws, archive, shuffled, name=f"c{n}.jsonl")
+        assert not run_build(ws, jobs=jobs).failed
+        results.append(digests(ws))
+    assert results[0] == results[1]
+    assert any(k.endswith(".torrent") for k in results[0])
+
+
+def test_interrupted_rename_is_completed(workspace, archive):
+    prepare(workspace, archive, rows_for(archive))
+    run_build(workspace)
+    shard = sorted((workspace / "shards").iterdir())[0]
+    before = shard.read_bytes()
+    shard.rename(shard.with_name(shard.name + ".part"))
+    report = run_build(workspace)
+    assert report.recovered == [shard.name] and report.built == []
+    assert shard.read_bytes() == before
+
+
+def test_missing_built_shard_is_rebuilt_identically(workspace, archive):
+    prepare(workspace, archive, rows_for(archive))
+    run_build(workspace)
+    shard = sorted((workspace / "shards").iterdir())[0]
+    before = shard.read_bytes()
+    shard.unlink()
+    assert run_build(workspace).built == [shard.name.removesuffix(".tar.zst")]
+    assert shard.read_bytes() == before
+
+
+def test_build_cli_exit_codes(workspace, archive):
+    rows = rows_for(archive)
+    prepare(workspace, archive, rows)
+    (archive.root / rows[0]["path"]).unlink()
+    r = CliRunner().invoke(app, ["build", str(workspace), "--jobs", "1"])
+    assert r.exit_code == 2 and rows[0]["path"] in r.output and "failed" in r.output
+    r = CliRunner().invoke(app, ["build", str(workspace), "--phase", "nope"])
+    assert r.exit_code == 2 and "no phase named 'nope'" in r.output
+
+
+@pytest.mark.slow
+def test_kill_at_any_moment_then_resume_gives_identical_bytes(make_workspace, archive):
+    """kill -9 a build subprocess at several points while it writes; the resumed build matches a clean one."""
+    rng = random.Random(11)
+    rows = []
+    for i in range(24):
+        body = rng.randbytes(1_500_000)
+        archive.add(f"audio/big{i}.ogg", body)
+        rows.append({"id": f"b{i:02d}", "path": f"audio/big{i}.ogg", "kind": "audio",
+                     "popularity": 40 + i % 3, "size": len(body)})
+    reference = make_workspace("reference", audio_shard="5MB")
+    prepare(reference, archive, rows)
+    run_build(reference)
+    expected = digests(reference)
+    assert len(expected) == 16  # eight shards of three files, and their torrents
+
+    ws = make_workspace("killed", audio_shard="5MB")
+    prepare(ws, archive, rows)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    kills = 0
+    for threshold in (1, 2_000_000, 4_000_000, 1_000_000, 3_000_000):
+        proc = subprocess.Popen([sys.executable, "-m", "packager.cli", "build", str(ws), "--jobs", "1"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            parts = list((ws / "shards").glob("*.part")) if (ws / "shards").exists() else []
+            if any(p.exists() and p.stat().st_size >= threshold for p in parts):
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.002)
+        proc.wait(timeout=30)
+    assert kills >= 3, "the build finished before it could be killed; make the data bigger"
+    run_build(ws)
+    assert digests(ws) == expected
+    leftovers = [p for d in ("shards", "torrents") for p in (ws / d).iterdir() if p.name.endswith(".part")
+                 or p.name.startswith(".")]
+    assert leftovers == []
