@@ -196,7 +196,7 @@ class _Worker:
             if self._error is None:  # after a failure keep draining, so a submitter never blocks forever
                 try:
                     item[0](*item[1:])
-                except BaseException as exc:  # noqa: BLE001 - handed to the submitting thread
+                except BaseException as exc:  # handed to the submitting thread
                     self._error = exc
 
     def submit(self, fn: Callable[..., object], *args: object) -> None:
@@ -408,9 +408,18 @@ def write_shard(
 
         frames = _FrameWriter(level, limit, emit)
         digests: list[MemberDigest] = []
-        placed = [
-            _write_member(frames, workers["digests"], digests, m, shard_name, on_progress) for m in members
-        ]
+        placed = []
+        ids: set[str] = set()
+        paths: set[str] = set()
+        for m in members:
+            _check_member(m, shard_name)
+            if m.id in ids or m.path in paths:
+                # find() and tar extraction could then reach only one of them.
+                what = f"id {m.id!r}" if m.id in ids else f"path {m.path!r}"
+                raise ShardBuildError(shard_name, f"member {m.id}: duplicate {what}", str(m.source))
+            ids.add(m.id)
+            paths.add(m.path)
+            placed.append(_write_member(frames, workers["digests"], digests, m, shard_name, on_progress))
         workers["digests"].close()
         records = [_record(m, d, *where) for (m, *where), d in zip(placed, digests, strict=True)]
         _write_manifest(frames, records, manifest_mtime)
@@ -441,7 +450,6 @@ def _write_member(
     on_progress: Callable[[int], None] | None,
 ) -> tuple[MemberSource, int, int, int]:
     """Write one member; return it with its content offset and frame range. Its digest lands in `digests`."""
-    _check_member(m, shard_name)
     header = _tar_header(m.path, m.size, m.mtime)
     padding = -m.size % TAR_BLOCK
     chunks = _read_source(m, shard_name, on_progress)
@@ -525,7 +533,9 @@ class ShardReader:
         size = os.fstat(self._file.fileno()).st_size
         if size < _SKIPPABLE_HEADER.size + _SEEK_FOOTER.size:
             raise ContainerError(self.path, f"only {size} bytes: too short to be a shard")
-        count, descriptor, magic = _SEEK_FOOTER.unpack(self._pread(_SEEK_FOOTER.size, size - _SEEK_FOOTER.size))
+        count, descriptor, magic = _SEEK_FOOTER.unpack(
+            self._pread(_SEEK_FOOTER.size, size - _SEEK_FOOTER.size)
+        )
         if magic != SEEKABLE_MAGIC:
             raise ContainerError(
                 self.path, "no zstd seek table at the end: not a seekable .tar.zst shard, or truncated"
@@ -568,9 +578,7 @@ class ShardReader:
         if len(data) != frame.compressed_size:
             raise ContainerError(self.path, f"{where}: the file ends early")
         try:
-            out = self._dctx.decompress(
-                data, max_output_size=frame.decompressed_size, allow_extra_data=False
-            )
+            out = self._dctx.decompress(data, max_output_size=frame.decompressed_size, allow_extra_data=False)
         except zstandard.ZstdError as exc:
             raise ContainerError(self.path, f"{where} is damaged: {exc}") from None
         if len(out) != frame.decompressed_size:
@@ -648,7 +656,9 @@ class ShardReader:
         if isinstance(popularity, bool) or not isinstance(popularity, int | float):
             raise fail("popularity must be a number")
         # Keys this version does not know are ignored, so a later writer may add fields.
-        return MemberRecord(**{key: fields[key] for key in _MANIFEST_KEYS} | {"popularity": float(popularity)})
+        return MemberRecord(
+            **{key: fields[key] for key in _MANIFEST_KEYS} | {"popularity": float(popularity)}
+        )
 
     def _check_records(self, records: list[MemberRecord], first_manifest_frame: int) -> None:
         """Refuse a manifest whose ranges point outside its frames, so iter_member can trust them."""
@@ -658,8 +668,11 @@ class ShardReader:
             if ok and rec.size:
                 start, end = frames[rec.first_frame], frames[rec.last_frame]
                 ok = (
-                    start.decompressed_offset <= rec.offset < start.decompressed_offset + start.decompressed_size
-                    and end.decompressed_offset < rec.offset + rec.size
+                    start.decompressed_offset
+                    <= rec.offset
+                    < start.decompressed_offset + start.decompressed_size
+                    and end.decompressed_offset
+                    < rec.offset + rec.size
                     <= end.decompressed_offset + end.decompressed_size
                 )
             if not ok:
@@ -738,7 +751,9 @@ class ShardReader:
             ("SHA-256", rec.sha256, got.sha256),
         ):
             if expected != actual:
-                raise ShardDamaged(self.path, rec.path, rec.offset, f"{what} is {actual}, expected {expected}")
+                raise ShardDamaged(
+                    self.path, rec.path, rec.offset, f"{what} is {actual}, expected {expected}"
+                )
 
 
 def _first_member_name(data: bytes) -> str | None:

@@ -36,7 +36,9 @@ class ShardHashes:
     piece_size: int
     v1_pieces: bytes  # concatenated 20-byte SHA-1 digests of each piece (the last piece may be short)
     v2_root: bytes | None = None  # BEP 52 "pieces root" (32 bytes), when v2 hashing was asked for
-    v2_piece_layer: bytes | None = None  # concatenated 32-byte piece-layer hashes; b"" if length <= piece_size
+    v2_piece_layer: bytes | None = (
+        None  # concatenated 32-byte piece-layer hashes; b"" if length <= piece_size
+    )
 
 
 class MemberHasher:

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # benchmark's peer, aria2c / transmission / opentracker / libtorrent exchange our torrents, minisign checks
 # our signatures, chromium renders the published index.
 DEB_TOOLS=(zstd:zstd aria2c:aria2 transmission-show:transmission-cli opentracker:opentracker
-           minisign:minisign mktorrent:mktorrent)
+           minisign:minisign mktorrent:mktorrent chromium:chromium qbittorrent-nox:qbittorrent-nox
+           transmission-daemon:transmission-daemon)
 
 install_debian_tools() {
     local missing=()

@@ -1,0 +1,100 @@
+"""The app, its error handling and the output helpers every command module shares.
+
+Every error packager raises on purpose is a PackagerError; it is caught once, in PackagerGroup.invoke,
+printed as `error: ...` / `hint: ...` and turned into the exit code (2 bad input, 3 environment, 1 damage).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from .. import __version__
+from ..errors import PackagerError
+
+# Piped output is read by people with wide terminals and by grep: do not wrap it at rich's default 80.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class PackagerGroup(TyperGroup):
+    """Maps PackagerError to a two-line message and an exit code, for the real CLI and CliRunner alike."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PackagerError as e:
+            err.print(f"[bold red]error:[/] {e.message}", markup=True, highlight=False)
+            if e.hint:
+                err.print(f"[bold]hint:[/] {e.hint}", markup=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=PackagerGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Turn a huge preservation archive into a phased public BitTorrent release.",
+)
+
+Workspace = Annotated[Path, typer.Argument(help="The release workspace folder (made by `packager init`).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"packager {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Turn a huge preservation archive into a phased public BitTorrent release."""
+
+
+class count_progress:
+    """A transient rich progress line fed by a count callback; silent for --json or a non-terminal."""
+
+    def __init__(self, label: str, quiet: bool):
+        self.label, self.quiet = label, quiet or not err.is_terminal
+        self.progress = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if self.quiet:
+            return lambda n: None
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.completed:,} " + self.label),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        self.progress.start()
+        task = self.progress.add_task(self.label, total=None)
+        return lambda n: self.progress.update(task, completed=n)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()

@@ -1,0 +1,1 @@
+"""Commands: publish (being written)."""

@@ -1,0 +1,1 @@
+"""Commands: seed (being written)."""

@@ -1,0 +1,207 @@
+"""Commands for shards and torrents: build, extract, torrent, show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..config import format_size, load_config
+from ..state import open_state
+from ._app import JsonOpt, Workspace, app, emit_json, err, out
+
+
+@app.command()
+def build(
+    workspace: Workspace,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Shards built at once (0: one per core).")] = 0,
+    phase: Annotated[str | None, typer.Option(help="Build this phase only.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write every planned shard as a seekable .tar.zst with its .torrent, in one pass over the bytes.
+
+    Interrupted builds resume: finished shards are kept, partial ones are started again.
+
+    Example:
+        packager build music-release --jobs 8 --phase metadata
+    """
+    from ..build import build as run_build
+
+    config = load_config(workspace)
+    with open_state(workspace) as state, _BuildProgress(as_json) as on_event:
+        report = run_build(state, config, workspace, jobs_count=jobs, phase=phase, on_event=on_event)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        for name in report.recovered:
+            out.print(f"completed the interrupted rename of {name}")
+        out.print(
+            f"built {len(report.built)} shards; {report.skipped} already built; {len(report.failed)} failed"
+        )
+        for name, reason in report.failed:
+            err.print(f"[bold red]failed:[/] {name}: {reason}", markup=True)
+    if report.failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def extract(
+    shard: Annotated[Path, typer.Argument(help="A shard file (.tar.zst) made by packager.")],
+    keys: Annotated[list[str] | None, typer.Argument(help="Member ids or paths to extract.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to extract into.")] = Path("."),
+    list_members: Annotated[bool, typer.Option("--list", help="List the members instead.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Extract single members by random access, checked against the shard's own manifest.
+
+    Only the frames holding the members are read and decompressed, whatever the shard's size.
+
+    Example:
+        packager extract music-audio-t1-00001.tar.zst trk-000042 -o out/
+        packager extract music-audio-t1-00001.tar.zst --list
+    """
+    from ..container import ShardReader
+
+    with ShardReader(shard) as reader:
+        if list_members or not keys:
+            records = reader.manifest()
+            if as_json:
+                emit_json([vars(r) for r in records])
+                return
+            table = Table("id", "path", "size", "popularity", "frames", box=None)
+            for r in records:
+                table.add_row(
+                    r.id, r.path, str(r.size), f"{r.popularity:g}", f"{r.first_frame}-{r.last_frame}"
+                )
+            out.print(table)
+            return
+        paths = reader.extract(keys, output)
+    if as_json:
+        emit_json([str(p) for p in paths])
+        return
+    for p in paths:
+        out.print(f"extracted {p} (size, xxh3-128 and SHA-256 checked)")
+
+
+@app.command()
+def torrent(
+    workspace: Workspace,
+    phase: Annotated[str | None, typer.Option(help="Only this phase's torrents.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-create the .torrent files of built shards from the hashes recorded at build time.
+
+    Use it after changing trackers or web seeds in release.toml: the shards are not read again, and the
+    info-hashes do not change (a changed format, private flag or source tag does change them).
+
+    Example:
+        packager torrent music-release --phase audio
+    """
+    from ..build import remake_torrents
+
+    config = load_config(workspace)
+    with open_state(workspace) as state:
+        made = remake_torrents(state, config, workspace, phase)
+    if as_json:
+        emit_json(made)
+        return
+    for t in made:
+        out.print(f"{t['shard']}  {t['info_hash_v1'] or t['info_hash_v2']}")
+    out.print(f"wrote {len(made)} torrents")
+
+
+@app.command()
+def show(
+    torrent_file: Annotated[Path, typer.Argument(help="A .torrent file.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a torrent's name, size, piece size, files, info-hashes, trackers, web seeds and magnet.
+
+    Example:
+        packager show torrents/music-audio-t1-00001.tar.zst.torrent --json
+    """
+    from dataclasses import asdict
+
+    from ..torrent import read_torrent
+
+    info = read_torrent(torrent_file)
+    if as_json:
+        emit_json(asdict(info))
+        return
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # a magnet must stay whole to be copied
+    rows = [
+        ("name", info.name),
+        ("format", info.format),
+        ("size", f"{info.size:,} bytes ({format_size(info.size)})"),
+        ("pieces", f"{info.piece_count:,} x {info.piece_size:,} bytes"),
+        ("info-hash v1", info.info_hash_v1 or "-"),
+        ("info-hash v2", info.info_hash_v2 or "-"),
+        ("trackers", "\n".join(" | ".join(tier) for tier in info.trackers) or "-"),
+        ("web seeds", "\n".join(info.web_seeds) or "-"),
+        ("private", "yes" if info.private else "no"),
+        ("source", info.source or "-"),
+        ("created by", info.created_by or "-"),
+        ("files", "\n".join(f"{p}  ({n:,} bytes)" for p, n in info.files)),
+        ("magnet", info.magnet),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+
+
+class _BuildProgress:
+    """Rich bars fed by build events: one per running shard (bytes, rate, ETA) and one overall."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet or not err.is_terminal
+        self.progress = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda event: None
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+        )
+        self.progress.start()
+        self.overall = self.progress.add_task("all shards", total=0)
+        return self.on_event
+
+    def on_event(self, event) -> None:
+        from ..build import BytesDone, ShardFailed, ShardFinished, ShardStarted
+
+        p = self.progress
+        if isinstance(event, ShardStarted):
+            self.tasks[event.name] = p.add_task(event.name, total=event.total)
+            p.update(self.overall, total=(p.tasks[self.overall].total or 0) + event.total)
+        elif isinstance(event, BytesDone):
+            p.advance(self.tasks[event.name], event.n)
+            p.advance(self.overall, event.n)
+        elif isinstance(event, ShardFinished | ShardFailed):
+            task = self.tasks.pop(event.name, None)
+            if task is not None:
+                p.remove_task(task)
+            if isinstance(event, ShardFailed):
+                p.console.print(f"[red]failed[/] {event.name}: {event.reason}", markup=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
