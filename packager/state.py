@@ -166,9 +166,14 @@ class State:
             self.db.executescript(SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         else:
-            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            try:
+                row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            except sqlite3.DatabaseError as e:
+                raise WorkspaceError(f"{self.path}: not a packager state database ({e})") from None
             if not row or int(row[0]) != SCHEMA_VERSION:
                 raise WorkspaceError(f"{self.path}: unknown state schema version {row and row[0]}")
+            # Tables added since the workspace was made (all CREATE ... IF NOT EXISTS).
+            self.db.executescript(SCHEMA)
 
     def close(self) -> None:
         self.db.close()
