@@ -30,9 +30,11 @@ from pathlib import Path
 from .config import ReleaseConfig
 from .container import MemberRecord, MemberSource, write_shard
 from .errors import PackagerError, ShardBuildError, UsageError, WorkspaceError
-from .hashing import ShardHashes, ShardHasher
+from .hashing import ShardHasher, ShardHashes
 from .state import STATE_NAME, ShardRow, State
-from .torrent import TorrentSpec, build_metainfo, identity, piece_size_for, write_torrent
+
+# torrent.py (and so libtorrent, 0.3 s to import) is imported only on the coordinator's side, so that the
+# spawned build workers start fast.
 
 SHARDS_DIR = "shards"
 TORRENTS_DIR = "torrents"
@@ -76,6 +78,7 @@ class ShardResult:
 
 # ---- events: the library never prints; the CLI turns these into progress bars --------------------------
 
+
 @dataclass(frozen=True)
 class ShardStarted:
     name: str
@@ -109,8 +112,12 @@ class BuildReport:
     recovered: list[str]
 
     def as_dict(self) -> dict:
-        return {"built": self.built, "failed": [{"shard": n, "reason": r} for n, r in self.failed],
-                "already_built": self.skipped, "recovered": self.recovered}
+        return {
+            "built": self.built,
+            "failed": [{"shard": n, "reason": r} for n, r in self.failed],
+            "already_built": self.skipped,
+            "recovered": self.recovered,
+        }
 
 
 Event = ShardStarted | BytesDone | ShardFinished | ShardFailed
@@ -118,14 +125,22 @@ Event = ShardStarted | BytesDone | ShardFinished | ShardFailed
 
 # ---- the worker side -------------------------------------------------------------------------------------
 
+
 def _member_sources(job: ShardJob) -> Iterator[MemberSource]:
     """Stream the shard's members from state.sqlite in plan order, without holding them all."""
     state = State(Path(job.workspace) / STATE_NAME, readonly=True)
     try:
         root = Path(job.root)
         for m in state.iter_members(job.shard_id):
-            yield MemberSource(id=m.id, path=m.path, kind=m.kind, popularity=m.popularity, size=m.size,
-                               source=root / m.path, mtime=job.default_mtime if m.mtime is None else m.mtime)
+            yield MemberSource(
+                id=m.id,
+                path=m.path,
+                kind=m.kind,
+                popularity=m.popularity,
+                size=m.size,
+                source=root / m.path,
+                mtime=job.default_mtime if m.mtime is None else m.mtime,
+            )
     finally:
         state.close()
 
@@ -136,9 +151,16 @@ def write_one(job: ShardJob, on_progress: Callable[[int], None] | None = None) -
     hasher = ShardHasher(job.piece_size, v2=job.v2)
     try:
         with open(job.part_path, "wb") as out:
-            written = write_shard(out, _member_sources(job), level=job.level, frame_size=job.frame_size,
-                                  manifest_mtime=job.default_mtime, sinks=(hasher.update,),
-                                  on_progress=on_progress, shard_name=job.name)
+            written = write_shard(
+                out,
+                _member_sources(job),
+                level=job.level,
+                frame_size=job.frame_size,
+                manifest_mtime=job.default_mtime,
+                sinks=(hasher.update,),
+                on_progress=on_progress,
+                shard_name=job.name,
+            )
             out.flush()
             os.fsync(out.fileno())
     except BaseException:
@@ -147,7 +169,9 @@ def write_one(job: ShardJob, on_progress: Callable[[int], None] | None = None) -
     hashes = hasher.finish()
     if hashes.length != written.compressed_size:
         raise ShardBuildError(job.name, f"wrote {written.compressed_size} bytes but hashed {hashes.length}")
-    return ShardResult(job.shard_id, job.name, hashes, written.records, written.frames, written.uncompressed_size)
+    return ShardResult(
+        job.shard_id, job.name, hashes, written.records, written.frames, written.uncompressed_size
+    )
 
 
 _progress_queue: multiprocessing.Queue | None = None
@@ -167,12 +191,22 @@ def _write_in_worker(job: ShardJob) -> ShardResult:
 
 # ---- the coordinator side --------------------------------------------------------------------------------
 
-def torrent_spec(config: ReleaseConfig, name: str, fmt: str, hashes: ShardHashes) -> TorrentSpec:
-    from . import __version__
 
-    return TorrentSpec(name=name + SHARD_SUFFIX, hashes=hashes, format=fmt, trackers=config.trackers,
-                       web_seeds=config.web_seeds, private=config.private, source=config.source,
-                       created_by=f"packager {__version__}", creation_date=config.creation_date)
+def torrent_spec(config: ReleaseConfig, name: str, fmt: str, hashes: ShardHashes):
+    from . import __version__
+    from .torrent import TorrentSpec
+
+    return TorrentSpec(
+        name=name + SHARD_SUFFIX,
+        hashes=hashes,
+        format=fmt,
+        trackers=config.trackers,
+        web_seeds=config.web_seeds,
+        private=config.private,
+        source=config.source,
+        created_by=f"packager {__version__}",
+        creation_date=config.creation_date,
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -187,20 +221,40 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def make_torrent(state: State, config: ReleaseConfig, workspace: Path, shard_id: int, name: str, fmt: str,
-                 hashes: ShardHashes) -> tuple[str | None, str | None, str]:
+def make_torrent(
+    state: State,
+    config: ReleaseConfig,
+    workspace: Path,
+    shard_id: int,
+    name: str,
+    fmt: str,
+    hashes: ShardHashes,
+) -> tuple[str | None, str | None, str]:
     """Write torrents/<name>.torrent from recorded hashes and record it; (v1 hash, v2 hash, magnet)."""
+    from .torrent import build_metainfo, identity, write_torrent
+
     metainfo = build_metainfo(torrent_spec(config, name, fmt, hashes))
     ident = identity(metainfo)
     rel = f"{TORRENTS_DIR}/{name}{SHARD_SUFFIX}.torrent"
     (workspace / TORRENTS_DIR).mkdir(exist_ok=True)
     write_torrent(workspace / rel, metainfo)
-    state.record_torrent(shard_id, rel, fmt, ident.info_hash_v1, ident.info_hash_v2, ident.magnet,
-                         hashlib.sha256(metainfo).hexdigest(), len(metainfo), _now())
+    state.record_torrent(
+        shard_id,
+        rel,
+        fmt,
+        ident.info_hash_v1,
+        ident.info_hash_v2,
+        ident.magnet,
+        hashlib.sha256(metainfo).hexdigest(),
+        len(metainfo),
+        _now(),
+    )
     return ident.info_hash_v1, ident.info_hash_v2, ident.magnet
 
 
-def remake_torrents(state: State, config: ReleaseConfig, workspace: Path, phase: str | None = None) -> list[dict]:
+def remake_torrents(
+    state: State, config: ReleaseConfig, workspace: Path, phase: str | None = None
+) -> list[dict]:
     """Re-create the .torrent of every built shard from its recorded hashes (no read of the shards), e.g.
     after trackers or web seeds changed: those sit outside the info dict, so the info-hashes stay."""
     if phase is not None:
@@ -211,12 +265,15 @@ def remake_torrents(state: State, config: ReleaseConfig, workspace: Path, phase:
         fmt = config.phase(row.phase).format
         with state.transaction():
             v1, v2, magnet = make_torrent(state, config, Path(workspace), row.id, row.name, fmt, hashes)
-        made.append({"shard": row.name, "format": fmt, "info_hash_v1": v1, "info_hash_v2": v2, "magnet": magnet})
+        made.append(
+            {"shard": row.name, "format": fmt, "info_hash_v1": v1, "info_hash_v2": v2, "magnet": magnet}
+        )
     return made
 
 
-def _finish(state: State, config: ReleaseConfig, workspace: Path, job: ShardJob, fmt: str,
-            result: ShardResult) -> str | None:
+def _finish(
+    state: State, config: ReleaseConfig, workspace: Path, job: ShardJob, fmt: str, result: ShardResult
+) -> str | None:
     h = result.hashes
     rel = f"{SHARDS_DIR}/{job.name}{SHARD_SUFFIX}"
     with state.transaction():
@@ -260,7 +317,9 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def plan_jobs(state: State, config: ReleaseConfig, workspace: Path, phase: str | None) -> list[tuple[ShardJob, str]]:
+def plan_jobs(
+    state: State, config: ReleaseConfig, workspace: Path, phase: str | None
+) -> list[tuple[ShardJob, str]]:
     """(job, torrent format) for every planned or failed shard, optionally of one phase."""
     if phase is not None:
         config.phase(phase)  # raises ConfigError naming the phases
@@ -274,15 +333,30 @@ def plan_jobs(state: State, config: ReleaseConfig, workspace: Path, phase: str |
 
 
 def _job(config: ReleaseConfig, workspace: Path, phase, row: ShardRow) -> ShardJob:
+    from .torrent import piece_size_for
+
     return ShardJob(
-        shard_id=row.id, name=row.name, workspace=str(workspace), root=str(config.root), level=phase.level,
-        frame_size=phase.frame_size, piece_size=phase.piece_size or piece_size_for(row.bytes),
-        v2=phase.format in ("hybrid", "v2"), default_mtime=config.mtime, planned_bytes=row.bytes,
+        shard_id=row.id,
+        name=row.name,
+        workspace=str(workspace),
+        root=str(config.root),
+        level=phase.level,
+        frame_size=phase.frame_size,
+        piece_size=phase.piece_size or piece_size_for(row.bytes),
+        v2=phase.format in ("hybrid", "v2"),
+        default_mtime=config.mtime,
+        planned_bytes=row.bytes,
     )
 
 
-def build(state: State, config: ReleaseConfig, workspace: Path, jobs_count: int = 0, phase: str | None = None,
-          on_event: Callable[[Event], None] = lambda e: None) -> BuildReport:
+def build(
+    state: State,
+    config: ReleaseConfig,
+    workspace: Path,
+    jobs_count: int = 0,
+    phase: str | None = None,
+    on_event: Callable[[Event], None] = lambda e: None,
+) -> BuildReport:
     """Build every planned (or previously failed) shard. Failures are per shard; the others still finish."""
     workspace = Path(workspace)
     if not config.root.is_dir():
@@ -304,8 +378,17 @@ def build(state: State, config: ReleaseConfig, workspace: Path, jobs_count: int 
     return report
 
 
-def _settle(state: State, config: ReleaseConfig, workspace: Path, job: ShardJob, fmt: str, report: BuildReport,
-            on_event, result: ShardResult | None, error: BaseException | None) -> None:
+def _settle(
+    state: State,
+    config: ReleaseConfig,
+    workspace: Path,
+    job: ShardJob,
+    fmt: str,
+    report: BuildReport,
+    on_event,
+    result: ShardResult | None,
+    error: BaseException | None,
+) -> None:
     if error is None:
         try:
             ih = _finish(state, config, workspace, job, fmt, result)
@@ -352,8 +435,9 @@ def _build_pool(state, config, workspace, todo, workers, report, on_event) -> No
     pumper = threading.Thread(target=pump, name="progress-pump", daemon=True)
     pumper.start()
     try:
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(progress,)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(progress,)
+        ) as pool:
             pending: dict[Future, tuple[ShardJob, str]] = {}
             queue_jobs = list(todo)
             while queue_jobs or pending:
@@ -366,8 +450,17 @@ def _build_pool(state, config, workspace, todo, workers, report, on_event) -> No
                     error = fut.exception()
                     if error is not None and not isinstance(error, PackagerError | OSError):
                         raise error
-                    _settle(state, config, workspace, job, fmt, report, on_event,
-                            None if error else fut.result(), error)
+                    _settle(
+                        state,
+                        config,
+                        workspace,
+                        job,
+                        fmt,
+                        report,
+                        on_event,
+                        None if error else fut.result(),
+                        error,
+                    )
     finally:
         stop.set()
         pumper.join()

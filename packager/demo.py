@@ -12,7 +12,10 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from .build import SHARD_SUFFIX, SHARDS_DIR, TORRENTS_DIR, build
 from .config import CONFIG_NAME, init_workspace, load_config
+from .container import ShardReader
+from .errors import ShardBuildError
 from .state import open_state
 
 SEED = 20261125
@@ -198,5 +201,31 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
         )
         planned = plan(state, config)
         say(f"[bold]3. plan[/]     {len(planned.shards)} new shards for {planned.items} items")
-    say(f"workspace: {workspace}  (try `packager status {workspace}`)")
+        built = build(state, config, workspace, jobs_count=0)
+        if built.failed:
+            raise ShardBuildError(*built.failed[0])
+        say(
+            f"[bold]4. build[/]    {len(built.built)} shards built, {built.skipped} already built, "
+            f"in {workspace / SHARDS_DIR}"
+        )
+        _show_extract(state, workspace, folder, say)
+        say("[bold]5. torrents[/] one per shard, in " + str(workspace / TORRENTS_DIR))
+        for row in state.shards():
+            say(f"   {state.shard_extras(row.id)['magnet']}")
+    say(f"workspace: {workspace}  (try `packager status {workspace} --shards`)")
     return workspace
+
+
+def _show_extract(state, workspace: Path, folder: Path, say) -> None:
+    """Random access: pull the most popular track out of its shard without unpacking the rest."""
+    shard = next(s for s in state.shards(phase="audio"))
+    first = next(state.iter_members(shard.id))
+    path = workspace / SHARDS_DIR / f"{shard.name}{SHARD_SUFFIX}"
+    with ShardReader(path) as reader:
+        rec = reader.find(first.id)
+        (out,) = reader.extract([first.id], folder / "extracted")
+        frames = rec.last_frame - rec.first_frame + 1
+        say(
+            f"   extract: {first.id} from {path.name}: {frames} of {len(reader.frames)} frames read, "
+            f"checked, written to {out}"
+        )
