@@ -98,3 +98,15 @@ def test_every_command_is_in_the_readme_and_has_an_example():
         assert re.search(rf"packager {re.escape(name)}\b", readme), f"`packager {name}` is not in README.md"
         r = invoke(name, "--help")
         assert r.exit_code == 0 and "Example:" in r.output, name
+
+
+def test_demo_runs_every_stage_and_is_repeatable(tmp_path):
+    r = invoke("demo", tmp_path / "demo", "--files", "40")
+    assert r.exit_code == 0, r.output
+    assert "magnet:?xt=urn:btih:" in r.output and "extract:" in r.output
+    shards = sorted((tmp_path / "demo/release/shards").iterdir())
+    assert shards and all(p.name.endswith(".tar.zst") for p in shards)
+    before = {p.name: p.read_bytes() for p in shards}
+    again = invoke("demo", tmp_path / "demo", "--files", "40")
+    assert again.exit_code == 0 and "0 added" in again.output
+    assert {p.name: p.read_bytes() for p in sorted((tmp_path / "demo/release/shards").iterdir())} == before
