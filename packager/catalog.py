@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 import orjson
 
-from .config import ReleaseConfig
+from .config import USTAR_MTIME_LIMIT, ReleaseConfig
 from .errors import CatalogError, CatalogProblem, UsageError
 from .state import State, dumps_extra
 
@@ -341,13 +341,13 @@ class _Checker:
                 if size is None or size < 0:
                     return None, f"size {f.get('size')!r} is not a whole number of bytes"
         mtime = f.get("mtime")
-        if mtime is not None and (type(mtime) is not int or mtime < 0):
+        if mtime is not None and (type(mtime) is not int or not 0 <= mtime < USTAR_MTIME_LIMIT):
             if mtime == "":
                 mtime = None
             else:
                 mtime = _integer(mtime)
-                if mtime is None or mtime < 0:
-                    return None, f"mtime {f.get('mtime')!r} is not Unix seconds"
+                if mtime is None or not 0 <= mtime < USTAR_MTIME_LIMIT:
+                    return None, f"mtime {f.get('mtime')!r} is not Unix seconds between 0 and the year 2242"
         if self.trust_sizes:
             if size is None:
                 return None, "size is required with --trust-sizes"

@@ -24,6 +24,8 @@ RELEASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*$")
 LEVEL_MIN, LEVEL_MAX = -7, 22
 # The seek table stores each frame's decompressed size as a u32; 1 GiB keeps far inside it.
 FRAME_SIZE_MIN, FRAME_SIZE_MAX = 64 * 1024, 1 << 30
+# Tar members carry mtime in an 11-digit octal ustar field: up to the year 2242.
+USTAR_MTIME_LIMIT = 8**11
 PIECE_SIZE_MIN, PIECE_SIZE_MAX = 16 * 1024, 64 * 1024 * 1024
 
 _UNITS = {
@@ -328,8 +330,10 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
             raise ConfigError(path, f"phases[{i}].name", f"phase {n!r} is defined twice")
     for label in ("mtime", "creation_date"):
         value = rel.get(label, int, None)
-        if value is not None and value < 0:
-            raise rel.fail(label, f"{value} is negative", "Unix seconds, 0 or more")
+        if value is not None and not 0 <= value < USTAR_MTIME_LIMIT:
+            raise rel.fail(
+                label, f"{value} is out of range", f"Unix seconds from 0 to {USTAR_MTIME_LIMIT - 1}"
+            )
     return ReleaseConfig(
         path=path,
         name=name,

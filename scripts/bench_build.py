@@ -62,6 +62,7 @@ def timed(cmd: str | list[str], cwd: Path | None = None, shell: bool = False) ->
 
 
 def bench_build(args) -> dict:
+    """Plain copy vs tar|zstd + mktorrent + sha256sum vs packager build, on the same corpus."""
     work = Path(args.workdir).resolve() / "build"
     corpus = work / "corpus"
     total = int(args.size_gb * 1e9)

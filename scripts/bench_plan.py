@@ -56,6 +56,7 @@ def write_catalog(path: Path, rows: int, seed: int = 1) -> None:
 
 
 def bench_plan(args) -> dict:
+    """Ingest (--trust-sizes) and plan a generated catalog; wall time and peak RSS of each."""
     work = Path(args.workdir) / "plan"
     work.mkdir(parents=True, exist_ok=True)
     catalog = work / f"catalog-{args.rows}.jsonl"
