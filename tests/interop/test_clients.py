@@ -5,7 +5,7 @@ and aria2c read them. Everything stays on 127.0.0.1; each run and download has a
 from __future__ import annotations
 
 import hashlib
-import random
+import json
 import re
 import shutil
 import subprocess
@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 
+from packager.container import MemberSource, write_shard
 from packager.hashing import ShardHasher, ShardHashes
 from packager.torrent import (
     TorrentIdentity,
@@ -29,8 +30,6 @@ from .conftest import add_torrent, wait_until
 
 pytestmark = pytest.mark.interop
 
-# Not a multiple of the piece size or the 16 KiB block, so the short last piece and last leaf are exercised.
-SHARD_SIZE = 3 * 2**20 + 12345
 DOWNLOAD_SECONDS = 60
 TOOL_SECONDS = 20
 
@@ -62,22 +61,45 @@ class Shard:
         return [h for h in (ident.info_hash_v1, ident.info_hash_v2_truncated) if h]
 
 
+@pytest.fixture(scope="module")
+def demo_archive(tmp_path_factory) -> Path:
+    """The demo's synthetic archive (incompressible audio, art, metadata), generated once per module."""
+    from packager.demo import generate_archive
+
+    base = tmp_path_factory.mktemp("demo")
+    generate_archive(base / "archive", audio_files=48)
+    return base
+
+
 @pytest.fixture
-def shard(tmp_path: Path) -> Shard:
-    """A stand-in for a real shard: random bytes, hashed while written, as the shard writer does."""
+def shard(tmp_path: Path, demo_archive: Path) -> Shard:
+    """A real demo shard, written by the shard writer and hashed while written (v1 and v2 hashes both)."""
+    catalog = [json.loads(line) for line in (demo_archive / "catalog.jsonl").read_text().splitlines()]
+    audio = sorted((r for r in catalog if r["kind"] == "audio"), key=lambda r: (-r["popularity"], r["id"]))
+    members = [
+        MemberSource(
+            id=r["id"],
+            path=r["path"],
+            kind="audio",
+            popularity=r["popularity"],
+            size=r["size"],
+            source=demo_archive / "archive" / r["path"],
+            mtime=1735689600,
+        )
+        for r in audio[:30]
+    ]
     seed_dir = tmp_path / "seed"
     seed_dir.mkdir()
     path = seed_dir / "demo-audio-t1-00001.tar.zst"
-    hasher = ShardHasher(piece_size_for(SHARD_SIZE), v2=True)
-    rng = random.Random(20240601)
+    hasher = ShardHasher(piece_size_for(sum(m.size for m in members)), v2=True)
     with path.open("wb") as out:
-        left = SHARD_SIZE
-        while left:
-            chunk = rng.randbytes(min(left, 1_000_003))
-            hasher.update(chunk)
-            out.write(chunk)
-            left -= len(chunk)
-    return Shard(path, hasher.finish())
+        write_shard(
+            out, members, level=-1, frame_size=256 * 1024, manifest_mtime=1735689600, sinks=(hasher.update,)
+        )
+    hashes = hasher.finish()
+    # Not a multiple of the piece size or the 16 KiB block, so the short last piece and leaf are exercised.
+    assert hashes.length % hashes.piece_size and hashes.length % (16 * 1024)
+    return Shard(path, hashes)
 
 
 @pytest.fixture
