@@ -66,6 +66,15 @@ def format_size(n: int | float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_binary(n: int) -> str:
+    """Sizes that are powers of two (piece and frame sizes) read best in KiB/MiB/GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:g} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True)
 class Tier:
     name: str

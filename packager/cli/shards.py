@@ -205,3 +205,40 @@ class _BuildProgress:
     def __exit__(self, *exc) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+@app.command("piece-size")
+def piece_size(
+    sizes: Annotated[list[str] | None, typer.Argument(help="Torrent sizes to explain, e.g. 50GB 700MiB.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Explain the automatic piece-size rule: size -> piece size x count = .torrent size.
+
+    The rule picks the smallest power of two that cuts a shard into at most 4096 pieces, from 16 KiB to
+    64 MiB; a phase's `piece_size` overrides it.
+
+    Example:
+        packager piece-size
+        packager piece-size 50GB 120MB
+    """
+    from ..config import format_binary, parse_size
+    from ..errors import UsageError
+    from ..torrent import piece_count, piece_size_for, piece_size_table
+
+    if sizes:
+        try:
+            values = [parse_size(s) for s in sizes]
+        except ValueError as e:
+            raise UsageError(str(e), hint="give sizes like 50GB, 700MiB or 1048576") from None
+        rows = [(n, piece_size_for(n), piece_count(n, piece_size_for(n))) for n in values]
+    else:
+        rows = piece_size_table()
+    data = [{"size": n, "piece_size": p, "pieces": c, "metainfo_bytes": c * 20 + 300} for n, p, c in rows]
+    if as_json:
+        emit_json(data)
+        return
+    table = Table("content size", "piece size", "pieces", "≈ .torrent size (v1)", box=None)
+    for d in data:
+        table.add_row(format_size(d["size"]), format_binary(d["piece_size"]), f"{d['pieces']:,}",
+                      format_size(d["metainfo_bytes"]))
+    out.print(table)
