@@ -10,8 +10,8 @@ finishes a shard in this order, so that a kill at any moment leaves either no tr
 3. rename ``.part`` into place and fsync the folder.
 
 At the next start, a shard that is built but whose file is still ``.part`` (killed between 2 and 3) is
-renamed after a size and SHA-256 check; a planned shard's stale ``.part`` is deleted and the shard rebuilt from
-its first byte. A shard whose final file exists is never written again.
+renamed after a size and SHA-256 check; a planned shard's stale ``.part`` is deleted and the shard rebuilt
+from its first byte. A shard whose final file exists is never written again.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ and what is allowed, so a release engineer never learns about a typo from a half
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -355,7 +356,7 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
         private=tor.get("private", bool, False),
         source=tor.get("source", str, "") or None,
         base_url=pub.get("base_url", str, ""),
-        signing_key=(path.parent / Path(key).expanduser()) if key else None,
+        signing_key=Path(os.path.normpath(path.parent / Path(key).expanduser())) if key else None,
     )
 
 

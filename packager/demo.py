@@ -16,6 +16,8 @@ from .build import SHARD_SUFFIX, SHARDS_DIR, TORRENTS_DIR, build
 from .config import CONFIG_NAME, init_workspace, load_config
 from .container import ShardReader
 from .errors import ShardBuildError
+from .manifest import generate_keypair, load_signing_key, public_key_path
+from .publish import publish
 from .state import open_state
 
 SEED = 20261125
@@ -32,6 +34,8 @@ web_seeds = []
 
 [publish]
 base_url = "https://example.org/demo/torrents/"
+# Unencrypted, for the demo only: a real release key is made with a password by `packager keygen`.
+signing_key = "../keys/demo.key"
 
 [[phases]]
 name = "metadata"
@@ -212,6 +216,24 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
         say("[bold]5. torrents[/] one per shard, in " + str(workspace / TORRENTS_DIR))
         for row in state.shards():
             say(f"   {state.shard_extras(row.id)['magnet']}")
+        if not config.signing_key.exists():
+            generate_keypair(config.signing_key, password=None)
+        key = lambda: load_signing_key(config.signing_key)  # noqa: E731
+        published = [
+            publish(state, config, workspace, p.name, key=key)
+            for p in config.phases
+            if state.shards(phase=p.name)
+        ]
+        last = published[-1]
+        say(
+            f"[bold]6. publish[/]  {last.torrents} torrents of {len(published)} phases in {last.folder}: "
+            "release.json, torrents.json, SHA256SUMS, feed.xml, members.sqlite"
+        )
+        say(
+            f"   signed with {config.signing_key} (check: minisign -Vm SHA256SUMS -p "
+            f"{public_key_path(config.signing_key)})"
+        )
+        say(f"   open {last.index_html}")
     say(f"workspace: {workspace}  (try `packager status {workspace} --shards`)")
     return workspace
 

@@ -148,3 +148,40 @@ class PieceSizeError(PackagerError):
             f"piece size {size} is not a power of two between {minimum} and {maximum} bytes",
             hint="use a power of two such as 16KiB, 1MiB or 16MiB",
         )
+
+
+class PublishError(PackagerError):
+    """A phase cannot be published as asked (unknown, empty, shards not built, a published file changed),
+    or the signing key cannot be used. `subject` is the phase or the file; `items` lists the offenders."""
+
+    def __init__(self, subject: str | Path, reason: str, items: list[str] | tuple[str, ...] = (),
+                 hint: str | None = None):
+        self.subject, self.reason, self.items = str(subject), reason, tuple(items)
+        lines = "".join(f"\n  {item}" for item in self.items)
+        super().__init__(f"{subject}: {reason}{lines}", hint=hint)
+
+
+class ListenError(EnvironmentProblem):
+    """The seeder could not listen on any of its interfaces (a port in use, an address not on this host)."""
+
+    def __init__(self, interfaces: str, reasons: list[str] | tuple[str, ...]):
+        self.interfaces, self.reasons = interfaces, tuple(reasons)
+        super().__init__(f"cannot listen on {interfaces}: {'; '.join(self.reasons) or 'no socket opened'}",
+                         hint="choose another port with --listen, e.g. --listen 0.0.0.0:6882")
+
+
+class ClientError(EnvironmentProblem):
+    """A torrent client's web API could not be reached, refused our login, or failed a request."""
+
+    def __init__(self, url: str, reason: str, hint: str | None = None):
+        self.url, self.reason = url, reason
+        super().__init__(f"{url}: {reason}", hint=hint)
+
+
+class UntrustedManifest(PackagerError):
+    """A published manifest (release.json, SHA256SUMS, a .torrent listed in them) cannot be trusted: it fails
+    or lacks its signature, does not parse, or contradicts another manifest. Verification refuses to go on."""
+
+    def __init__(self, path: Path | str, reason: str, hint: str | None = None):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}", hint=hint)

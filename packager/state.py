@@ -90,9 +90,30 @@ CREATE TABLE IF NOT EXISTS torrents (
     torrent_size INTEGER NOT NULL,
     made_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS seed_torrents (
+    info_hash TEXT PRIMARY KEY, -- v1 hex, or the full v2 hex of a v2-only torrent
+    shard_id INTEGER NOT NULL,
+    state TEXT NOT NULL,        -- seeding | paused | error | not added | ... as the seeder last saw it
+    uploaded INTEGER NOT NULL DEFAULT 0,     -- all-time payload bytes uploaded by our seeder
+    peers INTEGER NOT NULL DEFAULT 0,
+    tracker_replies INTEGER NOT NULL DEFAULT 0,
+    last_reply_at TEXT,
+    last_reply_peers INTEGER,
+    tracker_error TEXT,
+    tracker_error_at TEXT,
+    error TEXT,
+    error_at TEXT,
+    updated_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS publications (
     phase TEXT PRIMARY KEY,
     published_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS published_torrents (
+    n INTEGER PRIMARY KEY,      -- release order: only ever appended to
+    shard_id INTEGER NOT NULL UNIQUE REFERENCES shards(id),
+    phase TEXT NOT NULL,
+    entry TEXT NOT NULL         -- the torrent's release.json entry (JSON), frozen when first published
 );
 """
 
@@ -138,6 +159,57 @@ class MemberRow:
     popularity: float
     size: int
     mtime: int | None
+
+
+@dataclass(frozen=True)
+class TorrentFacts:
+    """What publishing needs of a built shard and its torrent."""
+
+    file: str  # shards/<name>.tar.zst, relative to the workspace
+    length: int
+    sha256: str
+    piece_size: int
+    torrent_file: str  # torrents/<name>.tar.zst.torrent
+    format: str
+    info_hash_v1: str | None
+    info_hash_v2: str | None
+    magnet: str
+    torrent_sha256: str
+    torrent_size: int
+
+
+@dataclass(frozen=True)
+class SeedableRow:
+    """A published torrent: what the seeder and the tracker whitelist need."""
+
+    shard_id: int
+    name: str
+    phase: str
+    file: str | None  # shards/<name>.tar.zst, relative to the workspace; None if no longer built
+    length: int | None
+    torrent_file: str  # torrents/<name>.tar.zst.torrent
+    info_hash_v1: str | None
+    info_hash_v2: str | None  # full 64 hex
+
+
+@dataclass(frozen=True)
+class SeedStatusRow:
+    """The seeder's record of one torrent in seed_torrents. Written, tracker_replies is a count to add; read,
+    it is the total."""
+
+    info_hash: str
+    shard_id: int
+    state: str
+    uploaded: int
+    peers: int
+    tracker_replies: int = 0
+    last_reply_at: str | None = None
+    last_reply_peers: int | None = None
+    tracker_error: str | None = None
+    tracker_error_at: str | None = None
+    error: str | None = None
+    error_at: str | None = None
+    updated_at: str = ""
 
 
 class State:
@@ -376,26 +448,50 @@ class State:
 
     # ---- build ----------------------------------------------------------------------------------
 
-    def record_build(self, shard_id: int, file: str, hashes, frames: int, uncompressed: int, built_at: str,
-                     records) -> None:
+    def record_build(
+        self, shard_id: int, file: str, hashes, frames: int, uncompressed: int, built_at: str, records
+    ) -> None:
         """Store a finished shard's hashes and member records and mark it built. Call in a transaction."""
         self.db.execute(
             "INSERT OR REPLACE INTO builds (shard_id, file, length, sha256, piece_size, v1_pieces, v2_root, "
             "v2_piece_layer, frames, uncompressed, built_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (shard_id, file, hashes.length, hashes.sha256.hex(), hashes.piece_size, hashes.v1_pieces,
-             hashes.v2_root, hashes.v2_piece_layer, frames, uncompressed, built_at),
+            (
+                shard_id,
+                file,
+                hashes.length,
+                hashes.sha256.hex(),
+                hashes.piece_size,
+                hashes.v1_pieces,
+                hashes.v2_root,
+                hashes.v2_piece_layer,
+                frames,
+                uncompressed,
+                built_at,
+            ),
         )
         self.db.execute("DELETE FROM member_builds WHERE shard_id = ?", (shard_id,))
         self.db.executemany(
             "INSERT INTO member_builds (shard_id, ord, xxh3_128, sha256, offset, first_frame, last_frame) "
             "VALUES (?,?,?,?,?,?,?)",
-            ((shard_id, i, r.xxh3_128, r.sha256, r.offset, r.first_frame, r.last_frame)
-             for i, r in enumerate(records)),
+            (
+                (shard_id, i, r.xxh3_128, r.sha256, r.offset, r.first_frame, r.last_frame)
+                for i, r in enumerate(records)
+            ),
         )
         self.db.execute("UPDATE shards SET state = 'built', error = NULL WHERE id = ?", (shard_id,))
 
-    def record_torrent(self, shard_id: int, file: str, fmt: str, v1: str | None, v2: str | None, magnet: str,
-                       torrent_sha256: str, torrent_size: int, made_at: str) -> None:
+    def record_torrent(
+        self,
+        shard_id: int,
+        file: str,
+        fmt: str,
+        v1: str | None,
+        v2: str | None,
+        magnet: str,
+        torrent_sha256: str,
+        torrent_size: int,
+        made_at: str,
+    ) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO torrents (shard_id, file, format, info_hash_v1, info_hash_v2, magnet, "
             "torrent_sha256, torrent_size, made_at) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -415,11 +511,19 @@ class State:
 
         row = self.db.execute(
             "SELECT length, sha256, piece_size, v1_pieces, v2_root, v2_piece_layer FROM builds "
-            "WHERE shard_id = ?", (shard_id,)).fetchone()
+            "WHERE shard_id = ?",
+            (shard_id,),
+        ).fetchone()
         if row is None:
             return None
-        return ShardHashes(length=row[0], sha256=bytes.fromhex(row[1]), piece_size=row[2], v1_pieces=row[3],
-                           v2_root=row[4], v2_piece_layer=row[5])
+        return ShardHashes(
+            length=row[0],
+            sha256=bytes.fromhex(row[1]),
+            piece_size=row[2],
+            v1_pieces=row[3],
+            v2_root=row[4],
+            v2_piece_layer=row[5],
+        )
 
     def mark_unbuilt(self, file: str) -> None:
         with self.transaction():
@@ -431,6 +535,110 @@ class State:
 
     def mark_failed(self, shard_id: int, reason: str) -> None:
         self.db.execute("UPDATE shards SET state = 'failed', error = ? WHERE id = ?", (reason, shard_id))
+
+    # ---- publish --------------------------------------------------------------------------------
+
+    def publications(self) -> list[tuple[str, str]]:
+        """(phase, published_at) in the order the phases were first published."""
+        return self.db.execute("SELECT phase, published_at FROM publications ORDER BY rowid").fetchall()
+
+    def published_entries(self) -> list[tuple[int, str, str]]:
+        """(shard_id, phase, entry JSON) of every published torrent, in release order."""
+        return self.db.execute("SELECT shard_id, phase, entry FROM published_torrents ORDER BY n").fetchall()
+
+    def torrent_facts(self, shard_id: int) -> TorrentFacts | None:
+        row = self.db.execute(
+            "SELECT b.file, b.length, b.sha256, b.piece_size, t.file, t.format, t.info_hash_v1, "
+            "t.info_hash_v2, t.magnet, t.torrent_sha256, t.torrent_size FROM builds b "
+            "JOIN torrents t ON t.shard_id = b.shard_id WHERE b.shard_id = ?",
+            (shard_id,),
+        ).fetchone()
+        return TorrentFacts(*row) if row else None
+
+    def iter_member_locations(self, shard_id: int) -> Iterator[tuple[str, int, int, int, int]]:
+        """(id, size, offset, first_frame, last_frame) of a built shard's members, in plan order."""
+        yield from self.db.execute(
+            "SELECT i.id, i.size, mb.offset, mb.first_frame, mb.last_frame FROM member_builds mb "
+            "JOIN members m ON m.shard_id = mb.shard_id AND m.ord = mb.ord "
+            "JOIN items i ON i.rowid = m.item_rowid WHERE mb.shard_id = ? ORDER BY mb.ord",
+            (shard_id,),
+        )
+
+    def record_publication(
+        self, phase: str, published_at: str, entries: Iterable[tuple[int, str, str]]
+    ) -> None:
+        """Record a phase as published (its first date stays) and append (shard_id, phase, entry JSON) rows
+        for its newly published torrents. Call inside a transaction."""
+        self.db.execute(
+            "INSERT OR IGNORE INTO publications (phase, published_at) VALUES (?, ?)", (phase, published_at)
+        )
+        self.db.executemany("INSERT INTO published_torrents (shard_id, phase, entry) VALUES (?,?,?)", entries)
+
+    # ---- seed -----------------------------------------------------------------------------------
+
+    def seedable(self, phases: Iterable[str] | None = None) -> list[SeedableRow]:
+        """Published torrents in release order, optionally of some phases only. file and length are None for
+        a shard that is no longer built (its file went missing): still published, so still whitelisted."""
+        sql = (
+            "SELECT s.id, s.name, s.phase, b.file, b.length, t.file, t.info_hash_v1, t.info_hash_v2 "
+            "FROM published_torrents p JOIN shards s ON s.id = p.shard_id JOIN torrents t ON t.shard_id = s.id "
+            "LEFT JOIN builds b ON b.shard_id = s.id"
+        )
+        args: list = []
+        if phases is not None:
+            args = list(phases)
+            sql += f" WHERE s.phase IN ({','.join('?' * len(args))})"
+        return [SeedableRow(*r) for r in self.db.execute(sql + " ORDER BY p.n", args)]
+
+    def seed_uploaded(self) -> dict[str, int]:
+        """info-hash -> all-time bytes uploaded, as the seeder last recorded it."""
+        return dict(self.db.execute("SELECT info_hash, uploaded FROM seed_torrents"))
+
+    def record_seed_status(self, rows: Iterable[SeedStatusRow]) -> None:
+        """Upsert the seeder's latest view of its torrents. Uploaded totals only grow; tracker_replies is added;
+        a None reply or error time keeps the stored one; a reply clears a stored tracker error."""
+        self.db.executemany(
+            "INSERT INTO seed_torrents (info_hash, shard_id, state, uploaded, peers, tracker_replies, "
+            "last_reply_at, last_reply_peers, tracker_error, tracker_error_at, error, error_at, updated_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(info_hash) DO UPDATE SET "
+            "shard_id=excluded.shard_id, state=excluded.state, uploaded=MAX(uploaded, excluded.uploaded), "
+            "peers=excluded.peers, "
+            "tracker_replies=tracker_replies + excluded.tracker_replies, "
+            "last_reply_at=COALESCE(excluded.last_reply_at, last_reply_at), "
+            "last_reply_peers=COALESCE(excluded.last_reply_peers, last_reply_peers), "
+            "tracker_error=CASE WHEN excluded.last_reply_at IS NOT NULL AND excluded.tracker_error IS NULL "
+            "THEN NULL ELSE COALESCE(excluded.tracker_error, tracker_error) END, "
+            "tracker_error_at=COALESCE(excluded.tracker_error_at, tracker_error_at), "
+            "error=excluded.error, error_at=COALESCE(excluded.error_at, error_at), updated_at=excluded.updated_at",
+            (
+                (
+                    r.info_hash,
+                    r.shard_id,
+                    r.state,
+                    r.uploaded,
+                    r.peers,
+                    r.tracker_replies,
+                    r.last_reply_at,
+                    r.last_reply_peers,
+                    r.tracker_error,
+                    r.tracker_error_at,
+                    r.error,
+                    r.error_at,
+                    r.updated_at,
+                )
+                for r in rows
+            ),
+        )
+
+    def seed_status(self) -> list[SeedStatusRow]:
+        return [
+            SeedStatusRow(*r)
+            for r in self.db.execute(
+                "SELECT info_hash, shard_id, state, uploaded, peers, tracker_replies, last_reply_at, "
+                "last_reply_peers, tracker_error, tracker_error_at, error, error_at, updated_at "
+                "FROM seed_torrents ORDER BY shard_id"
+            )
+        ]
 
     def item_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]

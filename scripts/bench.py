@@ -1,6 +1,6 @@
 """Benchmarks that check the design's performance claims on this machine.
 
-    python scripts/bench.py plan [--rows 1000000]   ingest + plan wall time and peak RSS (< 6 s and 300 MB per 1 M)
+    python scripts/bench.py plan [--rows 1000000]   ingest + plan wall time and peak RSS (< 6 s, 300 MB per 1 M)
     python scripts/bench.py build [--size-gb 1]     copy vs tar|zstd+mktorrent+sha256sum vs packager build
     python scripts/bench.py extract [--size 10GB]   random access to one member of a big shard (<= 100 ms)
     python scripts/bench.py compress                ratio and MB/s per zstd level and kind of data
@@ -466,6 +466,7 @@ def bench_speed(args: argparse.Namespace) -> dict:
 
 
 # --- dispatch -----------------------------------------------------------------------------------------------
+
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=1_000_000, help="catalog rows to generate (1000000)")

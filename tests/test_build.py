@@ -41,8 +41,15 @@ def rows_for(archive, n=12, seed=3, size=(0, 40_000)):
         body = rng.randbytes(rng.randint(*size))
         path = f"audio/{i % 3}/tr {i:02d} é.ogg"
         archive.add(path, body)
-        rows.append({"id": f"t{i:02d}", "path": path, "kind": "audio", "popularity": rng.choice([5, 20, 70, 90]),
-                     "size": len(body)})
+        rows.append(
+            {
+                "id": f"t{i:02d}",
+                "path": path,
+                "kind": "audio",
+                "popularity": rng.choice([5, 20, 70, 90]),
+                "size": len(body),
+            }
+        )
     meta = b"".join(json.dumps({"n": i, "title": "x" * 50}).encode() + b"\n" for i in range(2000))
     archive.add("meta/all.jsonl", meta)
     rows.append({"id": "m", "path": "meta/all.jsonl", "kind": "metadata", "popularity": 0, "size": len(meta)})
@@ -50,8 +57,11 @@ def rows_for(archive, n=12, seed=3, size=(0, 40_000)):
 
 
 def digests(ws: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for d in ("shards", "torrents") for p in sorted((ws / d).iterdir())}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for d in ("shards", "torrents")
+        for p in sorted((ws / d).iterdir())
+    }
 
 
 def test_build_writes_shards_torrents_and_state(workspace, archive):
@@ -150,8 +160,15 @@ def test_kill_at_any_moment_then_resume_gives_identical_bytes(make_workspace, ar
     for i in range(24):
         body = rng.randbytes(1_500_000)
         archive.add(f"audio/big{i}.ogg", body)
-        rows.append({"id": f"b{i:02d}", "path": f"audio/big{i}.ogg", "kind": "audio",
-                     "popularity": 40 + i % 3, "size": len(body)})
+        rows.append(
+            {
+                "id": f"b{i:02d}",
+                "path": f"audio/big{i}.ogg",
+                "kind": "audio",
+                "popularity": 40 + i % 3,
+                "size": len(body),
+            }
+        )
     reference = make_workspace("reference", audio_shard="5MB")
     prepare(reference, archive, rows)
     run_build(reference)
@@ -163,8 +180,12 @@ def test_kill_at_any_moment_then_resume_gives_identical_bytes(make_workspace, ar
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
     kills = 0
     for threshold in (1, 2_000_000, 4_000_000, 1_000_000, 3_000_000):
-        proc = subprocess.Popen([sys.executable, "-m", "packager.cli", "build", str(ws), "--jobs", "1"],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "packager.cli", "build", str(ws), "--jobs", "1"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:
             parts = list((ws / "shards").glob("*.part")) if (ws / "shards").exists() else []
@@ -177,6 +198,10 @@ def test_kill_at_any_moment_then_resume_gives_identical_bytes(make_workspace, ar
     assert kills >= 3, "the build finished before it could be killed; make the data bigger"
     run_build(ws)
     assert digests(ws) == expected
-    leftovers = [p for d in ("shards", "torrents") for p in (ws / d).iterdir() if p.name.endswith(".part")
-                 or p.name.startswith(".")]
+    leftovers = [
+        p
+        for d in ("shards", "torrents")
+        for p in (ws / d).iterdir()
+        if p.name.endswith(".part") or p.name.startswith(".")
+    ]
     assert leftovers == []

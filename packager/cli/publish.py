@@ -1,1 +1,196 @@
-"""Commands: publish (being written)."""
+"""Commands for publication: keygen, publish, locate."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..config import format_size, load_config
+from ..errors import UsageError
+from ..state import open_state
+from ._app import JsonOpt, Workspace, app, emit_json, out
+
+PASSWORD_ENV = "PACKAGER_KEY_PASSWORD"
+
+PasswordFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--password-file",
+        help=f"Read the key's password from this file's first line (else ${PASSWORD_ENV}, else a prompt).",
+    ),
+]
+
+
+def _read_password_file(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the password file: {e.strerror}") from None
+    return text.splitlines()[0] if text else ""
+
+
+def _password_source(password_file: Path | None) -> Callable[[], str] | None:
+    """--password-file, then $PACKAGER_KEY_PASSWORD, then a prompt on a terminal; else None."""
+    if password_file is not None:
+        return lambda: _read_password_file(password_file)
+    if os.environ.get(PASSWORD_ENV):
+        return lambda: os.environ[PASSWORD_ENV]
+    if sys.stdin.isatty():
+        return lambda: typer.prompt("password for the signing key", hide_input=True)
+    return None
+
+
+@app.command()
+def keygen(
+    keyfile: Annotated[
+        Path, typer.Argument(help="Where to write the secret key; the public key goes beside it.")
+    ],
+    unencrypted: Annotated[
+        bool, typer.Option("--unencrypted", help="Store the secret key without a password (for automation).")
+    ] = False,
+    password_file: PasswordFile = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key pair.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a minisign (Ed25519) key pair to sign SHA256SUMS and release.json.
+
+    The secret key is protected by a password unless --unencrypted; KEYFILE.key pairs with KEYFILE.pub.
+    Users check signatures with the stock tool: `minisign -Vm SHA256SUMS -p KEYFILE.pub`.
+
+    Example:
+        packager keygen music-release/keys/release.key
+        packager keygen ci/release.key --unencrypted
+    """
+    from ..manifest import generate_keypair
+
+    password = None
+    if not unencrypted:
+        if password_file is not None:
+            password = _read_password_file(password_file)
+        elif os.environ.get(PASSWORD_ENV):
+            password = os.environ[PASSWORD_ENV]
+        elif sys.stdin.isatty():
+            password = typer.prompt("password for the new key", hide_input=True, confirmation_prompt=True)
+        else:
+            raise UsageError(
+                "no password for the new key and no terminal to ask on",
+                hint=f"pass --password-file FILE, set {PASSWORD_ENV}, or pass --unencrypted",
+            )
+    pair = generate_keypair(keyfile, password, force=force)
+    if as_json:
+        emit_json(
+            {
+                "secret_key": str(pair.secret),
+                "public_key_file": str(pair.public),
+                "public_key": pair.public_key,
+                "key_id": pair.key_id,
+                "encrypted": pair.encrypted,
+            }
+        )
+        return
+    out.print(
+        f"secret key: {pair.secret} ({'encrypted' if pair.encrypted else 'NOT encrypted'}; keep it private)"
+    )
+    out.print(f"public key: {pair.public}  (id {pair.key_id})")
+    out.print(pair.public_key)
+    out.print(
+        f'sign with it: release.toml [publish] signing_key = "{pair.secret}", or `packager publish --key`',
+        markup=False,
+    )
+
+
+@app.command()
+def publish(
+    workspace: Workspace,
+    phase: Annotated[
+        str, typer.Option("--phase", help="The phase to publish; all its shards must be built.")
+    ],
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="minisign secret key (default: release.toml [publish] signing_key)."),
+    ] = None,
+    password_file: PasswordFile = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Publish a phase: release.json, torrents.json, signed SHA256SUMS, feed.xml, index.html, member index.
+
+    Writes DIR/published/ atomically. Entries of published torrents never change, and publishing again
+    changes nothing; a phase with an unbuilt or failed shard is refused (exit 2) with the list.
+
+    Example:
+        packager publish music-release --phase metadata
+        packager publish music-release --phase audio --key keys/release.key --password-file pw.txt
+    """
+    from ..manifest import load_signing_key
+    from ..publish import publish as run_publish
+
+    config = load_config(workspace)
+    key_path = key or config.signing_key
+    loader = (lambda: load_signing_key(key_path, _password_source(password_file))) if key_path else None
+    with open_state(workspace) as state:
+        report = run_publish(state, config, workspace, phase, key=loader)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    what = f"{len(report.added)} new torrents" if report.added else "no new torrents (already published)"
+    out.print(
+        f"published phase {report.phase} ({report.published_at}): {what}; {report.torrents} in the release"
+    )
+    out.print(
+        f"signed by minisign key {report.signed_by}" if report.signed_by else "not signed (no signing_key)"
+    )
+    out.print(f"folder: {report.folder}")
+    out.print(f"index:  {report.index_html}")
+
+
+@app.command()
+def locate(
+    index: Annotated[Path, typer.Argument(help="members.sqlite, or the published folder holding it.")],
+    ids: Annotated[list[str], typer.Argument(help="Item ids to look up.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Find which torrent holds each item, where in its shard, and which pieces to fetch for it alone.
+
+    Answers from the published member index without downloading anything else. Unknown ids exit 2.
+
+    Example:
+        packager locate published/members.sqlite trk-000042 trk-000043
+        packager locate https-mirror-copy/ trk-000042 --json
+    """
+    from ..manifest import MemberIndex
+
+    with MemberIndex.open(index) as idx:
+        found, missing = idx.locate(ids)
+    if as_json:
+        emit_json({"found": [asdict(loc) | {"pieces": loc.pieces} for loc in found], "missing": missing})
+    else:
+        for loc in found:
+            table = Table(show_header=False, box=None, title=loc.id, title_justify="left")
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column(overflow="fold")
+            for k, v in (
+                ("torrent", f"{loc.torrent}  ({loc.torrent_file})"),
+                ("info-hash", loc.info_hash_v1 or loc.info_hash_v2 or "-"),
+                ("member", f"{loc.size:,} bytes ({format_size(loc.size)}) at tar offset {loc.offset:,}"),
+                (
+                    "frames",
+                    f"{loc.first_frame}-{loc.last_frame}: shard bytes {loc.frames_offset:,}-"
+                    f"{loc.frames_offset + loc.frames_size - 1:,} of {loc.shard_file}",
+                ),
+                ("pieces", f"{loc.first_piece}-{loc.last_piece} ({loc.pieces} of {loc.piece_size:,} bytes)"),
+                ("magnet", loc.magnet),
+            ):
+                table.add_row(k, v)
+            out.print(table)
+    if missing:
+        raise UsageError(
+            f"{index}: not in the member index: {', '.join(missing)}",
+            hint="ids are the catalog's; only published phases are indexed",
+        )

@@ -209,7 +209,9 @@ class _BuildProgress:
 
 @app.command("piece-size")
 def piece_size(
-    sizes: Annotated[list[str] | None, typer.Argument(help="Torrent sizes to explain, e.g. 50GB 700MiB.")] = None,
+    sizes: Annotated[
+        list[str] | None, typer.Argument(help="Torrent sizes to explain, e.g. 50GB 700MiB.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Explain the automatic piece-size rule: size -> piece size x count = .torrent size.
@@ -239,6 +241,10 @@ def piece_size(
         return
     table = Table("content size", "piece size", "pieces", "≈ .torrent size (v1)", box=None)
     for d in data:
-        table.add_row(format_size(d["size"]), format_binary(d["piece_size"]), f"{d['pieces']:,}",
-                      format_size(d["metainfo_bytes"]))
+        table.add_row(
+            format_size(d["size"]),
+            format_binary(d["piece_size"]),
+            f"{d['pieces']:,}",
+            format_size(d["metainfo_bytes"]),
+        )
     out.print(table)

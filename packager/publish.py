@@ -1,0 +1,596 @@
+"""Publish a phase: release.json, torrents.json, SHA256SUMS (+ minisign), feed.xml, index.html, the
+opentracker whitelist, the member index and the phase's .torrent files, under ``DIR/published/``.
+
+A phase is published only when every one of its shards is built. Each newly published torrent's release.json
+entry is frozen in state.sqlite (``published_torrents``) in the same transaction that records the
+publication, and every published file is rendered from those frozen entries alone: publishing again changes
+no byte, and a later phase only appends. The folder is written as ``published.tmp-<random>/`` and swapped
+into place in one step (renameat2 RENAME_EXCHANGE), so no reader ever sees a half-written published/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import hashlib
+import html
+import os
+import secrets
+import shutil
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+
+from . import __version__
+from .config import ReleaseConfig, format_size
+from .container import ShardReader
+from .errors import ContainerError, PublishError
+from .manifest import (
+    INDEX_NAME,
+    FileEntry,
+    MemberIndex,
+    PhaseEntry,
+    SigningKey,
+    TorrentEntry,
+    json_number,
+    member_rows,
+    release_json,
+    sha256sums,
+    torrent_url,
+    torrents_json,
+    whitelist,
+)
+from .state import ShardRow, State, TorrentFacts
+
+PUBLISHED_DIR = "published"
+TORRENT_MIME = "application/x-bittorrent"
+# ezRSS's torrent namespace: infoHash / magnetURI / contentLength, read by RSS-aware torrent clients.
+TORRENT_NS = "http://xmlns.ezrss.it/0.1/"
+_STAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    phase: str
+    published_at: str
+    added: list[str]  # torrents newly published by this run
+    torrents: int  # torrents in the release now
+    folder: Path
+    signed_by: str | None  # minisign key id
+
+    @property
+    def index_html(self) -> Path:
+        return self.folder / "index.html"
+
+    def as_dict(self) -> dict:
+        return {
+            "phase": self.phase,
+            "published_at": self.published_at,
+            "added": self.added,
+            "torrents": self.torrents,
+            "folder": str(self.folder),
+            "index_html": str(self.index_html),
+            "signed_by": self.signed_by,
+        }
+
+
+@dataclass(frozen=True)
+class _Published:
+    shard_id: int
+    entry: TorrentEntry
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime(_STAMP)
+
+
+def _parse_stamp(stamp: str) -> datetime:
+    return datetime.strptime(stamp, _STAMP).replace(tzinfo=UTC)
+
+
+# ---- the entry point ------------------------------------------------------------------------------------
+
+
+def publish(
+    state: State,
+    config: ReleaseConfig,
+    workspace: Path,
+    phase: str,
+    key: Callable[[], SigningKey] | None = None,
+    now: str | None = None,
+) -> PublishReport:
+    """Publish `phase` (all of its shards must be built) and rewrite published/ from the frozen entries.
+
+    `key` is called once the phase is known to be publishable (so a password prompt never precedes a
+    refusal). Idempotent: with nothing new, the folder is rewritten to the same bytes.
+    """
+    workspace = Path(workspace)
+    config.phase(phase)  # ConfigError naming the phases
+    with _locked(workspace):
+        _remove_leftovers(workspace)
+        existing = [
+            _Published(sid, TorrentEntry.from_json(text)) for sid, _, text in state.published_entries()
+        ]
+        fresh = _fresh_shards(state, workspace, phase, {p.shard_id for p in existing})
+        signing = key() if key is not None else None
+        stamp = now or _now()
+        publications = state.publications()
+        first_time = phase not in dict(publications)
+        published_at = stamp if first_time else dict(publications)[phase]
+        if first_time:
+            publications.append((phase, published_at))
+        added = [_Published(row.id, _entry(row, facts, stamp)) for row, facts in fresh]
+        everything = existing + added
+        phases = [
+            PhaseEntry(name, at, sum(p.entry.phase == name for p in everything)) for name, at in publications
+        ]
+        final = workspace / PUBLISHED_DIR
+        tmp = workspace / f"{PUBLISHED_DIR}.tmp-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            _write_folder(tmp, final, workspace, state, config, everything, phases, signing)
+            if added or first_time:
+                frozen = [(p.shard_id, phase, p.entry.to_json()) for p in added]
+                with state.transaction():
+                    state.record_publication(phase, published_at, frozen)
+            # Killed between the commit and the swap, the next publish writes the same folder again.
+            _swap_into_place(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return PublishReport(
+        phase,
+        published_at,
+        [p.entry.name for p in added],
+        len(everything),
+        final,
+        signing.key_id if signing else None,
+    )
+
+
+def _fresh_shards(
+    state: State, workspace: Path, phase: str, published: set[int]
+) -> list[tuple[ShardRow, TorrentFacts]]:
+    """The phase's shards not yet published, each with its build facts; PublishError listing every shard
+    that stops the phase from being published."""
+    shards = state.shards(phase=phase)
+    if not shards:
+        raise PublishError(
+            phase,
+            "the phase has no shards",
+            hint=f"plan and build it first: `packager plan DIR`, then `packager build DIR --phase {phase}`",
+        )
+    fresh = [s for s in shards if s.id not in published]
+    unbuilt = [
+        f"{s.name}: {s.state}" + (f" ({s.error})" if s.error else "") for s in fresh if s.state != "built"
+    ]
+    if unbuilt:
+        raise PublishError(
+            phase,
+            f"{len(unbuilt)} of its {len(shards)} shards are not built; nothing was published",
+            unbuilt,
+            hint=f"build them: `packager build {workspace} --phase {phase}`",
+        )
+    out, problems = [], []
+    for s in fresh:
+        facts = state.torrent_facts(s.id)
+        if facts is None:
+            problems.append(f"{s.name}: built, but has no torrent (run `packager torrent {workspace}`)")
+            continue
+        problems += _check_files(workspace, facts)
+        out.append((s, facts))
+    if problems:
+        raise PublishError(phase, "shard or torrent files do not match what the build recorded", problems)
+    return out
+
+
+def _check_files(workspace: Path, facts: TorrentFacts) -> list[str]:
+    problems = []
+    shard = workspace / facts.file
+    try:
+        if shard.stat().st_size != facts.length:
+            problems.append(f"{facts.file}: {shard.stat().st_size} bytes, the build recorded {facts.length}")
+    except FileNotFoundError:
+        problems.append(f"{facts.file}: missing (run `packager build {workspace}` to write it again)")
+    torrent = workspace / facts.torrent_file
+    if not torrent.is_file():
+        problems.append(f"{facts.torrent_file}: missing (run `packager torrent {workspace}`)")
+    elif _sha256(torrent) != facts.torrent_sha256:
+        problems.append(f"{facts.torrent_file}: its SHA-256 is not the one recorded when it was made")
+    return problems
+
+
+def _entry(row: ShardRow, facts: TorrentFacts, added: str) -> TorrentEntry:
+    return TorrentEntry(
+        name=row.name,
+        phase=row.phase,
+        tier=row.tier or None,
+        popularity_min=json_number(row.pop_min),
+        popularity_max=json_number(row.pop_max),
+        items=row.items,
+        data_size=row.bytes,
+        format=facts.format,
+        piece_size=facts.piece_size,
+        info_hash_v1=facts.info_hash_v1,
+        info_hash_v2=facts.info_hash_v2,
+        magnet=facts.magnet,
+        added=added,
+        files=(
+            FileEntry(facts.file, facts.length, facts.sha256),
+            FileEntry(facts.torrent_file, facts.torrent_size, facts.torrent_sha256),
+        ),
+    )
+
+
+# ---- writing the folder ---------------------------------------------------------------------------------
+
+
+def _write_folder(
+    tmp: Path,
+    final: Path,
+    workspace: Path,
+    state: State,
+    config: ReleaseConfig,
+    everything: list[_Published],
+    phases: list[PhaseEntry],
+    signing: SigningKey | None,
+) -> None:
+    entries = [p.entry for p in everything]
+    (tmp / "torrents").mkdir()
+    for e in entries:
+        _place_torrent(e, tmp, final, workspace)
+    sums = sha256sums(entries)
+    release = release_json(config.name, __version__, phases, entries)
+    files = {
+        "release.json": release,
+        "torrents.json": torrents_json(config.name, config.base_url, entries),
+        "SHA256SUMS": sums,
+        "whitelist.txt": whitelist(entries),
+        "feed.xml": feed_xml(config.name, config.base_url, entries),
+        "index.html": index_html(config, phases, entries, signing),
+    }
+    if signing is not None:
+        # The newest publication date, not the clock: the same key then signs to the same bytes.
+        latest = max([e.added for e in entries] + [p.published_at for p in phases])
+        when = int(_parse_stamp(latest).timestamp())
+        files["SHA256SUMS.minisig"] = signing.sign(sums, "SHA256SUMS", when)
+        files["release.json.minisig"] = signing.sign(release, "release.json", when)
+    for name, data in files.items():
+        _write(tmp / name, data)
+    _write_member_index(tmp / INDEX_NAME, final / INDEX_NAME, workspace, state, config.name, everything)
+    _fsync_dir(tmp / "torrents")
+    _fsync_dir(tmp)
+
+
+def _place_torrent(e: TorrentEntry, tmp: Path, final: Path, workspace: Path) -> None:
+    """Put the published .torrent in place: the previous published copy (hard-linked) or the workspace's,
+    whichever has the SHA-256 frozen in the entry. A torrent re-made since (new trackers) is not taken."""
+    target = tmp / e.torrent_file
+    for source, link in ((final / e.torrent_file, True), (workspace / e.torrent_file, False)):
+        if (
+            source.is_file()
+            and source.stat().st_size == e.torrent.size
+            and _sha256(source) == e.torrent.sha256
+        ):
+            if link:
+                with contextlib.suppress(OSError):
+                    os.link(source, target)
+                    return
+            shutil.copyfile(source, target)
+            _fsync_file(target)
+            return
+    raise PublishError(
+        e.torrent_file,
+        "no copy with the SHA-256 it was published with is left "
+        f"({e.torrent.sha256}); published torrents are never rewritten",
+        hint=f"restore it from a backup of {PUBLISHED_DIR}/ or of the workspace",
+    )
+
+
+def _write_member_index(
+    target: Path, previous: Path, workspace: Path, state: State, release: str, everything: list[_Published]
+) -> None:
+    """Reuse the previous index when it lists the same torrents; extend a copy of it when it lists the first
+    ones; build it anew otherwise. Only the shards being added are read (their seek tables)."""
+    names = [p.entry.name for p in everything]
+    known: list[str] = []
+    if previous.is_file():
+        try:
+            with MemberIndex.open(previous) as old:
+                known = old.torrent_names()
+        except Exception:  # a damaged or foreign file is simply rebuilt
+            known = []
+    if known and known == names:
+        try:
+            os.link(previous, target)
+            return
+        except OSError:
+            pass
+    base = previous if known and names[: len(known)] == known else None
+    start = len(known) if base is not None else 0
+    index = MemberIndex.create(target, release, base)
+    try:
+        index.add_torrents(
+            (n, p.entry, _member_rows(workspace, state, p))
+            for n, p in enumerate(everything[start:], start + 1)
+        )
+    finally:
+        index.close()
+    _fsync_file(target)
+
+
+def _member_rows(workspace: Path, state: State, p: _Published) -> Iterator[tuple]:
+    path = workspace / p.entry.shard.path
+    try:
+        with ShardReader(path) as reader:
+            frames = reader.frames
+    except ContainerError as e:
+        raise PublishError(
+            p.entry.name,
+            f"cannot read the shard's seek table for the member index: {e.reason}",
+            hint="the index needs each published shard once; put the shard back in shards/",
+        ) from None
+    yield from member_rows(state.iter_member_locations(p.shard_id), frames, p.entry.piece_size)
+
+
+# ---- feed.xml -------------------------------------------------------------------------------------------
+
+
+def feed_xml(release: str, base_url: str, entries: Sequence[TorrentEntry]) -> bytes:
+    """RSS 2.0, one item per torrent with its .torrent as enclosure, newest first (so a client's RSS rule
+    downloads each new phase as it appears)."""
+    ET.register_namespace("torrent", TORRENT_NS)
+    rss = ET.Element("rss", {"version": "2.0"})
+    channel = ET.SubElement(rss, "channel")
+    newest = max((e.added for e in entries), default=None)
+    _text(channel, "title", f"{release}: torrents")
+    _text(channel, "link", base_url or "index.html")
+    _text(channel, "description", f"Every torrent of the {release} release, newest phase first.")
+    _text(channel, "generator", f"packager {__version__}")
+    if newest:
+        _text(channel, "lastBuildDate", format_datetime(_parse_stamp(newest), usegmt=True))
+    for e in _newest_first(entries):
+        url = torrent_url(base_url, e)
+        item = ET.SubElement(channel, "item")
+        _text(item, "title", e.name)
+        _text(item, "link", url)
+        _text(item, "description", _summary(e))
+        _text(item, "category", e.phase)
+        _text(item, "guid", e.info_hash_v1 or e.info_hash_v2 or e.name, isPermaLink="false")
+        _text(item, "pubDate", format_datetime(_parse_stamp(e.added), usegmt=True))
+        ET.SubElement(item, "enclosure", {"url": url, "length": str(e.torrent.size), "type": TORRENT_MIME})
+        _text(item, f"{{{TORRENT_NS}}}fileName", e.torrent_file.rsplit("/", 1)[-1])
+        _text(item, f"{{{TORRENT_NS}}}contentLength", str(e.shard.size))
+        _text(item, f"{{{TORRENT_NS}}}infoHash", e.info_hash_v1 or e.info_hash_v2_truncated or "")
+        _text(item, f"{{{TORRENT_NS}}}magnetURI", e.magnet)
+    ET.indent(rss)
+    return ET.tostring(rss, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def _newest_first(entries: Sequence[TorrentEntry]) -> list[TorrentEntry]:
+    """The torrents of each publication in release order, the latest publication first. Release order is
+    append-only, so a publication's torrents are a contiguous run (also two in the same second)."""
+    runs: list[list[TorrentEntry]] = []
+    for e in entries:
+        if runs and (runs[-1][0].phase, runs[-1][0].added) == (e.phase, e.added):
+            runs[-1].append(e)
+        else:
+            runs.append([e])
+    return [e for run in reversed(runs) for e in run]
+
+
+def _text(parent: ET.Element, tag: str, text: str, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    el.text = text
+    return el
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _popularity(e: TorrentEntry) -> str:
+    return f"{e.popularity_max:g} .. {e.popularity_min:g}"
+
+
+def _summary(e: TorrentEntry) -> str:
+    tier = f", tier {e.tier}" if e.tier else ""
+    return (
+        f"phase {e.phase}{tier}: {_count(e.items, 'item')}, {format_size(e.data_size)} of content in a "
+        f"{format_size(e.shard.size)} shard; popularity {_popularity(e)}"
+    )
+
+
+# ---- index.html -----------------------------------------------------------------------------------------
+
+_CSS = """
+:root { color-scheme: light dark; --muted: #6a6a6a; --line: #8884; }
+body { font: 16px/1.5 system-ui, sans-serif; margin: 0 auto; max-width: 60rem; padding: 1rem; }
+h1 { font-size: 1.6rem; margin: 0 0 .5rem; } h2 { font-size: 1.25rem; margin: 2rem 0 .5rem; }
+.muted, small { color: var(--muted); font-weight: normal; }
+ul.torrents { list-style: none; padding: 0; margin: 0; }
+li.torrent { border-top: 1px solid var(--line); padding: .6rem 0; }
+.name { font-family: ui-monospace, monospace; font-weight: 600; overflow-wrap: anywhere; }
+.facts { display: flex; flex-wrap: wrap; gap: .2rem 1.2rem; margin: .2rem 0; font-size: .92rem; }
+.links a { display: inline-block; margin-right: 1rem; padding: .2rem 0; }
+code { overflow-wrap: anywhere; font-size: .9rem; }
+table.phases { border-collapse: collapse; } table.phases td { padding: .1rem 1rem .1rem 0; }
+"""
+
+
+def index_html(
+    config: ReleaseConfig,
+    phases: Sequence[PhaseEntry],
+    entries: Sequence[TorrentEntry],
+    signing: SigningKey | None,
+) -> bytes:
+    """A static page, no scripts, no external resources: phases in order with their state, and per torrent
+    its size, popularity range, item count, magnet and .torrent links."""
+    esc = html.escape
+    published = {p.name: p for p in phases}
+    order = [p.name for p in config.phases] + [
+        p.name for p in phases if p.name not in {c.name for c in config.phases}
+    ]
+    total = sum(e.shard.size for e in entries)
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{esc(config.name)}: torrents</title>",
+        f'<link rel="alternate" type="application/rss+xml" title="{esc(config.name)}" href="feed.xml">',
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{esc(config.name)}</h1>",
+        f"<p>{_count(len(entries), 'torrent')}, {format_size(total)}, "
+        f"in {len(phases)} of {len(order)} phases. "
+        'Machine-readable: <a href="release.json">release.json</a>, '
+        '<a href="torrents.json">torrents.json</a>, '
+        '<a href="feed.xml">RSS feed</a>, <a href="SHA256SUMS">SHA256SUMS</a>, '
+        f'<a href="{INDEX_NAME}">{INDEX_NAME}</a> (which torrent and pieces hold an item: '
+        f"<code>packager locate {INDEX_NAME} ID</code>).</p>",
+    ]
+    if signing is not None:
+        parts.append(
+            "<p>SHA256SUMS and release.json are signed with the minisign key "
+            f"<code>{esc(signing.public_key)}</code> "
+            f"(id {esc(signing.key_id)}); compare it with one published elsewhere, then "
+            f"<code>minisign -Vm SHA256SUMS -P {esc(signing.public_key)}</code>.</p>"
+        )
+    parts.append('<table class="phases"><tbody>')
+    for name in order:
+        p = published.get(name)
+        state = (
+            f"published {esc(p.published_at[:10])}, {_count(p.torrents, 'torrent')}"
+            if p
+            else "not yet published"
+        )
+        link = f'<a href="#phase-{esc(name)}">{esc(name)}</a>' if p else esc(name)
+        parts.append(f"<tr><td>{link}</td><td class=muted>{state}</td></tr>")
+    parts.append("</tbody></table>")
+    for name in order:
+        p = published.get(name)
+        if p is None:
+            continue
+        parts.append(
+            f'<section id="phase-{esc(name)}"><h2>{esc(name)} '
+            f"<small>published {esc(p.published_at)}</small></h2>"
+        )
+        parts.append('<ul class="torrents">')
+        for e in (e for e in entries if e.phase == name):
+            parts.append(_torrent_item(e))
+        parts.append("</ul></section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts).encode("utf-8")
+
+
+def _torrent_item(e: TorrentEntry) -> str:
+    esc = html.escape
+    ih = e.info_hash_v1 or e.info_hash_v2 or ""
+    facts = (
+        [
+            f"{format_size(e.shard.size)}",
+            f"{_count(e.items, 'item')} ({format_size(e.data_size)})",
+            f"popularity {_popularity(e)}",
+        ]
+        + ([f"tier {e.tier}"] if e.tier else [])
+        + [f"added {e.added[:10]}"]
+    )
+    return (
+        f'<li class="torrent" id="{esc(e.name)}"><div class="name">{esc(e.name)}</div>'
+        f'<div class="facts">{"".join(f"<span>{esc(f)}</span>" for f in facts)}</div>'
+        f'<div class="links"><a class="magnet" href="{esc(e.magnet)}">magnet</a>'
+        f'<a class="torrent-file" href="{esc(e.torrent_file)}">.torrent</a>'
+        f'<code class="muted">{esc(ih)}</code></div></li>'
+    )
+
+
+# ---- files, the lock and the swap -----------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(workspace: Path) -> Iterator[None]:
+    """One publish at a time per workspace: an flock on the workspace folder itself (no lock file)."""
+    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PublishError(workspace, "another `packager publish` is running here") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(workspace: Path) -> None:
+    """Temporary folders of a publish that was killed; never a finished published/."""
+    for stale in [*workspace.glob(f"{PUBLISHED_DIR}.tmp-*"), *workspace.glob(f"{PUBLISHED_DIR}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Make the finished `tmp` folder `final`; the old one is removed afterwards."""
+    if not final.exists():
+        os.rename(tmp, final)
+    elif _exchange(tmp, final):
+        shutil.rmtree(tmp)  # it holds the previous folder now
+    else:
+        # Without renameat2, published/ is missing for an instant, but never half-written.
+        old = final.with_name(f"{final.name}.old-{secrets.token_hex(4)}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old)
+    _fsync_dir(final.parent)

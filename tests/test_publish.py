@@ -1,0 +1,363 @@
+"""Publishing phases: the published folder, its formats, append-only entries, refusals, the member index."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from pathlib import Path
+
+import feedparser
+import jsonschema
+import pytest
+import zstandard
+from typer.testing import CliRunner
+
+from packager import publish as publish_module
+from packager.cli import app
+from packager.config import CONFIG_NAME, load_config
+from packager.container import ShardReader, manifest_line
+from packager.errors import ConfigError, PublishError
+from packager.manifest import MemberIndex, TorrentEntry, load_signing_key, verify_signature
+from packager.publish import PUBLISHED_DIR, publish
+from packager.state import open_state
+from tests.test_build import prepare, run_build
+
+MANIFESTS = Path(__file__).parent.parent / "manifests"
+PUBLISHED_FILES = {"release.json", "torrents.json", "SHA256SUMS", "feed.xml", "index.html", "whitelist.txt",
+                   "members.sqlite", "torrents"}  # fmt: skip
+
+
+def schema(name: str) -> dict:
+    return json.loads((MANIFESTS / f"{name}.schema.json").read_text())
+
+
+def validate(data, name: str) -> None:
+    jsonschema.validate(data, schema(name), cls=jsonschema.Draft202012Validator)
+
+
+def catalog(archive, n: int = 14, seed: int = 5, prefix: str = "t") -> list[dict]:
+    """Audio files of 0-60 KB over both tiers (several shards of 100 kB, members spanning 16 KiB pieces and
+    64 KiB frames), plus one metadata file."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        body = rng.randbytes(rng.choice([0, 700, 20_000, 45_000, 60_000, 90_000]))
+        path = f"audio/{prefix}{i:02d}.ogg"
+        archive.add(path, body)
+        popularity = rng.choice([10, 45.5, 70])
+        rows.append({"id": f"{prefix}{i:02d}", "path": path, "kind": "audio", "popularity": popularity,
+                     "size": len(body)})  # fmt: skip
+    if prefix == "t":
+        meta = b"".join(json.dumps({"n": i, "title": "y" * 40}).encode() + b"\n" for i in range(1500))
+        archive.add("meta/all.jsonl", meta)
+        rows.append(
+            {"id": "m", "path": "meta/all.jsonl", "kind": "metadata", "popularity": 0, "size": len(meta)}
+        )
+    return rows
+
+
+def do_publish(ws: Path, phase: str, **kw):
+    with open_state(ws) as state:
+        return publish(state, load_config(ws), ws, phase, **kw)
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def built(workspace, archive) -> Path:
+    prepare(workspace, archive, catalog(archive))
+    assert not run_build(workspace).failed
+    return workspace
+
+
+@pytest.fixture
+def published(built) -> Path:
+    do_publish(built, "metadata")
+    do_publish(built, "audio")
+    return built
+
+
+def test_publish_writes_every_file_and_each_validates(published):
+    pub = published / PUBLISHED_DIR
+    assert {p.name for p in pub.iterdir()} == PUBLISHED_FILES  # no key configured: no signatures
+    release = json.loads((pub / "release.json").read_text())
+    validate(release, "release")
+    validate(json.loads((pub / "torrents.json").read_text()), "torrents")
+    with open_state(published) as state:
+        shards = {s.name: s for s in state.shards()}
+    names = [t["name"] for t in release["torrents"]]
+    assert names[0] == "t-metadata-00001" and sorted(names[1:]) == sorted(n for n in shards if "audio" in n)
+    assert [p["name"] for p in release["phases"]] == ["metadata", "audio"]
+    assert [p["torrents"] for p in release["phases"]] == [1, len(names) - 1]
+    sums = (pub / "SHA256SUMS").read_text().splitlines()
+    assert sums == sorted(sums, key=lambda line: line.split("  ", 1)[1]) and len(sums) == 2 * len(names)
+    for t in release["torrents"]:
+        shard_path = published / t["files"][0]["path"]
+        assert t["files"][0]["sha256"] == hashlib.sha256(shard_path.read_bytes()).hexdigest()
+        assert t["files"][0]["size"] == shard_path.stat().st_size
+        copy = pub / t["torrent_file"]
+        assert hashlib.sha256(copy.read_bytes()).hexdigest() == t["files"][1]["sha256"]
+        assert f"{t['files'][1]['sha256']}  {t['torrent_file']}" in sums
+        assert t["data_size"] == shards[t["name"]].bytes and t["items"] == shards[t["name"]].items
+        assert t["info_hash_v1"] in (pub / "whitelist.txt").read_text().split()
+        # The member manifest read back from each shard matches its schema too.
+        with ShardReader(shard_path) as reader:
+            for rec in reader.manifest():
+                validate(json.loads(manifest_line(rec)), "member-manifest")
+
+
+def test_phase_two_leaves_phase_one_entries_identical_and_republishing_changes_nothing(built):
+    do_publish(built, "metadata", now="2025-01-01T00:00:00Z")
+    pub = built / PUBLISHED_DIR
+    first = json.loads((pub / "release.json").read_text())
+    first_text = (pub / "release.json").read_text()
+    do_publish(built, "audio", now="2025-02-01T00:00:00Z")
+    second = json.loads((pub / "release.json").read_text())
+    assert second["torrents"][: len(first["torrents"])] == first["torrents"]
+    assert second["phases"][0] == first["phases"][0]
+    # byte-identical: the entry's text in the first file appears unchanged in the second
+    entry_text = first_text[
+        first_text.index('    {\n      "name": "t-metadata') : first_text.index("\n  ]\n}")
+    ]
+    assert entry_text in (pub / "release.json").read_text()
+    assert {t["added"] for t in second["torrents"][1:]} == {"2025-02-01T00:00:00Z"}
+    before = folder_digests(pub)
+    for phase in ("audio", "metadata", "audio"):
+        report = do_publish(built, phase, now="2030-01-01T00:00:00Z")
+        assert report.added == []
+        assert folder_digests(pub) == before
+    assert not list(built.glob("published.*"))
+
+
+def test_refusals_name_the_phase_and_shards_and_write_nothing(built, archive):
+    do_publish(built, "metadata")
+    before = folder_digests(built / PUBLISHED_DIR)
+    with pytest.raises(ConfigError, match="no phase named 'nope'"):
+        do_publish(built, "nope")
+    with pytest.raises(PublishError, match="art: the phase has no shards"):
+        do_publish(built, "art")
+    # new audio items make new, unbuilt shards
+    prepare(built, archive, catalog(archive, n=6, seed=9, prefix="late"), name="late.jsonl")
+    with open_state(built) as state:
+        unbuilt = [s.name for s in state.shards(phase="audio", state="planned")]
+    assert unbuilt
+    r = invoke("publish", built, "--phase", "audio")
+    assert r.exit_code == 2 and "not built; nothing was published" in r.output
+    assert all(name in r.output for name in unbuilt) and "packager build" in r.output
+    # a failed shard is listed with its reason
+    late = next(
+        p for p in (archive.root / "audio").iterdir() if p.name.startswith("late") and p.stat().st_size
+    )
+    late.write_bytes(b"changed")
+    run_build(built)
+    r = invoke("publish", built, "--phase", "audio")
+    assert r.exit_code == 2 and "failed" in r.output and late.name in r.output
+    r = invoke("publish", built, "--phase", "nope")
+    assert r.exit_code == 2 and "no phase named 'nope'" in r.output and "Traceback" not in r.output
+    assert folder_digests(built / PUBLISHED_DIR) == before
+    with open_state(built) as state:
+        assert [p for p, _ in state.publications()] == ["metadata"]
+
+
+def test_new_shards_of_a_published_phase_are_appended(published, archive):
+    pub = published / PUBLISHED_DIR
+    old = json.loads((pub / "release.json").read_text())
+    prepare(published, archive, catalog(archive, n=5, seed=2, prefix="late"), name="late.jsonl")
+    assert not run_build(published).failed
+    report = do_publish(published, "audio", now="2031-01-01T00:00:00Z")
+    assert report.added and all("audio" in n for n in report.added)
+    new = json.loads((pub / "release.json").read_text())
+    assert new["torrents"][: len(old["torrents"])] == old["torrents"]
+    assert [t["name"] for t in new["torrents"][len(old["torrents"]) :]] == report.added
+    assert new["phases"] == [p | {"torrents": p["torrents"] + len(report.added) * (p["name"] == "audio")}
+                             for p in old["phases"]]  # fmt: skip
+    with MemberIndex.open(pub) as idx:
+        found, missing = idx.locate(["late00", "t00", "m"])
+    assert not missing and found[0].torrent in report.added
+
+
+def test_a_published_torrent_is_never_rewritten(published):
+    pub = published / PUBLISHED_DIR
+    before = folder_digests(pub)
+    # New trackers: `packager torrent` re-makes the workspace's .torrent files (same info-hashes).
+    cfg = published / CONFIG_NAME
+    cfg.write_text(
+        cfg.read_text().replace("http://127.0.0.1:6969/announce", "http://127.0.0.1:7070/announce")
+    )
+    assert invoke("torrent", published).exit_code == 0
+    do_publish(published, "audio")
+    assert folder_digests(pub) == before
+    # With the published copy gone too, no file has the published bytes: refuse rather than rewrite.
+    victim = next((pub / "torrents").iterdir())
+    victim.unlink()
+    with pytest.raises(PublishError, match="never rewritten"):
+        do_publish(published, "audio")
+
+
+def test_a_failed_publish_leaves_the_previous_folder_and_no_temporary_one(built, monkeypatch):
+    do_publish(built, "metadata")
+    pub = built / PUBLISHED_DIR
+    before = folder_digests(pub)
+    (built / "published.tmp-dead").mkdir()  # left by a publish killed earlier
+
+    def boom(*a, **kw):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(publish_module, "_write_member_index", boom)
+    with pytest.raises(OSError, match="disk full"):
+        do_publish(built, "audio")
+    assert folder_digests(pub) == before
+    assert not list(built.glob("published.*"))
+    with open_state(built) as state:  # nothing recorded: audio is still unpublished
+        assert [p for p, _ in state.publications()] == ["metadata"] and len(state.published_entries()) == 1
+    monkeypatch.undo()
+    assert do_publish(built, "audio").added
+
+
+def test_feed_is_rss2_with_one_torrent_enclosure_per_torrent_newest_first(built):
+    do_publish(built, "metadata", now="2025-01-01T00:00:00Z")
+    do_publish(built, "audio", now="2025-02-01T00:00:00Z")
+    pub = built / PUBLISHED_DIR
+    release = json.loads((pub / "release.json").read_text())
+    feed = feedparser.parse((pub / "feed.xml").read_bytes())
+    assert not feed.bozo and feed.version == "rss20"
+    assert len(feed.entries) == len(release["torrents"])
+    audio = [t["name"] for t in release["torrents"] if t["phase"] == "audio"]
+    assert [item.title for item in feed.entries] == audio + ["t-metadata-00001"]  # the oldest phase last
+    for item in feed.entries:
+        (enc,) = item.enclosures
+        assert enc.type == "application/x-bittorrent"
+        t = next(t for t in release["torrents"] if t["name"] == item.title)
+        assert enc.href == "torrents/" + t["torrent_file"].split("/")[-1]  # no base_url in the test config
+        assert int(enc.length) == t["files"][1]["size"]
+
+
+def test_torrents_json_urls_use_the_base_url(built):
+    cfg = built / CONFIG_NAME
+    cfg.write_text(cfg.read_text() + '\n[publish]\nbase_url = "https://example.org/t/torrents/"\n')
+    do_publish(built, "metadata")
+    (row,) = json.loads((built / PUBLISHED_DIR / "torrents.json").read_text())
+    assert row["url"] == "https://example.org/t/torrents/t-metadata-00001.tar.zst.torrent"
+    assert row["display_name"] == "t-metadata-00001.tar.zst.torrent" and row["num_files"] == 1
+    feed = feedparser.parse((built / PUBLISHED_DIR / "feed.xml").read_bytes())
+    assert feed.entries[0].enclosures[0].href == row["url"]
+
+
+def test_index_html_lists_phases_torrents_and_magnets(published):
+    page = (published / PUBLISHED_DIR / "index.html").read_text()
+    release = json.loads((published / PUBLISHED_DIR / "release.json").read_text())
+    for t in release["torrents"]:
+        assert t["name"] in page and t["magnet"].replace("&", "&amp;") in page and t["torrent_file"] in page
+    assert "art</td><td class=muted>not yet published" in page
+    # dependency-free: no script, nothing fetched from elsewhere
+    assert "<script" not in page and "src=" not in page and 'rel="stylesheet"' not in page
+
+
+def test_locate_gives_the_pieces_that_hold_each_member(published):
+    pub = published / PUBLISHED_DIR
+    release = json.loads((pub / "release.json").read_text())
+    by_name = {t["name"]: t for t in release["torrents"]}
+    ids, spans = [], 0
+    with open_state(published) as state:
+        for s in state.shards():
+            ids += [m.id for m in state.iter_members(s.id)]
+    with MemberIndex.open(pub / "members.sqlite") as idx:
+        found, missing = idx.locate(ids)
+    assert not missing and len(found) == len(ids)
+    for loc in found:
+        t = by_name[loc.torrent]
+        assert (loc.info_hash_v1, loc.magnet, loc.piece_size) == (
+            t["info_hash_v1"],
+            t["magnet"],
+            t["piece_size"],
+        )
+        shard = published / loc.shard_file
+        with ShardReader(shard) as reader:
+            rec = reader.find(loc.id)
+            frames = reader.frames
+        assert (loc.offset, loc.size, loc.first_frame, loc.last_frame) == (
+            rec.offset, rec.size, rec.first_frame, rec.last_frame)  # fmt: skip
+        # The piece range covers exactly the member's frames: from only those pieces' bytes the member
+        # decompresses whole, and one piece fewer at either end would cut a frame.
+        ps = loc.piece_size
+        data = shard.read_bytes()
+        start, end = loc.frames_offset, loc.frames_offset + loc.frames_size
+        assert start == frames[loc.first_frame].compressed_offset
+        assert loc.first_piece == start // ps and loc.last_piece == (end - 1) // ps
+        assert loc.first_piece * ps <= start < (loc.first_piece + 1) * ps
+        assert loc.last_piece * ps < end <= (loc.last_piece + 1) * ps
+        pieces = data[loc.first_piece * ps : (loc.last_piece + 1) * ps]
+        rel = start - loc.first_piece * ps
+        frames_bytes = io.BytesIO(pieces[rel : rel + loc.frames_size])
+        tar = zstandard.ZstdDecompressor().stream_reader(frames_bytes, read_across_frames=True).read()
+        content = tar[loc.offset - loc.frames_tar_offset :][: loc.size]
+        assert hashlib.sha256(content).hexdigest() == rec.sha256
+        spans += loc.last_piece > loc.first_piece
+    assert spans, "no member spans several pieces; make the test data bigger"
+
+
+def test_locate_cli(published):
+    r = invoke("locate", published / PUBLISHED_DIR, "t03", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    (loc,) = data["found"]
+    assert loc["id"] == "t03" and loc["pieces"] == loc["last_piece"] - loc["first_piece"] + 1
+    r = invoke("locate", published / PUBLISHED_DIR / "members.sqlite", "t03", "no-such-id")
+    assert r.exit_code == 2 and "no-such-id" in r.output and "pieces" in r.output
+    r = invoke("locate", published / "nowhere.sqlite", "t03")
+    assert r.exit_code == 2 and "no member index" in r.output
+
+
+def test_signed_publish_with_an_encrypted_key(built, tmp_path, monkeypatch):
+    pw = tmp_path / "pw.txt"
+    pw.write_text("correct horse\n")
+    key = tmp_path / "keys" / "release.key"
+    r = invoke("keygen", key, "--password-file", pw)
+    assert r.exit_code == 0, r.output
+    public = (tmp_path / "keys" / "release.pub").read_text()
+    assert public.splitlines()[1] in r.output and "encrypted" in key.read_text()
+    assert key.stat().st_mode & 0o077 == 0
+    assert invoke("keygen", key, "--unencrypted").exit_code == 2  # never overwrites silently
+    cfg = built / CONFIG_NAME
+    cfg.write_text(cfg.read_text() + f'\n[publish]\nsigning_key = "{key}"\n')
+    bad = tmp_path / "bad.txt"
+    bad.write_text("wrong\n")
+    r = invoke("publish", built, "--phase", "metadata", "--password-file", bad)
+    assert r.exit_code == 2 and "wrong password" in r.output
+    assert not (built / PUBLISHED_DIR).exists()
+    monkeypatch.setenv("PACKAGER_KEY_PASSWORD", "correct horse")
+    r = invoke("publish", built, "--phase", "metadata")
+    assert r.exit_code == 0, r.output
+    pub = built / PUBLISHED_DIR
+    for name in ("SHA256SUMS", "release.json"):
+        comment = verify_signature(public, (pub / name).read_bytes(), (pub / f"{name}.minisig").read_bytes())
+        assert f"file:{name}" in comment
+    before = folder_digests(pub)
+    assert invoke("publish", built, "--phase", "metadata").exit_code == 0
+    assert folder_digests(pub) == before  # Ed25519 is deterministic and the timestamp is the publication's
+    signing = load_signing_key(key, lambda: "correct horse")
+    assert signing.public_key in (pub / "index.html").read_text()
+
+
+def test_cli_publish_prints_where_the_index_is(built):
+    r = invoke("publish", built, "--phase", "metadata")
+    assert r.exit_code == 0, r.output
+    assert str(built / PUBLISHED_DIR / "index.html") in r.output and "not signed" in r.output
+    r = invoke("publish", built, "--phase", "metadata", "--json")
+    report = json.loads(r.stdout)
+    assert report["added"] == [] and report["torrents"] == 1 and report["index_html"].endswith("index.html")
+
+
+def test_frozen_entries_round_trip(published):
+    with open_state(published) as state:
+        for _, _, text in state.published_entries():
+            assert TorrentEntry.from_json(text).to_json() == text
