@@ -205,3 +205,23 @@ def test_kill_at_any_moment_then_resume_gives_identical_bytes(make_workspace, ar
         if p.name.endswith(".part") or p.name.startswith(".")
     ]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("fmt", ["v1", "hybrid", "v2"])
+def test_built_torrents_match_libtorrent_hashing_the_shards_itself(make_workspace, archive, fmt):
+    """The .torrent made from one-pass hashes equals what libtorrent makes by reading each finished shard."""
+    from tests.test_torrent import info_section, libtorrent_torrent
+
+    ws = make_workspace(f"ws-{fmt}")
+    cfg = ws / "release.toml"
+    cfg.write_text(cfg.read_text().replace('frame_size = "64KiB"', f'frame_size = "64KiB"\nformat = "{fmt}"'))
+    prepare(ws, archive, rows_for(archive, n=15))
+    assert not run_build(ws).failed
+    with open_state(ws) as state:
+        for s in state.shards():
+            shard = ws / "shards" / f"{s.name}.tar.zst"
+            torrent = ws / "torrents" / f"{s.name}.tar.zst.torrent"
+            piece_size = state.build_hashes(s.id).piece_size
+            ours = info_section(torrent.read_bytes())
+            theirs = info_section(libtorrent_torrent(shard, piece_size, fmt))
+            assert ours == theirs, s.name
