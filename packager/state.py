@@ -268,67 +268,101 @@ class State:
 
     # ---- ingest ---------------------------------------------------------------------------------
 
-    def create_stage(self) -> None:
-        self.db.execute("DROP TABLE IF EXISTS temp.stage")
+    def begin_ingest(self) -> int:
+        """Prepare to insert catalog rows straight into items; returns the rowid watermark.
+
+        Rows go in with INSERT OR IGNORE, so a new row is written once. A batch that inserts fewer rows than
+        it holds has rows whose id or path was taken (by an earlier ingest or a row of this one); those
+        rows, and only those, are copied to temp.conflicts to be examined afterwards. (A trigger doing
+        the same tripled the insert time: 9.7 s instead of 3.4 s per million rows.) Call in a transaction."""
+        for table in ("conflicts", "batch"):
+            self.db.execute(f"DROP TABLE IF EXISTS temp.{table}")
+            self.db.execute(
+                f"CREATE TEMP TABLE {table} (id TEXT, path TEXT, kind TEXT, popularity REAL, size INTEGER, "
+                "mtime INTEGER, extra TEXT, source TEXT, line INTEGER)"
+            )
+        return self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM items").fetchone()[0]
+
+    def insert_items(self, rows: list[tuple], watermark: int) -> None:
+        """(id, path, kind, popularity, size, mtime, extra, source, line) rows, after begin_ingest."""
+        inserted = self.db.executemany(
+            "INSERT OR IGNORE INTO items (id, path, kind, popularity, size, mtime, extra, source, line) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            rows,
+        ).rowcount
+        if inserted == len(rows):
+            return
+        # (source, line) is unique within an ingest, so a row is in items only if that row put it there.
+        self.db.executemany("INSERT INTO temp.batch VALUES (?,?,?,?,?,?,?,?,?)", rows)
         self.db.execute(
-            "CREATE TEMP TABLE stage (id TEXT, path TEXT, kind TEXT, popularity REAL, size INTEGER, "
-            "mtime INTEGER, extra TEXT, source TEXT, line INTEGER)"
+            "INSERT INTO temp.conflicts SELECT b.* FROM temp.batch b WHERE NOT EXISTS (SELECT 1 FROM items i "
+            "WHERE i.id = b.id AND i.rowid > ? AND i.source = b.source AND i.line = b.line)",
+            (watermark,),
+        )
+        self.db.execute("DELETE FROM temp.batch")
+
+    def end_ingest(self) -> None:
+        self.db.execute("DROP TABLE IF EXISTS temp.batch")
+
+    def conflict_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM temp.conflicts").fetchone()[0]
+
+    def repeated_in_ingest(self, watermark: int) -> Iterator[tuple[str, str, str, int, str, int]]:
+        """Rows repeating an id or path first seen in this same ingest:
+        (what, value, first source, first line, repeat source, repeat line)."""
+        yield from self.db.execute(
+            "SELECT 'id', c.id, i.source, i.line, c.source, c.line FROM temp.conflicts c "
+            "JOIN items i ON i.id = c.id WHERE i.rowid > ? "
+            "UNION ALL "
+            "SELECT 'path', c.path, i.source, i.line, c.source, c.line FROM temp.conflicts c "
+            "JOIN items i ON i.path = c.path WHERE i.rowid > ? AND i.id != c.id "
+            "AND NOT EXISTS (SELECT 1 FROM items k WHERE k.id = c.id AND k.rowid > ?) "
+            "UNION ALL "
+            "SELECT 'id', c.id, f.source, f.line, c.source, c.line FROM temp.conflicts c "
+            "JOIN (SELECT id, MIN(rowid) AS first FROM temp.conflicts GROUP BY id HAVING COUNT(*) > 1) d "
+            "ON d.id = c.id AND c.rowid != d.first JOIN temp.conflicts f ON f.rowid = d.first",
+            (watermark, watermark, watermark),
         )
 
-    def stage_rows(self, rows: Iterable[tuple]) -> None:
-        self.db.executemany("INSERT INTO temp.stage VALUES (?,?,?,?,?,?,?,?,?)", rows)
-
-    def stage_duplicates(self, column: str) -> Iterator[tuple[str, str, int, str, int]]:
-        """(value, first file, first line, repeat file, repeat line) for each repeated id or path."""
-        assert column in ("id", "path")
-        self.db.execute(f"CREATE INDEX IF NOT EXISTS temp.stage_{column} ON stage({column})")
+    def path_clashes(self, watermark: int) -> Iterator[tuple[str, str, int, str]]:
+        """Rows whose path belongs to another id known before this ingest: (path, source, line, other id)."""
         yield from self.db.execute(
-            f"SELECT s.{column}, f.source, f.line, s.source, s.line FROM temp.stage s "
-            f"JOIN (SELECT {column}, MIN(rowid) AS first FROM temp.stage GROUP BY {column} "
-            f"HAVING COUNT(*) > 1) d ON s.{column} = d.{column} "
-            f"JOIN temp.stage f ON f.rowid = d.first WHERE s.rowid != d.first ORDER BY s.rowid"
+            "SELECT c.path, c.source, c.line, i.id FROM temp.conflicts c JOIN items i ON i.path = c.path "
+            "WHERE i.id != c.id AND i.rowid <= ? ORDER BY c.rowid",
+            (watermark,),
         )
 
-    def stage_conflicts(self) -> Iterator[tuple]:
-        """Staged rows whose id is known with other values: (id, source, line, shard name or None,
-        old path, new path, old kind, new kind, old pop, new pop, old size, new size, old mtime, new
-        mtime, old extra, new extra)."""
+    def changed_known_items(self, watermark: int) -> Iterator[tuple]:
+        """Rows that change an id known before this ingest: (id, source, line, shard name or None, old path,
+        new path, old kind, new kind, old pop, new pop, old size, new size, old mtime, new mtime, old extra,
+        new extra)."""
         yield from self.db.execute(
-            "SELECT s.id, s.source, s.line, sh.name, i.path, s.path, i.kind, s.kind, i.popularity, "
-            "s.popularity, i.size, s.size, i.mtime, s.mtime, i.extra, s.extra "
-            "FROM temp.stage s JOIN items i ON i.id = s.id "
+            "SELECT c.id, c.source, c.line, sh.name, i.path, c.path, i.kind, c.kind, i.popularity, "
+            "c.popularity, i.size, c.size, i.mtime, c.mtime, i.extra, c.extra "
+            "FROM temp.conflicts c JOIN items i ON i.id = c.id "
             "LEFT JOIN members m ON m.item_rowid = i.rowid LEFT JOIN shards sh ON sh.id = m.shard_id "
-            "WHERE i.path IS NOT s.path OR i.kind IS NOT s.kind OR i.popularity IS NOT s.popularity "
-            "OR i.size IS NOT s.size OR i.mtime IS NOT s.mtime OR i.extra IS NOT s.extra "
-            "ORDER BY s.rowid"
+            "WHERE i.rowid <= ? AND (i.path IS NOT c.path OR i.kind IS NOT c.kind OR "
+            "i.popularity IS NOT c.popularity OR i.size IS NOT c.size OR i.mtime IS NOT c.mtime OR "
+            "i.extra IS NOT c.extra) ORDER BY c.rowid",
+            (watermark,),
         )
 
-    def stage_path_clashes(self) -> Iterator[tuple[str, str, int, str]]:
-        """Staged rows whose path already belongs to another known id: (path, source, line, other id)."""
-        yield from self.db.execute(
-            "SELECT s.path, s.source, s.line, i.id FROM temp.stage s JOIN items i ON i.path = s.path "
-            "WHERE i.id != s.id ORDER BY s.rowid"
-        )
+    def drop_conflicts(self, keys: Iterable[tuple[str, int]]) -> None:
+        self.db.executemany("DELETE FROM temp.conflicts WHERE source = ? AND line = ?", keys)
 
-    def commit_stage(self) -> tuple[int, int, int]:
-        """Move staged rows into items: (added, changed, unchanged). Call inside a transaction."""
-        total = self.db.execute("SELECT COUNT(*) FROM temp.stage").fetchone()[0]
-        changed = self.db.execute(
-            "UPDATE items SET path=s.path, kind=s.kind, popularity=s.popularity, size=s.size, "
-            "mtime=s.mtime, extra=s.extra, source=s.source, line=s.line FROM temp.stage s "
-            "WHERE items.id = s.id AND (items.path IS NOT s.path OR items.kind IS NOT s.kind OR "
-            "items.popularity IS NOT s.popularity OR items.size IS NOT s.size OR "
-            "items.mtime IS NOT s.mtime OR items.extra IS NOT s.extra)"
+    def apply_changes(self, watermark: int) -> int:
+        """Update known items from the remaining conflict rows; returns how many changed."""
+        return self.db.execute(
+            "UPDATE items SET path=c.path, kind=c.kind, popularity=c.popularity, size=c.size, mtime=c.mtime, "
+            "extra=c.extra, source=c.source, line=c.line FROM temp.conflicts c "
+            "WHERE items.id = c.id AND items.rowid <= ? AND (items.path IS NOT c.path OR "
+            "items.kind IS NOT c.kind OR items.popularity IS NOT c.popularity OR items.size IS NOT c.size "
+            "OR items.mtime IS NOT c.mtime OR items.extra IS NOT c.extra)",
+            (watermark,),
         ).rowcount
-        added = self.db.execute(
-            "INSERT INTO items (id, path, kind, popularity, size, mtime, extra, source, line) "
-            "SELECT id, path, kind, popularity, size, mtime, extra, source, line FROM temp.stage "
-            "WHERE true ON CONFLICT(id) DO NOTHING"
-        ).rowcount
-        return added, changed, total - added - changed
 
-    def drop_stage(self) -> None:
-        self.db.execute("DROP TABLE IF EXISTS temp.stage")
+    def added_since(self, watermark: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM items WHERE rowid > ?", (watermark,)).fetchone()[0]
 
     # ---- plan -----------------------------------------------------------------------------------
 

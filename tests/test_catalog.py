@@ -283,3 +283,46 @@ def test_trust_sizes_skips_the_stat_but_needs_sizes(workspace, archive):
     with pytest.raises(CatalogError) as e:
         run(workspace, cat, trust_sizes=True)
     assert_reported(e.value, cat, 1, "size is required with --trust-sizes")
+
+
+def test_duplicate_path_in_one_catalog(workspace, archive):
+    rows = good_rows(archive, 2)
+    rows[1]["path"] = rows[0]["path"]
+    rows[1]["size"] = rows[0]["size"]
+    cat = archive.jsonl(rows)
+    assert_reported(rejected(workspace, cat), cat, 2, "duplicate path 'audio/a0.ogg', first seen at")
+
+
+def test_path_of_a_known_id_is_refused(workspace, archive):
+    rows = good_rows(archive, 1)
+    run(workspace, archive.jsonl(rows))
+    cat = archive.jsonl([dict(rows[0], id="other")], "more.jsonl")
+    with pytest.raises(CatalogError) as e:
+        run(workspace, cat)
+    assert_reported(e.value, cat, 1, "path 'audio/a0.ogg' already belongs to id 'a0'")
+
+
+def test_repeated_known_id_in_one_reingest(workspace, archive):
+    rows = good_rows(archive, 1)
+    run(workspace, archive.jsonl(rows))
+    cat = archive.jsonl([rows[0], rows[0]], "again.jsonl")
+    with pytest.raises(CatalogError) as e:
+        run(workspace, cat)
+    assert_reported(e.value, cat, 2, "duplicate id 'a0', first seen at")
+
+
+def test_big_catalogs_are_parsed_in_a_second_process_with_the_same_results(workspace, archive, monkeypatch):
+    import packager.catalog
+
+    monkeypatch.setattr(packager.catalog, "PARALLEL_BYTES", 0)
+    rows = good_rows(archive, 3)
+    rows[2]["popularity"] = "x"
+    cat = archive.jsonl(rows)
+    err = rejected(workspace, cat)
+    assert_reported(err, cat, 3, "popularity 'x' is not a number")
+    report = run(workspace, cat, skip_invalid=True, rejects=workspace / "rejects.jsonl")
+    assert (report.rows, report.added, report.rejected) == (3, 2, 1)
+    db_path = archive.base / "c.sqlite"
+    sqlite3.connect(db_path).close()
+    with pytest.raises(UsageError, match="no such table"):
+        run(workspace, db_path, table="nope")
