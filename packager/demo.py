@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from .config import CONFIG_NAME, init_workspace, load_config
 from .container import ShardReader
 from .errors import ShardBuildError
 from .manifest import generate_keypair, load_signing_key, public_key_path
-from .publish import publish
+from .publish import PUBLISHED_DIR, publish
 from .state import open_state
 
 SEED = 20261125
@@ -234,6 +235,7 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
             f"{public_key_path(config.signing_key)})"
         )
         say(f"   open {last.index_html}")
+        _show_verify(state, config, workspace, folder, say)
     say(f"workspace: {workspace}  (try `packager status {workspace} --shards`)")
     return workspace
 
@@ -251,3 +253,38 @@ def _show_extract(state, workspace: Path, folder: Path, say) -> None:
             f"   extract: {first.id} from {path.name}: {frames} of {len(reader.frames)} frames read, "
             f"checked, written to {out}"
         )
+
+
+def _show_verify(state, config, workspace: Path, folder: Path, say) -> None:
+    """A downloader's check: the release verifies clean against its signatures; a copy of one shard with
+    one byte flipped is caught, down to the member it damaged and the piece to fetch again."""
+    from .verify import VerifyOptions, format_ranges, verify
+
+    pub = str(public_key_path(config.signing_key))
+    report = verify([workspace], VerifyOptions(pubkey=pub))
+    say(
+        f"[bold]7. verify[/]   {report.count('ok')} files good, signatures checked with {pub} "
+        f"(exit {report.exit_code()})"
+    )
+    mirror = folder / "downloaded"  # a downloader's folder: the published files, and shards/
+    shutil.rmtree(mirror, ignore_errors=True)
+    shutil.copytree(workspace / PUBLISHED_DIR, mirror)
+    shard = next(s for s in state.shards(phase="audio"))
+    copy = mirror / SHARDS_DIR / f"{shard.name}{SHARD_SUFFIX}"
+    copy.parent.mkdir()
+    shutil.copyfile(workspace / SHARDS_DIR / copy.name, copy)
+    with ShardReader(copy) as reader:
+        victim = reader.manifest()[1]
+        frame = reader.frames[victim.last_frame]
+    with open(copy, "r+b") as f:
+        f.seek(frame.compressed_offset + frame.compressed_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, 1)
+        f.write(bytes([byte ^ 0xFF]))
+    damaged = verify([copy], VerifyOptions(deep=True, pubkey=pub)).files[0]
+    found = ", ".join(f"{m.id} ({m.path})" for m in damaged.damaged_members)
+    say(
+        f"   flipped one byte of member {victim.id} in a copy of {copy.name}: "
+        f"`packager verify {copy} --deep --pubkey {pub}` finds {damaged.status}, "
+        f"bad piece {format_ranges(damaged.bad_pieces)}, damaged member {found}"
+    )
