@@ -416,7 +416,9 @@ def write_shard(
         placed = []
         ids: set[str] = set()
         paths: set[str] = set()
-        for m in members:
+        for m, following in _with_next(members):
+            if following is not None and PREFETCH_BYTES:
+                _prefetch(following)
             _check_member(m, shard_name)
             if m.id in ids or m.path in paths:
                 # find() and tar extraction could then reach only one of them.
@@ -438,6 +440,33 @@ def write_shard(
         compressed_size=frames.compressed + len(seek_table),
         uncompressed_size=frames.position,
     )
+
+
+def _with_next(items: Iterable[MemberSource]) -> Iterator[tuple[MemberSource, MemberSource | None]]:
+    it = iter(items)
+    current = next(it, None)
+    while current is not None:
+        following = next(it, None)
+        yield current, following
+        current = following
+
+
+PREFETCH_BYTES = 8 * 2**20
+
+
+def _prefetch(m: MemberSource) -> None:
+    """Ask the kernel to start reading the next member while this one is compressed and hashed: with cold
+    caches, waiting for each file's first read cost 0.6 s of a 3.1 s build of 1 GB (bench.py build)."""
+    try:
+        fd = os.open(m.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return  # reported properly when the member itself is opened
+    try:
+        os.posix_fadvise(fd, 0, min(m.size, PREFETCH_BYTES), os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _content_frames(first: int, header: int, size: int, limit: int) -> tuple[int, int]:
@@ -552,6 +581,12 @@ class ShardReader:
         coffset = doffset = 0
         body = table[_SKIPPABLE_HEADER.size : -_SEEK_FOOTER.size]
         for index, fields in enumerate(entry.iter_unpack(body)):
+            if fields[1] > MAX_FRAME_SIZE:
+                # We never write such a frame; believing the entry would let a hostile table make a
+                # reader allocate up to 4 GiB for one frame.
+                raise ContainerError(
+                    self.path, f"seek table entry {index} claims {fields[1]} bytes, over {MAX_FRAME_SIZE}"
+                )
             checksum = fields[2] if len(fields) == 3 else None
             frames.append(Frame(index, coffset, fields[0], doffset, fields[1], checksum))
             coffset += fields[0]

@@ -590,3 +590,23 @@ def test_seekable_zstd_without_a_manifest_gives_container_error(tmp_path: Path) 
         assert b"".join(reader.read_frame(i) for i in range(len(reader.frames))) == buf.getvalue()
         with pytest.raises(ContainerError, match="not a packager shard|last member"):
             reader.manifest()
+
+
+def test_seek_table_entry_over_the_frame_limit_is_refused(tmp_path):
+    """A hostile seek table must not make the reader allocate gigabytes for one frame."""
+    import struct
+
+    from packager.container import MAX_FRAME_SIZE, SEEKABLE_MAGIC, SKIPPABLE_MAGIC
+    from packager.errors import ContainerError
+
+    frame = zstandard.ZstdCompressor().compress(b"x" * 10)
+    entry = struct.pack("<II", len(frame), MAX_FRAME_SIZE + 1)
+    table = (
+        struct.pack("<II", SKIPPABLE_MAGIC, len(entry) + 9)
+        + entry
+        + struct.pack("<IBI", 1, 0, SEEKABLE_MAGIC)
+    )
+    bad = tmp_path / "hostile.tar.zst"
+    bad.write_bytes(frame + table)
+    with pytest.raises(ContainerError, match="claims"):
+        ShardReader(bad)
