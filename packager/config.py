@@ -316,7 +316,13 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "(syntax)", str(e)) from None
     top = _Reader(path, data, "")
-    top.unknown_keys({"release", "torrents", "publish", "phases"})
+    top.unknown_keys({"release", "torrents", "publish", "phases", "seed"})
+    if "seed" in data:  # checked now, naming the key, though only `packager seed` uses it
+        from .seed import settings_from_table
+
+        if not isinstance(data["seed"], dict):
+            raise top.fail("seed", "expected a [seed] table")
+        settings_from_table(data["seed"], path)
     rel = _Reader(path, top.get("release", dict), "release")
     rel.unknown_keys({"name", "root", "mtime", "creation_date"})
     name = rel.get("name", str)

@@ -19,6 +19,7 @@ from .container import ShardReader
 from .errors import ShardBuildError
 from .manifest import generate_keypair, load_signing_key, public_key_path
 from .publish import PUBLISHED_DIR, publish
+from .seed import SeedSettings, seed, whitelist_hashes
 from .state import open_state
 
 SEED = 20261125
@@ -236,6 +237,12 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
         )
         say(f"   open {last.index_html}")
         _show_verify(state, config, workspace, folder, say)
+        seeded = seed(workspace, settings=SeedSettings(listen="127.0.0.1:0", dht=False), duration=2)
+        say(
+            f"[bold]8. seed[/]     {seeded.torrents} torrents seeded for {seeded.seconds:.0f} s with pread disk "
+            f"I/O; resume data in {workspace / 'seed'}; {len(whitelist_hashes(state))} info-hashes for the tracker"
+        )
+        say(f"   seed for real: packager seed {workspace} --status-port 8181")
     say(f"workspace: {workspace}  (try `packager status {workspace} --shards`)")
     return workspace
 

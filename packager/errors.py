@@ -166,8 +166,10 @@ class ListenError(EnvironmentProblem):
 
     def __init__(self, interfaces: str, reasons: list[str] | tuple[str, ...]):
         self.interfaces, self.reasons = interfaces, tuple(reasons)
-        super().__init__(f"cannot listen on {interfaces}: {'; '.join(self.reasons) or 'no socket opened'}",
-                         hint="choose another port with --listen, e.g. --listen 0.0.0.0:6882")
+        super().__init__(
+            f"cannot listen on {interfaces}: {'; '.join(self.reasons) or 'no socket opened'}",
+            hint="choose another port with --listen, e.g. --listen 0.0.0.0:6882",
+        )
 
 
 class ClientError(EnvironmentProblem):

@@ -615,8 +615,8 @@ class State:
         a shard that is no longer built (its file went missing): still published, so still whitelisted."""
         sql = (
             "SELECT s.id, s.name, s.phase, b.file, b.length, t.file, t.info_hash_v1, t.info_hash_v2 "
-            "FROM published_torrents p JOIN shards s ON s.id = p.shard_id JOIN torrents t ON t.shard_id = s.id "
-            "LEFT JOIN builds b ON b.shard_id = s.id"
+            "FROM published_torrents p JOIN shards s ON s.id = p.shard_id "
+            "JOIN torrents t ON t.shard_id = s.id LEFT JOIN builds b ON b.shard_id = s.id"
         )
         args: list = []
         if phases is not None:
@@ -629,8 +629,8 @@ class State:
         return dict(self.db.execute("SELECT info_hash, uploaded FROM seed_torrents"))
 
     def record_seed_status(self, rows: Iterable[SeedStatusRow]) -> None:
-        """Upsert the seeder's latest view of its torrents. Uploaded totals only grow; tracker_replies is added;
-        a None reply or error time keeps the stored one; a reply clears a stored tracker error."""
+        """Upsert the seeder's latest view of its torrents. Uploaded totals only grow; tracker_replies is
+        added; a None reply or error time keeps the stored one; a reply clears a stored tracker error."""
         self.db.executemany(
             "INSERT INTO seed_torrents (info_hash, shard_id, state, uploaded, peers, tracker_replies, "
             "last_reply_at, last_reply_peers, tracker_error, tracker_error_at, error, error_at, updated_at) "
@@ -643,7 +643,8 @@ class State:
             "tracker_error=CASE WHEN excluded.last_reply_at IS NOT NULL AND excluded.tracker_error IS NULL "
             "THEN NULL ELSE COALESCE(excluded.tracker_error, tracker_error) END, "
             "tracker_error_at=COALESCE(excluded.tracker_error_at, tracker_error_at), "
-            "error=excluded.error, error_at=COALESCE(excluded.error_at, error_at), updated_at=excluded.updated_at",
+            "error=excluded.error, error_at=COALESCE(excluded.error_at, error_at), "
+            "updated_at=excluded.updated_at",
             (
                 (
                     r.info_hash,

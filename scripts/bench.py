@@ -3,6 +3,7 @@
     python scripts/bench.py plan [--rows 1000000]   ingest + plan wall time and peak RSS (< 6 s, 300 MB per 1 M)
     python scripts/bench.py build [--size-gb 1]     copy vs tar|zstd+mktorrent+sha256sum vs packager build
     python scripts/bench.py verify [--size 2GB]     packager verify --pieces/--deep vs libtorrent's recheck (>= 1.5x)
+    python scripts/bench.py seed                    10 000 torrents from fast-resume; upload rate to aria2c
     python scripts/bench.py extract [--size 10GB]   random access to one member of a big shard (<= 100 ms)
     python scripts/bench.py compress                ratio and MB/s per zstd level and kind of data
     python scripts/bench.py speed [--size 512MiB]   the shard writer against a plain copy (build/copy <= 1.2)
@@ -29,6 +30,7 @@ from pathlib import Path
 import zstandard
 from bench_build import bench_build  # scripts/ is on sys.path when this file runs
 from bench_plan import bench_plan
+from bench_seed import add_seed_args, bench_seed
 from bench_verify import add_verify_args, bench_verify
 
 from packager.container import DEFAULT_FRAME_SIZE, MemberSource, ShardReader, write_shard
@@ -485,6 +487,7 @@ COMMANDS: dict[
     "plan": (bench_plan, add_plan_args),
     "build": (bench_build, add_build_args),
     "verify": (bench_verify, add_verify_args),
+    "seed": (bench_seed, add_seed_args),
     "extract": (bench_extract, add_extract_args),
     "compress": (bench_compress, add_compress_args),
     "speed": (bench_speed, add_speed_args),

@@ -75,3 +75,21 @@ def test_duplicate_phase(tmp_path):
     )
     with pytest.raises(ConfigError, match="defined twice"):
         parse_config(text, tmp_path / "release.toml")
+
+
+def test_seed_table_is_checked_at_load_time(tmp_path):
+    text = default_config_text("m", tmp_path).replace(
+        "[seed]\n", '[seed]\nseed_choking = "fastest_upload"\ndht = false\n'
+    )
+    parse_config(text, tmp_path / "release.toml")
+    with pytest.raises(ConfigError) as e:
+        parse_config(text.replace("dht = false", "dht = false\ncolour = 1"), tmp_path / "release.toml")
+    assert e.value.key == "seed.colour"
+
+
+def test_example_release_toml_in_manifests_is_valid(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "manifests" / "release.example.toml"
+    config = parse_config(example.read_text(), tmp_path / "release.toml")
+    assert [p.name for p in config.phases][0] == "metadata"
