@@ -30,6 +30,7 @@ from pathlib import Path
 from .config import ReleaseConfig
 from .container import MemberRecord, MemberSource, write_shard
 from .errors import PackagerError, ShardBuildError, UsageError, WorkspaceError
+from .fsutil import fsync_dir
 from .hashing import ShardHasher, ShardHashes
 from .state import STATE_NAME, ShardRow, State
 
@@ -209,14 +210,6 @@ def torrent_spec(config: ReleaseConfig, name: str, fmt: str, hashes: ShardHashes
     )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -280,7 +273,7 @@ def _finish(
         state.record_build(job.shard_id, rel, h, result.frames, result.uncompressed, _now(), result.records)
         v1, v2, _ = make_torrent(state, config, workspace, job.shard_id, job.name, fmt, h)
     os.replace(job.part_path, job.final_path)
-    _fsync_dir(job.final_path.parent)
+    fsync_dir(job.final_path.parent)
     return v1 or v2
 
 
@@ -298,7 +291,7 @@ def _recover(state: State, workspace: Path) -> list[str]:
             _, length, sha256 = built[rel]
             if part.stat().st_size == length and _file_sha256(part) == sha256:
                 os.replace(part, final)
-                _fsync_dir(shards_dir)
+                fsync_dir(shards_dir)
                 recovered.append(final.name)
                 continue
             state.mark_unbuilt(rel)

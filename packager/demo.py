@@ -239,8 +239,9 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
         _show_verify(state, config, workspace, folder, say)
         seeded = seed(workspace, settings=SeedSettings(listen="127.0.0.1:0", dht=False), duration=2)
         say(
-            f"[bold]8. seed[/]     {seeded.torrents} torrents seeded for {seeded.seconds:.0f} s with pread disk "
-            f"I/O; resume data in {workspace / 'seed'}; {len(whitelist_hashes(state))} info-hashes for the tracker"
+            f"[bold]8. seed[/]     {seeded.torrents} torrents seeded for {seeded.seconds:.0f} s with pread "
+            f"disk I/O; resume data in {workspace / 'seed'}; {len(whitelist_hashes(state))} info-hashes "
+            "for the tracker"
         )
         say(f"   seed for real: packager seed {workspace} --status-port 8181")
     say(f"workspace: {workspace}  (try `packager status {workspace} --shards`)")

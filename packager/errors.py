@@ -115,8 +115,10 @@ class ContainerError(PackagerError):
 class MemberNotFound(PackagerError):
     def __init__(self, shard: Path | str, key: str):
         self.shard, self.key = Path(shard), key
-        super().__init__(f"{shard}: no member with id or path {key!r}",
-                         hint="list the members with `packager extract SHARD --list`")
+        super().__init__(
+            f"{shard}: no member with id or path {key!r}",
+            hint="list the members with `packager extract SHARD --list`",
+        )
 
 
 class UnsafeMemberName(PackagerError):
@@ -154,8 +156,13 @@ class PublishError(PackagerError):
     """A phase cannot be published as asked (unknown, empty, shards not built, a published file changed),
     or the signing key cannot be used. `subject` is the phase or the file; `items` lists the offenders."""
 
-    def __init__(self, subject: str | Path, reason: str, items: list[str] | tuple[str, ...] = (),
-                 hint: str | None = None):
+    def __init__(
+        self,
+        subject: str | Path,
+        reason: str,
+        items: list[str] | tuple[str, ...] = (),
+        hint: str | None = None,
+    ):
         self.subject, self.reason, self.items = str(subject), reason, tuple(items)
         lines = "".join(f"\n  {item}" for item in self.items)
         super().__init__(f"{subject}: {reason}{lines}", hint=hint)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 import minisign
 
 from .errors import PublishError, UsageError
+from .fsutil import write_atomic
 
 FORMAT = 1
 SHARDS_DIR = "shards"
@@ -274,14 +274,7 @@ def generate_keypair(secret_path: Path, password: str | None, force: bool = Fals
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600)
 
 
 def _key_id(public: minisign.PublicKey) -> str:

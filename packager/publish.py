@@ -30,6 +30,7 @@ from . import __version__
 from .config import ReleaseConfig, format_size
 from .container import ShardReader
 from .errors import ContainerError, PublishError
+from .fsutil import fsync_dir, fsync_file, write_durable
 from .manifest import (
     INDEX_NAME,
     FileEntry,
@@ -261,10 +262,10 @@ def _write_folder(
         files["SHA256SUMS.minisig"] = signing.sign(sums, "SHA256SUMS", when)
         files["release.json.minisig"] = signing.sign(release, "release.json", when)
     for name, data in files.items():
-        _write(tmp / name, data)
+        write_durable(tmp / name, data)
     _write_member_index(tmp / INDEX_NAME, final / INDEX_NAME, workspace, state, config.name, everything)
-    _fsync_dir(tmp / "torrents")
-    _fsync_dir(tmp)
+    fsync_dir(tmp / "torrents")
+    fsync_dir(tmp)
 
 
 def _place_torrent(e: TorrentEntry, tmp: Path, final: Path, workspace: Path) -> None:
@@ -282,7 +283,7 @@ def _place_torrent(e: TorrentEntry, tmp: Path, final: Path, workspace: Path) -> 
                     os.link(source, target)
                     return
             shutil.copyfile(source, target)
-            _fsync_file(target)
+            fsync_file(target)
             return
     raise PublishError(
         e.torrent_file,
@@ -321,7 +322,7 @@ def _write_member_index(
         )
     finally:
         index.close()
-    _fsync_file(target)
+    fsync_file(target)
 
 
 def _member_rows(workspace: Path, state: State, p: _Published) -> Iterator[tuple]:
@@ -519,29 +520,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def _locked(workspace: Path) -> Iterator[None]:
     """One publish at a time per workspace: an flock on the workspace folder itself (no lock file)."""
@@ -593,4 +571,4 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)

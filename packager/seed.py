@@ -41,6 +41,7 @@ import libtorrent as lt
 
 from .config import CONFIG_NAME, parse_size
 from .errors import ConfigError, EnvironmentProblem, ListenError, UsageError, WorkspaceError
+from .fsutil import write_atomic
 from .state import SeedStatusRow, State, open_state
 
 SEED_DIR = "seed"
@@ -363,15 +364,9 @@ def write_whitelist(path: Path, hashes: Iterable[str]) -> int:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise EnvironmentProblem(f"{path}: cannot write: {e.strerror or e}") from e
 
 

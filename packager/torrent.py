@@ -8,7 +8,6 @@ info-hash of a shard can be reproduced with stock tools. The file itself is neve
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,9 +16,10 @@ from urllib.parse import quote, urlsplit
 
 import libtorrent as lt
 
-from packager import __version__
-from packager.errors import PieceSizeError, TorrentError, UsageError
-from packager.hashing import ShardHashes
+from . import __version__
+from .errors import PieceSizeError, TorrentError, UsageError
+from .fsutil import write_atomic
+from .hashing import ShardHashes
 
 KiB, MiB, GiB, TiB = 2**10, 2**20, 2**30, 2**40
 
@@ -322,25 +322,9 @@ def identity(spec_or_metainfo: TorrentSpec | bytes) -> TorrentIdentity:
 
 def write_torrent(path: Path, metainfo: bytes) -> None:
     """Write atomically: a reader sees the old file or the complete new one, also after a crash."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(metainfo)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)  # the rename itself is durable only once the directory is synced
-        finally:
-            os.close(dir_fd)
+        write_atomic(Path(path), metainfo)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise TorrentError(path, f"cannot write: {e.strerror or e}") from e
 
 

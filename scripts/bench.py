@@ -1,8 +1,8 @@
 """Benchmarks that check the design's performance claims on this machine.
 
-    python scripts/bench.py plan [--rows 1000000]   ingest + plan wall time and peak RSS (< 6 s, 300 MB per 1 M)
+    python scripts/bench.py plan [--rows 1000000]   ingest + plan: wall time, peak RSS (< 6 s, 300 MB per 1 M)
     python scripts/bench.py build [--size-gb 1]     copy vs tar|zstd+mktorrent+sha256sum vs packager build
-    python scripts/bench.py verify [--size 2GB]     packager verify --pieces/--deep vs libtorrent's recheck (>= 1.5x)
+    python scripts/bench.py verify [--size 2GB]     verify --pieces/--deep vs libtorrent's recheck (>= 1.5x)
     python scripts/bench.py seed                    10 000 torrents from fast-resume; upload rate to aria2c
     python scripts/bench.py extract [--size 10GB]   random access to one member of a big shard (<= 100 ms)
     python scripts/bench.py compress                ratio and MB/s per zstd level and kind of data

@@ -1,0 +1,52 @@
+"""Durable file writes, shared by every stage: nothing half-written is ever left under a final name.
+
+A write goes to a hidden temporary name in the same folder, is fsynced, renamed over the final name, and
+the folder is fsynced, since on Linux the rename itself is durable only once its directory is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write and fsync `path` in place (for files inside a temporary folder that is renamed as a whole)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data`: a reader, even after a crash, sees the old file or the whole new one.
+    OSError is the caller's to turn into its own error; the temporary file is removed first."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_durable(tmp, data, mode)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
