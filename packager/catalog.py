@@ -123,11 +123,11 @@ class _LineCountingReader(io.TextIOBase):
             return raw.decode("utf-8", errors="replace")
 
 
-def _read_csv(path: Path) -> Iterator[RawRow]:
+def _read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
     name = str(path)
     with open(path, "rb") as f:
         lines = _LineCountingReader(f)
-        reader = csv.reader(lines)
+        reader = csv.reader(lines, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
@@ -189,17 +189,25 @@ def _read_sqlite(path: Path, table: str) -> Iterator[RawRow]:
         db.close()
 
 
+SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+
+
 def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
     """Rows of a catalog file, chosen by extension (.jsonl/.ndjson, .csv, .sqlite/.db)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: catalog not found", hint="give the path of a .jsonl, .csv or .sqlite file")
     suffix = path.suffix.lower()
+    if table is not None and suffix not in SQLITE_SUFFIXES:
+        raise UsageError(
+            f"{path}: --table {table!r} applies to SQLite catalogs only",
+            hint="drop --table, or give a .sqlite catalog",
+        )
     if suffix in (".jsonl", ".ndjson", ".json"):
         return _read_jsonl(path)
     if suffix in (".csv", ".tsv"):
-        return _read_csv(path)
-    if suffix in (".sqlite", ".sqlite3", ".db"):
+        return _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix in SQLITE_SUFFIXES:
         return _read_sqlite(path, table or "catalog")
     raise UsageError(
         f"{path}: unknown catalog format {suffix!r}", hint="use .jsonl, .csv or .sqlite (with --table)"
@@ -416,10 +424,7 @@ def ingest(
     problems = _Problems(report, options.rejects if options.skip_invalid else None)
     catalogs = [Path(c) for c in catalogs]
     for catalog in catalogs:
-        if not catalog.is_file():
-            raise UsageError(
-                f"{catalog}: catalog not found", hint="give the path of a .jsonl, .csv or .sqlite file"
-            )
+        read_catalog(catalog, options.table)  # refuses a missing file or an unknown format before any work
     big = sum(c.stat().st_size for c in catalogs) >= PARALLEL_BYTES
     try:
         with state.transaction():

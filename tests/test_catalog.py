@@ -326,3 +326,20 @@ def test_big_catalogs_are_parsed_in_a_second_process_with_the_same_results(works
     sqlite3.connect(db_path).close()
     with pytest.raises(UsageError, match="no such table"):
         run(workspace, db_path, table="nope")
+
+
+def test_tsv_catalog(workspace, archive):
+    rows = good_rows(archive, 2)
+    cat = archive.base / "c.tsv"
+    cat.write_text(
+        "id\tpath\tkind\tpopularity\n"
+        + "".join(f"{r['id']}\t{r['path']}\t{r['kind']}\t{r['popularity']}\n" for r in rows)
+    )
+    assert run(workspace, cat).added == 2
+
+
+def test_table_option_on_a_non_sqlite_catalog_is_refused(workspace, archive):
+    cat = archive.jsonl(good_rows(archive, 1))
+    with pytest.raises(UsageError, match="SQLite catalogs only"):
+        run(workspace, cat, table="tracks")
+    assert count(workspace) == 0
