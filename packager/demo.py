@@ -43,7 +43,7 @@ signing_key = "../keys/demo.key"
 name = "metadata"
 kinds = ["metadata"]
 shard_size = "50GB"
-level = 15
+level = 12
 frame_size = "1MiB"
 
 [[phases]]

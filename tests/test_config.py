@@ -40,7 +40,7 @@ def _with(tmp_path: Path, old: str, new: str) -> str:
 @pytest.mark.parametrize(
     "old, new, key, allowed",
     [
-        ("level = 15", "level = 99", "phases[0].level", "-7 to 22"),
+        ("level = 12", "level = 99", "phases[0].level", "-7 to 22"),
         ('format = "v1"', 'format = "v3"', "phases[0].format", "v1, hybrid, v2"),
         ('shard_size = "50GB"', 'shard_size = "lots"', "phases[0].shard_size", "50GB"),
         ('piece_size = "auto"', 'piece_size = "3MB"', "phases[0].piece_size", "power of two"),
