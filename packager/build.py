@@ -81,6 +81,12 @@ class ShardResult:
 
 
 @dataclass(frozen=True)
+class BuildPlanned:
+    shards: int
+    total: int  # planned content bytes of every shard to build
+
+
+@dataclass(frozen=True)
 class ShardStarted:
     name: str
     total: int
@@ -121,7 +127,7 @@ class BuildReport:
         }
 
 
-Event = ShardStarted | BytesDone | ShardFinished | ShardFailed
+Event = BuildPlanned | ShardStarted | BytesDone | ShardFinished | ShardFailed
 
 
 # ---- the worker side -------------------------------------------------------------------------------------
@@ -363,6 +369,7 @@ def build(
     if not todo:
         return report
     (workspace / SHARDS_DIR).mkdir(exist_ok=True)
+    on_event(BuildPlanned(len(todo), sum(job.planned_bytes for job, _ in todo)))
     workers = jobs_count or os.cpu_count() or 1
     if workers == 1 or len(todo) == 1:
         _build_inline(state, config, workspace, todo, report, on_event)

@@ -42,6 +42,12 @@ def build(
         )
         for name, reason in report.failed:
             err.print(f"[bold red]failed:[/] {name}: {reason}", markup=True)
+        if report.failed:
+            err.print(
+                "[bold]hint:[/] restore those files, then run build again: it retries the failed "
+                "shards and keeps the built ones",
+                markup=True,
+            )
     if report.failed:
         raise typer.Exit(2)
 
@@ -186,18 +192,23 @@ class _BuildProgress:
         return self.on_event
 
     def on_event(self, event) -> None:
-        from ..build import BytesDone, ShardFailed, ShardFinished, ShardStarted
+        from ..build import BuildPlanned, BytesDone, ShardFailed, ShardFinished, ShardStarted
 
         p = self.progress
-        if isinstance(event, ShardStarted):
+        if isinstance(event, BuildPlanned):
+            p.update(self.overall, total=event.total, description=f"all {event.shards} shards")
+        elif isinstance(event, ShardStarted):
             self.tasks[event.name] = p.add_task(event.name, total=event.total)
-            p.update(self.overall, total=(p.tasks[self.overall].total or 0) + event.total)
         elif isinstance(event, BytesDone):
             p.advance(self.tasks[event.name], event.n)
             p.advance(self.overall, event.n)
         elif isinstance(event, ShardFinished | ShardFailed):
             task = self.tasks.pop(event.name, None)
             if task is not None:
+                if isinstance(event, ShardFailed):  # its bytes will not come: keep the overall ETA honest
+                    shard, overall = (next(t for t in p.tasks if t.id == i) for i in (task, self.overall))
+                    left = (shard.total or 0) - shard.completed
+                    p.update(self.overall, total=max(0, (overall.total or 0) - left))
                 p.remove_task(task)
             if isinstance(event, ShardFailed):
                 p.console.print(f"[red]failed[/] {event.name}: {event.reason}", markup=True)
