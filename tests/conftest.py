@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from packager.config import CONFIG_NAME, init_workspace, load_config
 from packager.state import open_state
+
+# No per-example deadline anywhere (a loaded CI machine is slower, not wrong); on CI the examples are
+# derandomized so a run is repeatable, while developers' runs keep exploring new inputs.
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 SMALL_CONFIG = """\
 [release]
