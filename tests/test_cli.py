@@ -110,3 +110,10 @@ def test_demo_runs_every_stage_and_is_repeatable(tmp_path):
     again = invoke("demo", tmp_path / "demo", "--files", "40")
     assert again.exit_code == 0 and "0 added" in again.output
     assert {p.name: p.read_bytes() for p in sorted((tmp_path / "demo/release/shards").iterdir())} == before
+
+
+def test_status_prints_magnets_of_built_shards(tmp_path):
+    assert invoke("demo", tmp_path / "demo", "--files", "20").exit_code == 0
+    r = invoke("status", tmp_path / "demo/release", "--magnets")
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 0 and lines and all("magnet:?xt=urn:btih:" in line for line in lines)

@@ -116,12 +116,14 @@ def plan(
 def status(
     workspace: Workspace,
     shards: Annotated[bool, typer.Option("--shards", help="List every shard, not only the totals.")] = False,
+    magnets: Annotated[bool, typer.Option("--magnets", help="Print each built shard's magnet link.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show phases, tiers and shards: counts, sizes, popularity ranges, build state, info-hashes.
+    """Show phases, tiers and shards: counts, sizes, popularity ranges, build state, info-hashes, magnets.
 
     Example:
         packager status music-release --shards
+        packager status music-release --magnets
         packager status music-release --json | jq '.shards[].magnet'
     """
     from ..plan import release_status
@@ -131,6 +133,11 @@ def status(
         data = release_status(state, config)
     if as_json:
         emit_json(data)
+        return
+    if magnets:
+        for s in data["shards"]:
+            if s.get("magnet"):
+                out.print(f"{s['name']}  {s['magnet']}", soft_wrap=True)
         return
     render_status(data, shards)
 
