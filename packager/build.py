@@ -30,7 +30,7 @@ from pathlib import Path
 from .config import ReleaseConfig
 from .container import MemberRecord, MemberSource, write_shard
 from .errors import PackagerError, ShardBuildError, UsageError, WorkspaceError
-from .fsutil import fsync_dir
+from .fsutil import fsync_dir, workspace_lock
 from .hashing import ShardHasher, ShardHashes
 from .state import STATE_NAME, ShardRow, State
 
@@ -362,6 +362,11 @@ def build(
         raise WorkspaceError(f"{config.root}: the archive root is not there", hint="check release.root")
     if jobs_count < 0:
         raise UsageError(f"--jobs {jobs_count}: must be 0 (one per core) or more")
+    with workspace_lock(workspace, "build"):
+        return _build_locked(state, config, workspace, jobs_count, phase, on_event)
+
+
+def _build_locked(state, config, workspace, jobs_count, phase, on_event) -> BuildReport:
     recovered = _recover(state, workspace)
     todo = plan_jobs(state, config, workspace, phase)
     skipped = len([s for s in state.shards(phase=phase) if s.state == "built"])

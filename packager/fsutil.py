@@ -6,7 +6,10 @@ the folder is fsynced, since on Linux the rename itself is durable only once its
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -50,3 +53,23 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def workspace_lock(workspace: Path, what: str) -> Iterator[None]:
+    """One writer at a time per workspace (build, publish): an flock on the workspace folder itself, so
+    there is no lock file to go stale; the kernel drops it when the process dies, even by kill -9."""
+    from .errors import EnvironmentProblem
+
+    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EnvironmentProblem(
+                f"{workspace}: another packager build or publish is running in this workspace",
+                hint=f"wait for it to finish, then run {what} again",
+            ) from None
+        yield
+    finally:
+        os.close(fd)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import hashlib
 import html
 import os
@@ -30,7 +29,7 @@ from . import __version__
 from .config import ReleaseConfig, format_size
 from .container import ShardReader
 from .errors import ContainerError, PublishError
-from .fsutil import fsync_dir, fsync_file, write_durable
+from .fsutil import fsync_dir, fsync_file, workspace_lock, write_durable
 from .manifest import (
     INDEX_NAME,
     FileEntry,
@@ -112,7 +111,7 @@ def publish(
     """
     workspace = Path(workspace)
     config.phase(phase)  # ConfigError naming the phases
-    with _locked(workspace):
+    with workspace_lock(workspace, "publish"):
         _remove_leftovers(workspace)
         existing = [
             _Published(sid, TorrentEntry.from_json(text)) for sid, _, text in state.published_entries()
@@ -518,20 +517,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _locked(workspace: Path) -> Iterator[None]:
-    """One publish at a time per workspace: an flock on the workspace folder itself (no lock file)."""
-    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PublishError(workspace, "another `packager publish` is running here") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _remove_leftovers(workspace: Path) -> None:

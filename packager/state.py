@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from .errors import WorkspaceError
+from .errors import EnvironmentProblem, WorkspaceError
 
 STATE_NAME = "state.sqlite"
 SCHEMA_VERSION = 1
@@ -258,7 +258,15 @@ class State:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            raise EnvironmentProblem(
+                f"{self.path}: another packager command has been writing this workspace for a minute",
+                hint="wait for it to finish and run this command again",
+            ) from None
         try:
             yield
         except BaseException:

@@ -225,3 +225,17 @@ def test_built_torrents_match_libtorrent_hashing_the_shards_itself(make_workspac
             ours = info_section(torrent.read_bytes())
             theirs = info_section(libtorrent_torrent(shard, piece_size, fmt))
             assert ours == theirs, s.name
+
+
+def test_a_second_build_in_the_same_workspace_is_refused(workspace, archive):
+    from packager.errors import EnvironmentProblem
+    from packager.fsutil import workspace_lock
+
+    prepare(workspace, archive, rows_for(archive))
+    with (
+        workspace_lock(workspace, "build"),
+        pytest.raises(EnvironmentProblem, match="another packager build"),
+    ):
+        run_build(workspace)
+    assert not (workspace / "shards").exists() or not list((workspace / "shards").iterdir())
+    assert run_build(workspace).built
