@@ -16,20 +16,23 @@ from its first byte. A shard whose final file exists is never written again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import ReleaseConfig
 from .container import MemberRecord, MemberSource, write_shard
-from .errors import PackagerError, ShardBuildError, UsageError, WorkspaceError
+from .errors import EnvironmentProblem, PackagerError, ShardBuildError, UsageError, WorkspaceError
 from .fsutil import fsync_dir, workspace_lock
 from .hashing import ShardHasher, ShardHashes
 from .state import STATE_NAME, ShardRow, State
@@ -187,6 +190,16 @@ _progress_queue: multiprocessing.Queue | None = None
 def _init_worker(q: multiprocessing.Queue) -> None:
     global _progress_queue
     _progress_queue = q
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        # A killed coordinator (kill -9, OOM) would otherwise leave its workers blocked forever, maybe
+        # still writing a .part that the next build wants.
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, name="watch-parent", daemon=True).start()
 
 
 def _write_in_worker(job: ShardJob) -> ShardResult:
@@ -285,10 +298,9 @@ def _finish(
 
 def _recover(state: State, workspace: Path) -> list[str]:
     """Complete renames interrupted after the commit; delete .part files of shards that are not built."""
-    recovered = []
+    recovered: list[str] = []
     shards_dir = workspace / SHARDS_DIR
-    if not shards_dir.is_dir():
-        return recovered
+    shards_dir.mkdir(exist_ok=True)
     built = {row[0]: row for row in state.built_files()}
     for part in sorted(shards_dir.glob("*" + SHARD_SUFFIX + PART_SUFFIX)):
         final = part.with_name(part.name[: -len(PART_SUFFIX)])
@@ -305,6 +317,9 @@ def _recover(state: State, workspace: Path) -> list[str]:
     for rel, _, _ in built.values():
         if not (workspace / rel).exists():
             state.mark_unbuilt(rel)
+    for row in state.shards():
+        if row.state != "built":  # a torrent written just before a kill, for a shard that never landed
+            _torrent_path(workspace, row.name).unlink(missing_ok=True)
     return recovered
 
 
@@ -397,19 +412,33 @@ def _settle(
     if error is None:
         try:
             ih = _finish(state, config, workspace, job, fmt, result)
-        except PackagerError as e:
+        except Exception as e:  # noqa: BLE001 - one shard's failure must not abandon the others
             error = e
         else:
             report.built.append(job.name)
             on_event(ShardFinished(job.name, result.hashes.length, ih))
             return
+    job.part_path.unlink(missing_ok=True)
+    _torrent_path(workspace, job.name).unlink(missing_ok=True)  # no finished-looking torrent without data
+    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+        # The output side is full or read-only: every other shard would fail the same way.
+        raise EnvironmentProblem(
+            f"{error.filename or workspace}: {error.strerror}",
+            hint="free space (or make the workspace writable), then run build again; built shards are kept",
+        ) from None
     reason = error.message if isinstance(error, PackagerError) else f"{type(error).__name__}: {error}"
     if isinstance(error, ShardBuildError):
         reason = f"{error.reason}" + (f" ({error.path})" if error.path else "")
-    job.part_path.unlink(missing_ok=True)
     state.mark_failed(job.shard_id, reason)
     report.failed.append((job.name, reason))
     on_event(ShardFailed(job.name, reason))
+
+
+def _torrent_path(workspace: Path, name: str) -> Path:
+    return Path(workspace) / TORRENTS_DIR / f"{name}{SHARD_SUFFIX}.torrent"
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _build_inline(state, config, workspace, todo, report, on_event) -> None:
@@ -417,7 +446,7 @@ def _build_inline(state, config, workspace, todo, report, on_event) -> None:
         on_event(ShardStarted(job.name, job.planned_bytes))
         try:
             result = write_one(job, lambda n, name=job.name: on_event(BytesDone(name, n)))
-        except (PackagerError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - settled per shard
             _settle(state, config, workspace, job, fmt, report, on_event, None, e)
         else:
             _settle(state, config, workspace, job, fmt, report, on_event, result, None)
@@ -453,8 +482,10 @@ def _build_pool(state, config, workspace, todo, workers, report, on_event) -> No
                 for fut in done:
                     job, fmt = pending.pop(fut)
                     error = fut.exception()
-                    if error is not None and not isinstance(error, PackagerError | OSError):
-                        raise error
+                    if isinstance(error, BrokenProcessPool):
+                        raise EnvironmentProblem(
+                            f"a build worker died ({error})", hint="retry; with --jobs 1 no worker is used"
+                        )
                     _settle(
                         state,
                         config,

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import orjson
 
 from .config import USTAR_MTIME_LIMIT, ReleaseConfig
-from .errors import CatalogError, CatalogProblem, UsageError
+from .errors import CatalogError, CatalogProblem, UsageError, WorkspaceError
 from .state import State, dumps_extra
 
 # container.RESERVED_MANIFEST_NAME lives in this folder, so no catalog path may.
@@ -137,6 +137,8 @@ def _read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
             yield RawRow(name, 1, None, f"bad CSV header: {e}")
             return
         header = [h.strip() for h in header]
+        if header:  # Excel writes UTF-8 CSV with a byte order mark
+            header[0] = header[0].lstrip("\ufeff").strip()
         while True:
             start = lines.n + 1
             try:
@@ -424,6 +426,11 @@ def ingest(
     report = IngestReport()
     problems = _Problems(report, options.rejects if options.skip_invalid else None)
     catalogs = [Path(c) for c in catalogs]
+    if not options.trust_sizes and not config.root.is_dir():
+        raise WorkspaceError(
+            f"{config.root}: the archive root is not there, so no file can be checked",
+            hint=f"fix release.root in {config.path} (or mount the archive)",
+        )
     for catalog in catalogs:
         read_catalog(catalog, options.table)  # refuses a missing file or an unknown format before any work
     big = sum(c.stat().st_size for c in catalogs) >= PARALLEL_BYTES
@@ -452,6 +459,8 @@ def ingest(
             conflicts = state.conflict_count()
             state.drop_conflicts(bad_keys)
             report.changed = state.apply_changes(watermark)
+            if report.changed:
+                state.refresh_unbuilt_shard_sizes()
             report.added = state.added_since(watermark)
             report.unchanged = conflicts - len(bad_keys) - report.changed
             report.rejected = report.problem_count
@@ -565,9 +574,14 @@ def _check_conflicts(state: State, watermark: int, problems: _Problems) -> set[t
             problems.add(src, line, f"path {path!r} already belongs to id {other!r}", None, None)
             bad.add((src, line))
     names = ("path", "kind", "popularity", "size", "mtime", "extra")
-    for item_id, src, line, shard, *pairs in state.changed_known_items(watermark):
+    for item_id, src, line, shard, shard_state, *pairs in state.changed_known_items(watermark):
         if shard is None or (src, line) in bad:
             continue  # a known id that is in no shard yet may still change
+        changed = [n for i, n in enumerate(names) if pairs[2 * i] != pairs[2 * i + 1]]
+        if shard_state != "built" and not set(changed) & {"kind", "popularity"}:
+            # Nothing was written from that shard yet: a file that moved or changed size since planning
+            # (the build reported its shard failed) is corrected here; its place in the plan stays.
+            continue
         diffs = [
             f"{n} {pairs[2 * i]!r} -> {pairs[2 * i + 1]!r}"
             for i, n in enumerate(names)

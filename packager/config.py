@@ -397,6 +397,10 @@ def init_workspace(workspace: Path, root: Path, name: str | None = None) -> Rele
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise UsageError(f"{root}: the archive root is not a folder", hint="pass --root ARCHIVE_FOLDER")
+    if workspace.exists() and not workspace.is_dir():
+        raise UsageError(
+            f"{workspace}: exists and is not a folder", hint="choose a new folder for the workspace"
+        )
     if (workspace / CONFIG_NAME).exists() or (workspace / STATE_NAME).exists():
         raise WorkspaceError(
             f"{workspace}: already a release workspace", hint="edit its release.toml, or choose a new folder"

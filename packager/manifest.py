@@ -251,6 +251,11 @@ def generate_keypair(secret_path: Path, password: str | None, force: bool = Fals
     """Write a minisign Ed25519 key pair: the secret key (mode 0600; scrypt-encrypted unless `password` is
     None) and the public key beside it. Refuses to overwrite either unless `force`."""
     secret_path = Path(secret_path)
+    if secret_path.is_dir() or not secret_path.name or secret_path.name in (".", ".."):
+        raise UsageError(
+            f"{secret_path}: is a folder; give the path of the key file to write",
+            hint="e.g. packager keygen keys/release.key",
+        )
     public_path = public_key_path(secret_path)
     if not force:
         for path in (secret_path, public_path):

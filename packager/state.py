@@ -341,11 +341,11 @@ class State:
         )
 
     def changed_known_items(self, watermark: int) -> Iterator[tuple]:
-        """Rows that change an id known before this ingest: (id, source, line, shard name or None, old path,
-        new path, old kind, new kind, old pop, new pop, old size, new size, old mtime, new mtime, old extra,
-        new extra)."""
+        """Rows that change an id known before this ingest: (id, source, line, shard name or None, shard
+        state or None, old path, new path, old kind, new kind, old pop, new pop, old size, new size, old
+        mtime, new mtime, old extra, new extra)."""
         yield from self.db.execute(
-            "SELECT c.id, c.source, c.line, sh.name, i.path, c.path, i.kind, c.kind, i.popularity, "
+            "SELECT c.id, c.source, c.line, sh.name, sh.state, i.path, c.path, i.kind, c.kind, i.popularity, "
             "c.popularity, i.size, c.size, i.mtime, c.mtime, i.extra, c.extra "
             "FROM temp.conflicts c JOIN items i ON i.id = c.id "
             "LEFT JOIN members m ON m.item_rowid = i.rowid LEFT JOIN shards sh ON sh.id = m.shard_id "
@@ -353,6 +353,13 @@ class State:
             "i.popularity IS NOT c.popularity OR i.size IS NOT c.size OR i.mtime IS NOT c.mtime OR "
             "i.extra IS NOT c.extra) ORDER BY c.rowid",
             (watermark,),
+        )
+
+    def refresh_unbuilt_shard_sizes(self) -> None:
+        """Recompute bytes of shards not yet built, after ingest corrected a member's size."""
+        self.db.execute(
+            "UPDATE shards SET bytes = (SELECT COALESCE(SUM(i.size), 0) FROM members m JOIN items i "
+            "ON i.rowid = m.item_rowid WHERE m.shard_id = shards.id) WHERE state != 'built'"
         )
 
     def drop_conflicts(self, keys: Iterable[tuple[str, int]]) -> None:

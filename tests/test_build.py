@@ -18,6 +18,7 @@ from packager.catalog import IngestOptions, ingest
 from packager.cli import app
 from packager.config import load_config
 from packager.container import ShardReader
+from packager.errors import CatalogError
 from packager.plan import plan
 from packager.state import open_state
 
@@ -239,3 +240,24 @@ def test_a_second_build_in_the_same_workspace_is_refused(workspace, archive):
         run_build(workspace)
     assert not (workspace / "shards").exists() or not list((workspace / "shards").iterdir())
     assert run_build(workspace).built
+
+
+def test_a_failed_shard_is_fixed_by_reingesting_the_corrected_row(workspace, archive):
+    """A file that changed after planning fails its shard; ingesting its new size lets the shard build.
+    Once built, the same change is refused (the shard's bytes are final)."""
+    rows = rows_for(archive, n=6, size=(30_000, 40_000))
+    prepare(workspace, archive, rows)
+    victim = rows[0]
+    archive.add(victim["path"], b"grown" * 10_000)
+    failed = run_build(workspace)
+    assert len(failed.failed) == 1
+    fixed = [dict(r, size=50_000) if r is victim else r for r in rows]
+    with open_state(workspace) as state:
+        report = ingest(state, load_config(workspace), [archive.jsonl(fixed, "fixed.jsonl")], IngestOptions())
+    assert report.changed == 1
+    again = run_build(workspace)
+    assert again.built == [failed.failed[0][0]] and not again.failed
+    archive.add(victim["path"], b"shrunk")
+    refused = [dict(r, size=6) if r is victim else r for r in rows]
+    with open_state(workspace) as state, pytest.raises(CatalogError, match="cannot change"):
+        ingest(state, load_config(workspace), [archive.jsonl(refused, "refused.jsonl")], IngestOptions())

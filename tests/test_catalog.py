@@ -343,3 +343,22 @@ def test_table_option_on_a_non_sqlite_catalog_is_refused(workspace, archive):
     with pytest.raises(UsageError, match="SQLite catalogs only"):
         run(workspace, cat, table="tracks")
     assert count(workspace) == 0
+
+
+def test_csv_with_a_byte_order_mark(workspace, archive):
+    rows = good_rows(archive, 1)
+    cat = archive.base / "excel.csv"
+    r = rows[0]
+    cat.write_bytes(
+        b"\xef\xbb\xbfid,path,kind,popularity\r\n" + f"{r['id']},{r['path']},audio,3\r\n".encode()
+    )
+    assert run(workspace, cat).added == 1
+
+
+def test_moved_archive_root_is_one_clear_error(workspace, archive, tmp_path):
+    from packager.errors import WorkspaceError
+
+    cat = archive.jsonl(good_rows(archive, 2))
+    archive.root.rename(tmp_path / "moved")
+    with pytest.raises(WorkspaceError, match="archive root is not there"):
+        run(workspace, cat)

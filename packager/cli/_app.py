@@ -7,6 +7,7 @@ printed as `error: ...` / `hint: ...` and turned into the exit code (2 bad input
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,18 @@ class PackagerGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
+        except (OSError, sqlite3.Error) as e:
+            # The last resort for the machine saying no (permissions, a full disk, a read-only state
+            # database) where no stage turned it into a PackagerError: a message, exit 3, no traceback.
+            if isinstance(e, BrokenPipeError):
+                raise  # stdout closed by the reader (`| head`): typer exits quietly
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            what = getattr(e, "strerror", None) or str(e)
+            err.print(f"[bold red]error:[/] {where}{what}", markup=True, highlight=False)
+            err.print(
+                "[bold]hint:[/] check that the folders exist, are writable and have free space", markup=True
+            )
+            raise typer.Exit(3) from None
 
 
 app = typer.Typer(

@@ -44,8 +44,8 @@ def build(
             err.print(f"[bold red]failed:[/] {name}: {reason}", markup=True)
         if report.failed:
             err.print(
-                "[bold]hint:[/] restore those files, then run build again: it retries the failed "
-                "shards and keeps the built ones",
+                "[bold]hint:[/] restore those files, or ingest their corrected catalog rows, then run "
+                "build again: it retries the failed shards and keeps the built ones",
                 markup=True,
             )
     if report.failed:
