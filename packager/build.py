@@ -394,7 +394,12 @@ def _build_locked(state, config, workspace, jobs_count, phase, on_event) -> Buil
     if workers == 1 or len(todo) == 1:
         _build_inline(state, config, workspace, todo, report, on_event)
     else:
-        _build_pool(state, config, workspace, todo, min(workers, len(todo)), report, on_event)
+        try:
+            _build_pool(state, config, workspace, todo, min(workers, len(todo)), report, on_event)
+        except (BrokenPipeError, ConnectionError) as e:  # the pool's own pipes, not a shard's files
+            raise EnvironmentProblem(
+                f"cannot run build workers: {e}", hint="retry; with --jobs 1 no worker process is used"
+            ) from None
     return report
 
 

@@ -771,10 +771,15 @@ class ShardReader:
         return [self._extract_one(rec, out_dir) for rec in records]
 
     def _extract_one(self, rec: MemberRecord, out_dir: Path) -> Path:
-        target = out_dir.joinpath(*rec.path.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.parent.resolve().is_relative_to(out_dir.resolve()):
-            raise UnsafeMemberName(self.path, rec.path, f"a symlink on its path leads out of {out_dir}")
+        parts = rec.path.split("/")
+        target = out_dir.joinpath(*parts)
+        root = out_dir.resolve()
+        folder = out_dir
+        for part in parts[:-1]:  # one level at a time, so a symlink never makes us create folders elsewhere
+            folder = folder / part
+            if folder.is_symlink() or not folder.resolve().is_relative_to(root):
+                raise UnsafeMemberName(self.path, rec.path, f"a symlink on its path leads out of {out_dir}")
+            folder.mkdir(exist_ok=True)
         fd, temp = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=".part", dir=target.parent)
         try:
             hasher = MemberHasher()

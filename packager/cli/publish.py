@@ -133,6 +133,10 @@ def publish(
 
     config = load_config(workspace)
     key_path = key or config.signing_key
+    if password_file is not None and not password_file.is_file():
+        raise UsageError(
+            f"{password_file}: no such password file", hint="give the file whose first line is it"
+        )
     loader = (lambda: load_signing_key(key_path, _password_source(password_file))) if key_path else None
     with open_state(workspace) as state:
         report = run_publish(state, config, workspace, phase, key=loader)
