@@ -401,6 +401,11 @@ def init_workspace(workspace: Path, root: Path, name: str | None = None) -> Rele
         raise UsageError(
             f"{workspace}: exists and is not a folder", hint="choose a new folder for the workspace"
         )
+    if (workspace / STATE_NAME).exists() and not (workspace / CONFIG_NAME).exists():
+        raise WorkspaceError(
+            f"{workspace}: has a state.sqlite but no release.toml (an interrupted init, or a deleted config)",
+            hint="restore release.toml, or remove the folder and run init again",
+        )
     if (workspace / CONFIG_NAME).exists() or (workspace / STATE_NAME).exists():
         raise WorkspaceError(
             f"{workspace}: already a release workspace", hint="edit its release.toml, or choose a new folder"
