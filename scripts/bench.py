@@ -478,7 +478,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
 
 def add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size-gb", type=float, default=1.0, help="corpus size in GB (1)")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="packager build --jobs (cores)")
+    p.add_argument("--jobs", type=int, default=0, help="packager build --jobs (0: its default)")
 
 
 COMMANDS: dict[

@@ -98,7 +98,10 @@ def bench_build(args) -> dict:
     )
     cfg = ws / "release.toml"
     # Four shards per worker, so the pool stays busy to the end as it would over a real phase's thousands.
-    shard = max(16_000_000, int(total / (4 * args.jobs) * 1.04))
+    from packager.build import default_jobs
+
+    jobs = args.jobs or default_jobs()
+    shard = max(16_000_000, int(total / (4 * jobs) * 1.04))
     cfg.write_text(cfg.read_text().replace('shard_size = "50GB"', f"shard_size = {shard}"))
     catalog = out / "catalog.jsonl"
     catalog.write_text(
@@ -117,7 +120,7 @@ def bench_build(args) -> dict:
     print(f"{'contender':<10} {'wall s':>8} {'MB/s':>8}")
     for name, secs in (("copy", copy_s), ("pipeline", pipeline_s), ("build", build_s)):
         print(f"{name:<10} {secs:>8.2f} {mb / secs:>8.0f}")
-    print(f"build: {len(shards)} shards, {written / 1e9:.2f} GB written, --jobs {args.jobs}")
+    print(f"build: {len(shards)} shards, {written / 1e9:.2f} GB written, --jobs {args.jobs or jobs}")
     r1, r2 = build_s / copy_s, pipeline_s / build_s
     ok1 = "ok" if r1 <= TARGET_BUILD_OVER_COPY else "MISSED"
     ok2 = "ok" if r2 >= TARGET_PIPELINE_OVER_BUILD else "MISSED"
@@ -139,6 +142,6 @@ if __name__ == "__main__":
 
     p = argparse.ArgumentParser()
     p.add_argument("--size-gb", type=float, default=1.0)
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--jobs", type=int, default=0, help="packager build --jobs (0: its default)")
     p.add_argument("--workdir", default="bench-data")
     bench_build(p.parse_args())

@@ -16,7 +16,9 @@ from ._app import JsonOpt, Workspace, app, emit_json, err, out
 @app.command()
 def build(
     workspace: Workspace,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Shards built at once (0: one per core).")] = 0,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Shards built at once (0: one per two cores).")
+    ] = 0,
     phase: Annotated[str | None, typer.Option(help="Build this phase only.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
