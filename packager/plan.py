@@ -192,3 +192,38 @@ def release_status(state: State, config: ReleaseConfig) -> dict:
         "shards": [vars(s) | state.shard_extras(s.id) for s in shards],
         "unassigned": [{"kind": k, "items": n, "bytes": b} for k, n, b in state.unassigned_counts()],
     }
+
+
+@dataclass(frozen=True)
+class Removal:
+    id: str
+    outcome: str  # "unplanned" | "dropped from <shard>" | "stays in <shard>" | "already removed"
+
+
+def remove_items(state: State, ids: list[str]) -> list[Removal]:
+    """Mark items removed from the archive. An item in no shard, or in a shard not yet built, will not be
+    packaged; an item in a built shard stays in it (a built shard never changes) and is only marked. Unknown
+    ids are refused together, before anything changes."""
+    from .errors import UsageError
+
+    placements = {i: state.item_placement(i) for i in dict.fromkeys(ids)}
+    unknown = [i for i, p in placements.items() if p is None]
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise UsageError(f"{len(unknown)} unknown id(s): {shown}", hint="check the ids against the catalog")
+    out = []
+    with state.transaction():
+        for item_id, (rowid, removed, shard, shard_state, shard_id) in placements.items():
+            if removed:
+                out.append(Removal(item_id, "already removed"))
+                continue
+            if shard is not None and shard_state == "built":
+                state.mark_removed(rowid, None)
+                out.append(Removal(item_id, f"stays in {shard} (built shards never change)"))
+            elif shard is not None:
+                state.mark_removed(rowid, shard_id)
+                out.append(Removal(item_id, f"dropped from {shard} (not built yet)"))
+            else:
+                state.mark_removed(rowid, None)
+                out.append(Removal(item_id, "will not be planned"))
+    return out

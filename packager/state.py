@@ -355,6 +355,35 @@ class State:
             (watermark,),
         )
 
+    def item_placement(self, item_id: str) -> tuple[int, int, str | None, str | None, int | None] | None:
+        """(item rowid, removed, shard name, shard state, shard id) of an id, or None if unknown."""
+        return self.db.execute(
+            "SELECT i.rowid, i.removed, sh.name, sh.state, sh.id FROM items i "
+            "LEFT JOIN members m ON m.item_rowid = i.rowid LEFT JOIN shards sh ON sh.id = m.shard_id "
+            "WHERE i.id = ?",
+            (item_id,),
+        ).fetchone()
+
+    def mark_removed(self, rowid: int, drop_from_shard: int | None) -> None:
+        """Mark an item removed; take it out of its shard only if that shard is not built. Then refresh the
+        shard's totals (an emptied shard is deleted: nothing was written from it). Call in a transaction."""
+        self.db.execute("UPDATE items SET removed = 1 WHERE rowid = ?", (rowid,))
+        if drop_from_shard is None:
+            return
+        self.db.execute("DELETE FROM members WHERE item_rowid = ?", (rowid,))
+        left = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(i.size), 0), MIN(i.popularity), MAX(i.popularity) FROM members m "
+            "JOIN items i ON i.rowid = m.item_rowid WHERE m.shard_id = ?",
+            (drop_from_shard,),
+        ).fetchone()
+        if left[0] == 0:
+            self.db.execute("DELETE FROM shards WHERE id = ?", (drop_from_shard,))
+        else:
+            self.db.execute(
+                "UPDATE shards SET items = ?, bytes = ?, pop_min = ?, pop_max = ? WHERE id = ?",
+                (*left, drop_from_shard),
+            )
+
     def refresh_unbuilt_shard_sizes(self) -> None:
         """Recompute bytes of shards not yet built, after ingest corrected a member's size."""
         self.db.execute(
@@ -519,12 +548,19 @@ class State:
             ),
         )
         self.db.execute("DELETE FROM member_builds WHERE shard_id = ?", (shard_id,))
+        # The plan's own positions: removing an item from an unbuilt shard leaves a gap in them.
+        ords = [
+            r[0]
+            for r in self.db.execute("SELECT ord FROM members WHERE shard_id = ? ORDER BY ord", (shard_id,))
+        ]
+        if len(ords) != len(records):
+            raise WorkspaceError(f"{file}: {len(records)} members written, but the plan has {len(ords)}")
         self.db.executemany(
             "INSERT INTO member_builds (shard_id, ord, xxh3_128, sha256, offset, first_frame, last_frame) "
             "VALUES (?,?,?,?,?,?,?)",
             (
-                (shard_id, i, r.xxh3_128, r.sha256, r.offset, r.first_frame, r.last_frame)
-                for i, r in enumerate(records)
+                (shard_id, o, r.xxh3_128, r.sha256, r.offset, r.first_frame, r.last_frame)
+                for o, r in zip(ords, records, strict=True)
             ),
         )
         self.db.execute("UPDATE shards SET state = 'built', error = NULL WHERE id = ?", (shard_id,))

@@ -261,3 +261,35 @@ def test_a_failed_shard_is_fixed_by_reingesting_the_corrected_row(workspace, arc
     refused = [dict(r, size=6) if r is victim else r for r in rows]
     with open_state(workspace) as state, pytest.raises(CatalogError, match="cannot change"):
         ingest(state, load_config(workspace), [archive.jsonl(refused, "refused.jsonl")], IngestOptions())
+
+
+def test_remove_items_before_and_after_their_shard_is_built(workspace, archive):
+    from packager.errors import UsageError
+    from packager.plan import remove_items
+
+    rows = rows_for(archive, n=9, size=(10_000, 20_000))
+    prepare(workspace, archive, rows)
+    with open_state(workspace) as state:
+        shard = state.shards(phase="audio")[0]
+        members = [m.id for m in state.iter_members(shard.id)]
+        assert len(members) >= 3
+        gone = members[1]  # a gap in the middle of the plan's order
+        (archive.root / next(r["path"] for r in rows if r["id"] == gone)).unlink()  # the file vanished too
+        with pytest.raises(UsageError, match="unknown"):
+            remove_items(state, [gone, "no-such-id"])
+        assert [r.outcome.split()[0] for r in remove_items(state, [gone])] == ["dropped"]
+    assert not run_build(workspace).failed
+    with open_state(workspace) as state:
+        with ShardReader(workspace / "shards" / f"{shard.name}.tar.zst") as reader:
+            written = [r.id for r in reader.manifest()]
+        assert written == [m for m in members if m != gone]
+        recorded = state.db.execute(
+            "SELECT i.id, mb.sha256 FROM member_builds mb JOIN members m ON m.shard_id = mb.shard_id "
+            "AND m.ord = mb.ord JOIN items i ON i.rowid = m.item_rowid WHERE mb.shard_id = ? ORDER BY mb.ord",
+            (shard.id,),
+        ).fetchall()
+        assert [i for i, _ in recorded] == written
+        stays = written[0]
+        assert remove_items(state, [stays])[0].outcome.startswith("stays in")
+        assert remove_items(state, [stays])[0].outcome == "already removed"
+        assert [m.id for m in state.iter_members(shard.id)] == written  # a built shard never changes

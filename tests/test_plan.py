@@ -144,3 +144,13 @@ def test_append_only_under_any_sequence_of_ingest_and_plan(make_workspace, archi
             sizes = [next(s for i, s, _ in sum(batches, []) if f"a{i:03d}" == m) for m in members]
             assert sum(sizes) <= 100_000 or len(members) == 1
         frozen = current
+
+
+def test_removed_items_are_never_planned(workspace, archive):
+    from packager.plan import remove_items
+
+    load(workspace, archive, [audio(0, 10, 1), audio(1, 10, 2)], trust_sizes=True)
+    with open_state(workspace) as state:
+        assert remove_items(state, ["a001"])[0].outcome == "will not be planned"
+    do_plan(workspace)
+    assert shard_members(workspace) == {"t-audio-t2-00001": ["a000"]}

@@ -178,6 +178,29 @@ def render_status(data: dict, show_shards: bool) -> None:
 
 
 @app.command()
+def remove(
+    workspace: Workspace,
+    ids: Annotated[list[str], typer.Argument(help="Ids of items no longer in the archive.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Mark items removed: unplanned ones are never packaged, ones in an unbuilt shard leave it, ones in a
+    built shard stay there (a built shard never changes) and are marked in the state.
+
+    Example:
+        packager remove music-release trk-000042 trk-000043
+    """
+    from ..plan import remove_items
+
+    with open_state(workspace) as state:
+        done = remove_items(state, ids)
+    if as_json:
+        emit_json([vars(r) for r in done])
+        return
+    for r in done:
+        out.print(f"{r.id}: {r.outcome}")
+
+
+@app.command()
 def demo(
     workspace: Annotated[
         Path, typer.Argument(help="Folder for the demo (archive, catalog, workspace).")
