@@ -6,6 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from packager.catalog import IngestOptions, ingest
 from packager.config import load_config
@@ -362,3 +364,20 @@ def test_moved_archive_root_is_one_clear_error(workspace, archive, tmp_path):
     archive.root.rename(tmp_path / "moved")
     with pytest.raises(WorkspaceError, match="archive root is not there"):
         run(workspace, cat)
+
+
+def _reference_path_ok(p: str) -> bool:
+    """The path rules written plainly, to check the fast path of check_path against."""
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in p):
+        return False
+    if p.startswith("/") or p[1:2] == ":":
+        return False
+    parts = p.split("/")
+    return not any(x in ("", ".", "..") for x in parts) and parts[0] != ".packager"
+
+
+@given(st.text(alphabet="ab/.:\x00\x1f\x7f \u00a0é\u2028\ud800packger", min_size=1, max_size=12))
+def test_check_path_agrees_with_the_plain_rules(p):
+    from packager.catalog import check_path
+
+    assert (check_path(p) is None) == _reference_path_ok(p)
