@@ -450,7 +450,8 @@ def _torrent_path(workspace: Path, name: str) -> Path:
     return Path(workspace) / TORRENTS_DIR / f"{name}{SHARD_SUFFIX}.torrent"
 
 
-_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+# Input-side errors come wrapped as ShardBuildError, so a raw OSError with one of these is the output side.
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def _build_inline(state, config, workspace, todo, report, on_event) -> None:

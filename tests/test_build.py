@@ -293,3 +293,21 @@ def test_remove_items_before_and_after_their_shard_is_built(workspace, archive):
         assert remove_items(state, [stays])[0].outcome.startswith("stays in")
         assert remove_items(state, [stays])[0].outcome == "already removed"
         assert [m.id for m in state.iter_members(shard.id)] == written  # a built shard never changes
+
+
+def test_a_full_disk_stops_the_build_without_failing_shards(workspace, archive, monkeypatch):
+    import errno
+
+    import packager.build
+    from packager.errors import EnvironmentProblem
+
+    prepare(workspace, archive, rows_for(archive))
+
+    def full(job, on_progress=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(job.part_path))
+
+    monkeypatch.setattr(packager.build, "write_one", full)
+    with pytest.raises(EnvironmentProblem, match="No space left"):
+        run_build(workspace)
+    with open_state(workspace) as state:
+        assert {s.state for s in state.shards()} == {"planned"}
