@@ -6,7 +6,6 @@ interop tests (tests/interop/test_seed_clients.py) add opentracker, aria2c, Tran
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -42,6 +41,7 @@ from packager.seed import (
     whitelist_hashes,
 )
 from packager.state import open_state
+from tests.helpers import sha256_of
 
 from .test_build import prepare, rows_for, run_build
 
@@ -149,11 +149,6 @@ def leecher() -> Leecher:
     peer = Leecher()
     yield peer
     peer.session.pause()
-
-
-def sha256_of(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class SeedThread:

@@ -4,10 +4,8 @@ and aria2c read them. Everything stays on 127.0.0.1; each run and download has a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from packager.torrent import (
     piece_size_for,
     write_torrent,
 )
+from tests.helpers import need, sha256_of
 
 from .conftest import add_torrent, wait_until
 
@@ -32,18 +31,6 @@ pytestmark = pytest.mark.interop
 
 DOWNLOAD_SECONDS = 60
 TOOL_SECONDS = 20
-
-
-def need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"{binary} not installed")
-    return path
-
-
-def sha256_of(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import hashlib
 import io
 import os
 import random
-import shutil
 import subprocess
 import tarfile
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import pytest
 import pyzstd
 
 from packager.container import RESERVED_MANIFEST_NAME, MemberSource, ShardReader, ShardWritten, write_shard
+from tests.helpers import need
 
 pytestmark = pytest.mark.interop
 
@@ -40,13 +40,6 @@ class Shard:
     path: Path
     written: ShardWritten
     contents: dict[str, bytes]  # member path -> bytes
-
-
-def need(tool: str) -> str:
-    found = shutil.which(tool)
-    if found is None:
-        pytest.skip(f"{tool} is not installed")
-    return found
 
 
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

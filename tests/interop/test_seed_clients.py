@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from typer.testing import CliRunner
 from packager.cli import app
 from packager.config import CONFIG_NAME
 from packager.state import open_state
+from tests.helpers import need, sha256_of
 
 from ..test_build import prepare, run_build
 from .conftest import LOOPBACK, wait_until
@@ -41,18 +41,6 @@ LT_FLAGS = [
     "--lt=enable_outgoing_utp=false",
     "--lt=enable_incoming_utp=false",
 ]
-
-
-def need(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"{binary} not installed (Debian package: see scripts/dev.sh)")
-    return path
-
-
-def sha256_of(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def cli(*args: str) -> str:
