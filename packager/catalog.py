@@ -232,14 +232,17 @@ def check_path(path: object) -> str | None:
     """Why a catalog path is unacceptable, or None. Lexical checks only; the file system comes later."""
     if not isinstance(path, str) or not path:
         return "path is missing or empty"
-    if (  # string methods in C first: most real paths pass these and never reach a regex
-        path.isprintable()
-        and path[0] not in "/."
-        and path[1:2] != ":"
-        and path[-1] not in "/."
-        and "//" not in path
-        and "/." not in path
-    ) or not _SUSPECT.search(path):
+    if (
+        (  # string methods in C first: most real paths pass these and never reach a regex
+            path.isprintable()
+            and path[0] not in "/."
+            and path[1:2] != ":"
+            and path[-1] not in "/."
+            and "//" not in path
+            and "/." not in path
+        )
+        or not _SUSPECT.search(path)
+    ):
         return None
     if _CONTROL.search(path):
         return f"path {path!r} contains control characters"

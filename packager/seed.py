@@ -31,6 +31,7 @@ import os
 import threading
 import time
 import tomllib
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -561,6 +562,16 @@ def _now_text() -> str:
 
 def _hash_key(hashes: lt.info_hash_t) -> str:
     return str(hashes.v1) if hashes.has_v1() else str(hashes.v2)
+
+
+def read_status(port: int, path: str = "/", timeout: float = 2) -> dict | None:
+    """What a running seeder's --status-port serves (on 127.0.0.1), or None when nothing answers yet:
+    for monitoring scripts, the benchmark and the tests alike."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as reply:
+            return json.loads(reply.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _state_label(st: lt.torrent_status) -> str:

@@ -395,14 +395,6 @@ def bench_start(args: argparse.Namespace) -> dict:
 # --- upload rate ------------------------------------------------------------------------------------------
 
 
-def status(port: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/", timeout=2) as reply:
-            return json.loads(reply.read())
-    except OSError:
-        return None
-
-
 def wait_for(predicate, seconds: float, step: float = 0.2) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -510,6 +502,8 @@ def bench_upload(args: argparse.Namespace) -> dict:
     aria2c, opentracker = shutil.which("aria2c"), shutil.which("opentracker")
     if not aria2c or not opentracker:
         return {"skipped": f"needs aria2c and opentracker (found aria2c={aria2c}, opentracker={opentracker})"}
+    from packager.seed import read_status
+
     ws = (args.workdir / "seed-upload").resolve()
     shards = big_shards(ws, args.clients, args.size, args.piece_size)
     files = [ws / "shards" / f"{n}.tar.zst" for n, _ in shards]
@@ -526,18 +520,18 @@ def bench_upload(args: argparse.Namespace) -> dict:
         # Once from scratch so that the measured run resumes, as a long-running seeder does.
         port = free_port()
         seeder = start_cli_seeder(ws, port, ws / "seed-prime.log")
-        wait_for(lambda: (status(port) or {}).get("states", {}).get("seeding") == len(shards), 60)
+        wait_for(lambda: (read_status(port) or {}).get("states", {}).get("seeding") == len(shards), 60)
         stop_process(seeder)
         port = free_port()
         seeder = start_cli_seeder(ws, port, ws / "seed.log")
 
         def announced() -> bool:
-            body = status(port)
+            body = read_status(port)
             return bool(body) and all("peers from" in (t["tracker"] or "") for t in body["torrents"])
 
         if not wait_for(announced, 60):
             raise RuntimeError(
-                f"seeder not announced: {status(port)}; {(ws / 'seed.log').read_text()[-1000:]}"
+                f"seeder not announced: {read_status(port)}; {(ws / 'seed.log').read_text()[-1000:]}"
             )
         for path in files:
             evict(path)
@@ -573,7 +567,7 @@ def bench_upload(args: argparse.Namespace) -> dict:
         # The same shards to one libtorrent leecher: what the seeder gives a peer that is not the bottleneck.
         for path in files:
             evict(path)
-        listen = status(port)["listen"][0]
+        listen = read_status(port)["listen"][0]
         cpu1 = cpu_seconds(seeder.pid)
         leech = subprocess.run(
             [sys.executable, __file__, "--leech", str(ws), "--seeder", listen, "--out", str(down)],

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -37,10 +36,12 @@ from packager.seed import (
     load_seed_settings,
     parse_libtorrent_flag,
     published_torrents,
+    read_status,
     seed,
     whitelist_hashes,
 )
 from packager.state import open_state
+from tests import helpers
 from tests.helpers import sha256_of
 
 from .test_build import prepare, rows_for, run_build
@@ -56,12 +57,7 @@ WAIT = 20.0
 
 
 def wait_until(predicate: Callable[[], bool], seconds: float = WAIT, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
+    return helpers.wait_until(predicate, seconds, step)
 
 
 def test_settings(**kw) -> SeedSettings:
@@ -487,27 +483,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def status(port: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/", timeout=2) as reply:
-            return json.loads(reply.read())
-    except OSError:
-        return None
-
-
 def start_cli_seeder(ws: Path, port: int) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "packager.cli",
-        "seed",
-        str(ws),
-        "--listen",
-        f"{LOOPBACK}:0",
-        "--no-dht",
-        "--status-port",
-        str(port),
-    ] + [f"--lt={k}={str(v).lower()}" for k, v in TEST_LT]
+    command = helpers.seed_command(ws, f"{LOOPBACK}:0", port, TEST_LT, lsd=True)
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -524,7 +501,7 @@ def test_sigterm_saves_resume_data_and_a_restart_rehashes_nothing(release):
             seen: list[dict] = []
 
             def all_seeding(port=port, seen=seen) -> bool:
-                body = status(port)
+                body = read_status(port)
                 if body:
                     seen.append(body)
                 return bool(body) and body["states"].get("seeding") == count

@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
@@ -23,18 +22,11 @@ from urllib.parse import quote_from_bytes
 import libtorrent as lt
 import pytest
 
+from tests.helpers import wait_until
+
 LOOPBACK = "127.0.0.1"
 # A swarm of its own, so the readiness probe never shows up as a peer of a torrent under test.
 PROBE_HASH = hashlib.sha1(b"packager interop probe").hexdigest()
-
-
-def wait_until(predicate: Callable[[], bool], seconds: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +23,9 @@ from typer.testing import CliRunner
 
 from packager.cli import app
 from packager.config import CONFIG_NAME
+from packager.seed import read_status
 from packager.state import open_state
-from tests.helpers import need, sha256_of
+from tests.helpers import need, seed_command, sha256_of
 
 from ..test_build import prepare, run_build
 from .conftest import LOOPBACK, wait_until
@@ -36,11 +35,11 @@ pytestmark = pytest.mark.interop
 DOWNLOAD_SECONDS = 60
 START_SECONDS = 30
 # Every peer here is 127.0.0.1; aria2c and Transmission 3 speak TCP, so the seeder does too.
-LT_FLAGS = [
-    "--lt=allow_multiple_connections_per_ip=true",
-    "--lt=enable_outgoing_utp=false",
-    "--lt=enable_incoming_utp=false",
-]
+LT_SETTINGS = (
+    ("allow_multiple_connections_per_ip", True),
+    ("enable_outgoing_utp", False),
+    ("enable_incoming_utp", False),
+)
 
 
 def cli(*args: str) -> str:
@@ -92,14 +91,6 @@ def shards_of(ws: Path) -> list[Shard]:
     return [Shard(r.name, ws / r.file, ws / r.torrent_file, r.info_hash_v1, r.length) for r in rows]
 
 
-def status(port: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/", timeout=2) as reply:
-            return json.loads(reply.read())
-    except OSError:
-        return None
-
-
 @dataclass
 class SeederProcess:
     process: subprocess.Popen
@@ -107,7 +98,7 @@ class SeederProcess:
     log: Path
 
     def status(self) -> dict | None:
-        return status(self.status_port)
+        return read_status(self.status_port)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
@@ -120,20 +111,7 @@ def seeder(free_port, tmp_path) -> Iterator:
     def start(ws: Path) -> SeederProcess:
         port = free_port()
         log = tmp_path / f"seed-{len(started)}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "packager.cli",
-            "seed",
-            str(ws),
-            "--listen",
-            f"{LOOPBACK}:{free_port()}",
-            "--no-dht",
-            "--no-lsd",
-            "--status-port",
-            str(port),
-            *LT_FLAGS,
-        ]
+        command = seed_command(ws, f"{LOOPBACK}:{free_port()}", port, LT_SETTINGS)
         with log.open("wb") as out:
             process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
