@@ -33,7 +33,7 @@ from pathlib import Path
 from .config import ReleaseConfig
 from .container import MemberRecord, MemberSource, write_shard
 from .errors import EnvironmentProblem, PackagerError, ShardBuildError, UsageError, WorkspaceError
-from .fsutil import fsync_dir, workspace_lock
+from .fsutil import file_sha256, fsync_dir, workspace_lock
 from .hashing import ShardHasher, ShardHashes
 from .state import STATE_NAME, ShardRow, State
 
@@ -307,7 +307,7 @@ def _recover(state: State, workspace: Path) -> list[str]:
         rel = f"{SHARDS_DIR}/{final.name}"
         if rel in built and not final.exists():
             _, length, sha256 = built[rel]
-            if part.stat().st_size == length and _file_sha256(part) == sha256:
+            if part.stat().st_size == length and file_sha256(part) == sha256:
                 os.replace(part, final)
                 fsync_dir(shards_dir)
                 recovered.append(final.name)
@@ -321,14 +321,6 @@ def _recover(state: State, workspace: Path) -> list[str]:
         if row.state != "built":  # a torrent written just before a kill, for a shard that never landed
             _torrent_path(workspace, row.name).unlink(missing_ok=True)
     return recovered
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def plan_jobs(

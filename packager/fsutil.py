@@ -7,10 +7,18 @@ the folder is fsynced, since on Linux the rename itself is durable only once its
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a small or rare file (a .torrent, a shard recovered after a crash); shards being
+    written are hashed as they are written, never read back for this."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

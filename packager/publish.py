@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import hashlib
 import html
 import os
 import secrets
@@ -29,7 +28,7 @@ from . import __version__
 from .config import ReleaseConfig, format_size
 from .container import ShardReader
 from .errors import ContainerError, PublishError
-from .fsutil import fsync_dir, fsync_file, workspace_lock, write_durable
+from .fsutil import file_sha256, fsync_dir, fsync_file, workspace_lock, write_durable
 from .manifest import (
     INDEX_NAME,
     FileEntry,
@@ -200,7 +199,7 @@ def _check_files(workspace: Path, facts: TorrentFacts) -> list[str]:
     torrent = workspace / facts.torrent_file
     if not torrent.is_file():
         problems.append(f"{facts.torrent_file}: missing (run `packager torrent {workspace}`)")
-    elif _sha256(torrent) != facts.torrent_sha256:
+    elif file_sha256(torrent) != facts.torrent_sha256:
         problems.append(f"{facts.torrent_file}: its SHA-256 is not the one recorded when it was made")
     return problems
 
@@ -275,7 +274,7 @@ def _place_torrent(e: TorrentEntry, tmp: Path, final: Path, workspace: Path) -> 
         if (
             source.is_file()
             and source.stat().st_size == e.torrent.size
-            and _sha256(source) == e.torrent.sha256
+            and file_sha256(source) == e.torrent.sha256
         ):
             if link:
                 with contextlib.suppress(OSError):
@@ -509,14 +508,6 @@ def _torrent_item(e: TorrentEntry) -> str:
 
 
 # ---- files, the lock and the swap -----------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _remove_leftovers(workspace: Path) -> None:
