@@ -9,7 +9,6 @@ problem nothing is committed, unless the caller asks to skip invalid rows, which
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import multiprocessing
@@ -99,15 +98,12 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
             yield RawRow(name, n, obj)
 
 
-class _LineCountingReader(io.TextIOBase):
-    """Decodes UTF-8 line by line so a bad byte is reported at its line, not as a crash of csv."""
+class _LineCountingReader:
+    """Lines for csv.reader, decoded one by one so a bad byte is reported at its line, not as a crash."""
 
     def __init__(self, f):
         self.f, self.bad_lines = f, {}
         self.n = 0
-
-    def readline(self, size=-1):  # pragma: no cover - csv uses iteration
-        return next(self, "")
 
     def __iter__(self):
         return self

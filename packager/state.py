@@ -119,21 +119,6 @@ CREATE TABLE IF NOT EXISTS published_torrents (
 
 
 @dataclass(frozen=True)
-class ItemRow:
-    """One catalog row as ingest stores it."""
-
-    id: str
-    path: str
-    kind: str
-    popularity: float
-    size: int
-    mtime: int | None
-    extra: str | None
-    source: str
-    line: int
-
-
-@dataclass(frozen=True)
 class ShardRow:
     id: int
     name: str
@@ -728,15 +713,6 @@ class State:
 
     def item_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-
-    def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.db.execute(
-            "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value)
-        )
 
 
 def open_state(workspace: Path) -> State:
