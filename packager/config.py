@@ -27,6 +27,8 @@ LEVEL_MIN, LEVEL_MAX = -7, 22
 FRAME_SIZE_MIN, FRAME_SIZE_MAX = 64 * 1024, 1 << 30
 # Tar members carry mtime in an 11-digit octal ustar field: up to the year 2242.
 USTAR_MTIME_LIMIT = 8**11
+# BEP 52 requires v2 pieces of at least one 16 KiB merkle leaf; 64 MiB stays far below the 128-256 MiB that
+# libtorrent and others refuse, and 64 MiB x 2^12 pieces covers a 256 GiB shard.
 PIECE_SIZE_MIN, PIECE_SIZE_MAX = 16 * 1024, 64 * 1024 * 1024
 
 _UNITS = {

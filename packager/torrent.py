@@ -17,18 +17,13 @@ from urllib.parse import quote, urlsplit
 import libtorrent as lt
 
 from . import __version__
+from .config import FORMATS, PIECE_SIZE_MAX, PIECE_SIZE_MIN  # defined once; config checks them at load
 from .errors import PieceSizeError, TorrentError, UsageError
 from .fsutil import write_atomic
 from .hashing import ShardHashes
 
 KiB, MiB, GiB, TiB = 2**10, 2**20, 2**30, 2**40
 
-FORMATS = ("v1", "hybrid", "v2")
-
-# BEP 52 requires v2 pieces of at least one 16 KiB merkle leaf; 64 MiB stays far below the 128-256 MiB that
-# libtorrent and others refuse, and 64 MiB x 2^12 pieces covers a 256 GiB shard.
-PIECE_SIZE_MIN = 16 * KiB
-PIECE_SIZE_MAX = 64 * MiB
 # The automatic rule's ceiling on the piece count. 4096 v1 pieces make an 80 KB `pieces` string, 5 of the
 # 16 KiB blocks a magnet user fetches over ut_metadata (BEP 9); the piece layer of a hybrid adds 128 KB but
 # travels outside the info dict. Fewer, larger pieces would make fetching one track cost more.
