@@ -25,36 +25,25 @@ The library never prints: progress goes to an ``on_event`` callback, the result 
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import hashlib
-import io
 import json
 import os
 import queue
 import re
 import stat
-import struct
-import tarfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import xxhash
 import zstandard
 
-from .container import (
-    RESERVED_MANIFEST_NAME,
-    SEEKABLE_MAGIC,
-    SKIPPABLE_MAGIC,
-    Frame,
-    MemberRecord,
-    ShardReader,
-)
-from .errors import ContainerError, UntrustedManifest, UsageError
+from .container.format import HEAD_BYTES, RESERVED_MANIFEST_NAME, TAR_BLOCK, Frame, seek_checksum, tar_member
+from .container.scan import FramesFrom, Layout, read_layout, starts_with_tar_header
+from .errors import UntrustedManifest, UsageError
 from .hashing import V2_BLOCK_SIZE, MemberHasher, merkle_root
 
 RELEASE_JSON = "release.json"
@@ -74,16 +63,6 @@ QUEUE_DEPTH = 4
 OUT_CHUNK = 2**20
 # Compressed bytes handed to the decompressor at a time: what decodes before a damaged block still comes out.
 FEED_CHUNK = 128 * 2**10
-# A frame's first bytes, kept to name its member from the tar header when the manifest is unreadable
-# (a pax header with a long UTF-8 path fits many times over).
-HEAD_BYTES = 64 * 2**10
-
-_ZSTD_MAGIC = 0xFD2FB528
-_SKIPPABLE_MASK = 0xFFFFFFF0
-_SKIPPABLE_HEADER = struct.Struct("<II")
-_SEEK_FOOTER = struct.Struct("<IBI")
-_SEEK_CHECKSUM_FLAG = 0x80
-_SEEK_RESERVED_BITS = 0x7C
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _EMPTY_XXH3 = xxhash.xxh3_128(b"").hexdigest()
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -615,268 +594,6 @@ def parse_torrent(data: bytes, source: str, shard_name: str) -> PieceHashes:
     return PieceHashes(source, length, piece_size, None, root, layer, **ids)
 
 
-# --- the shard's own layout: seek table, frame scan, manifest ---------------------------------------------
-
-
-def read_seek_table(fd: int, end: int) -> list[Frame]:
-    """The frames listed by a seek table that ends at byte `end`; ValueError saying why there is none."""
-    if end < _SKIPPABLE_HEADER.size + _SEEK_FOOTER.size:
-        raise ValueError(f"{end} bytes are too few to hold a seek table")
-    count, descriptor, magic = _SEEK_FOOTER.unpack(os.pread(fd, _SEEK_FOOTER.size, end - _SEEK_FOOTER.size))
-    if magic != SEEKABLE_MAGIC:
-        raise ValueError(f"no seek table footer at byte {end - _SEEK_FOOTER.size}")
-    if descriptor & _SEEK_RESERVED_BITS:
-        raise ValueError(f"seek table descriptor {descriptor:#04x} sets reserved bits")
-    entry = struct.Struct("<III" if descriptor & _SEEK_CHECKSUM_FLAG else "<II")
-    table = _SKIPPABLE_HEADER.size + count * entry.size + _SEEK_FOOTER.size
-    if table > end:
-        raise ValueError(f"the seek table lists {count} frames, more than {end} bytes can hold")
-    # The frame header first: a damaged frame count must not make us read (and hold) gigabytes.
-    skip_magic, skip_size = _SKIPPABLE_HEADER.unpack(os.pread(fd, _SKIPPABLE_HEADER.size, end - table))
-    if skip_magic != SKIPPABLE_MAGIC or skip_size != table - _SKIPPABLE_HEADER.size:
-        raise ValueError("the seek table's skippable frame header is damaged")
-    data = os.pread(fd, table, end - table)
-    frames, coffset, doffset = [], 0, 0
-    for index, fields in enumerate(entry.iter_unpack(data[_SKIPPABLE_HEADER.size : -_SEEK_FOOTER.size])):
-        frames.append(
-            Frame(index, coffset, fields[0], doffset, fields[1], fields[2] if len(fields) == 3 else None)
-        )
-        coffset += fields[0]
-        doffset += fields[1]
-    if coffset != end - table:
-        raise ValueError(f"the seek table's frames add up to {coffset} bytes, but {end - table} precede it")
-    return frames
-
-
-def _frame_header(head: bytes) -> tuple[int, int, bool]:
-    """(header length, content size, has checksum) of the zstd frame whose header starts `head`."""
-    fhd = head[4]
-    fcs_flag, single, has_checksum, dict_flag = fhd >> 6, fhd >> 5 & 1, fhd >> 2 & 1, fhd & 3
-    if fhd & 0x08:
-        raise ValueError("reserved bit set in the frame header")
-    fcs_len = (1 if single else 0, 2, 4, 8)[fcs_flag]
-    if not fcs_len:
-        raise ValueError("the frame does not record its content size")
-    start = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
-    if len(head) < start + fcs_len:
-        raise ValueError("the file ends inside a frame header")
-    fcs = int.from_bytes(head[start : start + fcs_len], "little") + (256 if fcs_len == 2 else 0)
-    return start + fcs_len, fcs, bool(has_checksum)
-
-
-def scan_frames(fd: int, size: int) -> tuple[list[Frame], Frame | None, int, str]:
-    """Frames found by walking zstd frame and block headers from byte 0, for a shard whose seek table is
-    gone (truncated) or damaged: (complete frames, the incomplete last frame or None, where the walk
-    stopped, why). Frames found this way carry no seek-table checksum; zstd's own still applies."""
-    frames: list[Frame] = []
-    pos = doff = 0
-    while pos < size:
-        head = os.pread(fd, 18, pos)
-        magic = int.from_bytes(head[:4], "little") if len(head) >= 4 else None
-        if magic is not None and magic & _SKIPPABLE_MASK == SKIPPABLE_MAGIC & _SKIPPABLE_MASK:
-            return frames, None, pos, f"a skippable frame (the seek table) starts at byte {pos}"
-        if magic != _ZSTD_MAGIC or len(head) < 6:
-            return frames, None, pos, f"no zstd frame starts at byte {pos}"
-        try:
-            header, fcs, has_checksum = _frame_header(head)
-        except ValueError as e:
-            return frames, None, pos, f"frame {len(frames)} at byte {pos}: {e}"
-        p = pos + header
-        while True:
-            block = os.pread(fd, 3, p)
-            if len(block) < 3:
-                return (
-                    frames,
-                    Frame(len(frames), pos, size - pos, doff, fcs, None),
-                    size,
-                    "the file ends inside a frame",
-                )
-            v = int.from_bytes(block, "little")
-            if v >> 1 & 3 == 3:
-                return (
-                    frames,
-                    None,
-                    pos,
-                    f"frame {len(frames)} at byte {pos}: reserved block type at byte {p}",
-                )
-            p += 3 + (1 if v >> 1 & 3 == 1 else v >> 3)
-            if v & 1:
-                break
-        p += 4 if has_checksum else 0
-        if p > size:
-            return (
-                frames,
-                Frame(len(frames), pos, size - pos, doff, fcs, None),
-                size,
-                "the file ends inside a frame",
-            )
-        frames.append(Frame(len(frames), pos, p - pos, doff, fcs, None))
-        doff += fcs
-        pos = p
-    return frames, None, pos, "the file ends after the last frame, with no seek table"
-
-
-class _FramesReader(ShardReader):
-    """A ShardReader over frames found elsewhere (a seek table before trailing bytes, a frame scan)."""
-
-    def __init__(self, path: Path, frames: list[Frame]):
-        self._given = frames
-        super().__init__(path)
-
-    def _read_seek_table(self) -> list[Frame]:
-        return self._given
-
-
-@dataclass
-class Layout:
-    """Where a shard's frames and members are, as far as the file itself can say."""
-
-    frames: list[Frame]  # complete frames, in file order
-    partial: Frame | None  # a last frame cut short by the end of the file
-    frames_end: int  # file offset after the last frame known
-    how: str  # "seek table" or "frame scan"
-    table_problems: list[str]  # what is wrong with the seek table itself
-    trailing_from: int | None  # bytes after the seek table start here
-    zstd_checked: set[int]  # frames whose header promises zstd's own content checksum
-    records: list[MemberRecord] | None = None
-    manifest_problem: str | None = None
-    last_frames: list[int] = field(default_factory=list)
-
-    @property
-    def stream_frames(self) -> list[Frame]:
-        return self.frames + ([self.partial] if self.partial else [])
-
-    def owner(self, frame: int) -> int:
-        """Index of the member whose run of frames holds `frame`; len(records) for the manifest's frames."""
-        return bisect.bisect_left(self.last_frames, frame)
-
-    def frames_in(self, start: int, end: int) -> range:
-        """Indexes of the frames overlapping file bytes [start, end)."""
-        offsets = [f.compressed_offset for f in self.stream_frames]
-        first = max(bisect.bisect_right(offsets, start) - 1, 0)
-        last = bisect.bisect_left(offsets, end) - 1
-        return range(first, last + 1) if offsets and last >= first else range(0)
-
-
-def read_layout(path: Path, size: int, expected_size: int | None) -> Layout:
-    """The shard's frames and manifest. The frames come from its seek table, else from one that ends at the
-    expected size or before other appended bytes, else from a frame scan; the table is checked against
-    the frame headers. Damage is described, never raised; OSError only for an unreadable file."""
-    with open(path, "rb") as f:
-        fd = f.fileno()
-        frames, partial, problems, trailing = _find_frames(fd, size, expected_size)
-        how = "frame scan" if problems and trailing is None else "seek table"
-        headers = [_read_frame_header(fd, frame) for frame in frames]
-        if how == "seek table":
-            frames = _arbitrate(fd, frames, headers, problems)
-    last = partial or (frames[-1] if frames else None)
-    frames_end = last.compressed_offset + last.compressed_size if last else 0
-    checked = {i for i, h in enumerate(headers) if h is not None and h[2]}
-    layout = Layout(frames, partial, frames_end, how, problems, trailing, checked)
-    try:
-        # zstd's own checksum guards each frame; the seek table's copy is compared while streaming, where a
-        # mismatch can be told apart from damage to the frame.
-        unchecked = [replace(frame, checksum=None) for frame in frames]
-        with _FramesReader(path, unchecked) as reader:
-            records = reader.manifest()
-        _check_order(records)
-        layout.records = records
-        layout.last_frames = [r.last_frame for r in records]
-    except ContainerError as e:
-        layout.manifest_problem = e.reason
-    return layout
-
-
-def _find_frames(fd: int, size: int, expected_size: int | None):
-    """(frames, partial frame, seek table problems, trailing_from)."""
-    try:
-        return read_seek_table(fd, size), None, [], None
-    except ValueError as e:
-        problem = str(e)
-    if expected_size is not None and expected_size < size:
-        with contextlib.suppress(ValueError):
-            return read_seek_table(fd, expected_size), None, [], expected_size
-    frames, partial, stop, why = scan_frames(fd, size)
-    if partial is None and stop < size:
-        try:  # a whole seek table followed by other bytes: use it if it describes the frames found
-            end = stop + _SKIPPABLE_HEADER.size + _SKIPPABLE_HEADER.unpack(os.pread(fd, 8, stop))[1]
-            table = read_seek_table(fd, end)
-            if [(t.compressed_offset, t.compressed_size) for t in table] == [
-                (s.compressed_offset, s.compressed_size) for s in frames
-            ]:
-                return table, None, [], end
-        except (ValueError, struct.error):
-            pass
-    return (
-        frames,
-        partial,
-        [f"unusable ({problem}); frames found by a frame scan, which stopped: {why}"],
-        None,
-    )
-
-
-def _read_frame_header(fd: int, frame: Frame) -> tuple[int, int, bool] | None:
-    head = os.pread(fd, 18, frame.compressed_offset)
-    if len(head) < 6 or int.from_bytes(head[:4], "little") != _ZSTD_MAGIC:
-        return None
-    try:
-        return _frame_header(head)
-    except ValueError:
-        return None
-
-
-def _arbitrate(fd: int, frames: list[Frame], headers: list, problems: list[str]) -> list[Frame]:
-    """Where the seek table and a frame header disagree on the frame's size, decompress that frame: if it
-    checks out, the table entry is the damaged one and the frame's own size and checksum replace it."""
-    fixed, doffset = [], 0
-    for frame, header in zip(frames, headers, strict=True):
-        if header is not None and header[1] != frame.decompressed_size and header[2]:
-            checked = _decompressed_size_and_checksum(fd, frame, header[1])
-            if checked is not None:
-                problems.append(
-                    f"the entry for frame {frame.index} lists {frame.decompressed_size} bytes; "
-                    f"the frame holds {checked[0]} and checks out"
-                )
-                frame = replace(frame, decompressed_size=checked[0], checksum=checked[1])
-        fixed.append(replace(frame, decompressed_offset=doffset))
-        doffset += frame.decompressed_size
-    return fixed
-
-
-class _Count:
-    def __init__(self, limit: int):
-        self.n, self.limit, self.xxh = 0, limit, xxhash.xxh64()
-
-    def write(self, chunk: bytes) -> int:
-        self.n += len(chunk)
-        if self.n > self.limit:
-            raise _TooMuch
-        self.xxh.update(chunk)
-        return len(chunk)
-
-
-def _decompressed_size_and_checksum(fd: int, frame: Frame, expected: int) -> tuple[int, int] | None:
-    """(size, seek-table checksum) of a frame that decompresses cleanly to `expected` bytes, else None;
-    streamed, so memory stays bounded whatever the header claims."""
-    sink = _Count(expected)
-    writer = zstandard.ZstdDecompressor().stream_writer(sink, write_size=OUT_CHUNK, closefd=False)
-    try:
-        for at in range(frame.compressed_offset, frame.compressed_offset + frame.compressed_size, READ_CHUNK):
-            size = min(READ_CHUNK, frame.compressed_offset + frame.compressed_size - at)
-            writer.write(os.pread(fd, size, at))
-    except (zstandard.ZstdError, _TooMuch):
-        return None
-    return (sink.n, sink.xxh.intdigest() & 0xFFFFFFFF) if sink.n == expected else None
-
-
-def _check_order(records: list[MemberRecord]) -> None:
-    for before, after in zip(records, records[1:], strict=False):
-        if after.offset < before.offset + before.size or after.last_frame < before.last_frame:
-            raise ContainerError(
-                "", f"{RESERVED_MANIFEST_NAME}: member {after.id!r} overlaps the one before it"
-            )
-
-
 # --- consumers of one sequential read ---------------------------------------------------------------------
 
 
@@ -1052,7 +769,7 @@ class _FrameStream:
         if (
             reason is None
             and frame.checksum is not None
-            and self.xxh.intdigest() & 0xFFFFFFFF != frame.checksum
+            and seek_checksum(self.xxh.intdigest()) != frame.checksum
         ):
             if self.k in self.layout.zstd_checked:
                 # zstd verified the frame's own copy of the same checksum, so the table entry is the bad one.
@@ -1165,11 +882,11 @@ class _TarWalk:
     def frame_closed(self, index: int, ok: bool, reason: str) -> None:
         frame = self.frames[index]
         if frame.decompressed_offset >= self.run_end or self.in_lost:
-            info = _tar_member(bytes(self.head))
-            if info is not None:
-                name, header, size = info
-                self.members.append(_Walked(name, index, index))
-                self.run_end = frame.decompressed_offset + header + size + -size % 512
+            member = tar_member(bytes(self.head))
+            if member is not None:
+                self.members.append(_Walked(member.name, index, index))
+                size = member.size
+                self.run_end = frame.decompressed_offset + member.header_size + size + -size % TAR_BLOCK
                 self.in_lost = False
             elif self.in_lost:
                 self.lost[-1].last_frame = index
@@ -1184,18 +901,6 @@ class _TarWalk:
             if not ok and current.bad is None:
                 current.bad = f"frame {index} {reason}"
         self.head.clear()
-
-
-def _tar_member(head: bytes) -> tuple[str, int, int] | None:
-    """(name, header length incl. pax records, content size) of the tar header starting `head`, if any."""
-    if len(head) < 512 or not any(head[:512]):
-        return None
-    try:
-        with tarfile.open(fileobj=io.BytesIO(head), mode="r:") as tar:
-            info = tar.next()
-    except (tarfile.TarError, EOFError):
-        return None
-    return (info.name, info.offset_data, info.size) if info is not None else None
 
 
 # --- one sequential read, many consumers ------------------------------------------------------------------
@@ -1527,9 +1232,7 @@ class _ShardCheck:
         """No release manifest and no .torrent: only the shard's own manifest and seek table can speak."""
         r = self.result
         layout = self._layout()
-        if layout.records is None and (
-            not layout.stream_frames or _tar_member(_first_bytes(self.t.path, layout)) is None
-        ):
+        if layout.records is None and not starts_with_tar_header(self.t.path, layout):
             r.status = "not a shard"
             why = layout.table_problems[0] if layout.table_problems else layout.manifest_problem
             r.add("file", BAD_INPUT, f"not a packager shard: {why}")
@@ -1730,7 +1433,7 @@ class _ShardCheck:
             last = run.last_frame == len(frames) - 1 and not any(
                 m.first_frame > run.last_frame for m in walk.members
             )
-            whole = layout.how == "seek table" and layout.partial is None
+            whole = layout.how == FramesFrom.SEEK_TABLE and layout.partial is None
             what = "the last run of frames, which holds the member manifest" if last and whole else "a member"
             r.add(
                 "member",
@@ -1741,7 +1444,7 @@ class _ShardCheck:
                 pieces=pieces_of(run.first_frame, run.last_frame),
                 offset=start,
             )
-        if layout.how == "frame scan" and (layout.partial is not None or layout.frames_end < r.size):
+        if layout.how == FramesFrom.FRAME_SCAN and (layout.partial is not None or layout.frames_end < r.size):
             r.add(
                 "member",
                 DAMAGE,
@@ -1749,29 +1452,6 @@ class _ShardCheck:
                 "any later members, the member manifest and the seek table are lost",
                 offset=layout.frames_end,
             )
-
-
-class _Head:
-    """A stream-writer sink that keeps the first HEAD_BYTES and then stops the decompression."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, chunk: bytes) -> int:
-        self.data += chunk[: HEAD_BYTES - len(self.data)]
-        if len(self.data) >= HEAD_BYTES:
-            raise _TooMuch
-        return len(chunk)
-
-
-def _first_bytes(path: Path, layout: Layout) -> bytes:
-    """The first decompressed bytes of the file's first frame (a tar header, if it is a shard)."""
-    frame = layout.stream_frames[0]
-    head = _Head()
-    writer = zstandard.ZstdDecompressor().stream_writer(head, write_size=HEAD_BYTES, closefd=False)
-    with contextlib.suppress(OSError, zstandard.ZstdError, _TooMuch), open(path, "rb") as f:
-        writer.write(os.pread(f.fileno(), min(frame.compressed_size, 2**20), frame.compressed_offset))
-    return bytes(head.data)
 
 
 # --- the whole check --------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from packager import container
 from packager.container import (
     RESERVED_MANIFEST_NAME,
     MemberRecord,
@@ -31,6 +30,7 @@ from packager.container import (
     ShardWritten,
     manifest_line,
     write_shard,
+    writer,
 )
 from packager.errors import ContainerError, MemberNotFound, ShardBuildError, ShardDamaged, UnsafeMemberName
 
@@ -196,7 +196,7 @@ def test_output_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     build(tmp_path / "2.tar.zst", sources)
     assert (tmp_path / "1.tar.zst").read_bytes() == (tmp_path / "2.tar.zst").read_bytes()
     # The read size decides how input reaches the compressor; the bytes must not depend on it.
-    monkeypatch.setattr(container, "READ_CHUNK", 1000)
+    monkeypatch.setattr(writer, "READ_CHUNK", 1000)
     build(tmp_path / "3.tar.zst", sources)
     assert (tmp_path / "1.tar.zst").read_bytes() == (tmp_path / "3.tar.zst").read_bytes()
 
@@ -333,8 +333,8 @@ def test_extract_detects_a_corrupted_member_and_leaves_nothing(tmp_path: Path) -
 
 def test_extract_checks_hashes_against_the_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames intact but a manifest that promises other bytes: the member is refused, not written."""
-    real_record = container._record
-    monkeypatch.setattr(container, "_record", lambda *a: replace(real_record(*a), sha256="0" * 64))
+    real_record = writer._record
+    monkeypatch.setattr(writer, "_record", lambda *a: replace(real_record(*a), sha256="0" * 64))
     sources = make_sources(tmp_path, [("a.ogg", 1000)])
     build(tmp_path / "s.tar.zst", sources)
     with (
@@ -361,7 +361,7 @@ def test_extract_checks_hashes_against_the_manifest(tmp_path: Path, monkeypatch:
 def test_extract_refuses_unsafe_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, reason: str
 ) -> None:
-    monkeypatch.setattr(container, "_check_member", lambda m, shard: None)  # a hostile writer
+    monkeypatch.setattr(writer, "_check_member", lambda m, shard: None)  # a hostile writer
     sources = make_sources(tmp_path, [("fine.ogg", 10), (name, 10)])
     build(tmp_path / "s.tar.zst", sources)
     out = tmp_path / "deep" / "out"
@@ -443,14 +443,14 @@ def test_a_file_changing_while_read_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delta: int, message: str
 ) -> None:
     (src,) = make_sources(tmp_path, [("a.ogg", 3000)])
-    real_open = container._open_source
+    real_open = writer._open_source
 
     def open_then_change(m: MemberSource, shard: str) -> io.FileIO:
         f = real_open(m, shard)  # the size check at open passes; the file changes under the reader
         os.truncate(m.source, m.size + delta)
         return f
 
-    monkeypatch.setattr(container, "_open_source", open_then_change)
+    monkeypatch.setattr(writer, "_open_source", open_then_change)
     with pytest.raises(ShardBuildError, match=message):
         write_one(tmp_path, src)
 
@@ -546,21 +546,21 @@ def test_truncated_or_padded_shards_give_container_error(tmp_path: Path) -> None
 def test_malformed_manifest_lines_are_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: bytes, message: str
 ) -> None:
-    real_line = container.manifest_line
-    monkeypatch.setattr(container, "manifest_line", lambda rec: real_line(rec) if rec.id == "m0" else line)
+    real_line = writer.manifest_line
+    monkeypatch.setattr(writer, "manifest_line", lambda rec: real_line(rec) if rec.id == "m0" else line)
     build(tmp_path / "s.tar.zst", make_sources(tmp_path, [("a", 1), ("b", 2)]))
     with ShardReader(tmp_path / "s.tar.zst") as reader, pytest.raises(ContainerError, match=message):
         reader.manifest()
 
 
 def test_wrongly_typed_manifest_fields_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_line = container.manifest_line
+    real_line = writer.manifest_line
 
     def lying(rec: MemberRecord) -> bytes:
         fields = json.loads(real_line(rec))
         return json.dumps(fields | {"size": True, "path": 7}).encode() + b"\n"
 
-    monkeypatch.setattr(container, "manifest_line", lying)
+    monkeypatch.setattr(writer, "manifest_line", lying)
     build(tmp_path / "s.tar.zst", make_sources(tmp_path, [("a", 1)]))
     with ShardReader(tmp_path / "s.tar.zst") as reader, pytest.raises(ContainerError, match="path, size"):
         reader.manifest()
@@ -569,8 +569,8 @@ def test_wrongly_typed_manifest_fields_are_named(tmp_path: Path, monkeypatch: py
 def test_manifest_pointing_outside_the_frames_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_record = container._record
-    monkeypatch.setattr(container, "_record", lambda *a: replace(real_record(*a), last_frame=99))
+    real_record = writer._record
+    monkeypatch.setattr(writer, "_record", lambda *a: replace(real_record(*a), last_frame=99))
     build(tmp_path / "s.tar.zst", make_sources(tmp_path, [("a", 1)]))
     with ShardReader(tmp_path / "s.tar.zst") as reader, pytest.raises(ContainerError, match="outside"):
         reader.manifest()

@@ -1,0 +1,248 @@
+"""The shard reader: random access to members through the seek table, reading only the frames asked for."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import xxhash
+import zstandard
+
+from packager.errors import ContainerError, MemberNotFound, ShardDamaged, UnsafeMemberName
+from packager.hashing import MemberDigest, MemberHasher
+
+from .format import (
+    RESERVED_MANIFEST_NAME,
+    TAR_BLOCK,
+    Frame,
+    ManifestLineError,
+    MemberRecord,
+    SeekTableError,
+    parse_manifest,
+    read_seek_table,
+    seek_checksum,
+    tar_member,
+    unsafe_name_reason,
+)
+
+
+class ShardReader:
+    """Random access to a shard through its seek table; only the frames asked for are read.
+
+    Opening reads the footer and the seek table, unless `frames` are given (the damage scan's, for a shard
+    whose table is gone); `manifest()` reads the last frames; a member read or extracted costs the frames
+    holding it. Bad input raises ContainerError, damage found while reading a member raises ShardDamaged.
+    One reader per thread: the decompression context is not shareable.
+    """
+
+    def __init__(self, path: Path | str, frames: list[Frame] | None = None):
+        self.path = Path(path)
+        try:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close() / __exit__
+        except OSError as exc:
+            raise ContainerError(self.path, f"cannot open: {exc.strerror}") from None
+        try:
+            self.frames: list[Frame] = self._read_seek_table() if frames is None else frames
+        except BaseException:
+            self._file.close()
+            raise
+        self._dctx = zstandard.ZstdDecompressor()
+        self._manifest: list[MemberRecord] | None = None
+        self._by_id: dict[str, MemberRecord] = {}
+        self._by_path: dict[str, MemberRecord] = {}
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _pread(self, size: int, offset: int) -> bytes:
+        try:
+            return os.pread(self._file.fileno(), size, offset)
+        except OSError as exc:
+            raise ContainerError(self.path, f"read error at byte {offset}: {exc.strerror}") from None
+
+    def _read_seek_table(self) -> list[Frame]:
+        try:
+            return read_seek_table(self._pread, os.fstat(self._file.fileno()).st_size)
+        except SeekTableError as exc:
+            raise ContainerError(self.path, exc.whole_file) from None
+
+    def read_frame(self, index: int) -> bytes:
+        """Decompress one frame, checked against zstd's frame checksum and the seek table's."""
+        if not 0 <= index < len(self.frames):
+            raise ContainerError(self.path, f"no frame {index}; the shard has {len(self.frames)}")
+        frame = self.frames[index]
+        data = self._pread(frame.compressed_size, frame.compressed_offset)
+        where = f"frame {index} (file bytes {frame.compressed_offset}-{frame.compressed_offset + len(data)})"
+        if len(data) != frame.compressed_size:
+            raise ContainerError(self.path, f"{where}: the file ends early")
+        try:
+            out = self._dctx.decompress(data, max_output_size=frame.decompressed_size, allow_extra_data=False)
+        except zstandard.ZstdError as exc:
+            raise ContainerError(self.path, f"{where} is damaged: {exc}") from None
+        if len(out) != frame.decompressed_size:
+            raise ContainerError(
+                self.path, f"{where} holds {len(out)} bytes, the seek table says {frame.decompressed_size}"
+            )
+        if frame.checksum is not None and seek_checksum(xxhash.xxh64_intdigest(out)) != frame.checksum:
+            raise ContainerError(self.path, f"{where} does not match its seek table checksum")
+        return out
+
+    # -- manifest --
+
+    def manifest(self) -> list[MemberRecord]:
+        """The member manifest, read from the last frames only (walking back to the manifest's header)."""
+        if self._manifest is None:
+            self._manifest = self._read_manifest()
+        return self._manifest
+
+    def _read_manifest(self) -> list[MemberRecord]:
+        parts: list[bytes] = []
+        for index in range(len(self.frames) - 1, -1, -1):
+            data = self.read_frame(index)
+            parts.append(data)
+            member = tar_member(data)
+            name = member.name if member is not None else None
+            if name == RESERVED_MANIFEST_NAME:
+                break
+            if name is not None:
+                # The manifest is the last member, and JSON text cannot look like a tar header (a header
+                # has NUL bytes, which JSON escapes), so a header here means there is no manifest.
+                raise ContainerError(self.path, f"the last member is {name!r}, not {RESERVED_MANIFEST_NAME}")
+        else:
+            raise ContainerError(self.path, f"no {RESERVED_MANIFEST_NAME}: not a packager shard")
+        body = self._manifest_body(b"".join(reversed(parts)))
+        if body and not body.endswith(b"\n"):
+            raise ContainerError(self.path, f"{RESERVED_MANIFEST_NAME} does not end with a newline")
+        try:
+            records = parse_manifest(body)
+        except ManifestLineError as exc:
+            raise ContainerError(self.path, f"{RESERVED_MANIFEST_NAME} {exc}") from None
+        self._check_records(records, first_manifest_frame=index)
+        return records
+
+    def _manifest_body(self, tail: bytes) -> bytes:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(tail), mode="r:") as tar:
+                info = tar.next()
+                if info is None or info.name != RESERVED_MANIFEST_NAME or not info.isreg():
+                    raise ContainerError(self.path, f"{RESERVED_MANIFEST_NAME} is not a regular file")
+                body = tar.extractfile(info).read()  # type: ignore[union-attr]
+                end = info.offset_data + info.size + -info.size % TAR_BLOCK
+        except tarfile.TarError as exc:
+            raise ContainerError(self.path, f"{RESERVED_MANIFEST_NAME} is damaged: {exc}") from None
+        rest = tail[end:]
+        if len(body) != info.size or len(rest) < 2 * TAR_BLOCK or rest.count(0) != len(rest):
+            raise ContainerError(
+                self.path, f"{RESERVED_MANIFEST_NAME} is not followed by the end-of-archive blocks"
+            )
+        return body
+
+    def _check_records(self, records: list[MemberRecord], first_manifest_frame: int) -> None:
+        """Refuse a manifest whose ranges point outside its frames, so iter_member can trust them."""
+        frames = self.frames
+        for rec in records:
+            ok = 0 <= rec.first_frame <= rec.last_frame < first_manifest_frame and rec.size >= 0
+            if ok and rec.size:
+                start, end = frames[rec.first_frame], frames[rec.last_frame]
+                ok = (
+                    start.decompressed_offset
+                    <= rec.offset
+                    < start.decompressed_offset + start.decompressed_size
+                    and end.decompressed_offset
+                    < rec.offset + rec.size
+                    <= end.decompressed_offset + end.decompressed_size
+                )
+            if not ok:
+                raise ContainerError(
+                    self.path,
+                    f"{RESERVED_MANIFEST_NAME}: member {rec.id!r} points outside the shard's frames "
+                    f"(offset {rec.offset}, size {rec.size}, frames {rec.first_frame}-{rec.last_frame})",
+                )
+
+    def find(self, key: str) -> MemberRecord:
+        """The member whose id is `key`, else the one whose path is `key`."""
+        if not self._by_id:
+            records = self.manifest()
+            self._by_id = {rec.id: rec for rec in records}
+            self._by_path = {rec.path: rec for rec in records}
+        found = self._by_id.get(key) or self._by_path.get(key)
+        if found is None:
+            raise MemberNotFound(self.path, key)
+        return found
+
+    # -- members --
+
+    def iter_member(self, rec: MemberRecord) -> Iterator[bytes]:
+        """The member's content, frame by frame; ShardDamaged if one of its frames is unreadable."""
+        end = rec.offset + rec.size
+        for index in range(rec.first_frame, rec.last_frame + 1) if rec.size else ():
+            frame = self.frames[index]
+            try:
+                data = self.read_frame(index)
+            except ContainerError as exc:
+                raise ShardDamaged(self.path, rec.path, rec.offset, exc.reason) from None
+            lo = max(rec.offset, frame.decompressed_offset) - frame.decompressed_offset
+            hi = min(end, frame.decompressed_offset + frame.decompressed_size) - frame.decompressed_offset
+            yield data[lo:hi]
+
+    def extract(self, keys: Sequence[str], out_dir: Path) -> list[Path]:
+        """Write the members named by `keys` (id or path) under `out_dir`, each verified before it appears.
+
+        All keys are resolved and all names checked before anything is written. Each member is written to
+        a temporary name beside its target and renamed only once its size, xxh3-128 and SHA-256 match the
+        manifest, so a damaged member leaves nothing behind.
+        """
+        out_dir = Path(out_dir)
+        records = [self.find(key) for key in keys]
+        for rec in records:
+            reason = unsafe_name_reason(rec.path)
+            if reason is not None:
+                raise UnsafeMemberName(self.path, rec.path, reason)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return [self._extract_one(rec, out_dir) for rec in records]
+
+    def _extract_one(self, rec: MemberRecord, out_dir: Path) -> Path:
+        parts = rec.path.split("/")
+        target = out_dir.joinpath(*parts)
+        root = out_dir.resolve()
+        folder = out_dir
+        for part in parts[:-1]:  # one level at a time, so a symlink never makes us create folders elsewhere
+            folder = folder / part
+            if folder.is_symlink() or not folder.resolve().is_relative_to(root):
+                raise UnsafeMemberName(self.path, rec.path, f"a symlink on its path leads out of {out_dir}")
+            folder.mkdir(exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=".part", dir=target.parent)
+        try:
+            hasher = MemberHasher()
+            with os.fdopen(fd, "wb") as f:
+                for chunk in self.iter_member(rec):
+                    hasher.update(chunk)
+                    f.write(chunk)
+            self._verify(rec, hasher.finish())
+            os.chmod(temp, 0o644)
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def _verify(self, rec: MemberRecord, got: MemberDigest) -> None:
+        for what, expected, actual in (
+            ("size", rec.size, got.size),
+            ("xxh3-128", rec.xxh3_128, got.xxh3_128),
+            ("SHA-256", rec.sha256, got.sha256),
+        ):
+            if expected != actual:
+                raise ShardDamaged(
+                    self.path, rec.path, rec.offset, f"{what} is {actual}, expected {expected}"
+                )
