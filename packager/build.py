@@ -26,24 +26,21 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .config import ReleaseConfig
+from . import layout
+from .config import Phase, ReleaseConfig
 from .container import MemberRecord, MemberSource, write_shard
 from .errors import EnvironmentProblem, PackagerError, ShardBuildError, UsageError, WorkspaceError
-from .fsutil import file_sha256, fsync_dir, workspace_lock
+from .fsutil import file_sha256, fsync_dir
 from .hashing import ShardHasher, ShardHashes
-from .state import STATE_NAME, ShardRow, State
+from .state import ShardRow, State
+from .workspace import Workspace
 
 # torrent.py (and so libtorrent, 0.3 s to import) is imported only on the coordinator's side, so that the
 # spawned build workers start fast.
-
-SHARDS_DIR = "shards"
-TORRENTS_DIR = "torrents"
-SHARD_SUFFIX = ".tar.zst"
-PART_SUFFIX = ".part"
 
 
 @dataclass(frozen=True)
@@ -63,11 +60,11 @@ class ShardJob:
 
     @property
     def final_path(self) -> Path:
-        return Path(self.workspace) / SHARDS_DIR / (self.name + SHARD_SUFFIX)
+        return Path(self.workspace) / layout.shard_file(self.name)
 
     @property
     def part_path(self) -> Path:
-        return self.final_path.with_name(self.final_path.name + PART_SUFFIX)
+        return self.final_path.with_name(layout.part_name(self.final_path.name))
 
 
 @dataclass(frozen=True)
@@ -138,7 +135,7 @@ Event = BuildPlanned | ShardStarted | BytesDone | ShardFinished | ShardFailed
 
 def _member_sources(job: ShardJob) -> Iterator[MemberSource]:
     """Stream the shard's members from state.sqlite in plan order, without holding them all."""
-    state = State(Path(job.workspace) / STATE_NAME, readonly=True)
+    state = State(Path(job.workspace) / layout.STATE, readonly=True)
     try:
         root = Path(job.root)
         for m in state.iter_members(job.shard_id):
@@ -217,7 +214,7 @@ def torrent_spec(config: ReleaseConfig, name: str, fmt: str, hashes: ShardHashes
     from .torrent import TorrentSpec
 
     return TorrentSpec(
-        name=name + SHARD_SUFFIX,
+        name=layout.shard_file_name(name),
         hashes=hashes,
         format=fmt,
         trackers=config.trackers,
@@ -234,25 +231,18 @@ def _now() -> str:
 
 
 def make_torrent(
-    state: State,
-    config: ReleaseConfig,
-    workspace: Path,
-    shard_id: int,
-    name: str,
-    fmt: str,
-    hashes: ShardHashes,
+    ws: Workspace, shard_id: int, name: str, fmt: str, hashes: ShardHashes
 ) -> tuple[str | None, str | None, str]:
-    """Write torrents/<name>.torrent from recorded hashes and record it; (v1 hash, v2 hash, magnet)."""
+    """Write the shard's .torrent from recorded hashes and record it; (v1 hash, v2 hash, magnet)."""
     from .torrent import build_metainfo, identity, write_torrent
 
-    metainfo = build_metainfo(torrent_spec(config, name, fmt, hashes))
+    metainfo = build_metainfo(torrent_spec(ws.config, name, fmt, hashes))
     ident = identity(metainfo)
-    rel = f"{TORRENTS_DIR}/{name}{SHARD_SUFFIX}.torrent"
-    (workspace / TORRENTS_DIR).mkdir(exist_ok=True)
-    write_torrent(workspace / rel, metainfo)
-    state.record_torrent(
+    ws.torrents_dir.mkdir(exist_ok=True)
+    write_torrent(ws.torrent_path(name), metainfo)
+    ws.state.record_torrent(
         shard_id,
-        rel,
+        layout.torrent_file(name),
         fmt,
         ident.info_hash_v1,
         ident.info_hash_v2,
@@ -264,11 +254,22 @@ def make_torrent(
     return ident.info_hash_v1, ident.info_hash_v2, ident.magnet
 
 
-def remake_torrents(
-    state: State, config: ReleaseConfig, workspace: Path, phase: str | None = None
-) -> list[dict]:
+@dataclass(frozen=True)
+class TorrentMade:
+    shard: str
+    format: str
+    info_hash_v1: str | None
+    info_hash_v2: str | None
+    magnet: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def remake_torrents(ws: Workspace, phase: str | None = None) -> list[TorrentMade]:
     """Re-create the .torrent of every built shard from its recorded hashes (no read of the shards), e.g.
     after trackers or web seeds changed: those sit outside the info dict, so the info-hashes stay."""
+    config, state = ws.config, ws.state
     if phase is not None:
         config.phase(phase)
     made = []
@@ -276,35 +277,21 @@ def remake_torrents(
         hashes = state.build_hashes(row.id)
         fmt = config.phase(row.phase).format
         with state.transaction():
-            v1, v2, magnet = make_torrent(state, config, Path(workspace), row.id, row.name, fmt, hashes)
-        made.append(
-            {"shard": row.name, "format": fmt, "info_hash_v1": v1, "info_hash_v2": v2, "magnet": magnet}
-        )
+            v1, v2, magnet = make_torrent(ws, row.id, row.name, fmt, hashes)
+        made.append(TorrentMade(row.name, fmt, v1, v2, magnet))
     return made
 
 
-def _finish(
-    state: State, config: ReleaseConfig, workspace: Path, job: ShardJob, fmt: str, result: ShardResult
-) -> str | None:
-    h = result.hashes
-    rel = f"{SHARDS_DIR}/{job.name}{SHARD_SUFFIX}"
-    with state.transaction():
-        state.record_build(job.shard_id, rel, h, result.frames, result.uncompressed, _now(), result.records)
-        v1, v2, _ = make_torrent(state, config, workspace, job.shard_id, job.name, fmt, h)
-    os.replace(job.part_path, job.final_path)
-    fsync_dir(job.final_path.parent)
-    return v1 or v2
-
-
-def _recover(state: State, workspace: Path) -> list[str]:
+def _recover(ws: Workspace) -> list[str]:
     """Complete renames interrupted after the commit; delete .part files of shards that are not built."""
+    state = ws.state
     recovered: list[str] = []
-    shards_dir = workspace / SHARDS_DIR
+    shards_dir = ws.shards_dir
     shards_dir.mkdir(exist_ok=True)
     built = {row[0]: row for row in state.built_files()}
-    for part in sorted(shards_dir.glob("*" + SHARD_SUFFIX + PART_SUFFIX)):
-        final = part.with_name(part.name[: -len(PART_SUFFIX)])
-        rel = f"{SHARDS_DIR}/{final.name}"
+    for part in sorted(shards_dir.glob(layout.part_name("*" + layout.SHARD_SUFFIX))):
+        final = part.with_name(part.name[: -len(layout.PART_SUFFIX)])
+        rel = f"{layout.SHARDS}/{final.name}"
         if rel in built and not final.exists():
             _, length, sha256 = built[rel]
             if part.stat().st_size == length and file_sha256(part) == sha256:
@@ -315,42 +302,41 @@ def _recover(state: State, workspace: Path) -> list[str]:
             state.mark_unbuilt(rel)
         part.unlink()
     for rel, _, _ in built.values():
-        if not (workspace / rel).exists():
+        if not ws.file(rel).exists():
             state.mark_unbuilt(rel)
     for row in state.shards():
         if row.state != "built":  # a torrent written just before a kill, for a shard that never landed
-            _torrent_path(workspace, row.name).unlink(missing_ok=True)
+            ws.torrent_path(row.name).unlink(missing_ok=True)
     return recovered
 
 
-def plan_jobs(
-    state: State, config: ReleaseConfig, workspace: Path, phase: str | None
-) -> list[tuple[ShardJob, str]]:
+def plan_jobs(ws: Workspace, phase: str | None) -> list[tuple[ShardJob, str]]:
     """(job, torrent format) for every planned or failed shard, optionally of one phase."""
+    config = ws.config
     if phase is not None:
         config.phase(phase)  # raises ConfigError naming the phases
     jobs = []
-    for row in state.shards(phase=phase):
+    for row in ws.state.shards(phase=phase):
         if row.state == "built":
             continue
         p = config.phase(row.phase)
-        jobs.append((_job(config, workspace, p, row), p.format))
+        jobs.append((_job(ws, p, row), p.format))
     return jobs
 
 
-def _job(config: ReleaseConfig, workspace: Path, phase, row: ShardRow) -> ShardJob:
+def _job(ws: Workspace, phase: Phase, row: ShardRow) -> ShardJob:
     from .torrent import piece_size_for
 
     return ShardJob(
         shard_id=row.id,
         name=row.name,
-        workspace=str(workspace),
-        root=str(config.root),
+        workspace=str(ws.path),
+        root=str(ws.config.root),
         level=phase.level,
         frame_size=phase.frame_size,
         piece_size=phase.piece_size or piece_size_for(row.bytes),
         v2=phase.format in ("hybrid", "v2"),
-        default_mtime=config.mtime,
+        default_mtime=ws.config.mtime,
         planned_bytes=row.bytes,
     )
 
@@ -363,38 +349,36 @@ def default_jobs() -> int:
 
 
 def build(
-    state: State,
-    config: ReleaseConfig,
-    workspace: Path,
+    ws: Workspace,
     jobs_count: int = 0,
     phase: str | None = None,
     on_event: Callable[[Event], None] = lambda e: None,
 ) -> BuildReport:
     """Build every planned (or previously failed) shard. Failures are per shard; the others still finish."""
-    workspace = Path(workspace)
-    if not config.root.is_dir():
-        raise WorkspaceError(f"{config.root}: the archive root is not there", hint="check release.root")
+    if not ws.config.root.is_dir():
+        raise WorkspaceError(f"{ws.config.root}: the archive root is not there", hint="check release.root")
     if jobs_count < 0:
         raise UsageError(f"--jobs {jobs_count}: must be 0 (one per core) or more")
-    with workspace_lock(workspace, "build"):
-        return _build_locked(state, config, workspace, jobs_count, phase, on_event)
+    with ws.locked("build"):
+        return _build_locked(ws, jobs_count, phase, on_event)
 
 
-def _build_locked(state, config, workspace, jobs_count, phase, on_event) -> BuildReport:
-    recovered = _recover(state, workspace)
-    todo = plan_jobs(state, config, workspace, phase)
-    skipped = len([s for s in state.shards(phase=phase) if s.state == "built"])
+def _build_locked(ws: Workspace, jobs_count: int, phase: str | None, on_event) -> BuildReport:
+    recovered = _recover(ws)
+    todo = plan_jobs(ws, phase)
+    skipped = len([s for s in ws.state.shards(phase=phase) if s.state == "built"])
     report = BuildReport(built=[], failed=[], skipped=skipped, recovered=recovered)
     if not todo:
         return report
-    (workspace / SHARDS_DIR).mkdir(exist_ok=True)
+    ws.shards_dir.mkdir(exist_ok=True)
     on_event(BuildPlanned(len(todo), sum(job.planned_bytes for job, _ in todo)))
     workers = jobs_count or default_jobs()
+    coordinator = _Coordinator(ws, report, on_event)
     if workers == 1 or len(todo) == 1:
-        _build_inline(state, config, workspace, todo, report, on_event)
+        _build_inline(coordinator, todo)
     else:
         try:
-            _build_pool(state, config, workspace, todo, min(workers, len(todo)), report, on_event)
+            _build_pool(coordinator, todo, min(workers, len(todo)))
         except (BrokenPipeError, ConnectionError) as e:  # the pool's own pipes, not a shard's files
             raise EnvironmentProblem(
                 f"cannot run build workers: {e}", hint="retry; with --jobs 1 no worker process is used"
@@ -402,67 +386,76 @@ def _build_locked(state, config, workspace, jobs_count, phase, on_event) -> Buil
     return report
 
 
-def _settle(
-    state: State,
-    config: ReleaseConfig,
-    workspace: Path,
-    job: ShardJob,
-    fmt: str,
-    report: BuildReport,
-    on_event,
-    result: ShardResult | None,
-    error: BaseException | None,
-) -> None:
-    if error is None:
-        try:
-            ih = _finish(state, config, workspace, job, fmt, result)
-        except Exception as e:  # noqa: BLE001 - one shard's failure must not abandon the others
-            error = e
-        else:
-            report.built.append(job.name)
-            on_event(ShardFinished(job.name, result.hashes.length, ih))
-            return
-    job.part_path.unlink(missing_ok=True)
-    _torrent_path(workspace, job.name).unlink(missing_ok=True)  # no finished-looking torrent without data
-    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
-        # The output side is full or read-only: every other shard would fail the same way.
-        raise EnvironmentProblem(
-            f"{error.filename or workspace}: {error.strerror}",
-            hint="free space (or make the workspace writable), then run build again; built shards are kept",
-        ) from None
-    reason = error.message if isinstance(error, PackagerError) else f"{type(error).__name__}: {error}"
-    if isinstance(error, ShardBuildError):
-        reason = f"{error.reason}" + (f" ({error.path})" if error.path else "")
-    state.mark_failed(job.shard_id, reason)
-    report.failed.append((job.name, reason))
-    on_event(ShardFailed(job.name, reason))
-
-
-def _torrent_path(workspace: Path, name: str) -> Path:
-    return Path(workspace) / TORRENTS_DIR / f"{name}{SHARD_SUFFIX}.torrent"
-
-
 # Input-side errors come wrapped as ShardBuildError, so a raw OSError with one of these is the output side.
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-def _build_inline(state, config, workspace, todo, report, on_event) -> None:
+class _Coordinator:
+    """The only writer of state.sqlite during a build: it settles each shard a worker returns (or fails)."""
+
+    def __init__(self, ws: Workspace, report: BuildReport, on_event: Callable[[Event], None]):
+        self.ws, self.report, self.on_event = ws, report, on_event
+
+    def settle(
+        self, job: ShardJob, fmt: str, result: ShardResult | None, error: BaseException | None
+    ) -> None:
+        if error is None:
+            try:
+                ih = self._finish(job, fmt, result)
+            except Exception as e:  # noqa: BLE001 - one shard's failure must not abandon the others
+                error = e
+            else:
+                self.report.built.append(job.name)
+                self.on_event(ShardFinished(job.name, result.hashes.length, ih))
+                return
+        job.part_path.unlink(missing_ok=True)
+        self.ws.torrent_path(job.name).unlink(missing_ok=True)  # no finished-looking torrent without data
+        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+            # The output side is full or read-only: every other shard would fail the same way.
+            raise EnvironmentProblem(
+                f"{error.filename or self.ws.path}: {error.strerror}",
+                hint="free space (or make the workspace writable), then run build again; "
+                "built shards are kept",
+            ) from None
+        reason = error.message if isinstance(error, PackagerError) else f"{type(error).__name__}: {error}"
+        if isinstance(error, ShardBuildError):
+            reason = f"{error.reason}" + (f" ({error.path})" if error.path else "")
+        self.ws.state.mark_failed(job.shard_id, reason)
+        self.report.failed.append((job.name, reason))
+        self.on_event(ShardFailed(job.name, reason))
+
+    def _finish(self, job: ShardJob, fmt: str, result: ShardResult) -> str | None:
+        h, state = result.hashes, self.ws.state
+        rel = layout.shard_file(job.name)
+        with state.transaction():
+            state.record_build(
+                job.shard_id, rel, h, result.frames, result.uncompressed, _now(), result.records
+            )
+            v1, v2, _ = make_torrent(self.ws, job.shard_id, job.name, fmt, h)
+        os.replace(job.part_path, job.final_path)
+        fsync_dir(job.final_path.parent)
+        return v1 or v2
+
+
+def _build_inline(coordinator: _Coordinator, todo: list[tuple[ShardJob, str]]) -> None:
+    on_event = coordinator.on_event
     for job, fmt in todo:
         on_event(ShardStarted(job.name, job.planned_bytes))
         try:
             result = write_one(job, lambda n, name=job.name: on_event(BytesDone(name, n)))
         except Exception as e:  # noqa: BLE001 - settled per shard
-            _settle(state, config, workspace, job, fmt, report, on_event, None, e)
+            coordinator.settle(job, fmt, None, e)
         else:
-            _settle(state, config, workspace, job, fmt, report, on_event, result, None)
+            coordinator.settle(job, fmt, result, None)
 
 
-def _build_pool(state, config, workspace, todo, workers, report, on_event) -> None:
+def _build_pool(coordinator: _Coordinator, todo: list[tuple[ShardJob, str]], workers: int) -> None:
     # spawn, not fork: the coordinator runs threads (progress display, queue feeder) that fork would copy
     # in an arbitrary state.
     ctx = multiprocessing.get_context("spawn")
     progress: multiprocessing.Queue = ctx.Queue()
     stop = threading.Event()
+    on_event = coordinator.on_event
 
     def pump() -> None:
         while not stop.is_set():
@@ -491,17 +484,7 @@ def _build_pool(state, config, workspace, todo, workers, report, on_event) -> No
                         raise EnvironmentProblem(
                             f"a build worker died ({error})", hint="retry; with --jobs 1 no worker is used"
                         )
-                    _settle(
-                        state,
-                        config,
-                        workspace,
-                        job,
-                        fmt,
-                        report,
-                        on_event,
-                        None if error else fut.result(),
-                        error,
-                    )
+                    coordinator.settle(job, fmt, None if error else fut.result(), error)
     finally:
         stop.set()
         pumper.join()

@@ -27,6 +27,7 @@ import orjson
 from .config import USTAR_MTIME_LIMIT, ReleaseConfig
 from .errors import CatalogError, CatalogProblem, UsageError, WorkspaceError
 from .state import State, dumps_extra
+from .workspace import Workspace
 
 # container.RESERVED_MANIFEST_NAME lives in this folder, so no catalog path may.
 RESERVED_PREFIX = ".packager"
@@ -421,14 +422,14 @@ PARALLEL_BYTES = 32 * 2**20
 
 
 def ingest(
-    state: State,
-    config: ReleaseConfig,
+    ws: Workspace,
     catalogs: list[Path],
     options: IngestOptions,
     on_rows: Callable[[int], None] | None = None,
 ) -> IngestReport:
     """Validate and load catalogs in one transaction. Raises CatalogError (nothing committed) on any
     problem unless options.skip_invalid, in which case bad rows go to options.rejects."""
+    state, config = ws.state, ws.config
     report = IngestReport()
     problems = _Problems(report, options.rejects if options.skip_invalid else None)
     catalogs = [Path(c) for c in catalogs]

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .errors import ClientError, UsageError
+from .hashing import truncated_v2
 from .seed import SeedTorrent
 
 SCHEMES = ("qbittorrent+http", "qbittorrent+https", "transmission+http", "transmission+https")
@@ -255,9 +256,7 @@ def push(
     results: list[PushResult] = []
     added: list[SeedTorrent] = []
     for t in torrents:
-        if any(
-            h in have for h in (t.info_hash_v1, t.info_hash_v2, t.info_hash_v2 and t.info_hash_v2[:40]) if h
-        ):
+        if any(h in have for h in (*t.swarm_hashes, t.info_hash_v2) if h):
             result = PushResult(t.name, t.key, "present")
         else:
             try:
@@ -276,7 +275,7 @@ def push(
 
 
 def _client_hash(t: SeedTorrent) -> str:
-    return t.info_hash_v1 or (t.info_hash_v2 or "")[:40]
+    return t.info_hash_v1 or truncated_v2(t.info_hash_v2) or ""
 
 
 def _settle(

@@ -15,9 +15,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .errors import ConfigError
 
-CONFIG_NAME = "release.toml"
+CONFIG_NAME = layout.CONFIG  # the name tests/test_verify.py imports; to go once it imports layout
 FORMATS = ("v1", "hybrid", "v2")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 RELEASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*$")
@@ -369,7 +370,7 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
 
 
 def load_config(workspace: Path) -> ReleaseConfig:
-    path = Path(workspace) / CONFIG_NAME
+    path = Path(workspace) / layout.CONFIG
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -393,7 +394,7 @@ def default_config_text(name: str, root: Path) -> str:
 def init_workspace(workspace: Path, root: Path, name: str | None = None) -> ReleaseConfig:
     """Create release.toml (commented defaults) and state.sqlite in a new or empty folder."""
     from .errors import UsageError, WorkspaceError
-    from .state import STATE_NAME, State
+    from .state import State
 
     workspace = Path(workspace)
     root = Path(root).expanduser().resolve()
@@ -403,12 +404,12 @@ def init_workspace(workspace: Path, root: Path, name: str | None = None) -> Rele
         raise UsageError(
             f"{workspace}: exists and is not a folder", hint="choose a new folder for the workspace"
         )
-    if (workspace / STATE_NAME).exists() and not (workspace / CONFIG_NAME).exists():
+    if (workspace / layout.STATE).exists() and not (workspace / layout.CONFIG).exists():
         raise WorkspaceError(
             f"{workspace}: has a state.sqlite but no release.toml (an interrupted init, or a deleted config)",
             hint="restore release.toml, or remove the folder and run init again",
         )
-    if (workspace / CONFIG_NAME).exists() or (workspace / STATE_NAME).exists():
+    if (workspace / layout.CONFIG).exists() or (workspace / layout.STATE).exists():
         raise WorkspaceError(
             f"{workspace}: already a release workspace", hint="edit its release.toml, or choose a new folder"
         )
@@ -416,9 +417,9 @@ def init_workspace(workspace: Path, root: Path, name: str | None = None) -> Rele
     name = re.sub(r"[^A-Za-z0-9._]+", "_", name).strip("._") or "release"
     text = default_config_text(name, root)
     workspace.mkdir(parents=True, exist_ok=True)
-    config = parse_config(text, workspace / CONFIG_NAME)
-    tmp = workspace / (CONFIG_NAME + ".part")
+    config = parse_config(text, workspace / layout.CONFIG)
+    tmp = workspace / (layout.CONFIG + ".part")
     tmp.write_text(text, encoding="utf-8")
-    State(workspace / STATE_NAME, create=True).close()
-    tmp.replace(workspace / CONFIG_NAME)
+    State(workspace / layout.STATE, create=True).close()
+    tmp.replace(workspace / layout.CONFIG)
     return config

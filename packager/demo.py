@@ -13,14 +13,16 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from .build import SHARD_SUFFIX, SHARDS_DIR, TORRENTS_DIR, build
-from .config import CONFIG_NAME, init_workspace, load_config
+from . import layout
+from .build import build
+from .catalog import IngestOptions, ingest
 from .container import ShardReader
 from .errors import ShardBuildError
 from .manifest import generate_keypair, load_signing_key, public_key_path
-from .publish import PUBLISHED_DIR, publish
+from .plan import plan
+from .publish import publish
 from .seed import SeedSettings, seed, whitelist_hashes
-from .state import open_state
+from .workspace import Workspace
 
 SEED = 20261125
 DEMO_CONFIG = """\
@@ -188,34 +190,31 @@ def _write(path: Path, data: bytes) -> None:
 
 def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = print) -> Path:
     """Generate the archive (once) and run every stage on it; returns the workspace path."""
-    from .catalog import IngestOptions, ingest
-    from .plan import plan
-
     folder = Path(folder).resolve()
     root, workspace = folder / "archive", folder / "release"
     say(f"[bold]1. archive[/]  generating {audio_files} audio files, art and metadata under {root}")
     catalog = generate_archive(root, audio_files)
-    if not (workspace / CONFIG_NAME).exists():
-        init_workspace(workspace, root, "demo")
-        (workspace / CONFIG_NAME).write_text(DEMO_CONFIG.replace("{root}", str(root)), encoding="utf-8")
-    config = load_config(workspace)
-    with open_state(workspace) as state:
-        report = ingest(state, config, [catalog], IngestOptions())
+    if not (workspace / layout.CONFIG).exists():
+        Workspace.init(workspace, root, "demo").close()
+        (workspace / layout.CONFIG).write_text(DEMO_CONFIG.replace("{root}", str(root)), encoding="utf-8")
+    with Workspace.open(workspace) as ws:
+        config, state = ws.config, ws.state
+        report = ingest(ws, [catalog], IngestOptions())
         say(
             f"[bold]2. ingest[/]   {report.rows} catalog rows: {report.added} added, "
             f"{report.unchanged} unchanged"
         )
-        planned = plan(state, config)
+        planned = plan(ws)
         say(f"[bold]3. plan[/]     {len(planned.shards)} new shards for {planned.items} items")
-        built = build(state, config, workspace, jobs_count=0)
+        built = build(ws, jobs_count=0)
         if built.failed:
             raise ShardBuildError(*built.failed[0])
         say(
             f"[bold]4. build[/]    {len(built.built)} shards built, {built.skipped} already built, "
-            f"in {workspace / SHARDS_DIR}"
+            f"in {ws.shards_dir}"
         )
-        _show_extract(state, workspace, folder, say)
-        say("[bold]5. torrents[/] one per shard, in " + str(workspace / TORRENTS_DIR))
+        _show_extract(ws, folder, say)
+        say("[bold]5. torrents[/] one per shard, in " + str(ws.torrents_dir))
         for row in state.shards():
             say(f"   {state.shard_extras(row.id)['magnet']}")
         if not config.signing_key.exists():
@@ -236,11 +235,11 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
             f"{public_key_path(config.signing_key)})"
         )
         say(f"   open {last.index_html}")
-        _show_verify(state, config, workspace, folder, say)
-        seeded = seed(workspace, settings=SeedSettings(listen="127.0.0.1:0", dht=False), duration=2)
+        _show_verify(ws, folder, say)
+        seeded = seed(ws, settings=SeedSettings(listen="127.0.0.1:0", dht=False), duration=2)
         say(
             f"[bold]8. seed[/]     {seeded.torrents} torrents seeded for {seeded.seconds:.0f} s with pread "
-            f"disk I/O; resume data in {workspace / 'seed'}; {len(whitelist_hashes(state))} info-hashes "
+            f"disk I/O; resume data in {ws.resume_dir}; {len(whitelist_hashes(ws))} info-hashes "
             "for the tracker"
         )
         say(f"   seed for real: packager seed {workspace} --status-port 8181")
@@ -248,11 +247,11 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
     return workspace
 
 
-def _show_extract(state, workspace: Path, folder: Path, say) -> None:
+def _show_extract(ws: Workspace, folder: Path, say) -> None:
     """Random access: pull the most popular track out of its shard without unpacking the rest."""
-    shard = next(s for s in state.shards(phase="audio"))
-    first = next(state.iter_members(shard.id))
-    path = workspace / SHARDS_DIR / f"{shard.name}{SHARD_SUFFIX}"
+    shard = next(s for s in ws.state.shards(phase="audio"))
+    first = next(ws.state.iter_members(shard.id))
+    path = ws.shard_path(shard.name)
     with ShardReader(path) as reader:
         rec = reader.find(first.id)
         (out,) = reader.extract([first.id], folder / "extracted")
@@ -263,24 +262,24 @@ def _show_extract(state, workspace: Path, folder: Path, say) -> None:
         )
 
 
-def _show_verify(state, config, workspace: Path, folder: Path, say) -> None:
+def _show_verify(ws: Workspace, folder: Path, say) -> None:
     """A downloader's check: the release verifies clean against its signatures; a copy of one shard with
     one byte flipped is caught, down to the member it damaged and the piece to fetch again."""
     from .verify import VerifyOptions, format_ranges, verify
 
-    pub = str(public_key_path(config.signing_key))
-    report = verify([workspace], VerifyOptions(pubkey=pub))
+    pub = str(public_key_path(ws.config.signing_key))
+    report = verify([ws.path], VerifyOptions(pubkey=pub))
     say(
         f"[bold]7. verify[/]   {report.count('ok')} files good, signatures checked with {pub} "
         f"(exit {report.exit_code()})"
     )
     mirror = folder / "downloaded"  # a downloader's folder: the published files, and shards/
     shutil.rmtree(mirror, ignore_errors=True)
-    shutil.copytree(workspace / PUBLISHED_DIR, mirror)
-    shard = next(s for s in state.shards(phase="audio"))
-    copy = mirror / SHARDS_DIR / f"{shard.name}{SHARD_SUFFIX}"
+    shutil.copytree(ws.published_dir, mirror)
+    shard = next(s for s in ws.state.shards(phase="audio"))
+    copy = mirror / layout.shard_file(shard.name)
     copy.parent.mkdir()
-    shutil.copyfile(workspace / SHARDS_DIR / copy.name, copy)
+    shutil.copyfile(ws.shard_path(shard.name), copy)
     with ShardReader(copy) as reader:
         victim = reader.manifest()[1]
         frame = reader.frames[victim.last_frame]

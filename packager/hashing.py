@@ -18,6 +18,16 @@ V2_BLOCK_SIZE = 16 * 1024  # BEP 52: merkle leaves are 16 KiB blocks
 _ZERO_LEAF = bytes(32)  # BEP 52: leaf hashes beyond the end of the file are set to zero
 
 
+def truncated_v2(info_hash_v2: str | None) -> str | None:
+    """BEP 52: trackers, the DHT and the handshake carry a v2 info-hash truncated to 20 bytes (40 hex)."""
+    return info_hash_v2[:40] if info_hash_v2 else None
+
+
+def swarm_hashes(info_hash_v1: str | None, info_hash_v2: str | None) -> tuple[str, ...]:
+    """The 40-hex info-hashes a torrent's swarm is known by: the v1 one, and the truncated v2 one."""
+    return tuple(h for h in (info_hash_v1, truncated_v2(info_hash_v2)) if h)
+
+
 @dataclass(frozen=True)
 class MemberDigest:
     """Hashes of one member's content (the catalog file's bytes, not the tar header)."""

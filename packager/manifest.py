@@ -25,12 +25,12 @@ from pathlib import Path
 
 import minisign
 
+from . import layout
 from .errors import PublishError, UsageError
 from .fsutil import write_atomic
+from .hashing import swarm_hashes, truncated_v2
 
 FORMAT = 1
-SHARDS_DIR = "shards"
-TORRENTS_DIR = "torrents"
 
 
 def json_number(value: float) -> int | float:
@@ -87,7 +87,7 @@ class TorrentEntry:
     @property
     def info_hash_v2_truncated(self) -> str | None:
         """BEP 52: trackers, DHT and the handshake carry the v2 info-hash truncated to 20 bytes."""
-        return self.info_hash_v2[:40] if self.info_hash_v2 else None
+        return truncated_v2(self.info_hash_v2)
 
     def as_dict(self) -> dict:
         return {
@@ -219,12 +219,13 @@ def sha256sums(entries: Iterable[TorrentEntry]) -> bytes:
 
 def whitelist(entries: Iterable[TorrentEntry]) -> bytes:
     """opentracker's access.whitelist: one 40-hex info-hash a line, v1 and truncated v2 (BEP 52)."""
-    seen: dict[str, None] = {}
-    for e in entries:
-        for h in (e.info_hash_v1, e.info_hash_v2_truncated):
-            if h:
-                seen[h.lower()] = None
-    return "".join(f"{h}\n" for h in seen).encode()
+    return "".join(f"{h}\n" for h in whitelist_hashes(entries)).encode()
+
+
+def whitelist_hashes(torrents: Iterable) -> list[str]:
+    """The whitelist's hashes, in order, once each, of anything with `info_hash_v1` and `info_hash_v2`."""
+    seen = {h.lower(): None for t in torrents for h in swarm_hashes(t.info_hash_v1, t.info_hash_v2)}
+    return list(seen)
 
 
 # --- minisign ---------------------------------------------------------------------------------------------
@@ -353,7 +354,6 @@ def verify_signature(public_key: str | bytes, data: bytes, signature: bytes) -> 
 
 # --- the member index -------------------------------------------------------------------------------------
 
-INDEX_NAME = "members.sqlite"
 INDEX_SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE torrents (
@@ -486,10 +486,11 @@ class MemberIndex:
     def open(cls, path: Path) -> MemberIndex:
         path = Path(path)
         if path.is_dir():
-            path = path / INDEX_NAME
+            path = path / layout.MEMBER_INDEX
         if not path.is_file():
             raise UsageError(
-                f"{path}: no member index here", hint=f"pass the published folder or its {INDEX_NAME}"
+                f"{path}: no member index here",
+                hint=f"pass the published folder or its {layout.MEMBER_INDEX}",
             )
         db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None)
         try:

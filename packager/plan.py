@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .config import Phase, ReleaseConfig, Tier
+from .config import Phase, Tier
+from .errors import UsageError
 from .state import State
+from .workspace import Workspace
 
 MEMBER_BATCH = 50_000
 
@@ -122,10 +124,9 @@ class _ShardCutter:
         self.shard_id = None
 
 
-def plan(
-    state: State, config: ReleaseConfig, dry_run: bool = False, on_items: Callable[[int], None] | None = None
-) -> PlanReport:
+def plan(ws: Workspace, dry_run: bool = False, on_items: Callable[[int], None] | None = None) -> PlanReport:
     """Assign every unassigned item to a phase, tier and new shard. With dry_run nothing is stored."""
+    state, config = ws.state, ws.config
     report = PlanReport(dry_run=dry_run)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
@@ -153,8 +154,9 @@ def plan(
     return report
 
 
-def release_status(state: State, config: ReleaseConfig) -> dict:
+def release_status(ws: Workspace) -> dict:
     """Phases, tiers and shards with counts, sizes, popularity ranges and states, for `status`."""
+    state, config = ws.state, ws.config
     shards = state.shards()
     phases = []
     for phase in config.phases:
@@ -200,12 +202,11 @@ class Removal:
     outcome: str  # "unplanned" | "dropped from <shard>" | "stays in <shard>" | "already removed"
 
 
-def remove_items(state: State, ids: list[str]) -> list[Removal]:
+def remove_items(ws: Workspace, ids: list[str]) -> list[Removal]:
     """Mark items removed from the archive. An item in no shard, or in a shard not yet built, will not be
     packaged; an item in a built shard stays in it (a built shard never changes) and is only marked. Unknown
     ids are refused together, before anything changes."""
-    from .errors import UsageError
-
+    state = ws.state
     placements = {i: state.item_placement(i) for i in dict.fromkeys(ids)}
     unknown = [i for i, p in placements.items() if p is None]
     if unknown:

@@ -24,13 +24,12 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 
-from . import __version__
+from . import __version__, layout
 from .config import ReleaseConfig, format_size
 from .container import ShardReader
 from .errors import ContainerError, PublishError
 from .fsutil import file_sha256, fsync_dir, fsync_file, workspace_lock, write_durable
 from .manifest import (
-    INDEX_NAME,
     FileEntry,
     MemberIndex,
     PhaseEntry,
@@ -46,7 +45,7 @@ from .manifest import (
 )
 from .state import ShardRow, State, TorrentFacts
 
-PUBLISHED_DIR = "published"
+PUBLISHED_DIR = layout.PUBLISHED  # the name tests/test_verify.py imports; to go once it imports layout
 TORRENT_MIME = "application/x-bittorrent"
 # ezRSS's torrent namespace: infoHash / magnetURI / contentLength, read by RSS-aware torrent clients.
 TORRENT_NS = "http://xmlns.ezrss.it/0.1/"
@@ -64,7 +63,7 @@ class PublishReport:
 
     @property
     def index_html(self) -> Path:
-        return self.folder / "index.html"
+        return self.folder / layout.INDEX_HTML
 
     def as_dict(self) -> dict:
         return {
@@ -128,8 +127,8 @@ def publish(
         phases = [
             PhaseEntry(name, at, sum(p.entry.phase == name for p in everything)) for name, at in publications
         ]
-        final = workspace / PUBLISHED_DIR
-        tmp = workspace / f"{PUBLISHED_DIR}.tmp-{secrets.token_hex(4)}"
+        final = workspace / layout.PUBLISHED
+        tmp = workspace / f"{layout.PUBLISHED_TMP}{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
             _write_folder(tmp, final, workspace, state, config, everything, phases, signing)
@@ -240,29 +239,30 @@ def _write_folder(
     signing: SigningKey | None,
 ) -> None:
     entries = [p.entry for p in everything]
-    (tmp / "torrents").mkdir()
+    (tmp / layout.TORRENTS).mkdir()
     for e in entries:
         _place_torrent(e, tmp, final, workspace)
     sums = sha256sums(entries)
     release = release_json(config.name, __version__, phases, entries)
     files = {
-        "release.json": release,
-        "torrents.json": torrents_json(config.name, config.base_url, entries),
-        "SHA256SUMS": sums,
-        "whitelist.txt": whitelist(entries),
-        "feed.xml": feed_xml(config.name, config.base_url, entries),
-        "index.html": index_html(config, phases, entries, signing),
+        layout.RELEASE_JSON: release,
+        layout.TORRENTS_JSON: torrents_json(config.name, config.base_url, entries),
+        layout.SHA256SUMS: sums,
+        layout.WHITELIST: whitelist(entries),
+        layout.FEED: feed_xml(config.name, config.base_url, entries),
+        layout.INDEX_HTML: index_html(config, phases, entries, signing),
     }
     if signing is not None:
         # The newest publication date, not the clock: the same key then signs to the same bytes.
         latest = max([e.added for e in entries] + [p.published_at for p in phases])
         when = int(_parse_stamp(latest).timestamp())
-        files["SHA256SUMS.minisig"] = signing.sign(sums, "SHA256SUMS", when)
-        files["release.json.minisig"] = signing.sign(release, "release.json", when)
+        for name in (layout.SHA256SUMS, layout.RELEASE_JSON):
+            files[layout.signature_name(name)] = signing.sign(files[name], name, when)
     for name, data in files.items():
         write_durable(tmp / name, data)
-    _write_member_index(tmp / INDEX_NAME, final / INDEX_NAME, workspace, state, config.name, everything)
-    fsync_dir(tmp / "torrents")
+    index = layout.MEMBER_INDEX
+    _write_member_index(tmp / index, final / index, workspace, state, config.name, everything)
+    fsync_dir(tmp / layout.TORRENTS)
     fsync_dir(tmp)
 
 
@@ -287,7 +287,7 @@ def _place_torrent(e: TorrentEntry, tmp: Path, final: Path, workspace: Path) -> 
         e.torrent_file,
         "no copy with the SHA-256 it was published with is left "
         f"({e.torrent.sha256}); published torrents are never rewritten",
-        hint=f"restore it from a backup of {PUBLISHED_DIR}/ or of the workspace",
+        hint=f"restore it from a backup of {layout.PUBLISHED}/ or of the workspace",
     )
 
 
@@ -348,7 +348,7 @@ def feed_xml(release: str, base_url: str, entries: Sequence[TorrentEntry]) -> by
     channel = ET.SubElement(rss, "channel")
     newest = max((e.added for e in entries), default=None)
     _text(channel, "title", f"{release}: torrents")
-    _text(channel, "link", base_url or "index.html")
+    _text(channel, "link", base_url or layout.INDEX_HTML)
     _text(channel, "description", f"Every torrent of the {release} release, newest phase first.")
     _text(channel, "generator", f"packager {__version__}")
     if newest:
@@ -441,16 +441,16 @@ def index_html(
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(config.name)}: torrents</title>",
-        f'<link rel="alternate" type="application/rss+xml" title="{esc(config.name)}" href="feed.xml">',
+        f'<link rel="alternate" type="application/rss+xml" title="{esc(config.name)}" href="{layout.FEED}">',
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{esc(config.name)}</h1>",
         f"<p>{_count(len(entries), 'torrent')}, {format_size(total)}, "
         f"in {len(phases)} of {len(order)} phases. "
-        'Machine-readable: <a href="release.json">release.json</a>, '
-        '<a href="torrents.json">torrents.json</a>, '
-        '<a href="feed.xml">RSS feed</a>, <a href="SHA256SUMS">SHA256SUMS</a>, '
-        f'<a href="{INDEX_NAME}">{INDEX_NAME}</a> (which torrent and pieces hold an item: '
-        f"<code>packager locate {INDEX_NAME} ID</code>).</p>",
+        f'Machine-readable: <a href="{layout.RELEASE_JSON}">{layout.RELEASE_JSON}</a>, '
+        f'<a href="{layout.TORRENTS_JSON}">{layout.TORRENTS_JSON}</a>, '
+        f'<a href="{layout.FEED}">RSS feed</a>, <a href="{layout.SHA256SUMS}">{layout.SHA256SUMS}</a>, '
+        f'<a href="{layout.MEMBER_INDEX}">{layout.MEMBER_INDEX}</a> (which torrent and pieces hold an item: '
+        f"<code>packager locate {layout.MEMBER_INDEX} ID</code>).</p>",
     ]
     if signing is not None:
         parts.append(
@@ -512,7 +512,7 @@ def _torrent_item(e: TorrentEntry) -> str:
 
 def _remove_leftovers(workspace: Path) -> None:
     """Temporary folders of a publish that was killed; never a finished published/."""
-    for stale in [*workspace.glob(f"{PUBLISHED_DIR}.tmp-*"), *workspace.glob(f"{PUBLISHED_DIR}.old-*")]:
+    for stale in [*workspace.glob(f"{layout.PUBLISHED_TMP}*"), *workspace.glob(f"{layout.PUBLISHED_OLD}*")]:
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -543,7 +543,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp)  # it holds the previous folder now
     else:
         # Without renameat2, published/ is missing for an instant, but never half-written.
-        old = final.with_name(f"{final.name}.old-{secrets.token_hex(4)}")
+        old = final.with_name(f"{layout.PUBLISHED_OLD}{secrets.token_hex(4)}")
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old)

@@ -40,13 +40,15 @@ from pathlib import Path
 
 import libtorrent as lt
 
-from .config import CONFIG_NAME, parse_size
+from . import layout
+from .config import parse_size
 from .errors import ConfigError, EnvironmentProblem, ListenError, UsageError, WorkspaceError
 from .fsutil import write_atomic
-from .state import SeedStatusRow, State, open_state
+from .hashing import swarm_hashes
+from .manifest import whitelist_hashes as _whitelist_of
+from .state import SeedStatusRow, State
+from .workspace import Workspace
 
-SEED_DIR = "seed"
-RESUME_SUFFIX = ".fastresume"
 DISK_IO = "pread_disk_io_constructor"
 CHOKERS = ("round_robin", "fastest_upload", "anti_leech")
 DEFAULT_LISTEN = "0.0.0.0:6881,[::]:6881"
@@ -233,7 +235,7 @@ def settings_from_table(table: dict, file: Path) -> SeedSettings:
 
 def load_seed_settings(workspace: Path) -> SeedSettings:
     """The [seed] table of DIR/release.toml, or the defaults."""
-    path = Path(workspace) / CONFIG_NAME
+    path = Path(workspace) / layout.CONFIG
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -270,7 +272,7 @@ class SeedTorrent:
     @property
     def swarm_hashes(self) -> tuple[str, ...]:
         """What trackers see: the v1 info-hash and the v2 one truncated to 20 bytes (BEP 52)."""
-        return tuple(h for h in (self.info_hash_v1, self.info_hash_v2 and self.info_hash_v2[:40]) if h)
+        return swarm_hashes(self.info_hash_v1, self.info_hash_v2)
 
 
 @dataclass(frozen=True)
@@ -282,21 +284,19 @@ class SeedProblem:
     reason: str
 
 
-def published_torrents(
-    state: State, workspace: Path, phases: Sequence[str] | None = None
-) -> list[SeedTorrent]:
+def published_torrents(ws: Workspace, phases: Sequence[str] | None = None) -> list[SeedTorrent]:
     """Every published torrent of the given phases (default: all published phases), in release order."""
-    check_published(state, phases)
-    workspace = Path(workspace).resolve()
-    rows = state.seedable(list(phases) if phases else None)
+    check_published(ws.state, phases)
+    folder = ws.path.resolve()
+    rows = ws.state.seedable(list(phases) if phases else None)
     return [
         SeedTorrent(
             r.shard_id,
             r.name,
             r.phase,
-            workspace / (r.file or f"shards/{r.name}.tar.zst"),
+            folder / (r.file or layout.shard_file(r.name)),
             r.length,
-            workspace / r.torrent_file,
+            folder / r.torrent_file,
             r.info_hash_v1,
             r.info_hash_v2,
         )
@@ -345,16 +345,10 @@ def check_files(torrents: Iterable[SeedTorrent]) -> tuple[list[SeedTorrent], lis
     return ready, problems
 
 
-def whitelist_hashes(state: State, phases: Sequence[str] | None = None) -> list[str]:
+def whitelist_hashes(ws: Workspace, phases: Sequence[str] | None = None) -> list[str]:
     """opentracker's whitelist: the v1 info-hash and the truncated v2 info-hash of each published torrent."""
-    check_published(state, phases)
-    rows = state.seedable(list(phases) if phases else None)
-    seen: dict[str, None] = {}
-    for r in rows:
-        for h in (r.info_hash_v1, r.info_hash_v2 and r.info_hash_v2[:40]):
-            if h:
-                seen[h.lower()] = None
-    return list(seen)
+    check_published(ws.state, phases)
+    return _whitelist_of(ws.state.seedable(list(phases) if phases else None))
 
 
 def write_whitelist(path: Path, hashes: Iterable[str]) -> int:
@@ -390,7 +384,7 @@ class ResumeStore:
         self.folder = Path(folder)
 
     def path(self, key: str) -> Path:
-        return self.folder / f"{key}{RESUME_SUFFIX}"
+        return self.folder / layout.resume_file_name(key)
 
     def load(self, key: str) -> bytes | None:
         try:
@@ -624,7 +618,7 @@ class Seeder:
         self.settings = settings
         self.state = state
         self.on_event, self.on_snapshot = on_event, on_snapshot
-        self.resume = ResumeStore(self.workspace / SEED_DIR)
+        self.resume = ResumeStore(self.workspace / layout.RESUME)
         self.session: lt.session | None = None
         self.report = SeedReport()
         self.status_url: str | None = None
@@ -1079,7 +1073,7 @@ class StatusServer:
 
 
 def seed(
-    workspace: Path,
+    ws: Workspace,
     phases: Sequence[str] | None = None,
     settings: SeedSettings | None = None,
     *,
@@ -1093,29 +1087,25 @@ def seed(
 
     WorkspaceError when no torrent can be seeded; ListenError or EnvironmentProblem for ports in use.
     """
-    workspace = Path(workspace)
-    settings = settings or load_seed_settings(workspace)
-    with open_state(workspace) as state:
-        torrents = published_torrents(state, workspace, phases)
-        seeder = Seeder(
-            workspace, torrents, settings, state=state, on_event=on_event, on_snapshot=on_snapshot
-        )
-        server = StatusServer(status_port, seeder.snapshot) if status_port is not None else None
-        try:
+    settings = settings or load_seed_settings(ws.path)
+    torrents = published_torrents(ws, phases)
+    seeder = Seeder(ws.path, torrents, settings, state=ws.state, on_event=on_event, on_snapshot=on_snapshot)
+    server = StatusServer(status_port, seeder.snapshot) if status_port is not None else None
+    try:
+        if server is not None:
+            seeder.status_url = server.url
+        seeder.start()
+        if not seeder.added:
+            problems = [f"{p.name}: {p.reason}" for p in seeder.report.not_added]
+            raise WorkspaceError(
+                f"nothing to seed: none of the {len(torrents)} published torrents can be added:\n  "
+                + "\n  ".join(problems[:20]),
+                hint="rebuild the missing shards with `packager build DIR`",
+            )
+        seeder.run(stop, duration)
+    finally:
+        with contextlib.suppress(Exception):
             if server is not None:
-                seeder.status_url = server.url
-            seeder.start()
-            if not seeder.added:
-                problems = [f"{p.name}: {p.reason}" for p in seeder.report.not_added]
-                raise WorkspaceError(
-                    f"nothing to seed: none of the {len(torrents)} published torrents can be added:\n  "
-                    + "\n  ".join(problems[:20]),
-                    hint="rebuild the missing shards with `packager build DIR`",
-                )
-            seeder.run(stop, duration)
-        finally:
-            with contextlib.suppress(Exception):
-                if server is not None:
-                    server.close()
-            report = seeder.close()
+                server.close()
+        report = seeder.close()
     return report

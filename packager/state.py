@@ -16,9 +16,9 @@ from pathlib import Path
 
 import orjson
 
+from . import layout
 from .errors import EnvironmentProblem, WorkspaceError
 
-STATE_NAME = "state.sqlite"
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -716,7 +716,7 @@ class State:
 
 
 def open_state(workspace: Path) -> State:
-    return State(Path(workspace) / STATE_NAME)
+    return State(Path(workspace) / layout.STATE)
 
 
 def dumps_extra(extra: dict) -> str | None:

@@ -202,26 +202,28 @@ def write_shard(path: Path, size: int, seed: int, piece_size: int | None = None)
 def publish_workspace(ws: Path, shards: list[tuple[str, object]], tracker_url: str | None) -> list[str]:
     """state.sqlite and torrents/ for shards already in ws/shards: built, with a .torrent, published. Returns
     the v1 info-hashes. Only State methods touch the database."""
-    from packager.state import STATE_NAME, State
+    from packager import layout
+    from packager.state import State
     from packager.torrent import TorrentSpec, build_metainfo, identity
 
-    (ws / "torrents").mkdir(parents=True, exist_ok=True)
-    (ws / "release.toml").write_text(
+    (ws / layout.TORRENTS).mkdir(parents=True, exist_ok=True)
+    (ws / layout.CONFIG).write_text(
         f'[release]\nname = "bench"\nroot = "{ws}"\n\n[[phases]]\nname = "{PHASE}"\nkinds = ["audio"]\n'
         'shard_size = "50GB"\n'
     )
-    for stale in (ws / STATE_NAME, ws / f"{STATE_NAME}-wal", ws / f"{STATE_NAME}-shm"):
+    for stale in (ws / layout.STATE, ws / f"{layout.STATE}-wal", ws / f"{layout.STATE}-shm"):
         stale.unlink(missing_ok=True)
-    shutil.rmtree(ws / "seed", ignore_errors=True)
+    shutil.rmtree(ws / layout.RESUME, ignore_errors=True)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     hashes, published = [], []
-    with State(ws / STATE_NAME, create=True) as state, state.transaction():
+    with State(ws / layout.STATE, create=True) as state, state.transaction():
         for seq, (name, h) in enumerate(shards, 1):
             sid = state.add_shard(name, PHASE, "", seq, 1, h.length, 0.0, 0.0, now)
-            state.record_build(sid, f"shards/{name}.tar.zst", h, 1, h.length, now, [])
-            spec = TorrentSpec(f"{name}.tar.zst", h, "v1", trackers=((tracker_url,),) if tracker_url else ())
+            state.record_build(sid, layout.shard_file(name), h, 1, h.length, now, [])
+            trackers = ((tracker_url,),) if tracker_url else ()
+            spec = TorrentSpec(layout.shard_file_name(name), h, "v1", trackers=trackers)
             metainfo = build_metainfo(spec)
-            rel = f"torrents/{name}.tar.zst.torrent"
+            rel = layout.torrent_file(name)
             (ws / rel).write_bytes(metainfo)  # no fsync: bench data
             ident = identity(spec)
             state.record_torrent(
@@ -270,6 +272,7 @@ def small_shards(ws: Path, count: int, size: int) -> list[tuple[str, object]]:
 def child_start(ws: Path, expect: int, announce: bool, limit: float) -> dict:
     """Seed until every torrent seeds (and has a tracker reply when `announce`), then stop; the figures."""
     from packager.seed import SeedSettings, Stopped, TorrentsLoaded, seed
+    from packager.workspace import Workspace
 
     t0 = time.monotonic()
     stop = threading.Event()
@@ -301,7 +304,8 @@ def child_start(ws: Path, expect: int, announce: bool, limit: float) -> dict:
             stop.set()
 
     settings = SeedSettings(listen=f"{LOOPBACK}:0", dht=False, libtorrent=LT_SETTINGS, shutdown_timeout=120)
-    seed(ws, settings=settings, stop=stop, duration=limit, on_event=on_event, on_snapshot=on_snapshot)
+    with Workspace.open(ws) as w:
+        seed(w, settings=settings, stop=stop, duration=limit, on_event=on_event, on_snapshot=on_snapshot)
     figures["total_s"] = round(time.monotonic() - t0, 2)
     return figures
 

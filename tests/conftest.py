@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from packager.config import CONFIG_NAME, init_workspace, load_config
+from packager import layout
 from packager.state import open_state
+from packager.workspace import Workspace
 
 # No per-example deadline anywhere (a loaded CI machine is slower, not wrong); on CI the examples are
 # derandomized so a run is repeatable, while developers' runs keep exploring new inputs.
@@ -89,8 +90,8 @@ def archive(tmp_path: Path) -> Archive:
 def make_workspace(tmp_path: Path, archive: Archive) -> Callable[..., Path]:
     def make(name: str = "ws", audio_shard: str = "100kB") -> Path:
         ws = tmp_path / name
-        init_workspace(ws, archive.root, "t")
-        (ws / CONFIG_NAME).write_text(
+        Workspace.init(ws, archive.root, "t").close()
+        (ws / layout.CONFIG).write_text(
             SMALL_CONFIG.replace("{root}", str(archive.root)).replace("{audio_shard}", audio_shard),
             encoding="utf-8",
         )
@@ -106,7 +107,5 @@ def workspace(make_workspace) -> Path:
 
 def shard_members(ws: Path) -> dict[str, list[str]]:
     """shard name -> member ids in plan order."""
-    config = load_config(ws)
-    del config
     with open_state(ws) as state:
         return {s.name: [m.id for m in state.iter_members(s.id)] for s in state.shards()}

@@ -16,23 +16,22 @@ from typer.testing import CliRunner
 from packager.build import build
 from packager.catalog import IngestOptions, ingest
 from packager.cli import app
-from packager.config import load_config
 from packager.container import ShardReader
 from packager.errors import CatalogError
 from packager.plan import plan
 from packager.state import open_state
+from packager.workspace import Workspace
 
 
 def prepare(ws: Path, archive, rows, name="c.jsonl"):
-    with open_state(ws) as state:
-        config = load_config(ws)
-        ingest(state, config, [archive.jsonl(rows, name)], IngestOptions())
-        plan(state, config)
+    with Workspace.open(ws) as w:
+        ingest(w, [archive.jsonl(rows, name)], IngestOptions())
+        plan(w)
 
 
 def run_build(ws: Path, jobs=1, **kw):
-    with open_state(ws) as state:
-        return build(state, load_config(ws), ws, jobs_count=jobs, **kw)
+    with Workspace.open(ws) as w:
+        return build(w, jobs_count=jobs, **kw)
 
 
 def rows_for(archive, n=12, seed=3, size=(0, 40_000)):
@@ -252,15 +251,15 @@ def test_a_failed_shard_is_fixed_by_reingesting_the_corrected_row(workspace, arc
     failed = run_build(workspace)
     assert len(failed.failed) == 1
     fixed = [dict(r, size=50_000) if r is victim else r for r in rows]
-    with open_state(workspace) as state:
-        report = ingest(state, load_config(workspace), [archive.jsonl(fixed, "fixed.jsonl")], IngestOptions())
+    with Workspace.open(workspace) as w:
+        report = ingest(w, [archive.jsonl(fixed, "fixed.jsonl")], IngestOptions())
     assert report.changed == 1
     again = run_build(workspace)
     assert again.built == [failed.failed[0][0]] and not again.failed
     archive.add(victim["path"], b"shrunk")
     refused = [dict(r, size=6) if r is victim else r for r in rows]
-    with open_state(workspace) as state, pytest.raises(CatalogError, match="cannot change"):
-        ingest(state, load_config(workspace), [archive.jsonl(refused, "refused.jsonl")], IngestOptions())
+    with Workspace.open(workspace) as w, pytest.raises(CatalogError, match="cannot change"):
+        ingest(w, [archive.jsonl(refused, "refused.jsonl")], IngestOptions())
 
 
 def test_remove_items_before_and_after_their_shard_is_built(workspace, archive):
@@ -269,17 +268,19 @@ def test_remove_items_before_and_after_their_shard_is_built(workspace, archive):
 
     rows = rows_for(archive, n=9, size=(10_000, 20_000))
     prepare(workspace, archive, rows)
-    with open_state(workspace) as state:
+    with Workspace.open(workspace) as w:
+        state = w.state
         shard = state.shards(phase="audio")[0]
         members = [m.id for m in state.iter_members(shard.id)]
         assert len(members) >= 3
         gone = members[1]  # a gap in the middle of the plan's order
         (archive.root / next(r["path"] for r in rows if r["id"] == gone)).unlink()  # the file vanished too
         with pytest.raises(UsageError, match="unknown"):
-            remove_items(state, [gone, "no-such-id"])
-        assert [r.outcome.split()[0] for r in remove_items(state, [gone])] == ["dropped"]
+            remove_items(w, [gone, "no-such-id"])
+        assert [r.outcome.split()[0] for r in remove_items(w, [gone])] == ["dropped"]
     assert not run_build(workspace).failed
-    with open_state(workspace) as state:
+    with Workspace.open(workspace) as w:
+        state = w.state
         with ShardReader(workspace / "shards" / f"{shard.name}.tar.zst") as reader:
             written = [r.id for r in reader.manifest()]
         assert written == [m for m in members if m != gone]
@@ -290,8 +291,8 @@ def test_remove_items_before_and_after_their_shard_is_built(workspace, archive):
         ).fetchall()
         assert [i for i, _ in recorded] == written
         stays = written[0]
-        assert remove_items(state, [stays])[0].outcome.startswith("stays in")
-        assert remove_items(state, [stays])[0].outcome == "already removed"
+        assert remove_items(w, [stays])[0].outcome.startswith("stays in")
+        assert remove_items(w, [stays])[0].outcome == "already removed"
         assert [m.id for m in state.iter_members(shard.id)] == written  # a built shard never changes
 
 

@@ -10,15 +10,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from packager.catalog import IngestOptions, ingest
-from packager.config import load_config
 from packager.errors import CatalogError, UsageError
 from packager.plan import plan
 from packager.state import open_state
+from packager.workspace import Workspace
 
 
 def run(ws: Path, *catalogs: Path, **opts):
-    with open_state(ws) as state:
-        return ingest(state, load_config(ws), list(catalogs), IngestOptions(**opts))
+    with Workspace.open(ws) as w:
+        return ingest(w, list(catalogs), IngestOptions(**opts))
 
 
 def count(ws: Path) -> int:
@@ -235,8 +235,8 @@ def test_changed_row_is_fine_before_planning_and_refused_after(workspace, archiv
     run(workspace, archive.jsonl(rows))
     rows[0]["popularity"] = 99
     assert run(workspace, archive.jsonl(rows)).changed == 1
-    with open_state(workspace) as state:
-        plan(state, load_config(workspace))
+    with Workspace.open(workspace) as w:
+        plan(w)
     rows[0]["popularity"] = 98
     cat = archive.jsonl(rows)
     with pytest.raises(CatalogError) as e:

@@ -13,10 +13,9 @@ import zstandard
 
 from packager.build import build
 from packager.catalog import IngestOptions, ingest
-from packager.config import load_config
 from packager.plan import plan
-from packager.state import open_state
 from packager.torrent import read_torrent
+from packager.workspace import Workspace
 
 ROWS = [
     ("g1", "audio/a b/one.ogg", 70, b"OggS" + bytes(range(256)) * 40),
@@ -36,11 +35,10 @@ def make(make_workspace, archive):
         archive.add(path, body)
         rows.append({"id": item_id, "path": path, "kind": "audio", "popularity": pop, "size": len(body)})
     ws = make_workspace("golden")
-    with open_state(ws) as state:
-        config = load_config(ws)
-        ingest(state, config, [archive.jsonl(rows)], IngestOptions())
-        plan(state, config)
-        assert not build(state, config, ws, jobs_count=1).failed
+    with Workspace.open(ws) as w:
+        ingest(w, [archive.jsonl(rows)], IngestOptions())
+        plan(w)
+        assert not build(w, jobs_count=1).failed
     return ws
 
 

@@ -7,20 +7,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packager.catalog import IngestOptions, ingest
-from packager.config import load_config
 from packager.plan import plan
-from packager.state import open_state
+from packager.workspace import Workspace
 from tests.conftest import shard_members
 
 
 def load(ws, archive, rows, name="c.jsonl", **opts):
-    with open_state(ws) as state:
-        return ingest(state, load_config(ws), [archive.jsonl(rows, name)], IngestOptions(**opts))
+    with Workspace.open(ws) as w:
+        return ingest(w, [archive.jsonl(rows, name)], IngestOptions(**opts))
 
 
 def do_plan(ws, dry_run=False):
-    with open_state(ws) as state:
-        return plan(state, load_config(ws), dry_run=dry_run)
+    with Workspace.open(ws) as w:
+        return plan(w, dry_run=dry_run)
 
 
 def audio(i, size, pop):
@@ -150,7 +149,7 @@ def test_removed_items_are_never_planned(workspace, archive):
     from packager.plan import remove_items
 
     load(workspace, archive, [audio(0, 10, 1), audio(1, 10, 2)], trust_sizes=True)
-    with open_state(workspace) as state:
-        assert remove_items(state, ["a001"])[0].outcome == "will not be planned"
+    with Workspace.open(workspace) as w:
+        assert remove_items(w, ["a001"])[0].outcome == "will not be planned"
     do_plan(workspace)
     assert shard_members(workspace) == {"t-audio-t2-00001": ["a000"]}

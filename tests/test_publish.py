@@ -14,14 +14,15 @@ import pytest
 import zstandard
 from typer.testing import CliRunner
 
+from packager import layout
 from packager import publish as publish_module
 from packager.cli import app
-from packager.config import CONFIG_NAME, load_config
 from packager.container import ShardReader, manifest_line
 from packager.errors import ConfigError, PublishError
 from packager.manifest import MemberIndex, TorrentEntry, load_signing_key, verify_signature
-from packager.publish import PUBLISHED_DIR, publish
+from packager.publish import publish
 from packager.state import open_state
+from packager.workspace import Workspace
 from tests.test_build import prepare, run_build
 
 MANIFESTS = Path(__file__).parent.parent / "manifests"
@@ -59,8 +60,8 @@ def catalog(archive, n: int = 14, seed: int = 5, prefix: str = "t") -> list[dict
 
 
 def do_publish(ws: Path, phase: str, **kw):
-    with open_state(ws) as state:
-        return publish(state, load_config(ws), ws, phase, **kw)
+    with Workspace.open(ws) as w:
+        return publish(w.state, w.config, ws, phase, **kw)
 
 
 def folder_digests(folder: Path) -> dict[str, str]:
@@ -87,7 +88,7 @@ def published(built) -> Path:
 
 
 def test_publish_writes_every_file_and_each_validates(published):
-    pub = published / PUBLISHED_DIR
+    pub = published / layout.PUBLISHED
     assert {p.name for p in pub.iterdir()} == PUBLISHED_FILES  # no key configured: no signatures
     release = json.loads((pub / "release.json").read_text())
     validate(release, "release")
@@ -117,7 +118,7 @@ def test_publish_writes_every_file_and_each_validates(published):
 
 def test_phase_two_leaves_phase_one_entries_identical_and_republishing_changes_nothing(built):
     do_publish(built, "metadata", now="2025-01-01T00:00:00Z")
-    pub = built / PUBLISHED_DIR
+    pub = built / layout.PUBLISHED
     first = json.loads((pub / "release.json").read_text())
     first_text = (pub / "release.json").read_text()
     do_publish(built, "audio", now="2025-02-01T00:00:00Z")
@@ -140,7 +141,7 @@ def test_phase_two_leaves_phase_one_entries_identical_and_republishing_changes_n
 
 def test_refusals_name_the_phase_and_shards_and_write_nothing(built, archive):
     do_publish(built, "metadata")
-    before = folder_digests(built / PUBLISHED_DIR)
+    before = folder_digests(built / layout.PUBLISHED)
     with pytest.raises(ConfigError, match="no phase named 'nope'"):
         do_publish(built, "nope")
     with pytest.raises(PublishError, match="art: the phase has no shards"):
@@ -163,13 +164,13 @@ def test_refusals_name_the_phase_and_shards_and_write_nothing(built, archive):
     assert r.exit_code == 2 and "failed" in r.output and late.name in r.output
     r = invoke("publish", built, "--phase", "nope")
     assert r.exit_code == 2 and "no phase named 'nope'" in r.output and "Traceback" not in r.output
-    assert folder_digests(built / PUBLISHED_DIR) == before
+    assert folder_digests(built / layout.PUBLISHED) == before
     with open_state(built) as state:
         assert [p for p, _ in state.publications()] == ["metadata"]
 
 
 def test_new_shards_of_a_published_phase_are_appended(published, archive):
-    pub = published / PUBLISHED_DIR
+    pub = published / layout.PUBLISHED
     old = json.loads((pub / "release.json").read_text())
     prepare(published, archive, catalog(archive, n=5, seed=2, prefix="late"), name="late.jsonl")
     assert not run_build(published).failed
@@ -186,10 +187,10 @@ def test_new_shards_of_a_published_phase_are_appended(published, archive):
 
 
 def test_a_published_torrent_is_never_rewritten(published):
-    pub = published / PUBLISHED_DIR
+    pub = published / layout.PUBLISHED
     before = folder_digests(pub)
     # New trackers: `packager torrent` re-makes the workspace's .torrent files (same info-hashes).
-    cfg = published / CONFIG_NAME
+    cfg = published / layout.CONFIG
     cfg.write_text(
         cfg.read_text().replace("http://127.0.0.1:6969/announce", "http://127.0.0.1:7070/announce")
     )
@@ -205,7 +206,7 @@ def test_a_published_torrent_is_never_rewritten(published):
 
 def test_a_failed_publish_leaves_the_previous_folder_and_no_temporary_one(built, monkeypatch):
     do_publish(built, "metadata")
-    pub = built / PUBLISHED_DIR
+    pub = built / layout.PUBLISHED
     before = folder_digests(pub)
     (built / "published.tmp-dead").mkdir()  # left by a publish killed earlier
 
@@ -226,7 +227,7 @@ def test_a_failed_publish_leaves_the_previous_folder_and_no_temporary_one(built,
 def test_feed_is_rss2_with_one_torrent_enclosure_per_torrent_newest_first(built):
     do_publish(built, "metadata", now="2025-01-01T00:00:00Z")
     do_publish(built, "audio", now="2025-02-01T00:00:00Z")
-    pub = built / PUBLISHED_DIR
+    pub = built / layout.PUBLISHED
     release = json.loads((pub / "release.json").read_text())
     feed = feedparser.parse((pub / "feed.xml").read_bytes())
     assert not feed.bozo and feed.version == "rss20"
@@ -242,19 +243,19 @@ def test_feed_is_rss2_with_one_torrent_enclosure_per_torrent_newest_first(built)
 
 
 def test_torrents_json_urls_use_the_base_url(built):
-    cfg = built / CONFIG_NAME
+    cfg = built / layout.CONFIG
     cfg.write_text(cfg.read_text() + '\n[publish]\nbase_url = "https://example.org/t/torrents/"\n')
     do_publish(built, "metadata")
-    (row,) = json.loads((built / PUBLISHED_DIR / "torrents.json").read_text())
+    (row,) = json.loads((built / layout.PUBLISHED / "torrents.json").read_text())
     assert row["url"] == "https://example.org/t/torrents/t-metadata-00001.tar.zst.torrent"
     assert row["display_name"] == "t-metadata-00001.tar.zst.torrent" and row["num_files"] == 1
-    feed = feedparser.parse((built / PUBLISHED_DIR / "feed.xml").read_bytes())
+    feed = feedparser.parse((built / layout.PUBLISHED / "feed.xml").read_bytes())
     assert feed.entries[0].enclosures[0].href == row["url"]
 
 
 def test_index_html_lists_phases_torrents_and_magnets(published):
-    page = (published / PUBLISHED_DIR / "index.html").read_text()
-    release = json.loads((published / PUBLISHED_DIR / "release.json").read_text())
+    page = (published / layout.PUBLISHED / "index.html").read_text()
+    release = json.loads((published / layout.PUBLISHED / "release.json").read_text())
     for t in release["torrents"]:
         assert t["name"] in page and t["magnet"].replace("&", "&amp;") in page and t["torrent_file"] in page
     assert "art</td><td class=muted>not yet published" in page
@@ -263,7 +264,7 @@ def test_index_html_lists_phases_torrents_and_magnets(published):
 
 
 def test_locate_gives_the_pieces_that_hold_each_member(published):
-    pub = published / PUBLISHED_DIR
+    pub = published / layout.PUBLISHED
     release = json.loads((pub / "release.json").read_text())
     by_name = {t["name"]: t for t in release["torrents"]}
     ids, spans = [], 0
@@ -306,12 +307,12 @@ def test_locate_gives_the_pieces_that_hold_each_member(published):
 
 
 def test_locate_cli(published):
-    r = invoke("locate", published / PUBLISHED_DIR, "t03", "--json")
+    r = invoke("locate", published / layout.PUBLISHED, "t03", "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     (loc,) = data["found"]
     assert loc["id"] == "t03" and loc["pieces"] == loc["last_piece"] - loc["first_piece"] + 1
-    r = invoke("locate", published / PUBLISHED_DIR / "members.sqlite", "t03", "no-such-id")
+    r = invoke("locate", published / layout.PUBLISHED / "members.sqlite", "t03", "no-such-id")
     assert r.exit_code == 2 and "no-such-id" in r.output and "pieces" in r.output
     r = invoke("locate", published / "nowhere.sqlite", "t03")
     assert r.exit_code == 2 and "no member index" in r.output
@@ -327,17 +328,17 @@ def test_signed_publish_with_an_encrypted_key(built, tmp_path, monkeypatch):
     assert public.splitlines()[1] in r.output and "encrypted" in key.read_text()
     assert key.stat().st_mode & 0o077 == 0
     assert invoke("keygen", key, "--unencrypted").exit_code == 2  # never overwrites silently
-    cfg = built / CONFIG_NAME
+    cfg = built / layout.CONFIG
     cfg.write_text(cfg.read_text() + f'\n[publish]\nsigning_key = "{key}"\n')
     bad = tmp_path / "bad.txt"
     bad.write_text("wrong\n")
     r = invoke("publish", built, "--phase", "metadata", "--password-file", bad)
     assert r.exit_code == 2 and "wrong password" in r.output
-    assert not (built / PUBLISHED_DIR).exists()
+    assert not (built / layout.PUBLISHED).exists()
     monkeypatch.setenv("PACKAGER_KEY_PASSWORD", "correct horse")
     r = invoke("publish", built, "--phase", "metadata")
     assert r.exit_code == 0, r.output
-    pub = built / PUBLISHED_DIR
+    pub = built / layout.PUBLISHED
     for name in ("SHA256SUMS", "release.json"):
         comment = verify_signature(public, (pub / name).read_bytes(), (pub / f"{name}.minisig").read_bytes())
         assert f"file:{name}" in comment
@@ -351,7 +352,7 @@ def test_signed_publish_with_an_encrypted_key(built, tmp_path, monkeypatch):
 def test_cli_publish_prints_where_the_index_is(built):
     r = invoke("publish", built, "--phase", "metadata")
     assert r.exit_code == 0, r.output
-    assert str(built / PUBLISHED_DIR / "index.html") in r.output and "not signed" in r.output
+    assert str(built / layout.PUBLISHED / "index.html") in r.output and "not signed" in r.output
     r = invoke("publish", built, "--phase", "metadata", "--json")
     report = json.loads(r.stdout)
     assert report["added"] == [] and report["torrents"] == 1 and report["index_html"].endswith("index.html")

@@ -21,13 +21,12 @@ import libtorrent as lt
 import pytest
 from typer.testing import CliRunner
 
+from packager import layout
 from packager.cli import app
 from packager.clients import parse_client_url, push
-from packager.config import CONFIG_NAME, load_config
 from packager.errors import ClientError, ConfigError, EnvironmentProblem, ListenError, UsageError
 from packager.seed import (
     DISK_IO,
-    SEED_DIR,
     ResumeStore,
     Seeder,
     SeedSettings,
@@ -41,6 +40,7 @@ from packager.seed import (
     whitelist_hashes,
 )
 from packager.state import open_state
+from packager.workspace import Workspace
 from tests import helpers
 from tests.helpers import sha256_of
 
@@ -71,18 +71,17 @@ def publish(ws: Path, phases: tuple[str, ...] | None = None) -> None:
     """Publish phases (default: every phase with built shards) with `packager publish`'s library call."""
     from packager.publish import publish as publish_phase
 
-    config = load_config(ws)
-    with open_state(ws) as state:
-        every = tuple(p.name for p in config.phases if state.shards(phase=p.name, state="built"))
+    with Workspace.open(ws) as w:
+        every = tuple(p.name for p in w.config.phases if w.state.shards(phase=p.name, state="built"))
         for phase in every if phases is None else phases:
-            publish_phase(state, config, ws, phase)
+            publish_phase(w.state, w.config, ws, phase)
 
 
 def make_release(make_workspace, archive, art_format: str = "v1", publish_phases=None, big: int = 0) -> Path:
     """A built release of small shards (about 100 kB), plus one shard of `big` random bytes if asked."""
     ws = make_workspace()
     if art_format != "v1":
-        config = ws / CONFIG_NAME
+        config = ws / layout.CONFIG
         text = config.read_text()
         config.write_text(text.replace('kinds = ["art"]', f'kinds = ["art"]\nformat = "{art_format}"'))
     rows = rows_for(archive, n=12, size=(20_000, 40_000))
@@ -106,8 +105,8 @@ def release(make_workspace, archive) -> Path:
 
 
 def torrents_of(ws: Path):
-    with open_state(ws) as state:
-        return published_torrents(state, ws)
+    with Workspace.open(ws) as w:
+        return published_torrents(w)
 
 
 # --- a libtorrent leecher in this process --------------------------------------------------------------
@@ -159,14 +158,15 @@ class SeedThread:
 
         def run() -> None:
             try:
-                self.report = seed(
-                    ws,
-                    settings=settings,
-                    stop=self.stop,
-                    on_event=self.events.append,
-                    on_snapshot=self.snapshots.append,
-                    **kw,
-                )
+                with Workspace.open(ws) as w:
+                    self.report = seed(
+                        w,
+                        settings=settings,
+                        stop=self.stop,
+                        on_event=self.events.append,
+                        on_snapshot=self.snapshots.append,
+                        **kw,
+                    )
             except BaseException as e:  # surfaced by the test
                 self.error = e
 
@@ -231,7 +231,7 @@ def test_session_settings_start_from_high_performance_seed_with_limits_lifted():
 
 
 def test_settings_come_from_release_toml_then_flags(workspace):
-    config = workspace / CONFIG_NAME
+    config = workspace / layout.CONFIG
     config.write_text(
         config.read_text() + '\n[seed]\nlisten = "127.0.0.1:7000"\nupload_limit = "10MB"\n'
         'dht = false\nseed_choking = "fastest_upload"\n[seed.libtorrent]\nconnection_speed = 50\n'
@@ -256,7 +256,7 @@ def test_settings_come_from_release_toml_then_flags(workspace):
     ],
 )
 def test_bad_seed_table_names_the_key(workspace, table, key):
-    config = workspace / CONFIG_NAME
+    config = workspace / layout.CONFIG
     config.write_text(config.read_text() + f"\n[seed]\n{table}\n")
     with pytest.raises(ConfigError) as e:
         load_seed_settings(workspace)
@@ -279,23 +279,23 @@ def test_raw_libtorrent_settings_are_checked():
 
 def test_nothing_published_and_unknown_phases_are_usage_errors(make_workspace, archive):
     ws = make_release(make_workspace, archive, publish_phases=())
-    with open_state(ws) as state, pytest.raises(UsageError, match="nothing is published"):
-        published_torrents(state, ws)
+    with Workspace.open(ws) as w, pytest.raises(UsageError, match="nothing is published"):
+        published_torrents(w)
     publish(ws, ("metadata",))
-    with open_state(ws) as state:
+    with Workspace.open(ws) as w:
         with pytest.raises(UsageError, match="'audio' is not published"):
-            published_torrents(state, ws, ["audio"])
-        assert {t.phase for t in published_torrents(state, ws)} == {"metadata"}
+            published_torrents(w, ["audio"])
+        assert {t.phase for t in published_torrents(w)} == {"metadata"}
 
 
 def test_whitelist_has_v1_and_truncated_v2_hashes(make_workspace, archive, tmp_path):
     ws = make_release(make_workspace, archive, art_format="hybrid")
-    with open_state(ws) as state:
-        rows = state.seedable()
+    with Workspace.open(ws) as w:
+        rows = w.state.seedable()
         expected = []
         for r in rows:
             expected += [h for h in (r.info_hash_v1, r.info_hash_v2 and r.info_hash_v2[:40]) if h]
-        assert whitelist_hashes(state) == expected
+        assert whitelist_hashes(w) == expected
         assert any(r.info_hash_v2 for r in rows) and all(len(h) == 40 for h in expected)
     result = CliRunner().invoke(app, ["tracker-whitelist", str(ws)])
     assert result.exit_code == 0 and result.stdout.split() == expected
@@ -320,7 +320,7 @@ def test_fresh_torrents_seed_in_seed_mode_then_resume_without_any_recheck(releas
     handles = list(first.handles().values())
     assert all(h.status().seed_mode for h in handles)
     first.close()
-    resume = release / SEED_DIR
+    resume = release / layout.RESUME
     assert sorted(p.name for p in resume.iterdir()) == sorted(f"{t.key}.fastresume" for t in torrents)
 
     snaps: list[SeedSnapshot] = []
@@ -348,7 +348,7 @@ def test_resumed_torrents_announce_to_the_trackers_of_the_current_torrent_files(
     first = Seeder(release, torrents, test_settings())
     first.start()
     first.close()
-    config = release / CONFIG_NAME
+    config = release / layout.CONFIG
     config.write_text(config.read_text().replace("127.0.0.1:6969", "127.0.0.1:6970"))
     assert CliRunner().invoke(app, ["torrent", str(release)]).exit_code == 0
     second = Seeder(release, torrents, test_settings())
@@ -439,8 +439,8 @@ def test_status_port_serves_the_snapshot_as_json(release, seed_thread):
         summary = json.loads(reply.read())
     assert summary["states"] == {"seeding": count} and "torrents" not in summary
     port = int(url.rsplit(":", 1)[1].strip("/"))
-    with pytest.raises(EnvironmentProblem, match="cannot serve the status") as e:
-        seed(release, settings=test_settings(), duration=0.1, status_port=port)
+    with Workspace.open(release) as w, pytest.raises(EnvironmentProblem, match="cannot serve") as e:
+        seed(w, settings=test_settings(), duration=0.1, status_port=port)
     assert e.value.exit_code == 3
 
 
@@ -450,8 +450,8 @@ def test_a_listen_port_in_use_is_an_environment_error(release):
         busy.listen()
         port = busy.getsockname()[1]
         settings = SeedSettings(listen=f"{LOOPBACK}:{port}", dht=False, libtorrent=TEST_LT)
-        with pytest.raises(ListenError) as e:
-            seed(release, settings=settings, duration=0.1)
+        with Workspace.open(release) as w, pytest.raises(ListenError) as e:
+            seed(w, settings=settings, duration=0.1)
     assert e.value.exit_code == 3 and str(port) in e.value.message
 
 
@@ -518,8 +518,8 @@ def test_sigterm_saves_resume_data_and_a_restart_rehashes_nothing(release):
             assert f"resume data saved for {count}" in output
             if run == 2:
                 assert f"({count} from resume data, 0 in seed mode)" in output
-            assert len(list((release / SEED_DIR).glob("*.fastresume"))) == count
-            assert not list((release / SEED_DIR).glob(".*.tmp"))
+            assert len(list((release / layout.RESUME).glob("*.fastresume"))) == count
+            assert not list((release / layout.RESUME).glob(".*.tmp"))
     finally:
         for proc in procs:
             if proc.poll() is None:

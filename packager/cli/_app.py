@@ -62,7 +62,7 @@ app = typer.Typer(
     help="Turn a huge preservation archive into a phased public BitTorrent release.",
 )
 
-Workspace = Annotated[Path, typer.Argument(help="The release workspace folder (made by `packager init`).")]
+WorkspaceArg = Annotated[Path, typer.Argument(help="The release workspace folder (made by `packager init`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
 

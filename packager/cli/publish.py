@@ -12,10 +12,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..config import format_size, load_config
+from ..config import format_size
 from ..errors import UsageError
-from ..state import open_state
-from ._app import JsonOpt, Workspace, app, emit_json, out
+from ..workspace import Workspace
+from ._app import JsonOpt, WorkspaceArg, app, emit_json, out
 
 PASSWORD_ENV = "PACKAGER_KEY_PASSWORD"
 
@@ -108,7 +108,7 @@ def keygen(
 
 @app.command()
 def publish(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     phase: Annotated[
         str, typer.Option("--phase", help="The phase to publish; all its shards must be built.")
     ],
@@ -131,15 +131,14 @@ def publish(
     from ..manifest import load_signing_key
     from ..publish import publish as run_publish
 
-    config = load_config(workspace)
-    key_path = key or config.signing_key
-    if password_file is not None and not password_file.is_file():
-        raise UsageError(
-            f"{password_file}: no such password file", hint="give the file whose first line is it"
-        )
-    loader = (lambda: load_signing_key(key_path, _password_source(password_file))) if key_path else None
-    with open_state(workspace) as state:
-        report = run_publish(state, config, workspace, phase, key=loader)
+    with Workspace.open(workspace) as ws:
+        key_path = key or ws.config.signing_key
+        if password_file is not None and not password_file.is_file():
+            raise UsageError(
+                f"{password_file}: no such password file", hint="give the file whose first line is it"
+            )
+        loader = (lambda: load_signing_key(key_path, _password_source(password_file))) if key_path else None
+        report = run_publish(ws.state, ws.config, ws.path, phase, key=loader)
     if as_json:
         emit_json(report.as_dict())
         return

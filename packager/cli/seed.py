@@ -14,8 +14,8 @@ from rich.table import Table
 
 from ..config import format_size, parse_size
 from ..errors import UsageError
-from ..state import open_state
-from ._app import JsonOpt, Workspace, app, emit_json, err, out
+from ..workspace import Workspace
+from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out
 
 PhaseOpt = Annotated[
     list[str] | None,
@@ -25,7 +25,7 @@ PhaseOpt = Annotated[
 
 @app.command()
 def seed(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     phase: PhaseOpt = None,
     listen: Annotated[str | None, typer.Option(help="Listen interfaces, HOST:PORT[,HOST:PORT...].")] = None,
     upload_limit: Annotated[
@@ -60,7 +60,7 @@ def seed(
     Example:
         packager seed music-release --listen 0.0.0.0:6881 --upload-limit 100MB --status-port 8181
     """
-    from ..seed import load_seed_settings, parse_libtorrent_flag
+    from ..seed import load_seed_settings, parse_libtorrent_flag  # libtorrent (0.3 s): only where it seeds
     from ..seed import seed as run_seed
 
     try:
@@ -83,9 +83,9 @@ def seed(
     # A signal only asks the loop to stop: resume data is then saved before the exit (status 0).
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _SeedDisplay(quiet=as_json) as display:
+        with Workspace.open(workspace) as ws, _SeedDisplay(quiet=as_json) as display:
             report = run_seed(
-                workspace,
+                ws,
                 phase,
                 settings,
                 stop=stop,
@@ -209,7 +209,7 @@ def snapshot_view(snap, top: int):
 
 @app.command()
 def push(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     client: Annotated[
         str,
         typer.Option(
@@ -239,11 +239,11 @@ def push(
     Example:
         packager push music-release --client qbittorrent+http://admin:pw@seedbox:8080 --data-path /srv/music
     """
-    from ..clients import push as run_push
+    from ..clients import push as run_push  # with ..seed: libtorrent (0.3 s), only for this command
     from ..seed import published_torrents
 
-    with open_state(workspace) as state:
-        torrents = published_torrents(state, workspace, phase)
+    with Workspace.open(workspace, config=False) as ws:
+        torrents = published_torrents(ws, phase)
     results = run_push(torrents, client, data_path, category=category, tags=tags or ())
     if as_json:
         emit_json([vars(r) for r in results])
@@ -261,7 +261,7 @@ def push(
 
 @app.command("tracker-whitelist")
 def tracker_whitelist(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to this file (atomically).")
     ] = None,
@@ -276,10 +276,10 @@ def tracker_whitelist(
         packager tracker-whitelist music-release -o /etc/opentracker/whitelist.txt
         kill -HUP "$(pidof opentracker)"
     """
-    from ..seed import whitelist_hashes, write_whitelist
+    from ..seed import whitelist_hashes, write_whitelist  # libtorrent (0.3 s): only for this command
 
-    with open_state(workspace) as state:
-        hashes = whitelist_hashes(state, phase)
+    with Workspace.open(workspace, config=False) as ws:
+        hashes = whitelist_hashes(ws, phase)
     if output is None:
         sys.stdout.write("".join(f"{h}\n" for h in hashes))
         return

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from ..config import format_size, load_config
-from ..state import open_state
-from ._app import JsonOpt, Workspace, app, emit_json, err, out
+from ..build import BuildPlanned, BytesDone, ShardFailed, ShardFinished, ShardStarted, remake_torrents
+from ..build import build as run_build
+from ..config import format_binary, format_size, parse_size
+from ..container import ShardReader
+from ..errors import UsageError
+from ..workspace import Workspace
+from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out
 
 
 @app.command()
 def build(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", help="Shards built at once (0: one per two cores).")
     ] = 0,
@@ -29,11 +34,8 @@ def build(
     Example:
         packager build music-release --jobs 8 --phase metadata
     """
-    from ..build import build as run_build
-
-    config = load_config(workspace)
-    with open_state(workspace) as state, _BuildProgress(as_json) as on_event:
-        report = run_build(state, config, workspace, jobs_count=jobs, phase=phase, on_event=on_event)
+    with Workspace.open(workspace) as ws, _BuildProgress(as_json) as on_event:
+        report = run_build(ws, jobs_count=jobs, phase=phase, on_event=on_event)
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -70,8 +72,6 @@ def extract(
         packager extract music-audio-t1-00001.tar.zst trk-000042 -o out/
         packager extract music-audio-t1-00001.tar.zst --list
     """
-    from ..container import ShardReader
-
     with ShardReader(shard) as reader:
         if list_members or not keys:
             records = reader.manifest()
@@ -95,7 +95,7 @@ def extract(
 
 @app.command()
 def torrent(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     phase: Annotated[str | None, typer.Option(help="Only this phase's torrents.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -107,16 +107,13 @@ def torrent(
     Example:
         packager torrent music-release --phase audio
     """
-    from ..build import remake_torrents
-
-    config = load_config(workspace)
-    with open_state(workspace) as state:
-        made = remake_torrents(state, config, workspace, phase)
+    with Workspace.open(workspace) as ws:
+        made = remake_torrents(ws, phase)
     if as_json:
-        emit_json(made)
+        emit_json([t.as_dict() for t in made])
         return
     for t in made:
-        out.print(f"{t['shard']}  {t['info_hash_v1'] or t['info_hash_v2']}")
+        out.print(f"{t.shard}  {t.info_hash_v1 or t.info_hash_v2}")
     out.print(f"wrote {len(made)} torrents")
 
 
@@ -130,9 +127,7 @@ def show(
     Example:
         packager show torrents/music-audio-t1-00001.tar.zst.torrent --json
     """
-    from dataclasses import asdict
-
-    from ..torrent import read_torrent
+    from ..torrent import read_torrent  # libtorrent (0.3 s to import): only for this command
 
     info = read_torrent(torrent_file)
     if as_json:
@@ -194,8 +189,6 @@ class _BuildProgress:
         return self.on_event
 
     def on_event(self, event) -> None:
-        from ..build import BuildPlanned, BytesDone, ShardFailed, ShardFinished, ShardStarted
-
         p = self.progress
         if isinstance(event, BuildPlanned):
             p.update(self.overall, total=event.total, description=f"all {event.shards} shards")
@@ -236,9 +229,7 @@ def piece_size(
         packager piece-size
         packager piece-size 50GB 120MB
     """
-    from ..config import format_binary, parse_size
-    from ..errors import UsageError
-    from ..torrent import piece_count, piece_size_for, piece_size_table
+    from ..torrent import piece_count, piece_size_for, piece_size_table  # libtorrent: only here
 
     if sizes:
         try:

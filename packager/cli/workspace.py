@@ -8,14 +8,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..config import format_size, init_workspace, load_config
-from ..state import open_state
-from ._app import JsonOpt, Workspace, app, count_progress, emit_json, out
+from ..catalog import IngestOptions
+from ..catalog import ingest as run_ingest
+from ..config import format_size
+from ..plan import plan as run_plan
+from ..plan import release_status, remove_items
+from ..workspace import Workspace
+from ._app import JsonOpt, WorkspaceArg, app, count_progress, emit_json, out
 
 
 @app.command()
 def init(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     root: Annotated[Path, typer.Option("--root", help="The archive root: catalog paths are relative to it.")],
     name: Annotated[str | None, typer.Option(help="Release name (default: the root folder's name).")] = None,
 ) -> None:
@@ -24,7 +28,8 @@ def init(
     Example:
         packager init music-release --root /srv/archive --name music
     """
-    config = init_workspace(workspace, root, name)
+    with Workspace.init(workspace, root, name) as ws:
+        config = ws.config
     out.print(f"created {workspace}/release.toml (release {config.name!r}, root {config.root})")
     out.print(
         f"phases: {', '.join(p.name for p in config.phases)}; edit release.toml, then `packager ingest`"
@@ -33,7 +38,7 @@ def init(
 
 @app.command()
 def ingest(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     catalogs: Annotated[list[Path], typer.Argument(help="Catalog files: .jsonl, .csv or .sqlite.")],
     table: Annotated[str | None, typer.Option(help="Table to read from a SQLite catalog.")] = None,
     trust_sizes: Annotated[
@@ -56,14 +61,12 @@ def ingest(
         packager ingest music-release catalog/tracks.jsonl catalog/art.csv
         packager ingest music-release catalog.sqlite --table tracks --trust-sizes
     """
-    from ..catalog import IngestOptions
-    from ..catalog import ingest as run_ingest
-
-    config = load_config(workspace)
-    rejects = rejects or (workspace / "rejects.jsonl")
-    options = IngestOptions(table=table, trust_sizes=trust_sizes, skip_invalid=skip_invalid, rejects=rejects)
-    with open_state(workspace) as state, count_progress("rows read", as_json) as tick:
-        report = run_ingest(state, config, catalogs, options, on_rows=tick)
+    with Workspace.open(workspace) as ws, count_progress("rows read", as_json) as tick:
+        rejects = rejects or ws.rejects_file
+        options = IngestOptions(
+            table=table, trust_sizes=trust_sizes, skip_invalid=skip_invalid, rejects=rejects
+        )
+        report = run_ingest(ws, catalogs, options, on_rows=tick)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -79,7 +82,7 @@ def ingest(
 
 @app.command()
 def plan(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would change; store nothing.")
     ] = False,
@@ -90,11 +93,8 @@ def plan(
     Example:
         packager plan music-release --dry-run
     """
-    from ..plan import plan as run_plan
-
-    config = load_config(workspace)
-    with open_state(workspace) as state, count_progress("items planned", as_json) as tick:
-        report = run_plan(state, config, dry_run=dry_run, on_items=tick)
+    with Workspace.open(workspace) as ws, count_progress("items planned", as_json) as tick:
+        report = run_plan(ws, dry_run=dry_run, on_items=tick)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -114,7 +114,7 @@ def plan(
 
 @app.command()
 def status(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     shards: Annotated[bool, typer.Option("--shards", help="List every shard, not only the totals.")] = False,
     magnets: Annotated[bool, typer.Option("--magnets", help="Print each built shard's magnet link.")] = False,
     as_json: JsonOpt = False,
@@ -126,11 +126,8 @@ def status(
         packager status music-release --magnets
         packager status music-release --json | jq '.shards[].magnet'
     """
-    from ..plan import release_status
-
-    config = load_config(workspace)
-    with open_state(workspace) as state:
-        data = release_status(state, config)
+    with Workspace.open(workspace) as ws:
+        data = release_status(ws)
     if as_json:
         emit_json(data)
         return
@@ -179,7 +176,7 @@ def render_status(data: dict, show_shards: bool) -> None:
 
 @app.command()
 def remove(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     ids: Annotated[list[str], typer.Argument(help="Ids of items no longer in the archive.")],
     as_json: JsonOpt = False,
 ) -> None:
@@ -189,10 +186,8 @@ def remove(
     Example:
         packager remove music-release trk-000042 trk-000043
     """
-    from ..plan import remove_items
-
-    with open_state(workspace) as state:
-        done = remove_items(state, ids)
+    with Workspace.open(workspace, config=False) as ws:
+        done = remove_items(ws, ids)
     if as_json:
         emit_json([vars(r) for r in done])
         return
@@ -212,6 +207,6 @@ def demo(
     Example:
         packager demo /tmp/packager-demo
     """
-    from ..demo import run_demo
+    from ..demo import run_demo  # it seeds, so it imports libtorrent (0.3 s): only for this command
 
     run_demo(workspace, audio_files=files, say=lambda text: out.print(text, markup=True))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from packager import layout
 from packager.manifest import generate_keypair, load_signing_key
-from packager.publish import PUBLISHED_DIR
 from tests.test_build import prepare, run_build
 from tests.test_publish import catalog, do_publish
 
@@ -35,7 +35,7 @@ def signed(workspace, archive, tmp_path) -> tuple[Path, Path]:
     pair = generate_keypair(tmp_path / "keys" / "release.key", None)
     for phase in ("metadata", "audio"):
         do_publish(workspace, phase, key=lambda: load_signing_key(pair.secret))
-    return workspace / PUBLISHED_DIR, pair.public
+    return workspace / layout.PUBLISHED, pair.public
 
 
 def mirror(published: Path, dest: Path, shards: list[Path]) -> Path:

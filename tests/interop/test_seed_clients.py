@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from packager import layout
 from packager.cli import app
-from packager.config import CONFIG_NAME
 from packager.seed import read_status
 from packager.state import open_state
 from tests.helpers import need, seed_command, sha256_of
@@ -142,7 +142,7 @@ def swarm(make_workspace, archive, opentracker, seeder, tmp_path):
     assert hashes == (ws / "published" / "whitelist.txt").read_text().split()
     tracker = opentracker(hashes)
     # Info-hashes do not cover trackers: point the .torrent files at this tracker's port, hashes unchanged.
-    config = ws / CONFIG_NAME
+    config = ws / layout.CONFIG
     config.write_text(config.read_text().replace("http://127.0.0.1:6969/announce", tracker.announce_url))
     cli("torrent", str(ws))
     assert [s.info_hash for s in shards_of(ws)] == hashes

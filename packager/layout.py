@@ -1,0 +1,83 @@
+"""Every file and folder name of a release workspace and of a published release, defined once.
+
+A workspace (``DIR/``)                         A published release (``DIR/published/``, a mirror's folder)
+  release.toml      the config                    release.json (+ .minisig)   every torrent of every phase
+  state.sqlite      catalog, plan, build state     torrents.json               the list mirrors' scripts read
+  shards/           <name>.tar.zst                 SHA256SUMS (+ .minisig)     coreutils checksums
+  torrents/         <name>.tar.zst.torrent         whitelist.txt               opentracker's access list
+  published/        the published release          feed.xml, index.html        RSS and a static page
+  seed/             <info-hash>.fastresume         members.sqlite              the member index
+  rejects.jsonl     rows --skip-invalid refused    torrents/, shards/          as in the workspace
+
+Paths recorded in state.sqlite and in release.json are relative POSIX paths built here (``shard_file``,
+``torrent_file``), so the workspace and a mirror's folder share one shape.
+"""
+
+from __future__ import annotations
+
+# ---- the workspace ----------------------------------------------------------------------------------------
+CONFIG = "release.toml"
+STATE = "state.sqlite"
+SHARDS = "shards"
+TORRENTS = "torrents"
+PUBLISHED = "published"
+RESUME = "seed"  # the seeder's fast-resume files
+REJECTS = "rejects.jsonl"
+
+# ---- suffixes ---------------------------------------------------------------------------------------------
+SHARD_SUFFIX = ".tar.zst"
+TORRENT_SUFFIX = ".torrent"
+PART_SUFFIX = ".part"  # a file being written; renamed into place when complete
+RESUME_SUFFIX = ".fastresume"
+SIGNATURE_SUFFIX = ".minisig"
+
+# ---- the published release --------------------------------------------------------------------------------
+RELEASE_JSON = "release.json"
+TORRENTS_JSON = "torrents.json"
+SHA256SUMS = "SHA256SUMS"
+WHITELIST = "whitelist.txt"
+FEED = "feed.xml"
+INDEX_HTML = "index.html"
+MEMBER_INDEX = "members.sqlite"
+# A publish writes PUBLISHED_TMP<random>/ and swaps it in; the old folder may pass as PUBLISHED_OLD<random>/.
+PUBLISHED_TMP = f"{PUBLISHED}.tmp-"
+PUBLISHED_OLD = f"{PUBLISHED}.old-"
+
+
+def shard_file_name(name: str) -> str:
+    """A shard's file name, which is also its torrent's name: ``<name>.tar.zst``."""
+    return f"{name}{SHARD_SUFFIX}"
+
+
+def shard_file(name: str) -> str:
+    """``shards/<name>.tar.zst``, relative to a workspace or a mirror's folder."""
+    return f"{SHARDS}/{shard_file_name(name)}"
+
+
+def torrent_file_name(name: str) -> str:
+    return f"{shard_file_name(name)}{TORRENT_SUFFIX}"
+
+
+def torrent_file(name: str) -> str:
+    """``torrents/<name>.tar.zst.torrent``, relative to a workspace or a mirror's folder."""
+    return f"{TORRENTS}/{torrent_file_name(name)}"
+
+
+def shard_name(file_name: str) -> str | None:
+    """The shard name of a ``<name>.tar.zst`` file name; None for any other name."""
+    if file_name.endswith(SHARD_SUFFIX) and len(file_name) > len(SHARD_SUFFIX):
+        return file_name[: -len(SHARD_SUFFIX)]
+    return None
+
+
+def part_name(file_name: str) -> str:
+    return f"{file_name}{PART_SUFFIX}"
+
+
+def signature_name(file_name: str) -> str:
+    """The minisign signature beside a published file: ``SHA256SUMS.minisig``."""
+    return f"{file_name}{SIGNATURE_SUFFIX}"
+
+
+def resume_file_name(key: str) -> str:
+    return f"{key}{RESUME_SUFFIX}"

@@ -1,0 +1,92 @@
+"""A release workspace at a path: its config, its state database and its lock. Every stage takes one.
+
+``Workspace.open(DIR)`` loads and checks release.toml, then opens state.sqlite (in that order, so a folder
+that is no workspace at all is reported by its missing release.toml). Commands that only read or mark the
+state (remove, push, tracker-whitelist) open it with ``config=False``: a release.toml being edited does not
+stop them, and the config is still loaded if asked for.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from . import layout
+from .config import ReleaseConfig, init_workspace, load_config
+from .fsutil import workspace_lock
+from .state import State, open_state
+
+
+class Workspace:
+    """One release workspace: ``config`` (typed release.toml), ``state`` (state.sqlite), paths, the lock."""
+
+    def __init__(self, path: Path, state: State, config: ReleaseConfig | None = None):
+        self.path = Path(path)
+        self.state = state
+        self._config = config
+
+    @classmethod
+    def open(cls, path: Path, *, config: bool = True) -> Workspace:
+        path = Path(path)
+        loaded = load_config(path) if config else None
+        return cls(path, open_state(path), loaded)
+
+    @classmethod
+    def init(cls, path: Path, root: Path, name: str | None = None) -> Workspace:
+        """Create release.toml (commented defaults) and state.sqlite in a new or empty folder, and open it."""
+        config = init_workspace(path, root, name)
+        return cls(Path(path), open_state(path), config)
+
+    @property
+    def config(self) -> ReleaseConfig:
+        if self._config is None:
+            self._config = load_config(self.path)
+        return self._config
+
+    def close(self) -> None:
+        self.state.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.path)!r})"
+
+    def locked(self, what: str) -> AbstractContextManager[None]:
+        """One writer at a time (build, publish); EnvironmentProblem naming `what` if another one runs."""
+        return workspace_lock(self.path, what)
+
+    # ---- paths, all from layout -----------------------------------------------------------------------
+
+    def file(self, relative: str) -> Path:
+        """A path recorded in the state (``shards/...``, ``torrents/...``) as a path on this machine."""
+        return self.path / relative
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.path / layout.SHARDS
+
+    @property
+    def torrents_dir(self) -> Path:
+        return self.path / layout.TORRENTS
+
+    @property
+    def published_dir(self) -> Path:
+        return self.path / layout.PUBLISHED
+
+    @property
+    def resume_dir(self) -> Path:
+        return self.path / layout.RESUME
+
+    @property
+    def rejects_file(self) -> Path:
+        return self.path / layout.REJECTS
+
+    def shard_path(self, name: str) -> Path:
+        return self.path / layout.shard_file(name)
+
+    def torrent_path(self, name: str) -> Path:
+        return self.path / layout.torrent_file(name)
