@@ -109,6 +109,30 @@ CREATE TABLE IF NOT EXISTS publications (
     phase TEXT PRIMARY KEY,
     published_at TEXT NOT NULL
 );
+-- Swarm health (packager health): one run per scrape, what each source (a tracker, our seeder's status
+-- port) said, and its counts per torrent; history is kept. Queries in state_scrapes.py.
+CREATE TABLE IF NOT EXISTS scrape_runs (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL            -- ISO 8601 UTC
+);
+CREATE TABLE IF NOT EXISTS scrape_sources (
+    run_id INTEGER NOT NULL REFERENCES scrape_runs(id),
+    source TEXT NOT NULL,       -- a tracker's announce URL, or "seeder 127.0.0.1:PORT"
+    protocol TEXT NOT NULL,     -- udp | http | https | seeder
+    answered INTEGER NOT NULL,  -- torrents it gave counts for
+    error TEXT,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (run_id, source)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scrapes (
+    shard_id INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    seeders INTEGER NOT NULL,
+    leechers INTEGER,           -- NULL from our seeder, which sees peers, not the swarm
+    completed INTEGER,
+    PRIMARY KEY (shard_id, run_id, source)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS published_torrents (
     n INTEGER PRIMARY KEY,      -- release order: only ever appended to
     shard_id INTEGER NOT NULL UNIQUE REFERENCES shards(id),

@@ -27,7 +27,7 @@ from tests.test_build import prepare, run_build
 
 MANIFESTS = Path(__file__).parent.parent / "manifests"
 PUBLISHED_FILES = {"release.json", "torrents.json", "SHA256SUMS", "feed.xml", "index.html", "whitelist.txt",
-                   "members.sqlite", "torrents"}  # fmt: skip
+                   "members.sqlite", "torrents", "swarm.json", "swarm.html"}  # fmt: skip
 
 
 def schema(name: str) -> dict:
