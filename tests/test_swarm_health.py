@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from packager.cli import app
-from packager.config import load_config
 from packager.publish import PUBLISHED_DIR
 from packager.state import open_state
 from packager.state_scrapes import daily_history
 from packager.swarm.health import health
 from packager.swarm.model import bucket_of
+from packager.workspace import Workspace
 from tests.fake_tracker import FakeHttpTracker, FakeUdpTracker, SilentTcpServer, unused_port
 from tests.test_build import prepare, run_build
 from tests.test_publish import catalog, do_publish, folder_digests, validate
@@ -57,8 +57,8 @@ def entries(ws):
 
 
 def run(ws, urls, **kw):
-    with open_state(ws) as state:
-        return health(state, load_config(ws), ws, urls, **kw)
+    with Workspace.open(ws) as workspace:
+        return health(workspace, urls, **kw)
 
 
 def signed_digests(ws):

@@ -9,15 +9,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..config import format_size, load_config, parse_size
+from ..config import format_size, parse_size
 from ..errors import UsageError
-from ..state import open_state
-from ._app import JsonOpt, Workspace, app, emit_json, err, out
+from ..workspace import Workspace
+from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out
 
 
 @app.command()
 def health(
-    workspace: Workspace,
+    workspace: WorkspaceArg,
     tracker: Annotated[
         list[str] | None,
         typer.Option("--tracker", help="Scrape this tracker instead of release.toml's (repeatable)."),
@@ -42,9 +42,8 @@ def health(
     """
     from ..swarm.health import health as run_health
 
-    config = load_config(workspace)
-    with open_state(workspace) as state:
-        report = run_health(state, config, workspace, tracker, status_port, timeout)
+    with Workspace.open(workspace) as ws:
+        report = run_health(ws, tracker, status_port, timeout)
     if as_json:
         emit_json(report.as_dict())
         return

@@ -18,12 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .. import layout
-from ..config import ReleaseConfig
 from ..errors import RemoteError, UsageError
 from ..manifest import TorrentEntry
-from ..state import State
 from ..state_scrapes import CountRow, SourceRow, record_run
+from ..workspace import Workspace
 from .model import SwarmView, swarm_view
 from .net import display_url, http_get, safe_text
 from .scrape import ScrapeResult, scrape
@@ -50,9 +48,7 @@ class HealthReport:
 
 
 def health(
-    state: State,
-    config: ReleaseConfig,
-    workspace: Path,
+    ws: Workspace,
     trackers: Sequence[str] | None = None,
     status_port: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -62,6 +58,7 @@ def health(
     from .live import write_live_files
 
     started = time.monotonic()
+    state, config, workspace = ws.state, ws.config, ws.path
     entries = [(sid, TorrentEntry.from_json(text)) for sid, _, text in state.published_entries()]
     if not entries:
         raise UsageError(
@@ -100,7 +97,7 @@ def health(
         rows += found
     run = record_run(state, at, sources, rows)
     view = swarm_view(state, config.name, [p.name for p in config.phases])
-    written = write_live_files(Path(workspace) / layout.PUBLISHED, view)
+    written = write_live_files(ws.published_dir, view)
     return HealthReport(view, run, written, round(time.monotonic() - started, 3))
 
 

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
-from ..config import load_config
 from ..errors import RemoteError, TorrentError, UsageError
 from ..fsutil import write_atomic
 from ..layout import CONFIG, PUBLISHED, STATE, SWARM_JSON, TORRENTS, TORRENTS_JSON
-from ..state import open_state
+from ..workspace import Workspace
 from .live import LiveCounts, read_swarm_counts
 from .net import display_url, http_get
 
@@ -214,10 +213,9 @@ def load_candidates(source: str) -> tuple[list[Candidate], int, str]:
 def _from_workspace(workspace: Path) -> list[Candidate]:
     from .model import swarm_view
 
-    config = load_config(workspace)
-    order = [p.name for p in config.phases]
-    with open_state(workspace) as state:
-        view = swarm_view(state, config.name, order)
+    with Workspace.open(workspace) as ws:
+        order = [p.name for p in ws.config.phases]
+        view = swarm_view(ws.state, ws.config.name, order)
     if not view.torrents:
         raise UsageError(f"{workspace}: nothing is published yet", hint="publish a phase first")
     rank_of = {p: i for i, p in enumerate(order)}
