@@ -31,18 +31,18 @@ from .errors import ContainerError, PublishError
 from .fsutil import file_sha256, fsync_dir, fsync_file, workspace_lock, write_durable
 from .manifest import (
     FileEntry,
-    MemberIndex,
     PhaseEntry,
     SigningKey,
     TorrentEntry,
     json_number,
-    member_rows,
+    listed_torrents,
     release_json,
     sha256sums,
     torrent_url,
     torrents_json,
     whitelist,
 )
+from .member_index import MemberIndex, member_rows
 from .state import ShardRow, State, TorrentFacts
 from .swarm.live import live_files
 from .swarm.model import swarm_view
@@ -248,7 +248,7 @@ def _write_folder(
     release = release_json(config.name, __version__, phases, entries)
     files = {
         layout.RELEASE_JSON: release,
-        layout.TORRENTS_JSON: torrents_json(config.name, config.base_url, entries),
+        layout.TORRENTS_JSON: torrents_json(listed_torrents(config.name, config.base_url, entries)),
         layout.SHA256SUMS: sums,
         layout.WHITELIST: whitelist(entries),
         layout.FEED: feed_xml(config.name, config.base_url, entries),

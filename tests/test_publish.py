@@ -19,7 +19,8 @@ from packager import publish as publish_module
 from packager.cli import app
 from packager.container import ShardReader, manifest_line
 from packager.errors import ConfigError, PublishError
-from packager.manifest import MemberIndex, TorrentEntry, load_signing_key, verify_signature
+from packager.manifest import TorrentEntry, load_signing_key, verify_signature
+from packager.member_index import MemberIndex
 from packager.publish import publish
 from packager.state import open_state
 from packager.workspace import Workspace
