@@ -157,7 +157,8 @@ def _write_index(ws: Path, target: Path) -> None:
     """The member index of every planned shard as if each were built: one frame per member, 16 MiB pieces.
     Reads the members from the state as publish does, so the figure is the index write at this size."""
     from packager.container import Frame
-    from packager.manifest import FileEntry, MemberIndex, TorrentEntry, member_rows
+    from packager.manifest import FileEntry, TorrentEntry
+    from packager.member_index import MemberIndex, member_rows
     from packager.state import State
 
     state = State(ws / "state.sqlite", readonly=True)
@@ -189,7 +190,7 @@ def _write_index(ws: Path, target: Path) -> None:
 
 
 def _locate(index: Path, catalog: Path) -> None:
-    from packager.manifest import MemberIndex
+    from packager.member_index import MemberIndex
 
     rng = random.Random(5)
     size = catalog.stat().st_size
