@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ClientError, UsageError
 from .hashing import truncated_v2
-from .seed import SeedTorrent
+from .seed.selection import SeedTorrent
 
 SCHEMES = ("qbittorrent+http", "qbittorrent+https", "transmission+http", "transmission+https")
 DEFAULT_PORTS = {"qbittorrent": 8080, "transmission": 9091}

@@ -10,13 +10,13 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import layout
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
 CONFIG_NAME = layout.CONFIG  # the name tests/test_verify.py imports; to go once it imports layout
 FORMATS = ("v1", "hybrid", "v2")
@@ -133,6 +133,7 @@ class ReleaseConfig:
     creation_date: int | None = None
     base_url: str = ""
     signing_key: Path | None = None
+    seed: SeedSettings = field(default_factory=lambda: SeedSettings())
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -148,6 +149,105 @@ class ReleaseConfig:
         raise ConfigError(
             self.path, "phases", f"no phase named {name!r}", allowed=", ".join(p.name for p in self.phases)
         )
+
+
+# ---- [seed]: how `packager seed` runs its libtorrent session ----------------------------------------------
+
+CHOKERS = ("round_robin", "fastest_upload", "anti_leech")
+DEFAULT_LISTEN = "0.0.0.0:6881,[::]:6881"
+
+
+@dataclass(frozen=True)
+class SeedSettings:
+    """How the session runs: release.toml's [seed] table, then command-line flags. Checked on creation, except
+    the names in `libtorrent`, which only libtorrent knows: seed/session.py checks them making the session."""
+
+    listen: str = DEFAULT_LISTEN  # libtorrent listen_interfaces: comma-separated HOST:PORT
+    upload_limit: int = 0  # bytes per second for the whole session; 0: unlimited
+    connections_limit: int = 8000  # high_performance_seed's figure
+    upload_slots: int = -1  # unchoked peers; -1 (high_performance_seed): all, so the choker rarely matters
+    dht: bool = True
+    lsd: bool = False  # local discovery multicasts every info-hash on the LAN: useless in a data centre
+    port_mapping: bool = False  # UPnP / NAT-PMP, for a seeder behind a home router
+    seed_choking: str = "round_robin"  # round_robin | fastest_upload | anti_leech, when upload slots run out
+    resume_interval: float = 300.0  # seconds between fast-resume saves
+    batch_size: int = 500  # torrents per async_add_torrent batch
+    shutdown_timeout: float = 60.0  # seconds to wait for resume data at shutdown
+    libtorrent: tuple[tuple[str, bool | int | str], ...] = ()  # raw settings_pack overrides, applied last
+    origin: Path | None = field(default=None, compare=False)  # the release.toml they came from, for messages
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.listen, str) or not self.listen.strip():
+            raise UsageError(f"listen {self.listen!r}: expected HOST:PORT[,HOST:PORT...]")
+        if self.seed_choking not in CHOKERS:
+            raise UsageError(f"seed choking {self.seed_choking!r} is not one of {', '.join(CHOKERS)}")
+        for name in ("upload_limit", "connections_limit", "batch_size"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < (0 if name == "upload_limit" else 1)
+            ):
+                raise UsageError(f"{name} {value!r}: expected a positive number")
+        if (
+            isinstance(self.upload_slots, bool)
+            or not isinstance(self.upload_slots, int)
+            or self.upload_slots < -1
+        ):
+            raise UsageError(f"upload_slots {self.upload_slots!r}: expected -1 (all) or a number of peers")
+        for name in ("resume_interval", "shutdown_timeout"):
+            if not isinstance(getattr(self, name), int | float) or getattr(self, name) <= 0:
+                raise UsageError(f"{name} {getattr(self, name)!r}: expected seconds above 0")
+        for name, value in self.libtorrent:
+            if not isinstance(name, str) or not isinstance(value, bool | int | str):
+                raise UsageError(f"libtorrent setting {name}={value!r}: expected a boolean, number or string")
+
+    def with_overrides(self, **flags) -> SeedSettings:
+        """A copy with every flag that is not None applied (the command line wins over release.toml)."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        if "libtorrent" in given:
+            given["libtorrent"] = (*self.libtorrent, *given["libtorrent"])
+        return replace(self, **given)
+
+
+_SEED_KEYS = {
+    "listen": str,
+    "upload_limit": (str, int),
+    "connections_limit": int,
+    "upload_slots": int,
+    "dht": bool,
+    "lsd": bool,
+    "port_mapping": bool,
+    "seed_choking": str,
+    "resume_interval": (int, float),
+    "batch_size": int,
+    "shutdown_timeout": (int, float),
+    "libtorrent": dict,
+}
+
+
+def _seed_settings(table: Any, file: Path) -> SeedSettings:
+    """SeedSettings from release.toml's [seed] table; ConfigError names the key."""
+    if not isinstance(table, dict):
+        raise ConfigError(file, "seed", "expected a [seed] table")
+    values: dict = {}
+    for key, raw in table.items():
+        if key not in _SEED_KEYS:
+            raise ConfigError(file, f"seed.{key}", "unknown key", ", ".join(sorted(_SEED_KEYS)))
+        kind = _SEED_KEYS[key]
+        if not isinstance(raw, kind) or (isinstance(raw, bool) and kind is not bool):
+            raise ConfigError(file, f"seed.{key}", f"{raw!r} has the wrong type")
+        values[key] = raw
+    try:
+        if "upload_limit" in values:
+            values["upload_limit"] = parse_size(values["upload_limit"])
+        if "libtorrent" in values:
+            values["libtorrent"] = tuple(values["libtorrent"].items())
+        return SeedSettings(**values, origin=file)
+    except ValueError as e:
+        raise ConfigError(file, "seed.upload_limit", str(e), "bytes per second, e.g. 50MB") from None
+    except UsageError as e:
+        raise ConfigError(file, "seed", e.message) from None
 
 
 class _Reader:
@@ -320,12 +420,7 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
         raise ConfigError(path, "(syntax)", str(e)) from None
     top = _Reader(path, data, "")
     top.unknown_keys({"release", "torrents", "publish", "phases", "seed"})
-    if "seed" in data:  # checked now, naming the key, though only `packager seed` uses it
-        from .seed import settings_from_table
-
-        if not isinstance(data["seed"], dict):
-            raise top.fail("seed", "expected a [seed] table")
-        settings_from_table(data["seed"], path)
+    seed = _seed_settings(data["seed"], path) if "seed" in data else SeedSettings(origin=path)
     rel = _Reader(path, top.get("release", dict), "release")
     rel.unknown_keys({"name", "root", "mtime", "creation_date"})
     name = rel.get("name", str)
@@ -366,6 +461,7 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
         source=tor.get("source", str, "") or None,
         base_url=pub.get("base_url", str, ""),
         signing_key=Path(os.path.normpath(path.parent / Path(key).expanduser())) if key else None,
+        seed=seed,
     )
 
 
@@ -393,7 +489,7 @@ def default_config_text(name: str, root: Path) -> str:
 
 def init_workspace(workspace: Path, root: Path, name: str | None = None) -> ReleaseConfig:
     """Create release.toml (commented defaults) and state.sqlite in a new or empty folder."""
-    from .errors import UsageError, WorkspaceError
+    from .errors import WorkspaceError
     from .state import State
 
     workspace = Path(workspace)

@@ -16,12 +16,13 @@ from pathlib import Path
 from . import layout
 from .build import build
 from .catalog import IngestOptions, ingest
+from .config import SeedSettings
 from .container import ShardReader
 from .errors import ShardBuildError
 from .manifest import generate_keypair, load_signing_key, public_key_path
 from .plan import plan
 from .publish import publish
-from .seed import SeedSettings, seed, whitelist_hashes
+from .seed import seed, whitelist_hashes
 from .workspace import Workspace
 
 SEED = 20261125

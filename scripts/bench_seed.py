@@ -271,7 +271,8 @@ def small_shards(ws: Path, count: int, size: int) -> list[tuple[str, object]]:
 
 def child_start(ws: Path, expect: int, announce: bool, limit: float) -> dict:
     """Seed until every torrent seeds (and has a tracker reply when `announce`), then stop; the figures."""
-    from packager.seed import SeedSettings, Stopped, TorrentsLoaded, seed
+    from packager.config import SeedSettings
+    from packager.seed import Stopped, TorrentsLoaded, seed
     from packager.workspace import Workspace
 
     t0 = time.monotonic()

@@ -2,10 +2,13 @@
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
 
+from packager import layout
 from packager.cli import app
 
 runner = CliRunner()
@@ -117,3 +120,26 @@ def test_status_prints_magnets_of_built_shards(tmp_path):
     r = invoke("status", tmp_path / "demo/release", "--magnets")
     lines = r.output.strip().splitlines()
     assert r.exit_code == 0 and lines and all("magnet:?xt=urn:btih:" in line for line in lines)
+
+
+def test_ingest_and_plan_do_not_import_libtorrent(workspace, archive):
+    """libtorrent (0.3 s to import, and a native library) is for the commands that hash or seed torrents."""
+    archive.add("a.ogg", 10)
+    catalog = archive.jsonl([{"id": "a", "path": "a.ogg", "kind": "audio", "popularity": 1}])
+    config = workspace / layout.CONFIG
+    seed_table = '\n[seed]\nlisten = "127.0.0.1:0"\n[seed.libtorrent]\nmax_rejects = 3\n'
+    config.write_text(config.read_text() + seed_table)
+    script = (
+        "import sys\n"
+        "from packager.cli import app\n"
+        "for args in (['ingest', '--help'], ['ingest', sys.argv[1], sys.argv[2]], ['plan', sys.argv[1]]):\n"
+        "    try:\n"
+        "        app(args)\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, (args, e.code)\n"
+        "assert 'libtorrent' not in sys.modules, 'libtorrent was imported'\n"
+    )
+    command = [sys.executable, "-c", script, str(workspace), str(catalog)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "1 rows: 1 added" in done.stdout

@@ -24,19 +24,19 @@ from typer.testing import CliRunner
 from packager import layout
 from packager.cli import app
 from packager.clients import parse_client_url, push
+from packager.config import SeedSettings, load_config
 from packager.errors import ClientError, ConfigError, EnvironmentProblem, ListenError, UsageError
 from packager.seed import (
     DISK_IO,
     ResumeStore,
     Seeder,
-    SeedSettings,
     SeedSnapshot,
     TorrentFault,
-    load_seed_settings,
     parse_libtorrent_flag,
     published_torrents,
     read_status,
     seed,
+    session_settings,
     whitelist_hashes,
 )
 from packager.state import open_state
@@ -214,7 +214,7 @@ def seed_thread():
 
 
 def test_session_settings_start_from_high_performance_seed_with_limits_lifted():
-    pack = SeedSettings(seed_choking="anti_leech", upload_limit=5_000_000, lsd=True).session_settings()
+    pack = session_settings(SeedSettings(seed_choking="anti_leech", upload_limit=5_000_000, lsd=True))
     hp = lt.high_performance_seed()
     assert pack["send_buffer_watermark"] == hp["send_buffer_watermark"]
     for key in (
@@ -236,14 +236,14 @@ def test_settings_come_from_release_toml_then_flags(workspace):
         config.read_text() + '\n[seed]\nlisten = "127.0.0.1:7000"\nupload_limit = "10MB"\n'
         'dht = false\nseed_choking = "fastest_upload"\n[seed.libtorrent]\nconnection_speed = 50\n'
     )
-    settings = load_seed_settings(workspace)
+    settings = load_config(workspace).seed
     assert (settings.listen, settings.upload_limit, settings.dht) == ("127.0.0.1:7000", 10_000_000, False)
-    assert settings.session_settings()["connection_speed"] == 50
+    assert session_settings(settings)["connection_speed"] == 50
     flags = settings.with_overrides(
         listen="127.0.0.1:7001", dht=None, libtorrent=(parse_libtorrent_flag("max_rejects=3"),)
     )
     assert flags.listen == "127.0.0.1:7001" and flags.dht is False
-    assert flags.session_settings()["max_rejects"] == 3 and flags.session_settings()["connection_speed"] == 50
+    assert session_settings(flags)["max_rejects"] == 3 and session_settings(flags)["connection_speed"] == 50
 
 
 @pytest.mark.parametrize(
@@ -259,8 +259,25 @@ def test_bad_seed_table_names_the_key(workspace, table, key):
     config = workspace / layout.CONFIG
     config.write_text(config.read_text() + f"\n[seed]\n{table}\n")
     with pytest.raises(ConfigError) as e:
-        load_seed_settings(workspace)
+        load_config(workspace)
     assert e.value.key == key and e.value.exit_code == 2
+
+
+def test_raw_libtorrent_names_are_checked_where_the_session_is_made(release):
+    config = release / layout.CONFIG
+    text = config.read_text()
+    bad = (("no_such_setting = 1", "does not exist"), ('connections_limit = "many"', "expected int"))
+    for line, message in bad:
+        config.write_text(text + f"\n[seed.libtorrent]\n{line}\n")
+        settings = load_config(release).seed  # loading the config needs no libtorrent
+        name = line.split()[0]
+        with pytest.raises(ConfigError) as e:
+            session_settings(settings)
+        assert e.value.key == f"seed.libtorrent.{name}" and message in e.value.message
+        assert e.value.message.startswith(f"{config}: seed.libtorrent.{name}: libtorrent setting")
+        command = ["seed", str(release), "--listen", f"{LOOPBACK}:0", "--duration", "0"]
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2 and f"seed.libtorrent.{name}" in result.output, result.output
 
 
 def test_raw_libtorrent_settings_are_checked():
@@ -314,7 +331,7 @@ def test_whitelist_has_v1_and_truncated_v2_hashes(make_workspace, archive, tmp_p
 
 def test_fresh_torrents_seed_in_seed_mode_then_resume_without_any_recheck(release):
     torrents = torrents_of(release)
-    first = Seeder(release, torrents, test_settings())
+    first = Seeder(ResumeStore(release / layout.RESUME), torrents, test_settings())
     first.start()
     assert (first.report.fresh, first.report.resumed) == (len(torrents), 0)
     handles = list(first.handles().values())
@@ -325,7 +342,7 @@ def test_fresh_torrents_seed_in_seed_mode_then_resume_without_any_recheck(releas
 
     snaps: list[SeedSnapshot] = []
     t0 = time.monotonic()
-    second = Seeder(release, torrents, test_settings(), on_snapshot=snaps.append)
+    second = Seeder(ResumeStore(release / layout.RESUME), torrents, test_settings(), on_snapshot=snaps.append)
     second.start()
     try:
         assert (second.report.fresh, second.report.resumed) == (0, len(torrents))
@@ -345,13 +362,13 @@ def test_fresh_torrents_seed_in_seed_mode_then_resume_without_any_recheck(releas
 
 def test_resumed_torrents_announce_to_the_trackers_of_the_current_torrent_files(release):
     torrents = torrents_of(release)
-    first = Seeder(release, torrents, test_settings())
+    first = Seeder(ResumeStore(release / layout.RESUME), torrents, test_settings())
     first.start()
     first.close()
     config = release / layout.CONFIG
     config.write_text(config.read_text().replace("127.0.0.1:6969", "127.0.0.1:6970"))
     assert CliRunner().invoke(app, ["torrent", str(release)]).exit_code == 0
-    second = Seeder(release, torrents, test_settings())
+    second = Seeder(ResumeStore(release / layout.RESUME), torrents, test_settings())
     second.start()
     try:
         assert second.report.resumed == len(torrents)
@@ -367,7 +384,8 @@ def test_missing_and_short_shards_are_reported_and_not_added(release):
     gone.data.unlink()
     with open(short.data, "r+b") as f:
         f.truncate(short.length - 1)
-    seeder = Seeder(release, torrents, test_settings(), state=open_state(release))
+    resume = ResumeStore(release / layout.RESUME)
+    seeder = Seeder(resume, torrents, test_settings(), state=open_state(release))
     try:
         seeder.start()
         reasons = {p.name: p.reason for p in seeder.report.not_added}

@@ -60,7 +60,7 @@ def seed(
     Example:
         packager seed music-release --listen 0.0.0.0:6881 --upload-limit 100MB --status-port 8181
     """
-    from ..seed import load_seed_settings, parse_libtorrent_flag  # libtorrent (0.3 s): only where it seeds
+    from ..seed import parse_libtorrent_flag  # libtorrent (0.3 s): only for the commands that seed
     from ..seed import seed as run_seed
 
     try:
@@ -69,34 +69,35 @@ def seed(
         raise UsageError(
             f"--upload-limit {upload_limit!r}: not a size", hint="e.g. 50MB or 0 for none"
         ) from None
-    settings = load_seed_settings(workspace).with_overrides(
-        listen=listen,
-        upload_limit=limit,
-        connections_limit=connections,
-        upload_slots=upload_slots,
-        dht=dht,
-        lsd=lsd,
-        seed_choking=choking,
-        libtorrent=tuple(parse_libtorrent_flag(s) for s in lt_settings) if lt_settings else None,
-    )
-    stop = threading.Event()
-    # A signal only asks the loop to stop: resume data is then saved before the exit (status 0).
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with Workspace.open(workspace) as ws, _SeedDisplay(quiet=as_json) as display:
-            report = run_seed(
-                ws,
-                phase,
-                settings,
-                stop=stop,
-                duration=duration,
-                status_port=status_port,
-                on_event=display.on_event,
-                on_snapshot=display.on_snapshot,
-            )
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with Workspace.open(workspace) as ws:
+        settings = ws.config.seed.with_overrides(
+            listen=listen,
+            upload_limit=limit,
+            connections_limit=connections,
+            upload_slots=upload_slots,
+            dht=dht,
+            lsd=lsd,
+            seed_choking=choking,
+            libtorrent=tuple(parse_libtorrent_flag(s) for s in lt_settings) if lt_settings else None,
+        )
+        stop = threading.Event()
+        # A signal only asks the loop to stop: resume data is then saved before the exit (status 0).
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with _SeedDisplay(quiet=as_json) as display:
+                report = run_seed(
+                    ws,
+                    phase,
+                    settings,
+                    stop=stop,
+                    duration=duration,
+                    status_port=status_port,
+                    on_event=display.on_event,
+                    on_snapshot=display.on_snapshot,
+                )
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if as_json:
         emit_json(report.as_dict())
         return
