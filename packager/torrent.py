@@ -364,7 +364,8 @@ def _tiers_from(urls: Sequence[str], tiers: Sequence[int]) -> tuple[tuple[str, .
     return tuple(tuple(grouped[t]) for t in sorted(grouped))
 
 
-def _parse(path: Path, data: bytes) -> TorrentInfo:
+def _load(path: Path | str, data: bytes):
+    """libtorrent's (add_torrent_params, torrent_info) of .torrent bytes; TorrentError if it refuses them."""
     if len(data) > METAINFO_MAX_BYTES:
         raise TorrentError(path, f"{len(data)} bytes, over libtorrent's {METAINFO_MAX_BYTES}-byte limit")
     try:
@@ -374,16 +375,28 @@ def _parse(path: Path, data: bytes) -> TorrentInfo:
     ti = params.ti
     if ti is None or not ti.is_valid():
         raise TorrentError(path, "not a valid .torrent: libtorrent found no info dict")
+    return params, ti
+
+
+def _info_hashes(ti) -> tuple[str | None, str | None]:
     hashes = ti.info_hashes()
-    v1 = str(hashes.v1) if hashes.has_v1() else None
-    v2 = str(hashes.v2) if hashes.has_v2() else None
-    fmt = "hybrid" if v1 and v2 else ("v1" if v1 else "v2")
+    return (str(hashes.v1) if hashes.has_v1() else None, str(hashes.v2) if hashes.has_v2() else None)
+
+
+def _files(ti) -> tuple[tuple[str, int], ...]:
     layout = ti.layout()
-    files = tuple(
+    return tuple(
         (layout.file_path(i), layout.file_size(i))
         for i in range(layout.num_files())
         if not layout.file_flags(i) & lt.file_storage.flag_pad_file
     )
+
+
+def _parse(path: Path, data: bytes) -> TorrentInfo:
+    params, ti = _load(path, data)
+    v1, v2 = _info_hashes(ti)
+    fmt = "hybrid" if v1 and v2 else ("v1" if v1 else "v2")
+    files = _files(ti)
     raw_info = lt.bdecode(ti.info_section())
     source = raw_info.get(b"source") if isinstance(raw_info, dict) else None
     trackers = _tiers_from(list(params.trackers), list(params.tracker_tiers))
@@ -410,3 +423,58 @@ def _parse(path: Path, data: bytes) -> TorrentInfo:
         format=fmt,
         metainfo_size=len(data),
     )
+
+
+# --- piece hashes, for a checker ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PieceHashes:
+    """What a single-file .torrent says each piece of its file hashes to; as trusted as the .torrent."""
+
+    length: int
+    piece_size: int
+    v1: bytes | None  # 20 bytes a piece
+    v2_root: bytes | None = None
+    v2_layer: bytes | None = None  # 32 bytes a piece; b"" when the file is one piece or less
+    info_hash_v1: str | None = None
+    info_hash_v2: str | None = None
+
+    @property
+    def count(self) -> int:
+        return piece_count(self.length, self.piece_size)
+
+    @property
+    def kind(self) -> str:
+        return "SHA-1 (v1)" if self.v1 is not None else "SHA-256 merkle (v2)"
+
+
+def read_piece_hashes(data: bytes, where: Path | str, name: str) -> PieceHashes:
+    """The piece hashes in the .torrent `data` of the single file `name`: its v1 SHA-1s when it has them
+    (v1, hybrid), else its BEP 52 piece layer. TorrentError if it describes anything else."""
+    _, ti = _load(where, data)
+    files = _files(ti)
+    if len(files) != 1 or files[0][0] != name:
+        raise TorrentError(where, f"does not describe the single file {name}")
+    length, piece_size = files[0][1], ti.piece_length()
+    v1, v2 = _info_hashes(ti)
+    if v1 is not None:
+        pieces = b"".join(ti.hash_for_piece(i) for i in range(piece_count(length, piece_size)))
+        return PieceHashes(length, piece_size, pieces, info_hash_v1=v1, info_hash_v2=v2)
+    # libtorrent keeps the piece layers to itself; they are in the metainfo's `piece layers` (BEP 52),
+    # which libtorrent does not require, so each step is checked.
+    meta = lt.bdecode(data)
+    tree = _get(_get(_get(_get(meta, b"info"), b"file tree"), name.encode()), b"")
+    root = _get(tree, b"pieces root")
+    layer = _get(_get(meta, b"piece layers"), root) if isinstance(root, bytes) else None
+    if length <= piece_size and layer is None:
+        layer = b""  # BEP 52: a file of one piece or less has no layer; its root covers it
+    expected = 32 * piece_count(length, piece_size) if length > piece_size else 0
+    well_formed = isinstance(root, bytes) and isinstance(layer, bytes)
+    if not well_formed or len(root) != 32 or len(layer) != expected:
+        raise TorrentError(where, "the v2 pieces root or piece layer is missing or the wrong size")
+    return PieceHashes(length, piece_size, None, root, layer, info_hash_v2=v2)
+
+
+def _get(node: object, key: bytes) -> object:
+    return node.get(key) if isinstance(node, dict) else None

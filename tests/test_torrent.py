@@ -463,3 +463,36 @@ def test_spec_checks_the_hashes(hashes):
                               hashes.v2_piece_layer[:-32])  # fmt: skip
     with pytest.raises(TorrentError, match="piece layer"):
         TorrentSpec(NAME, short_layer, "hybrid")
+
+
+# --- piece hashes for a checker -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", T.FORMATS)
+@pytest.mark.parametrize("size", [BLOCK // 2, 4 * BLOCK, 4 * BLOCK + 1])
+def test_read_piece_hashes_gives_back_what_was_hashed(fmt, size, tmp_path):
+    path = write_random(tmp_path / NAME, size)
+    hashes = hash_file(path, 2 * BLOCK)
+    metainfo = build_metainfo(TorrentSpec(NAME, hashes, fmt))
+    got = T.read_piece_hashes(metainfo, "t.torrent", NAME)
+    ident = identity(metainfo)
+    assert (got.length, got.piece_size, got.count) == (size, 2 * BLOCK, -(-size // (2 * BLOCK)))
+    assert (got.info_hash_v1, got.info_hash_v2) == (ident.info_hash_v1, ident.info_hash_v2)
+    if fmt == "v2":  # v1 hashes are used whenever the torrent has them
+        assert got.v1 is None and (got.v2_root, got.v2_layer) == (hashes.v2_root, hashes.v2_piece_layer)
+        assert got.kind == "SHA-256 merkle (v2)"
+    else:
+        assert got.v1 == hashes.v1_pieces and got.kind == "SHA-1 (v1)"
+
+
+def test_read_piece_hashes_refuses_another_file_or_a_missing_piece_layer(tmp_path, shard_file):
+    metainfo = build_metainfo(spec_for(shard_file, "v2"))
+    with pytest.raises(TorrentError, match="single file other.tar.zst"):
+        T.read_piece_hashes(metainfo, "t.torrent", "other.tar.zst")
+    meta = lt.bdecode(metainfo)
+    # A refusal either way, never a traceback: libtorrent refuses some (a layer that is not a string) itself.
+    for layers in ({}, 7, [b"x"], {next(iter(meta[b"piece layers"])): 7}):
+        with pytest.raises(TorrentError, match="piece layer"):
+            T.read_piece_hashes(lt.bencode(meta | {b"piece layers": layers}), "t.torrent", NAME)
+    with pytest.raises(TorrentError, match="not a valid .torrent"):
+        T.read_piece_hashes(metainfo[:-10], "t.torrent", NAME)

@@ -29,19 +29,19 @@ from packager.manifest import generate_keypair, load_signing_key
 from packager.publish import PUBLISHED_DIR, publish
 from packager.state import open_state
 from packager.verify import (
-    BAD_INPUT,
-    DAMAGE,
-    MISSING,
-    NOTE,
     BytesRead,
+    Check,
     FileChecked,
+    FileKind,
+    Level,
     PassStarted,
+    Severity,
+    Status,
     VerifyOptions,
     parse_sha256sums,
     ranges,
     verify,
 )
-from packager.verify import PUBLISHED_DIR as VERIFY_PUBLISHED_DIR
 from tests.conftest import SMALL_CONFIG, Archive
 from tests.test_build import prepare, run_build
 
@@ -190,7 +190,7 @@ def test_untouched_release_is_clean_at_every_level(release):
         assert r.pieces == -(-len(info.data) // info.piece_size)
         assert r.bytes_read == len(info.data), "three levels, one read"
         assert files[info.torrent_rel].status == "ok"
-    assert not [f for f in report.all_findings() if f.severity != NOTE]
+    assert not [f for f in report.all_findings() if f.severity != Severity.NOTE]
     started = [e for e in events if isinstance(e, PassStarted)]
     assert sum(e.n for e in events if isinstance(e, BytesRead)) == sum(e.total for e in started)
     assert len([e for e in events if isinstance(e, FileChecked)]) == len(files)
@@ -355,7 +355,7 @@ def test_fault_is_detected_and_localized(release, tmp_path, seed):
     if kind == "delete":
         assert flagged == {victim} and files[victim].status == "missing"
         assert report.exit_code() == 1 and report.exit_code(partial=True) == 0
-        assert {f.severity for f in files[victim].findings} == {MISSING}
+        assert {f.severity for f in files[victim].findings} == {Severity.MISSING}
         return
     if kind == "swap":
         assert flagged == {victim, other}
@@ -476,7 +476,7 @@ def test_partial_download_missing_files_are_not_damage(release, tmp_path):
     report = check(mirror, pieces=True)
     files = by_path(report)
     assert {p for p, r in files.items() if r.status == "missing"} == set(gone)
-    assert DAMAGE not in {f.severity for f in report.all_findings()}
+    assert Severity.DAMAGE not in {f.severity for f in report.all_findings()}
     assert report.exit_code() == 1 and report.exit_code(partial=True) == 0
     # A client's unfinished download under another name is pointed at, still missing.
     (mirror / (gone[1] + ".part")).write_bytes(b"\0" * 100)
@@ -503,7 +503,6 @@ def test_shards_folder_and_single_files_find_the_release(release, tmp_path):
 
 
 def test_a_workspace_and_its_published_folder_verify_in_place(release):
-    assert VERIFY_PUBLISHED_DIR == PUBLISHED_DIR
     for target in (release.workspace, release.workspace / PUBLISHED_DIR, release.workspace / "shards"):
         report = check(target, pubkey=str(release.pub_file))
         files = by_path(report)
@@ -745,8 +744,14 @@ def test_help_has_an_example():
     assert result.exit_code == 0 and "Example:" in result.output and "--pubkey" in result.output
 
 
-def test_severity_names_are_distinct():
-    assert len({DAMAGE, MISSING, BAD_INPUT, NOTE}) == 4
+def test_the_damage_vocabulary_keeps_its_json_strings():
+    """The enums' values are what --json has always printed; scripts compare against them."""
+    assert [s.value for s in Severity] == ["damage", "missing", "bad input", "note"]
+    assert [s.value for s in Level] == ["release", "file", "piece", "member"]
+    assert [s.value for s in Status] == ["ok", "damaged", "missing", "not a shard", "unlisted"]
+    assert [s.value for s in FileKind] == ["shard", "torrent"]
+    assert [s.value for s in Check] == ["size", "sha256", "pieces", "members"]
+    assert json.dumps({Status.NOT_A_SHARD: [Severity.BAD_INPUT]}) == '{"not a shard": ["bad input"]}'
 
 
 def test_cli_prints_member_paths_literally(tmp_path):

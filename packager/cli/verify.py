@@ -67,16 +67,23 @@ def verify(
 
 
 def _render(report, partial: bool) -> None:
-    from ..verify import BAD_INPUT, DAMAGE, NOTE, format_ranges
+    from ..verify import Level, Severity, Status, format_ranges
 
     table = Table("file", "size", "status", "checked", "details", box=None)
-    style = {"ok": "green", "damaged": "bold red", "missing": "yellow", "not a shard": "bold red"}
+    style = {
+        Status.OK: "green",
+        Status.DAMAGED: "bold red",
+        Status.MISSING: "yellow",
+        Status.NOT_A_SHARD: "bold red",
+    }
     for r in report.files:
         details = []
         if r.bad_pieces:
             details.append(f"bad pieces {format_ranges(r.bad_pieces)} of {r.pieces}")
         container = [
-            f for f in r.findings if f.level == "member" and f.severity == DAMAGE and not f.member_path
+            f
+            for f in r.findings
+            if f.level == Level.MEMBER and f.severity == Severity.DAMAGE and not f.member_path
         ]
         if r.damaged_members:
             details.append(f"{len(r.damaged_members)} damaged member(s)")
@@ -89,7 +96,9 @@ def _render(report, partial: bool) -> None:
         table.add_row(escape(r.path), size, status, ", ".join(r.levels) or "-", "; ".join(details))
     out.print(table)
     for r in report.files:
-        problems = [f for f in r.findings if f.severity in (DAMAGE, BAD_INPUT) and not f.member_path]
+        problems = [
+            f for f in r.findings if f.severity in (Severity.DAMAGE, Severity.BAD_INPUT) and not f.member_path
+        ]
         members = [f for f in r.findings if f.member_path]
         if not problems and not members:
             continue
@@ -98,16 +107,17 @@ def _render(report, partial: bool) -> None:
             out.print(f"  {f.message}", markup=False)
         if len(members) > _SHOWN:
             out.print(f"  ... and {len(members) - _SHOWN} more damaged members (see --json)")
-    notes = [f for f in report.all_findings() if f.severity == NOTE]
+    notes = [f for f in report.all_findings() if f.severity == Severity.NOTE]
     seen = set()
     for f in notes:
-        key = f.message if f.level == "release" else (f.file, f.message)
-        if key not in seen and f.level in ("release", "file"):
+        key = f.message if f.level == Level.RELEASE else (f.file, f.message)
+        if key not in seen and f.level in (Level.RELEASE, Level.FILE):
             seen.add(key)
             err.print(
-                f"note: {f.file}: {f.message}" if f.level != "release" else f"note: {f.message}", markup=False
+                f"note: {f.file}: {f.message}" if f.level != Level.RELEASE else f"note: {f.message}",
+                markup=False,
             )
-    counts = {s: report.count(s) for s in ("ok", "damaged", "missing", "not a shard", "unlisted")}
+    counts = {s: report.count(s) for s in Status}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     code = report.exit_code(partial)
     verdict = {
@@ -116,7 +126,7 @@ def _render(report, partial: bool) -> None:
         2: "[bold red]bad input[/]",
     }
     out.print(f"\n{len(report.files)} files: {summary or 'none'} -> {verdict[code]}")
-    if code == 0 and counts["missing"]:
+    if code == 0 and counts[Status.MISSING]:
         out.print("(--partial: missing files are not counted)")
 
 

@@ -1,0 +1,138 @@
+"""The whole check: the paths given grouped by release folder, the shards to check in each (listed,
+found, or given), checked in parallel, and the files found swapped for one another."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from packager.errors import UsageError
+from packager.layout import SHARD_SUFFIX, SHARDS
+
+from . import findings
+from .references import (
+    References,
+    ShardRef,
+    find_release_root,
+    is_release_root,
+    load_references,
+)
+from .report import Event, FileResult, Finding, Level, Severity, VerifyOptions, VerifyReport
+from .shard import ShardCheck, Target
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob(f"*{SHARD_SUFFIX}") if p.is_file())
+
+
+def _targets_for(paths: Sequence[Path]) -> dict[Path | None, tuple[bool, list[Path], list[Path]]]:
+    """Group the paths by release folder: root -> (whole release?, folders, files)."""
+    groups: dict[Path | None, tuple[bool, list[Path], list[Path]]] = {}
+    for given in paths:
+        path = Path(given)
+        if not path.exists():
+            raise UsageError(
+                f"{path}: no such file or folder", hint="give downloaded shards, or their folder"
+            )
+        whole = path.is_dir() and is_release_root(path)
+        root = path.resolve() if whole else find_release_root(path if path.is_dir() else path.parent)
+        entry = groups.setdefault(root, (False, [], []))
+        if whole:
+            groups[root] = (True, entry[1], entry[2])
+        elif path.is_dir():
+            entry[1].append(path.resolve())
+        else:
+            entry[2].append(path.resolve())
+    return groups
+
+
+def _plan(refs: References, whole: bool, folders: list[Path], files: list[Path]) -> list[Target]:
+    """What to check: with a folder, every shard the release lists (found under its listed path, beside the
+    manifests, or in the folder; else missing) plus unlisted shard files there; with files, just them."""
+    targets: dict[Path, Target] = {}
+    by_name = {Path(rel).name: ref for rel, ref in refs.shards.items()}
+
+    def rel_of(path: Path) -> str:
+        base = next((b for b in refs.bases if path.is_relative_to(b)), None)
+        return str(path.relative_to(base)) if base else str(path)
+
+    def add(path: Path, ref: ShardRef | None) -> None:
+        if path not in targets:
+            targets[path] = Target(ref.path if ref else rel_of(path), path, ref, refs, whole)
+
+    if whole or folders:
+        for ref in refs.shards.values():
+            name = Path(ref.path).name
+            places = (
+                refs.places(ref.path) + [base / name for base in refs.bases] + [f / name for f in folders]
+            )
+            add(next((p for p in places if p.exists()), places[0]), ref)
+    scanned = [d for base in refs.bases for d in (base, base / SHARDS)] if whole else []
+    for path in (p for folder in scanned + folders for p in _shard_files(folder)):
+        if not any(t.path == path for t in targets.values()):
+            add(path, by_name.get(path.name) if whole or folders else None)
+    for path in files:
+        listed = refs.shards.get(rel_of(path))
+        add(path, listed or by_name.get(path.name))
+    return sorted(targets.values(), key=lambda t: t.rel)
+
+
+def verify(
+    paths: Sequence[Path | str],
+    options: VerifyOptions = VerifyOptions(),
+    on_event: Callable[[Event], None] | None = None,
+) -> VerifyReport:
+    """Check downloaded shards (files, folders of them, or a whole release folder); see the module docstring.
+
+    Raises UsageError for a path that does not exist and UntrustedManifest when a manifest fails or lacks
+    its signature (with a public key), does not parse, or contradicts another one. Everything found in the
+    files themselves is reported, never raised.
+    """
+    emit = on_event or (lambda event: None)
+    lock = threading.Lock()
+
+    def emit_locked(event: Event) -> None:
+        with lock:
+            emit(event)
+
+    files: list[FileResult] = []
+    notes: list[Finding] = []
+    sources: list[str] = []
+    authenticated = bool(options.pubkey)
+    jobs = options.jobs or os.cpu_count() or 1
+    for root, (whole, folders, given) in _targets_for([Path(p) for p in paths]).items():
+        refs = load_references(root, options.pubkey)
+        sources += [f"{root}/{s}" if root else s for s in refs.sources]
+        where = str(root) if root else "the shards given"
+        if refs.shards and not options.pubkey:
+            notes.append(
+                Finding(
+                    where,
+                    Level.RELEASE,
+                    Severity.NOTE,
+                    "the manifests are unauthenticated: anyone who could "
+                    "change these files could change them too; pass --pubkey with the publisher's key",
+                )
+            )
+        targets = _plan(refs, whole, folders, given)
+        workers = max(1, min(jobs, len(targets)))
+        threads = max(1, (os.cpu_count() or 1) // workers)  # piece checks of few big files use every core
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            checks = [ShardCheck(t, options, emit_locked, threads) for t in targets]
+            results = list(pool.map(ShardCheck.run, checks))
+        for group in results:
+            files.extend(group)
+        _note_swaps([r for group in results for r in group], refs)
+    return VerifyReport(files, notes, sources, authenticated)
+
+
+def _note_swaps(results: list[FileResult], refs: References) -> None:
+    """A file whose SHA-256 is another shard's: files swapped or misnamed, not damaged bytes."""
+    owner = {ref.sha256: ref.path for ref in refs.shards.values() if ref.sha256}
+    for r in results:
+        other = owner.get(r.sha256) if r.sha256 and r.sha256 != r.expected_sha256 else None
+        if other is not None and other != r.path:
+            findings.swapped(r, other)

@@ -1,0 +1,231 @@
+"""One sequential read of a file handed to several consumers (each on its own thread), and the consumers
+of the raw bytes: the file's SHA-256 and its pieces (SHA-1 for v1, the merkle root of 16 KiB blocks for v2).
+The pieces of one file, checked alone, are split across threads instead: pieces are independent."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from packager.hashing import V2_BLOCK_SIZE, merkle_root
+
+if TYPE_CHECKING:
+    from packager.torrent import PieceHashes
+
+# 4 MiB reads: as fast as larger ones from disk and page cache here, and with QUEUE_DEPTH chunks in flight
+# per consumer a file's read buffers stay under ~24 MiB.
+READ_CHUNK = 4 * 2**20
+QUEUE_DEPTH = 4
+
+
+class Consumer(Protocol):
+    def update(self, offset: int, data: bytes) -> None: ...
+
+    def finish(self, size: int) -> None: ...
+
+
+class Sha256:
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+
+    def update(self, offset: int, data: bytes) -> None:
+        self.hash.update(data)
+
+    def finish(self, size: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PieceResult:
+    hashes: PieceHashes
+    bad: list[int]  # sorted piece indexes that fail, those cut off by the end of the file included
+    absent_from: int | None  # first piece with bytes past the end of the file
+
+
+class Pieces:
+    """Checks each piece as its bytes go by: SHA-1 (v1), or the merkle root of its 16 KiB blocks (v2)."""
+
+    def __init__(self, hashes: PieceHashes, first: int = 0, stop: int | None = None):
+        self.h = hashes
+        self.stop = hashes.count if stop is None else stop  # pieces [first, stop), fed from byte first*size
+        self.bad: list[int] = []
+        self.absent_from: int | None = None  # first piece with bytes past the end of the file
+        self.piece = first
+        self._new()
+
+    def _new(self) -> None:
+        self.filled = 0
+        self.sha1 = hashlib.sha1() if self.h.v1 is not None else None
+        self.leaves: list[bytes] = []
+        self.block = bytearray()
+
+    def _piece_len(self, index: int) -> int:
+        return min(self.h.piece_size, self.h.length - index * self.h.piece_size)
+
+    def update(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        pos, end = offset, min(offset + len(data), self.h.length)
+        while pos < end and self.piece < self.stop:
+            take = min(self._piece_len(self.piece) - self.filled, end - pos)
+            part = view[pos - offset : pos - offset + take]
+            if self.sha1 is not None:
+                self.sha1.update(part)
+            else:
+                self._blocks(part)
+            self.filled += take
+            pos += take
+            if self.filled == self._piece_len(self.piece):
+                self._close()
+
+    def _blocks(self, part: memoryview) -> None:
+        i = 0
+        if self.block:
+            i = min(V2_BLOCK_SIZE - len(self.block), len(part))
+            self.block += part[:i]
+            if len(self.block) == V2_BLOCK_SIZE:
+                self.leaves.append(hashlib.sha256(self.block).digest())
+                self.block.clear()
+        while len(part) - i >= V2_BLOCK_SIZE:
+            self.leaves.append(hashlib.sha256(part[i : i + V2_BLOCK_SIZE]).digest())
+            i += V2_BLOCK_SIZE
+        self.block += part[i:]
+
+    def _close(self) -> None:
+        h, i = self.h, self.piece
+        if self.sha1 is not None:
+            good = self.sha1.digest() == h.v1[20 * i : 20 * i + 20]
+        else:
+            if self.block:
+                self.leaves.append(hashlib.sha256(self.block).digest())  # BEP 52: the last block may be short
+            if h.length <= h.piece_size:
+                good = merkle_root(self.leaves, 1 << max(len(self.leaves) - 1, 0).bit_length()) == h.v2_root
+            else:
+                good = (
+                    merkle_root(self.leaves, h.piece_size // V2_BLOCK_SIZE)
+                    == h.v2_layer[32 * i : 32 * i + 32]
+                )
+        if not good:
+            self.bad.append(i)
+        self.piece += 1
+        self._new()
+
+    def finish(self, size: int) -> None:
+        if self.piece < self.stop:
+            self.absent_from = self.piece
+            self.bad.extend(range(self.piece, self.stop))
+
+    def result(self) -> PieceResult:
+        return PieceResult(self.h, sorted(self.bad), self.absent_from)
+
+
+def read_pass(
+    path: Path, consumers: Sequence[Consumer], on_bytes: Callable[[int], None]
+) -> tuple[int, str | None]:
+    """Read `path` once from byte 0, handing every chunk in order to each consumer (on its own thread when
+    there are several); then call finish(end). Returns (bytes read, read error or None)."""
+    threads, queues, errors = [], [], []
+    if len(consumers) > 1:
+        for consumer in consumers:
+            q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+            t = threading.Thread(target=_drain, args=(q, consumer, errors), daemon=True)
+            t.start()
+            threads.append(t)
+            queues.append(q)
+    offset, problem = 0, None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            while not errors:
+                try:
+                    data = os.pread(fd, READ_CHUNK, offset)
+                except OSError as e:
+                    problem = f"read error at byte {offset}: {e.strerror}"
+                    break
+                if not data:
+                    break
+                if queues:
+                    for q in queues:
+                        q.put((offset, data))
+                else:
+                    consumers[0].update(offset, data)
+                offset += len(data)
+                on_bytes(len(data))
+        finally:
+            os.close(fd)
+    finally:
+        for q in queues:
+            q.put(None)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    for consumer in consumers:
+        consumer.finish(offset)
+    return offset, problem
+
+
+def check_pieces(
+    path: Path, hashes: PieceHashes, threads: int, on_bytes: Callable[[int], None]
+) -> tuple[PieceResult, int, str | None]:
+    """Every piece of `path`, checked by `threads` workers each reading its own run of pieces (pieces are
+    independent, unlike a whole-file hash): (result, bytes read, first read error or None)."""
+    per = max(1, -(-hashes.count // max(1, threads)))
+    runs = [Pieces(hashes, first, min(first + per, hashes.count)) for first in range(0, hashes.count, per)]
+    outcome: list[tuple[int, str | None]] = [(0, None)] * len(runs)
+
+    def work(i: int) -> None:
+        pieces = runs[i]
+        start = pieces.piece * hashes.piece_size
+        end = min(pieces.stop * hashes.piece_size, hashes.length)
+        read, problem = _read_range(path, start, end, pieces, on_bytes)
+        pieces.finish(start + read)
+        outcome[i] = (read, problem)
+
+    if len(runs) == 1:
+        work(0)
+    else:
+        with ThreadPoolExecutor(len(runs)) as pool:
+            list(pool.map(work, range(len(runs))))
+    absent = [pieces.absent_from for pieces in runs if pieces.absent_from is not None]
+    merged = PieceResult(hashes, sorted(i for pieces in runs for i in pieces.bad), min(absent, default=None))
+    problems = [problem for _, problem in outcome if problem]
+    return merged, sum(read for read, _ in outcome), problems[0] if problems else None
+
+
+def _read_range(
+    path: Path, start: int, end: int, consumer: Consumer, on_bytes: Callable[[int], None]
+) -> tuple[int, str | None]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
+        offset = start
+        while offset < end:
+            try:
+                data = os.pread(fd, min(READ_CHUNK, end - offset), offset)
+            except OSError as e:
+                return offset - start, f"read error at byte {offset}: {e.strerror}"
+            if not data:
+                break
+            consumer.update(offset, data)
+            offset += len(data)
+            on_bytes(len(data))
+        return offset - start, None
+    finally:
+        os.close(fd)
+
+
+def _drain(q: queue.Queue, consumer: Consumer, errors: list[BaseException]) -> None:
+    while (item := q.get()) is not None:
+        if not errors:
+            try:
+                consumer.update(*item)
+            except BaseException as e:  # a bug, not damage: re-raised in the reading thread
+                errors.append(e)

@@ -1,0 +1,294 @@
+"""What the release says the files should be: release.json, SHA256SUMS and their minisign signatures,
+found beside or above the files, authenticated when a public key is given, merged and cross-checked."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from packager import layout
+from packager.errors import UntrustedManifest, UsageError
+from packager.layout import (
+    PUBLISHED,
+    RELEASE_JSON,
+    SHA256SUMS,
+    SHARD_SUFFIX,
+    SHARDS,
+    TORRENT_SUFFIX,
+    TORRENTS,
+)
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """What the release says about one shard and its .torrent; None where no manifest says."""
+
+    name: str
+    path: str  # relative to the release folder: shards/<name>.tar.zst
+    size: int | None = None
+    sha256: str | None = None
+    torrent_path: str | None = None
+    torrent_size: int | None = None
+    torrent_sha256: str | None = None
+    info_hash_v1: str | None = None
+    info_hash_v2: str | None = None
+    obsolete: bool = False
+
+
+@dataclass(frozen=True)
+class References:
+    root: Path | None  # the folder verify was pointed at, or found above the files
+    shards: dict[str, ShardRef]  # by relative shard path
+    sources: tuple[str, ...]
+    authenticated: bool
+    bases: tuple[Path, ...] = ()  # folders the manifests' relative paths are looked up under, in order
+
+    def places(self, rel: str) -> list[Path]:
+        return [base / rel for base in self.bases]
+
+
+def is_release_root(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (RELEASE_JSON, SHA256SUMS, TORRENTS)) or any(
+        (folder / PUBLISHED / name).exists() for name in (RELEASE_JSON, SHA256SUMS)
+    )
+
+
+def manifest_folder(root: Path) -> tuple[Path, tuple[Path, ...]]:
+    """Where the manifests of the release at `root` are, and the folders their relative paths resolve
+    under: a mirror holds everything in one folder; a workspace keeps them in published/ (torrents there
+    too) and the shards in its own shards/."""
+    manifests = (RELEASE_JSON, SHA256SUMS)
+    here = any((root / name).exists() for name in manifests)
+    if not here and any((root / PUBLISHED / name).exists() for name in manifests):
+        return root / PUBLISHED, (root / PUBLISHED, root)
+    if root.name == PUBLISHED and (root.parent / SHARDS).is_dir():
+        return root, (root, root.parent)
+    return root, (root,)
+
+
+def find_release_root(start: Path) -> Path | None:
+    """`start` or the nearest folder above it (two levels at most) that holds release.json, SHA256SUMS or
+    torrents/: a shard sits in the release folder or in its shards/ folder."""
+    folder = start.resolve()
+    for candidate in (folder, folder.parent, folder.parent.parent):
+        if is_release_root(candidate):
+            return candidate
+    return None
+
+
+def _safe_relative(text: object, where: Path, what: str) -> str:
+    if not isinstance(text, str) or not text or text.startswith("/") or "\\" in text or "\0" in text:
+        raise UntrustedManifest(where, f"{what} {text!r} is not a relative path")
+    if any(part in ("", ".", "..") for part in text.split("/")):
+        raise UntrustedManifest(where, f"{what} {text!r} is not a plain relative path")
+    return text
+
+
+def parse_sha256sums(data: bytes, where: Path) -> dict[str, str]:
+    """coreutils `sha256sum` lines -> {path: hex}. UntrustedManifest naming the line if one is malformed."""
+    sums: dict[str, str] = {}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UntrustedManifest(where, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        escaped = line.startswith("\\")  # coreutils escapes names holding a backslash or a newline
+        digest, sep, name = line[escaped:].partition(" ")
+        if not sep or name[:1] not in (" ", "*") or not _HEX64.fullmatch(digest.lower()):
+            raise UntrustedManifest(where, f"line {number} is not `<sha256 hex>  <path>`: {line[:80]!r}")
+        name = name[1:]
+        if escaped:
+            name = name.replace("\\\\", "\0").replace("\\n", "\n").replace("\0", "\\")
+        path = _safe_relative(name, where, f"line {number}: path")
+        if path in sums and sums[path] != digest.lower():
+            raise UntrustedManifest(where, f"line {number}: {path} is listed twice with different hashes")
+        sums[path] = digest.lower()
+    return sums
+
+
+def _field(entry: dict, key: str, kind: type | tuple[type, ...], where: Path, n: int, optional=False):
+    value = entry.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise UntrustedManifest(
+            where, f"torrents[{n}].{key} is {value!r}, expected {getattr(kind, '__name__', kind)}"
+        )
+    return value
+
+
+def parse_release_json(data: bytes, where: Path) -> list[ShardRef]:
+    """The shards release.json lists, with their .torrent files, sizes and SHA-256s."""
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise UntrustedManifest(where, f"not JSON: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("torrents"), list):
+        raise UntrustedManifest(where, "no `torrents` list: not a packager release.json")
+    if doc.get("format") != 1:
+        raise UntrustedManifest(
+            where, f"format {doc.get('format')!r} is not one this packager reads (1)", hint="update packager"
+        )
+    refs = []
+    for n, entry in enumerate(doc["torrents"]):
+        if not isinstance(entry, dict):
+            raise UntrustedManifest(where, f"torrents[{n}] is not an object")
+        name = _field(entry, "name", str, where, n)
+        files = _field(entry, "files", list, where, n)
+        by_kind: dict[str, tuple[str, int, str]] = {}
+        for f in files:
+            if not isinstance(f, dict):
+                raise UntrustedManifest(where, f"torrents[{n}].files holds {f!r}, not an object")
+            path = _safe_relative(f.get("path"), where, f"torrents[{n}].files path")
+            size, digest = f.get("size"), f.get("sha256")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise UntrustedManifest(where, f"torrents[{n}]: {path}: size {size!r} is not a byte count")
+            if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+                raise UntrustedManifest(where, f"torrents[{n}]: {path}: sha256 {digest!r} is not 64 hex")
+            by_kind["torrent" if path.endswith(TORRENT_SUFFIX) else "shard"] = (path, size, digest)
+        if "shard" not in by_kind:
+            raise UntrustedManifest(where, f"torrents[{n}] ({name}) lists no shard file")
+        shard, torrent = by_kind["shard"], by_kind.get("torrent")
+        refs.append(
+            ShardRef(
+                name=name,
+                path=shard[0],
+                size=shard[1],
+                sha256=shard[2],
+                torrent_path=torrent[0] if torrent else _field(entry, "torrent_file", str, where, n, True),
+                torrent_size=torrent[1] if torrent else None,
+                torrent_sha256=torrent[2] if torrent else None,
+                info_hash_v1=_field(entry, "info_hash_v1", str, where, n, True),
+                info_hash_v2=_field(entry, "info_hash_v2", str, where, n, True),
+                obsolete=bool(entry.get("obsolete", False)),
+            )
+        )
+    return refs
+
+
+def _refs_from_sums(sums: dict[str, str]) -> list[ShardRef]:
+    refs = []
+    for path, digest in sums.items():
+        if path.endswith(SHARD_SUFFIX):
+            name = path.rsplit("/", 1)[-1][: -len(SHARD_SUFFIX)]
+            torrent = layout.torrent_file(name)
+            refs.append(ShardRef(name, path, None, digest, torrent, None, sums.get(torrent)))
+    return refs
+
+
+def _refs_from_torrents(root: Path) -> list[ShardRef]:
+    """Without manifests, the torrents/ folder says which shards exist (and nothing authenticates it)."""
+    refs = []
+    for p in sorted((root / TORRENTS).glob(f"*{SHARD_SUFFIX}{TORRENT_SUFFIX}")):
+        name = p.name[: -len(SHARD_SUFFIX + TORRENT_SUFFIX)]
+        refs.append(ShardRef(name, layout.shard_file(name), torrent_path=layout.torrent_file(name)))
+    return refs
+
+
+def _public_key(pubkey: str) -> str:
+    """The key text: a .pub file's content, or the base64 line given as it is."""
+    path = Path(pubkey)
+    try:
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{pubkey}: cannot read the public key: {e}") from None
+    if not re.fullmatch(r"[A-Za-z0-9+/]{40,}={0,2}", pubkey.strip()):
+        raise UsageError(f"{pubkey}: no such public key file", hint="pass the .pub file or its base64 line")
+    return pubkey.strip()
+
+
+def _authenticate(path: Path, data: bytes, pubkey: str) -> str:
+    """The trusted comment of `path`'s minisign signature; UntrustedManifest if it is missing or wrong."""
+    # Lazily: minisign (manifest imports it) costs 50 ms, and only a verify given --pubkey needs it.
+    import minisign
+
+    from packager.manifest import verify_signature
+
+    sig_path = path.with_name(layout.signature_name(path.name))
+    hint = (
+        f"fetch {path.name} and {sig_path.name} again from the publisher; "
+        "trust nothing in this folder until they verify"
+    )
+    try:
+        signature = sig_path.read_bytes()
+    except FileNotFoundError:
+        raise UntrustedManifest(
+            sig_path, f"missing, so {path.name} cannot be authenticated", hint=hint
+        ) from None
+    try:
+        return verify_signature(pubkey, data, signature)
+    except minisign.VerifyError as e:
+        raise UntrustedManifest(
+            path, f"does not match its signature {sig_path.name} ({e})", hint=hint
+        ) from None
+    except (minisign.Error, ValueError, IndexError) as e:
+        raise UntrustedManifest(
+            sig_path,
+            f"not a minisign signature, or the key is not a minisign public key ({e})",
+            hint="pass the publisher's public key file (.pub) or its base64 line",
+        ) from None
+
+
+def load_references(root: Path | None, pubkey: str | None) -> References:
+    """The release's manifests at `root`, authenticated when `pubkey` is given, merged, cross-checked."""
+    if root is None:
+        if pubkey:
+            raise UntrustedManifest(
+                ".",
+                "no release.json or SHA256SUMS found next to or above the files",
+                hint="verify the release folder, or drop --pubkey",
+            )
+        return References(None, {}, (), False)
+    root, bases = manifest_folder(root)
+    found: dict[str, bytes] = {}
+    for name in (RELEASE_JSON, SHA256SUMS):
+        try:
+            found[name] = (root / name).read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise UntrustedManifest(root / name, f"cannot read: {e.strerror}") from None
+    sources = []
+    if pubkey:
+        if not found:
+            raise UntrustedManifest(
+                root,
+                "no release.json or SHA256SUMS here to authenticate",
+                hint="point verify at the release folder that holds them",
+            )
+        key = _public_key(pubkey)
+        for name, data in found.items():
+            comment = _authenticate(root / name, data, key)
+            sources.append(f"{name} (signature good: {comment})")
+    else:
+        sources += [f"{name} (unauthenticated)" for name in found]
+    sums = parse_sha256sums(found[SHA256SUMS], root / SHA256SUMS) if SHA256SUMS in found else None
+    if RELEASE_JSON in found:
+        refs = parse_release_json(found[RELEASE_JSON], root / RELEASE_JSON)
+        if sums is not None:
+            _cross_check(refs, sums, root)
+    elif sums is not None:
+        refs = _refs_from_sums(sums)
+    else:
+        refs = _refs_from_torrents(root)
+        if refs:
+            sources.append(f"{TORRENTS}/*{TORRENT_SUFFIX} (unauthenticated)")
+    return References(root, {r.path: r for r in refs}, tuple(sources), bool(pubkey), bases)
+
+
+def _cross_check(refs: list[ShardRef], sums: dict[str, str], root: Path) -> None:
+    for ref in refs:
+        for path, digest in ((ref.path, ref.sha256), (ref.torrent_path, ref.torrent_sha256)):
+            if path and digest and path in sums and sums[path] != digest:
+                raise UntrustedManifest(
+                    root / SHA256SUMS,
+                    f"{path}: {sums[path]} here, but {digest} in release.json",
+                    hint="the two manifests come from different publications; fetch both again",
+                )
