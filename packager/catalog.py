@@ -25,8 +25,9 @@ from typing import NamedTuple
 import orjson
 
 from .config import USTAR_MTIME_LIMIT, ReleaseConfig
-from .errors import CatalogError, CatalogProblem, UsageError, WorkspaceError
-from .state import State, dumps_extra
+from .errors import CatalogError, CatalogProblem, EnvironmentProblem, UsageError, WorkspaceError
+from .ingest import Loader, remove_rows
+from .state import dumps_extra, row_fingerprint
 from .workspace import Workspace
 
 # container.RESERVED_MANIFEST_NAME lives in this folder, so no catalog path may.
@@ -53,6 +54,9 @@ class IngestReport:
     changed: int = 0
     unchanged: int = 0
     rejected: int = 0
+    absent: int = 0  # present items that no row of these catalogs names
+    absent_ids: list[str] = field(default_factory=list)  # the first few, by id
+    marked_absent: dict[str, int] = field(default_factory=dict)  # --mark-absent: outcome -> items
     problems: list[CatalogProblem] = field(default_factory=list)
     problem_count: int = 0
     rejects_file: Path | None = None
@@ -64,6 +68,9 @@ class IngestReport:
             "changed": self.changed,
             "unchanged": self.unchanged,
             "rejected": self.rejected,
+            "absent": self.absent,
+            "absent_ids": self.absent_ids,
+            "marked_absent": self.marked_absent,
             "rejects_file": str(self.rejects_file) if self.rejects_file else None,
             "problems": [vars(p) for p in self.problems],
         }
@@ -81,22 +88,72 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
             except orjson.JSONDecodeError:
                 if not raw.strip():
                     continue
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    yield RawRow(name, n, None, f"not valid UTF-8 at byte {e.start}")
-                    continue
-                try:  # the standard parser explains the error better
-                    json.loads(text)
-                except json.JSONDecodeError as e:
-                    yield RawRow(name, n, None, f"not a JSON object: {e.msg} at column {e.colno}")
-                else:
-                    yield RawRow(name, n, None, "not a JSON object")
+                yield RawRow(name, n, None, _json_error(raw))
                 continue
             if not isinstance(obj, dict):
                 yield RawRow(name, n, None, "not a JSON object")
                 continue
+            # Each key is followed by '":', so fewer of those than keys is impossible and as many means no
+            # key repeats; anything else (nested objects, '":' in a string) takes the exact check.
+            if raw.count(b'":') != len(obj):
+                repeated = _repeated_key(raw)
+                if repeated is not None:
+                    yield RawRow(name, n, None, f"key {repeated!r} appears twice in the object")
+                    continue
             yield RawRow(name, n, obj)
+
+
+class _NonFinite(str):
+    """NaN, Infinity or a number beyond floating point, as written."""
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _pairs_once(pairs: list) -> dict:
+    seen = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _RepeatedKey(k)
+        seen[k] = v
+    return seen
+
+
+def _repeated_key(raw: bytes) -> str | None:
+    try:
+        json.loads(raw, object_pairs_hook=_pairs_once)
+    except _RepeatedKey as e:
+        return e.args[0]
+    except ValueError:
+        return None
+    return None
+
+
+def _json_error(raw: bytes) -> str:
+    """Why a line is not a JSON object, in words a user can act on."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not valid UTF-8 at byte {e.start}"
+
+    def big(s: str) -> float | _NonFinite:
+        f = float(s)
+        return f if math.isfinite(f) else _NonFinite(s)
+
+    try:  # the standard parser explains the error better, and it sees NaN and 1e400 for what they are
+        obj = json.loads(text, parse_constant=_NonFinite, parse_float=big, object_pairs_hook=_pairs_once)
+    except _RepeatedKey as e:
+        return f"key {e.args[0]!r} appears twice in the object"
+    except json.JSONDecodeError as e:
+        return f"not a JSON object: {e.msg} at column {e.colno}"
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, _NonFinite):
+                return (
+                    f"{k} {v} is not a finite number (JSON has no NaN or Infinity; doubles end near 1.8e308)"
+                )
+    return "not a JSON object (NaN, Infinity or a number beyond 1.8e308 inside it)"
 
 
 class _LineCountingReader:
@@ -136,6 +193,10 @@ def _read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
         header = [h.strip() for h in header]
         if header:  # Excel writes UTF-8 CSV with a byte order mark
             header[0] = header[0].lstrip("\ufeff").strip()
+        wrong = _header_problem(header, delimiter)
+        if wrong:  # said once, for the header, instead of once per row
+            yield RawRow(name, 1, None, wrong)
+            return
         while True:
             start = lines.n + 1
             try:
@@ -158,6 +219,34 @@ def _read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
                 k: v for k, v in zip(header, values, strict=True) if not (k not in KNOWN_FIELDS and v == "")
             }
             yield RawRow(name, start, row)
+
+
+REQUIRED_FIELDS = ("id", "path", "kind", "popularity")
+
+
+def _header_problem(header: list[str], delimiter: str) -> str | None:
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        return f"column {repeated[0]!r} appears twice in the header"
+    missing = [f for f in REQUIRED_FIELDS if f not in header]
+    if not missing:
+        return None
+    shown = delimiter.join(header)
+    if len(header) == 1:
+        for d in (";", "\t", "|", ","):
+            if d != delimiter and d in header[0]:
+                return (
+                    f"the header {shown!r} is one column: the delimiter here is {delimiter!r}, this "
+                    "file seems to "
+                    f"use {d!r} (.csv is read with ',', .tsv with tabs)"
+                )
+    folded = {h.lower(): h for h in header}
+    if all(f in folded for f in missing):
+        return (
+            f"header columns {', '.join(repr(folded[f]) for f in missing)} must be lowercase: "
+            f"{', '.join(missing)}"
+        )
+    return f"the header {shown!r} has no {', '.join(repr(f) for f in missing)} column"
 
 
 def _read_sqlite(path: Path, table: str) -> Iterator[RawRow]:
@@ -189,14 +278,46 @@ def _read_sqlite(path: Path, table: str) -> Iterator[RawRow]:
         db.close()
 
 
+def _read_parquet(path: Path) -> Iterator[RawRow]:
+    """Rows of a Parquet file, numbered from 1 in file order (the "line" of every report)."""
+    try:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+    except ImportError:
+        raise UsageError("reading Parquet catalogs needs pyarrow", hint="pip install pyarrow") from None
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
+        raise UsageError(f"{path}: not a readable Parquet file ({e})") from None
+    name, n = str(path), 0
+    try:
+        for batch in pf.iter_batches(batch_size=16_384):
+            for values in batch.to_pylist():
+                n += 1
+                row, bad = {}, None
+                for k, v in values.items():
+                    if isinstance(v, bytes):
+                        try:
+                            v = v.decode("utf-8")
+                        except UnicodeDecodeError as e:
+                            bad = f"column {k}: not valid UTF-8 at byte {e.start}"
+                            break
+                    if v is not None:
+                        row[k] = v
+                yield RawRow(name, n, None, bad) if bad else RawRow(name, n, row)
+    except (OSError, ValueError) as e:  # a truncated or damaged file, found while reading it
+        yield RawRow(name, n + 1, None, f"cannot read the Parquet data from here on: {e}")
+
+
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 
 
 def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
-    """Rows of a catalog file, chosen by extension (.jsonl/.ndjson, .csv, .sqlite/.db)."""
+    """Rows of a catalog file, chosen by extension (.jsonl/.ndjson, .csv/.tsv, .parquet, .sqlite/.db)."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path}: catalog not found", hint="give the path of a .jsonl, .csv or .sqlite file")
+        raise UsageError(
+            f"{path}: catalog not found", hint="give the path of a .jsonl, .csv, .parquet or .sqlite file"
+        )
     suffix = path.suffix.lower()
     if table is not None and suffix not in SQLITE_SUFFIXES:
         raise UsageError(
@@ -209,9 +330,20 @@ def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
         return _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
     if suffix in SQLITE_SUFFIXES:
         return _read_sqlite(path, table or "catalog")
+    if suffix in (".parquet", ".pq"):
+        return _read_parquet(path)
     raise UsageError(
-        f"{path}: unknown catalog format {suffix!r}", hint="use .jsonl, .csv or .sqlite (with --table)"
+        f"{path}: unknown catalog format {suffix!r}",
+        hint="use .jsonl, .csv, .tsv, .parquet or .sqlite (with --table)",
     )
+
+
+def source_name(path: Path, table: str | None = None) -> str:
+    """How reports name a catalog: its path, and the table of a SQLite catalog."""
+    path = Path(path)
+    if path.suffix.lower() in SQLITE_SUFFIXES:
+        return f"{path}:{table or 'catalog'}"
+    return str(path)
 
 
 # ---- validation -----------------------------------------------------------------------------------
@@ -256,18 +388,31 @@ def check_path(path: object) -> str | None:
     return None
 
 
-def _number(value: object) -> float | None:
+def _number(value: object) -> float | str:
+    """A finite popularity, or why the value is not one."""
     if isinstance(value, bool):
-        return None
+        return f"popularity {value!r} is not a number"
+    f: float | None = None
     if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, str):
+        try:
+            f = float(value)
+        except OverflowError:  # an integer beyond 1.8e308
+            return f"popularity {value!r} is beyond floating point (about 1.8e308)"
+    elif isinstance(value, str):
         try:
             f = float(value.strip())
         except ValueError:
-            return None
-        return f if math.isfinite(f) else None
-    return None
+            return f"popularity {value!r} is not a number"
+    if f is None:
+        return f"popularity {value!r} is not a number"
+    if math.isnan(f):
+        return f"popularity {value!r} is not a number (NaN cannot be ordered)"
+    if math.isinf(f):
+        return f"popularity {value!r} is not a finite number (at most about 1.8e308)"
+    return f
+
+
+MAX_SQLITE_INTEGER = 2**63 - 1
 
 
 def _integer(value: object) -> int | None:
@@ -280,6 +425,21 @@ def _integer(value: object) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
     return None
+
+
+def check_id(item_id: object) -> str | None:
+    """Why an id is unacceptable, or None. Ids are printed in reports and terminals, so no control
+    characters (they printed raw escape sequences) and no lone surrogates."""
+    if not isinstance(item_id, str) or not item_id.strip():
+        return "id is missing or empty"
+    if item_id.isprintable() or not _SUSPECT_ID.search(item_id):
+        return None
+    if _CONTROL.search(item_id):
+        return f"id {item_id!r} contains control characters"
+    return f"id {item_id!r} is not valid UTF-8"
+
+
+_SUSPECT_ID = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class _Checker:
@@ -324,16 +484,20 @@ class _Checker:
             return None, f"size mismatch for {rel!r}: catalog says {size} bytes, the file has {st.st_size}"
         return st.st_size, None
 
-    def check(self, row: RawRow) -> tuple[tuple | None, str | None]:
+    def check(self, row: RawRow, source: int) -> tuple[tuple | None, str | None]:
         """(stage tuple, None) for a good row, (None, reason) for a bad one."""
         if row.fields is None:
             return None, row.error
         f = row.fields
         item_id = f.get("id")
-        if type(item_id) is not str or not item_id.strip():
+        if type(item_id) is not str:
             if isinstance(item_id, bool) or not isinstance(item_id, int):
                 return None, "id is missing or empty"
             item_id = str(item_id)
+        elif not item_id.isprintable() or not item_id.strip():
+            reason = check_id(item_id)
+            if reason:
+                return None, reason
         path = f.get("path")
         reason = check_path(path)
         if reason:
@@ -341,23 +505,23 @@ class _Checker:
         kind = f.get("kind")
         if kind not in self.kinds:
             return None, f"unknown kind {kind!r}; release.toml names: {self.kind_list}"
-        raw_pop = f.get("popularity")
-        if type(raw_pop) is float and math.isfinite(raw_pop):  # the common case, without the generic parser
-            popularity = raw_pop
-        elif raw_pop is None or raw_pop == "":
-            return None, "popularity is empty"
-        else:
-            popularity = _number(raw_pop)
-            if popularity is None:
-                return None, f"popularity {raw_pop!r} is not a number"
+        popularity = f.get("popularity")
+        if type(popularity) is not float or not math.isfinite(popularity):  # the common case costs nothing
+            if popularity is None or popularity == "":
+                return None, "popularity is empty"
+            popularity = _number(popularity)
+            if type(popularity) is str:
+                return None, popularity
         size = f.get("size")
-        if type(size) is not int or size < 0:
+        if type(size) is not int or size < 0 or size > MAX_SQLITE_INTEGER:
             if size is None or size == "":
                 size = None
             else:
                 size = _integer(size)
                 if size is None or size < 0:
                     return None, f"size {f.get('size')!r} is not a whole number of bytes"
+                if size > MAX_SQLITE_INTEGER:
+                    return None, f"size {size} is too large (at most 2^63-1 bytes)"
         mtime = f.get("mtime")
         if mtime is not None and (type(mtime) is not int or not 0 <= mtime < USTAR_MTIME_LIMIT):
             if mtime == "":
@@ -374,7 +538,8 @@ class _Checker:
             if reason:
                 return None, reason
         extra = dumps_extra({k: v for k, v in f.items() if k not in KNOWN_FIELDS}) if len(f) > 4 else None
-        return (item_id, path, kind, popularity, size, mtime, extra, row.source, row.line), None
+        fp = row_fingerprint(path, kind, popularity, size, mtime, extra)
+        return (item_id, path, kind, popularity, size, mtime, extra, source, row.line, fp), None
 
 
 # ---- ingest ---------------------------------------------------------------------------------------
@@ -386,35 +551,73 @@ class IngestOptions:
     trust_sizes: bool = False
     skip_invalid: bool = False
     rejects: Path | None = None
+    mark_absent: bool = False
 
 
 class _Problems:
+    """Problems as they are found: counted, the first MAX_PROBLEMS_KEPT kept, and with --skip-invalid each
+    written to the rejects file, which is opened before any work (an unwritable path stops the ingest
+    before anything is read) and put in place before the rows are committed."""
+
     def __init__(self, report: IngestReport, rejects: Path | None):
         self.report, self.rejects_path = report, rejects
         self.rejects_file = None
+        self.without_id = 0  # rows whose id could not be read: any absent item might be one of them
+        if rejects is not None:
+            self.part = rejects.with_name(rejects.name + ".part")
+            try:
+                self.rejects_file = open(self.part, "w", encoding="utf-8")  # noqa: SIM115 - see finish()
+            except OSError as e:
+                raise UsageError(
+                    f"{rejects}: cannot write the rejects file ({e.strerror})",
+                    hint="give --rejects a path in a folder you may write",
+                ) from None
 
-    def add(self, source: str, line: int, reason: str, item_id: str | None, row: dict | None) -> None:
+    def add(self, source: str, line: int, reason: str, item_id: str | None, row: dict | None = None) -> None:
         self.report.problem_count += 1
+        if item_id is None and line > 0:
+            self.without_id += 1
         if len(self.report.problems) < MAX_PROBLEMS_KEPT:
             self.report.problems.append(CatalogProblem(source, line, reason, item_id))
-        if self.rejects_path is not None:
-            if self.rejects_file is None:
-                self.rejects_file = open(  # noqa: SIM115 - closed by finish(), after the last row
-                    self.rejects_path.with_name(self.rejects_path.name + ".part"), "w", encoding="utf-8"
-                )
+        if self.rejects_file is not None:
             rec = {"file": source, "line": line, "reason": reason, "row": row}
-            self.rejects_file.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            try:
+                self.rejects_file.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            except OSError as e:
+                raise EnvironmentProblem(
+                    f"{self.part}: cannot write the rejects file ({e.strerror})"
+                ) from None
 
-    def finish(self, keep: bool) -> None:
+    def keep(self) -> None:
+        """Put the complete rejects file in place (before the commit: rows are never committed while
+        their rejects are lost)."""
         if self.rejects_file is None:
             return
-        self.rejects_file.close()
-        part = self.rejects_path.with_name(self.rejects_path.name + ".part")
-        if keep:
-            os.replace(part, self.rejects_path)
-            self.report.rejects_file = self.rejects_path
-        else:
-            part.unlink(missing_ok=True)
+        try:
+            self.rejects_file.flush()
+            os.fsync(self.rejects_file.fileno())
+            self.rejects_file.close()
+            self.rejects_file = None
+            if self.report.problem_count:
+                os.replace(self.part, self.rejects_path)
+                self.report.rejects_file = self.rejects_path
+            else:
+                self.part.unlink(missing_ok=True)
+        except OSError as e:
+            raise EnvironmentProblem(
+                f"{self.rejects_path}: cannot write the rejects file ({e.strerror})"
+            ) from None
+
+    def discard(self) -> None:
+        if self.rejects_path is None:
+            return
+        if self.rejects_file is not None:
+            self.rejects_file.close()
+            self.rejects_file = None
+        self.part.unlink(missing_ok=True)
+        if self.report.rejects_file is not None:  # the commit failed after the file was put in place
+            self.rejects_path.unlink(missing_ok=True)
+            self.report.rejects_file = None
 
 
 # Catalogs at least this big are parsed in a second process; below it, starting one costs more than it saves.
@@ -428,10 +631,10 @@ def ingest(
     on_rows: Callable[[int], None] | None = None,
 ) -> IngestReport:
     """Validate and load catalogs in one transaction. Raises CatalogError (nothing committed) on any
-    problem unless options.skip_invalid, in which case bad rows go to options.rejects."""
+    problem unless options.skip_invalid, in which case bad rows go to options.rejects. Reports rows new,
+    changed, unchanged and absent; with options.mark_absent, absent items are removed as by `remove`."""
     state, config = ws.state, ws.config
     report = IngestReport()
-    problems = _Problems(report, options.rejects if options.skip_invalid else None)
     catalogs = [Path(c) for c in catalogs]
     if not options.trust_sizes and not config.root.is_dir():
         raise WorkspaceError(
@@ -441,45 +644,57 @@ def ingest(
     for catalog in catalogs:
         read_catalog(catalog, options.table)  # refuses a missing file or an unknown format before any work
     big = sum(c.stat().st_size for c in catalogs) >= PARALLEL_BYTES
+    problems = _Problems(report, options.rejects if options.skip_invalid else None)
     try:
         with state.transaction():
-            watermark = state.begin_ingest()
+            loader = Loader(state)
             try:
-                events = (
-                    _parsed_in_child(config, catalogs, options) if big else _parsed(config, catalogs, options)
-                )
-                for kind, payload in events:
+                sources = {
+                    name: loader.source_number(name)
+                    for name in (source_name(c, options.table) for c in catalogs)
+                }
+                parse = _parsed_in_child if big else _parsed
+                for kind, payload in parse(config, catalogs, options, sources):
                     if kind == "rows":
-                        state.insert_items(payload, watermark)
+                        loader.stage(payload)
                     elif kind == "bad":
                         for source, line, reason, item_id, fields in payload:
                             problems.add(source, line, reason, item_id, fields)
+                        loader.refused_ids(p[3] for p in payload if p[3] is not None)
                     else:
                         report.rows += payload
                         if on_rows:
                             on_rows(report.rows)
+                loader.check(problems.add)
+                if report.problem_count and not options.skip_invalid:
+                    raise CatalogError(report.problems, total=report.problem_count)
+                if options.mark_absent and problems.without_id:
+                    raise UsageError(
+                        f"--mark-absent: {problems.without_id} row(s) have no readable id, so which "
+                        "items are "
+                        "absent cannot be told",
+                        hint="fix those rows (see the rejects file), or ingest without --mark-absent",
+                    )
+                loader.drop_refused()
+                outcome = loader.apply(options.mark_absent, lambda table: remove_rows(state, table))
             finally:
-                state.end_ingest()
-            bad_keys = _check_conflicts(state, watermark, problems)
-            if report.problem_count and not options.skip_invalid:
-                raise CatalogError(report.problems, total=report.problem_count)
-            conflicts = state.conflict_count()
-            state.drop_conflicts(bad_keys)
-            report.changed = state.apply_changes(watermark)
-            if report.changed:
-                state.refresh_unbuilt_shard_sizes()
-            report.added = state.added_since(watermark)
-            report.unchanged = conflicts - len(bad_keys) - report.changed
+                loader.close()
+            report.added, report.changed, report.unchanged = outcome.added, outcome.changed, outcome.unchanged
+            report.absent, report.absent_ids, report.marked_absent = (
+                outcome.absent,
+                outcome.absent_ids,
+                outcome.removal,
+            )
             report.rejected = report.problem_count
-        problems.finish(keep=True)
+            problems.keep()
     except BaseException:
-        problems.finish(keep=False)
+        problems.discard()
         raise
     return report
 
 
 def _parsed(
-    config: ReleaseConfig, catalogs: list[Path], options: IngestOptions
+    config: ReleaseConfig, catalogs: list[Path], options: IngestOptions, sources: dict[str, int]
 ) -> Iterator[tuple[str, object]]:
     """("rows", batch of good rows), ("bad", [(source, line, reason, id, fields)]), ("count", rows read)."""
     checker = _Checker(config, options.trust_sizes)
@@ -487,9 +702,10 @@ def _parsed(
         batch: list[tuple] = []
         bad: list[tuple] = []
         count = done = 0
+        source = sources[source_name(catalog, options.table)]
         for row in read_catalog(catalog, options.table):
             count += 1
-            staged, reason = checker.check(row)
+            staged, reason = checker.check(row, source)
             if reason:
                 fields = row.fields
                 item_id = None if fields is None or fields.get("id") is None else str(fields["id"])
@@ -513,9 +729,9 @@ def _parsed(
         yield "count", count - done
 
 
-def _parse_child(conn, config: ReleaseConfig, catalogs: list[Path], options: IngestOptions) -> None:
+def _parse_child(conn, config: ReleaseConfig, catalogs: list[Path], options: IngestOptions, sources) -> None:
     try:
-        for kind, payload in _parsed(config, catalogs, options):
+        for kind, payload in _parsed(config, catalogs, options, sources):
             if kind == "rows":
                 # orjson packs a batch 4x faster than pickle (and unpacks 2x faster); parameters may be lists.
                 conn.send_bytes(orjson.dumps(payload))
@@ -531,13 +747,13 @@ def _parse_child(conn, config: ReleaseConfig, catalogs: list[Path], options: Ing
         conn.close()
 
 
-def _parsed_in_child(config: ReleaseConfig, catalogs: list[Path], options: IngestOptions):
+def _parsed_in_child(config: ReleaseConfig, catalogs: list[Path], options: IngestOptions, sources):
     """The same events, parsed and checked in a second process while this one inserts: Python's parsing
     and SQLite's inserting then use both cores (a thread did not help: the sqlite3 module holds the GIL
     for most of executemany)."""
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_parse_child, args=(theirs, config, catalogs, options), daemon=True)
+    child = ctx.Process(target=_parse_child, args=(theirs, config, catalogs, options, sources), daemon=True)
     child.start()
     theirs.close()
     try:
@@ -560,46 +776,3 @@ def _parsed_in_child(config: ReleaseConfig, catalogs: list[Path], options: Inges
         child.join(timeout=5)
         if child.is_alive():
             child.kill()
-
-
-def _check_conflicts(state: State, watermark: int, problems: _Problems) -> set[tuple[str, int]]:
-    """Checks that need all rows at once, over the rows whose id or path was taken: repeats within this
-    ingest, paths of other known ids, and changes to ids already in a shard. Returns the bad rows."""
-    bad: set[tuple[str, int]] = set()
-    for what, value, f_src, f_line, src, line in state.repeated_in_ingest(watermark):
-        if (src, line) not in bad:
-            problems.add(
-                src,
-                line,
-                f"duplicate {what} {value!r}, first seen at {f_src}:{f_line}",
-                value if what == "id" else None,
-                None,
-            )
-            bad.add((src, line))
-    for path, src, line, other in state.path_clashes(watermark):
-        if (src, line) not in bad:
-            problems.add(src, line, f"path {path!r} already belongs to id {other!r}", None, None)
-            bad.add((src, line))
-    names = ("path", "kind", "popularity", "size", "mtime", "extra")
-    for item_id, src, line, shard, shard_state, *pairs in state.changed_known_items(watermark):
-        if shard is None or (src, line) in bad:
-            continue  # a known id that is in no shard yet may still change
-        changed = [n for i, n in enumerate(names) if pairs[2 * i] != pairs[2 * i + 1]]
-        if shard_state != "built" and not set(changed) & {"kind", "popularity"}:
-            # Nothing was written from that shard yet: a file that moved or changed size since planning
-            # (the build reported its shard failed) is corrected here; its place in the plan stays.
-            continue
-        diffs = [
-            f"{n} {pairs[2 * i]!r} -> {pairs[2 * i + 1]!r}"
-            for i, n in enumerate(names)
-            if pairs[2 * i] != pairs[2 * i + 1]
-        ]
-        problems.add(
-            src,
-            line,
-            f"id {item_id!r} is already in shard {shard} and cannot change ({'; '.join(diffs)})",
-            item_id,
-            None,
-        )
-        bad.add((src, line))
-    return bad

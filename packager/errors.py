@@ -194,3 +194,12 @@ class UntrustedManifest(PackagerError):
     def __init__(self, path: Path | str, reason: str, hint: str | None = None):
         self.path, self.reason = Path(path), reason
         super().__init__(f"{path}: {reason}", hint=hint)
+
+
+class RemoteError(EnvironmentProblem):
+    """A remote server (a mirror, a tracker, a seeder's status port) could not be reached in time, or sent
+    a reply we refuse: too big, too slow, not what was asked for, malformed."""
+
+    def __init__(self, url: str, reason: str, hint: str | None = None):
+        self.url, self.reason = url, reason
+        super().__init__(f"{url}: {reason}", hint=hint)

@@ -7,6 +7,7 @@ A workspace (``DIR/``)                         A published release (``DIR/publis
   torrents/         <name>.tar.zst.torrent         whitelist.txt               opentracker's access list
   published/        the published release          feed.xml, index.html        RSS and a static page
   seed/             <info-hash>.fastresume         members.sqlite              the member index
+                                                   swarm.json, swarm.html      live stats, unsigned
   rejects.jsonl     rows --skip-invalid refused    torrents/, shards/          as in the workspace
 
 Paths recorded in state.sqlite and in release.json are relative POSIX paths built here (``shard_file``,
@@ -39,6 +40,11 @@ WHITELIST = "whitelist.txt"
 FEED = "feed.xml"
 INDEX_HTML = "index.html"
 MEMBER_INDEX = "members.sqlite"
+# Live, advisory and unsigned (packager health): beside the publication, never part of it, so nothing may
+# sign or checksum them; they change with every scrape.
+SWARM_JSON = "swarm.json"
+SWARM_HTML = "swarm.html"
+LIVE_FILES = (SWARM_JSON, SWARM_HTML)
 # A publish writes PUBLISHED_TMP<random>/ and swaps it in; the old folder may pass as PUBLISHED_OLD<random>/.
 PUBLISHED_TMP = f"{PUBLISHED}.tmp-"
 PUBLISHED_OLD = f"{PUBLISHED}.old-"

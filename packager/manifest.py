@@ -1,42 +1,64 @@
-"""The published manifests: release.json and torrents.json entries, SHA256SUMS, the opentracker whitelist,
-minisign signatures, and the release-wide member index.
+"""The published formats, each with its writer and its reader: release.json (and its torrent entries),
+torrents.json, SHA256SUMS, the opentracker whitelist, and minisign signatures.
 
 Formats are stable once published; `manifests/*.schema.json` describes each JSON one, and the tests validate
 what we write against them. Every writer here is a pure function of its input (no clock, no randomness), so
 the same published torrents give byte-identical files: publishing twice changes nothing, and a torrent's
 release.json entry, frozen in state.sqlite when first published, never changes afterwards.
 
-The member index is a SQLite file, not the release state: this module owns its schema and its two queries
-(build and lookup), as container.py owns the tar format. Why SQLite and not zstd JSONL per phase: a lookup
-is a B-tree search (measured: 14 us warm, 0.6 ms from a cold page cache at 10^6 and at 10^7 rows, and
-O(log n) beyond), while a JSONL file has to be decompressed and scanned up to the id (0.38 s per 10^6
-rows, so about 40 s per lookup at 10^8). See README "Publishing".
+The readers take bytes from anywhere (a mirror, a download) and trust none of them: a wrong type, an absolute
+or `..` path, a malformed hash or a format we do not know is refused with UntrustedManifest naming the file,
+the entry and the value. The member index has its own module (member_index.py).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import shutil
-import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import minisign
 
 from . import layout
-from .errors import PublishError, UsageError
+from .config import FORMATS
+from .errors import PublishError, UntrustedManifest, UsageError
 from .fsutil import write_atomic
 from .hashing import swarm_hashes, truncated_v2
 
 FORMAT = 1
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def json_number(value: float) -> int | float:
     """An integral popularity as an int ("7", not "7.0"), as in the member manifest."""
     number = float(value)
     return int(number) if number.is_integer() else number
+
+
+def _dump(data: object) -> bytes:
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _load_json(data: bytes | str, where: Path | str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # RecursionError: arrays nested thousands deep
+        raise UntrustedManifest(where, f"not JSON: {e}") from None
+
+
+def safe_relative(text: object, where: Path | str, what: str) -> str:
+    """`text` if it is a plain relative POSIX path (no `/` start, no `..`, `.` or empty part, no backslash or
+    NUL); UntrustedManifest otherwise, since the path is joined to a folder on the reader's machine."""
+    if not isinstance(text, str) or not text or text.startswith("/") or "\\" in text or "\0" in text:
+        raise UntrustedManifest(where, f"{what} {text!r} is not a relative path")
+    if any(part in ("", ".", "..") for part in text.split("/")):
+        raise UntrustedManifest(where, f"{what} {text!r} is not a plain relative path")
+    return text
 
 
 # --- release.json entries ---------------------------------------------------------------------------------
@@ -86,7 +108,6 @@ class TorrentEntry:
 
     @property
     def info_hash_v2_truncated(self) -> str | None:
-        """BEP 52: trackers, DHT and the handshake carry the v2 info-hash truncated to 20 bytes."""
         return truncated_v2(self.info_hash_v2)
 
     def as_dict(self) -> dict:
@@ -112,26 +133,104 @@ class TorrentEntry:
         return json.dumps(self.as_dict(), ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> TorrentEntry:
-        d = json.loads(text)
-        shard, torrent = (FileEntry(f["path"], f["size"], f["sha256"]) for f in d["files"])
-        return cls(
-            name=d["name"],
-            phase=d["phase"],
-            tier=d["tier"],
-            popularity_min=d["popularity"]["min"],
-            popularity_max=d["popularity"]["max"],
-            items=d["items"],
-            data_size=d["data_size"],
-            format=d["format"],
-            piece_size=d["piece_size"],
-            info_hash_v1=d["info_hash_v1"],
-            info_hash_v2=d["info_hash_v2"],
-            magnet=d["magnet"],
-            files=(shard, torrent),
-            added=d["added"],
-            obsolete=d["obsolete"],
-        )
+    def from_json(cls, text: str, where: Path | str = "<entry>") -> TorrentEntry:
+        return _read_entry(_load_json(text, where), where, 0)
+
+
+class _Entry:
+    """Typed fields of one `torrents[n]` object of a release.json, each refused with its key if wrong."""
+
+    def __init__(self, entry: object, where: Path | str, n: int):
+        if not isinstance(entry, dict):
+            raise UntrustedManifest(where, f"torrents[{n}] is not an object")
+        self.entry, self.where, self.n = entry, where, n
+
+    def fail(self, key: str, value: object, expected: str) -> UntrustedManifest:
+        return UntrustedManifest(self.where, f"torrents[{self.n}].{key} is {value!r}, expected {expected}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+        value = self.entry.get(key)
+        if value is None and optional:
+            return None
+        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            raise self.fail(key, value, " or ".join(k.__name__ for k in kinds))
+        return value
+
+    def count(self, key: str) -> int:
+        value = self.get(key, int)
+        if value < 0:
+            raise self.fail(key, value, "a count of 0 or more")
+        return value
+
+    def hex_hash(self, key: str, digits: int) -> str | None:
+        value = self.get(key, str, optional=True)
+        if value is not None and not (_HEX40 if digits == 40 else _HEX64).fullmatch(value):
+            raise self.fail(key, value, f"null or {digits} lowercase hex digits")
+        return value
+
+    def popularity(self) -> tuple[int | float, int | float]:
+        pop = self.get("popularity", dict)
+        bounds = []
+        for end in ("min", "max"):
+            value = pop.get(end)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+                raise self.fail(f"popularity.{end}", value, "a number")
+            bounds.append(value)
+        return bounds[0], bounds[1]
+
+    def files(self, name: str) -> tuple[FileEntry, FileEntry]:
+        by_kind: dict[str, FileEntry] = {}
+        for f in self.get("files", list):
+            if not isinstance(f, dict):
+                raise UntrustedManifest(self.where, f"torrents[{self.n}].files holds {f!r}, not an object")
+            path = safe_relative(f.get("path"), self.where, f"torrents[{self.n}].files path")
+            size, digest = f.get("size"), f.get("sha256")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise UntrustedManifest(
+                    self.where, f"torrents[{self.n}]: {path}: size {size!r} is not a byte count"
+                )
+            if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+                raise UntrustedManifest(
+                    self.where, f"torrents[{self.n}]: {path}: sha256 {digest!r} is not 64 hex"
+                )
+            by_kind["torrent" if path.endswith(layout.TORRENT_SUFFIX) else "shard"] = FileEntry(
+                path, size, digest
+            )
+        for kind, what in (("shard", "shard file"), ("torrent", ".torrent file")):
+            if kind not in by_kind:
+                raise UntrustedManifest(self.where, f"torrents[{self.n}] ({name}) lists no {what}")
+        return by_kind["shard"], by_kind["torrent"]
+
+
+def _read_entry(raw: object, where: Path | str, n: int) -> TorrentEntry:
+    e = _Entry(raw, where, n)
+    name = e.get("name", str)
+    fmt = e.get("format", str)
+    if fmt not in FORMATS:
+        raise e.fail("format", fmt, " or ".join(FORMATS))
+    low, high = e.popularity()
+    files = e.files(name)
+    torrent_file = e.get("torrent_file", str)
+    if torrent_file != files[1].path:
+        raise e.fail("torrent_file", torrent_file, f"its .torrent file {files[1].path!r}")
+    return TorrentEntry(
+        name=name,
+        phase=e.get("phase", str),
+        tier=e.get("tier", str, optional=True),
+        popularity_min=low,
+        popularity_max=high,
+        items=e.count("items"),
+        data_size=e.count("data_size"),
+        format=fmt,
+        piece_size=e.count("piece_size"),
+        info_hash_v1=e.hex_hash("info_hash_v1", 40),
+        info_hash_v2=e.hex_hash("info_hash_v2", 64),
+        magnet=e.get("magnet", str),
+        files=files,
+        added=e.get("added", str),
+        obsolete=e.get("obsolete", bool),
+    )
 
 
 @dataclass(frozen=True)
@@ -144,8 +243,17 @@ class PhaseEntry:
         return {"name": self.name, "published_at": self.published_at, "torrents": self.torrents}
 
 
-def _dump(data: object) -> bytes:
-    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+# --- release.json -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Release:
+    """release.json as read back: what the publisher published, phases in publication order."""
+
+    release: str
+    packager_version: str
+    phases: tuple[PhaseEntry, ...]
+    torrents: tuple[TorrentEntry, ...]
 
 
 def release_json(
@@ -163,6 +271,91 @@ def release_json(
     )
 
 
+def read_release_json(data: bytes, where: Path | str = layout.RELEASE_JSON) -> Release:
+    """The inverse of release_json(); UntrustedManifest naming the entry and key of anything malformed."""
+    doc = _load_json(data, where)
+    if not isinstance(doc, dict) or not isinstance(doc.get("torrents"), list):
+        raise UntrustedManifest(where, "no `torrents` list: not a packager release.json")
+    if doc.get("format") != FORMAT:
+        raise UntrustedManifest(
+            where,
+            f"format {doc.get('format')!r} is not one this packager reads ({FORMAT})",
+            hint="update packager",
+        )
+    release, version, phases = doc.get("release"), doc.get("packager_version"), doc.get("phases")
+    if not isinstance(release, str) or not isinstance(version, str) or not isinstance(phases, list):
+        raise UntrustedManifest(where, "`release`, `packager_version` or `phases` is missing or mistyped")
+    return Release(
+        release,
+        version,
+        tuple(_read_phase(p, where, i) for i, p in enumerate(phases)),
+        tuple(_read_entry(entry, where, n) for n, entry in enumerate(doc["torrents"])),
+    )
+
+
+def _read_phase(raw: object, where: Path | str, i: int) -> PhaseEntry:
+    if not isinstance(raw, dict):
+        raise UntrustedManifest(where, f"phases[{i}] is not an object")
+    name, at, count = raw.get("name"), raw.get("published_at"), raw.get("torrents")
+    if not isinstance(name, str) or not isinstance(at, str) or type(count) is not int or count < 0:
+        raise UntrustedManifest(where, f"phases[{i}] is not {{name, published_at, torrents}}: {raw!r:.200}")
+    return PhaseEntry(name, at, count)
+
+
+# --- torrents.json ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListedTorrent:
+    """One row of torrents.json, for mirrors: Anna's Archive's field names (and meanings) where they apply.
+
+    As there, `data_size` is what a seeder stores (the shard file), `display_name` the .torrent's file name,
+    `added_to_torrents_list_at` a date, and the scrape fields are null until a tracker scrape fills them.
+    """
+
+    url: str
+    top_level_group_name: str
+    group_name: str
+    display_name: str
+    added_to_torrents_list_at: str
+    btih: str | None
+    magnet_link: str
+    torrent_size: int
+    num_files: int
+    data_size: int
+    obsolete: bool
+    embargo: bool
+    seeders: int | None
+    leechers: int | None
+    completed: int | None
+    stats_scraped_at: str | None
+    name: str
+    phase: str
+    tier: str | None
+    info_hash_v2: str | None
+    sha256: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_LISTED_TYPES: dict[str, tuple[type, ...]] = {
+    "url": (str,),
+    "btih": (str, type(None)),
+    "torrent_size": (int,),
+    "num_files": (int,),
+    "data_size": (int,),
+    "obsolete": (bool,),
+    "embargo": (bool,),
+    "seeders": (int, type(None)),
+    "leechers": (int, type(None)),
+    "completed": (int, type(None)),
+    "stats_scraped_at": (str, type(None)),
+    "tier": (str, type(None)),
+    "info_hash_v2": (str, type(None)),
+}
+
+
 def torrent_url(base_url: str, entry: TorrentEntry) -> str:
     """The .torrent's URL under `[publish] base_url`; relative to the published folder without one."""
     file_name = entry.torrent_file.rsplit("/", 1)[-1]
@@ -171,40 +364,61 @@ def torrent_url(base_url: str, entry: TorrentEntry) -> str:
     return base_url + ("" if base_url.endswith("/") else "/") + file_name
 
 
-def torrents_json(release: str, base_url: str, entries: Sequence[TorrentEntry]) -> bytes:
-    """torrents.json for mirrors: Anna's Archive's field names (and meanings) where they apply.
-
-    As there, `data_size` is what a seeder stores (the shard file), `display_name` the .torrent's file name,
-    `added_to_torrents_list_at` a date, and the scrape fields are null until a tracker scrape fills them.
-    """
-    rows = []
-    for e in entries:
-        rows.append(
-            {
-                "url": torrent_url(base_url, e),
-                "top_level_group_name": release,
-                "group_name": e.phase,
-                "display_name": e.torrent_file.rsplit("/", 1)[-1],
-                "added_to_torrents_list_at": e.added[:10],
-                "btih": e.info_hash_v1,
-                "magnet_link": e.magnet,
-                "torrent_size": e.torrent.size,
-                "num_files": 1,
-                "data_size": e.shard.size,
-                "obsolete": e.obsolete,
-                "embargo": False,
-                "seeders": None,
-                "leechers": None,
-                "completed": None,
-                "stats_scraped_at": None,
-                "name": e.name,
-                "phase": e.phase,
-                "tier": e.tier,
-                "info_hash_v2": e.info_hash_v2,
-                "sha256": e.shard.sha256,
-            }
+def listed_torrents(release: str, base_url: str, entries: Sequence[TorrentEntry]) -> list[ListedTorrent]:
+    return [
+        ListedTorrent(
+            url=torrent_url(base_url, e),
+            top_level_group_name=release,
+            group_name=e.phase,
+            display_name=e.torrent_file.rsplit("/", 1)[-1],
+            added_to_torrents_list_at=e.added[:10],
+            btih=e.info_hash_v1,
+            magnet_link=e.magnet,
+            torrent_size=e.torrent.size,
+            num_files=1,
+            data_size=e.shard.size,
+            obsolete=e.obsolete,
+            embargo=False,
+            seeders=None,
+            leechers=None,
+            completed=None,
+            stats_scraped_at=None,
+            name=e.name,
+            phase=e.phase,
+            tier=e.tier,
+            info_hash_v2=e.info_hash_v2,
+            sha256=e.shard.sha256,
         )
-    return _dump(rows)
+        for e in entries
+    ]
+
+
+def torrents_json(rows: Sequence[ListedTorrent]) -> bytes:
+    """torrents.json: the rows of listed_torrents()."""
+    return _dump([r.as_dict() for r in rows])
+
+
+def read_torrents_json(data: bytes, where: Path | str = layout.TORRENTS_JSON) -> list[ListedTorrent]:
+    """The inverse of torrents_json(); UntrustedManifest naming the row and key of anything malformed."""
+    doc = _load_json(data, where)
+    if not isinstance(doc, list):
+        raise UntrustedManifest(where, "not a list of torrents")
+    rows = []
+    for n, raw in enumerate(doc):
+        if not isinstance(raw, dict):
+            raise UntrustedManifest(where, f"[{n}] is not an object")
+        values = {}
+        for f in fields(ListedTorrent):
+            value = raw.get(f.name)
+            kinds = _LISTED_TYPES.get(f.name, (str,))
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise UntrustedManifest(where, f"[{n}].{f.name} is {value!r:.100}")
+            values[f.name] = value
+        rows.append(ListedTorrent(**values))
+    return rows
+
+
+# --- SHA256SUMS -------------------------------------------------------------------------------------------
 
 
 def sha256sums(entries: Iterable[TorrentEntry]) -> bytes:
@@ -217,15 +431,54 @@ def sha256sums(entries: Iterable[TorrentEntry]) -> bytes:
     return "".join(f"{digest}  {path}\n" for path, digest in lines).encode()
 
 
-def whitelist(entries: Iterable[TorrentEntry]) -> bytes:
-    """opentracker's access.whitelist: one 40-hex info-hash a line, v1 and truncated v2 (BEP 52)."""
-    return "".join(f"{h}\n" for h in whitelist_hashes(entries)).encode()
+def read_sha256sums(data: bytes, where: Path | str = layout.SHA256SUMS) -> dict[str, str]:
+    """coreutils `sha256sum` lines -> {path: hex}. UntrustedManifest naming the line if one is malformed."""
+    sums: dict[str, str] = {}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UntrustedManifest(where, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        escaped = line.startswith("\\")  # coreutils escapes names holding a backslash or a newline
+        digest, sep, name = line[escaped:].partition(" ")
+        if not sep or name[:1] not in (" ", "*") or not _HEX64.fullmatch(digest.lower()):
+            raise UntrustedManifest(where, f"line {number} is not `<sha256 hex>  <path>`: {line[:80]!r}")
+        name = name[1:]
+        if escaped:
+            name = name.replace("\\\\", "\0").replace("\\n", "\n").replace("\0", "\\")
+        path = safe_relative(name, where, f"line {number}: path")
+        if path in sums and sums[path] != digest.lower():
+            raise UntrustedManifest(where, f"line {number}: {path} is listed twice with different hashes")
+        sums[path] = digest.lower()
+    return sums
+
+
+# --- the opentracker whitelist ----------------------------------------------------------------------------
 
 
 def whitelist_hashes(torrents: Iterable) -> list[str]:
     """The whitelist's hashes, in order, once each, of anything with `info_hash_v1` and `info_hash_v2`."""
     seen = {h.lower(): None for t in torrents for h in swarm_hashes(t.info_hash_v1, t.info_hash_v2)}
     return list(seen)
+
+
+def whitelist(torrents: Iterable) -> bytes:
+    """opentracker's access.whitelist: one 40-hex info-hash a line, v1 and truncated v2 (BEP 52)."""
+    return "".join(f"{h}\n" for h in whitelist_hashes(torrents)).encode()
+
+
+def read_whitelist(data: bytes, where: Path | str = layout.WHITELIST) -> list[str]:
+    """The inverse of whitelist(): its hashes in order; UntrustedManifest naming a malformed line."""
+    hashes = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line:
+            continue
+        if not _HEX40.fullmatch(line.decode("ascii", "replace")):
+            raise UntrustedManifest(where, f"line {number} is not a 40-hex info-hash: {line[:80]!r}")
+        hashes.append(line.decode())
+    return hashes
 
 
 # --- minisign ---------------------------------------------------------------------------------------------
@@ -350,218 +603,3 @@ def verify_signature(public_key: str | bytes, data: bytes, signature: bytes) -> 
     sig = minisign.Signature.from_bytes(signature.rstrip(b"\n"))
     pk.verify(data, sig)
     return sig.trusted_comment
-
-
-# --- the member index -------------------------------------------------------------------------------------
-
-INDEX_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE torrents (
-    n INTEGER PRIMARY KEY,          -- position in release.json's torrents, from 1
-    name TEXT NOT NULL UNIQUE,
-    phase TEXT NOT NULL,
-    tier TEXT,
-    info_hash_v1 TEXT,
-    info_hash_v2 TEXT,
-    magnet TEXT NOT NULL,
-    torrent_file TEXT NOT NULL,     -- torrents/<name>.tar.zst.torrent
-    shard_file TEXT NOT NULL,       -- shards/<name>.tar.zst
-    shard_size INTEGER NOT NULL,
-    piece_size INTEGER NOT NULL
-);
-CREATE TABLE members (
-    id TEXT PRIMARY KEY,
-    torrent INTEGER NOT NULL,       -- torrents.n
-    offset INTEGER NOT NULL,        -- of the content in the shard's tar stream (uncompressed)
-    size INTEGER NOT NULL,
-    first_frame INTEGER NOT NULL,   -- the zstd frames holding the content, inclusive
-    last_frame INTEGER NOT NULL,
-    frames_offset INTEGER NOT NULL, -- shard file bytes [frames_offset, frames_offset + frames_size)
-    frames_size INTEGER NOT NULL,   --   hold those frames, which decompress to the tar stream
-    frames_tar_offset INTEGER NOT NULL,  -- from this offset on
-    first_piece INTEGER NOT NULL,   -- the torrent pieces covering those bytes, inclusive
-    last_piece INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
-_MEMBER_COLUMNS = (
-    "offset",
-    "size",
-    "first_frame",
-    "last_frame",
-    "frames_offset",
-    "frames_size",
-    "frames_tar_offset",
-    "first_piece",
-    "last_piece",
-)
-_TORRENT_COLUMNS = (
-    "name",
-    "phase",
-    "tier",
-    "info_hash_v1",
-    "info_hash_v2",
-    "magnet",
-    "torrent_file",
-    "shard_file",
-    "shard_size",
-    "piece_size",
-)
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where an item lies: which torrent, which bytes of its shard, which pieces to fetch for it alone."""
-
-    id: str
-    torrent: str
-    phase: str
-    tier: str | None
-    info_hash_v1: str | None
-    info_hash_v2: str | None
-    magnet: str
-    torrent_file: str
-    shard_file: str
-    shard_size: int
-    piece_size: int
-    offset: int
-    size: int
-    first_frame: int
-    last_frame: int
-    frames_offset: int
-    frames_size: int
-    frames_tar_offset: int
-    first_piece: int
-    last_piece: int
-
-    @property
-    def pieces(self) -> int:
-        return self.last_piece - self.first_piece + 1
-
-
-def member_rows(
-    locations: Iterable[tuple[str, int, int, int, int]], frames: Sequence, piece_size: int
-) -> Iterator[tuple]:
-    """Index rows (id, offset, size, frames..., pieces) from (id, size, offset, first_frame, last_frame) and
-    the shard's seek table (container.Frame objects): the pieces are those covering the member's frames,
-    since a frame is the smallest unit that can be decompressed."""
-    for ident, size, offset, first, last in locations:
-        start = frames[first].compressed_offset
-        end = frames[last].compressed_offset + frames[last].compressed_size
-        yield (
-            ident,
-            offset,
-            size,
-            first,
-            last,
-            start,
-            end - start,
-            frames[first].decompressed_offset,
-            start // piece_size,
-            (end - 1) // piece_size,
-        )
-
-
-class MemberIndex:
-    """The release-wide member index file (see INDEX_SCHEMA)."""
-
-    def __init__(self, path: Path, db: sqlite3.Connection):
-        self.path, self.db = Path(path), db
-
-    @classmethod
-    def create(cls, path: Path, release: str, base: Path | None = None) -> MemberIndex:
-        """A new index at `path`, starting as a copy of `base` (an earlier index) when given."""
-        path = Path(path)
-        if base is not None:
-            shutil.copyfile(base, path)
-        db = sqlite3.connect(path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=OFF")  # written in a temporary folder, renamed only when complete
-        db.execute("PRAGMA synchronous=OFF")
-        db.execute("PRAGMA temp_store=FILE")
-        if base is None:
-            db.executescript(INDEX_SCHEMA)
-            db.executemany("INSERT INTO meta VALUES (?, ?)", [("format", str(FORMAT)), ("release", release)])
-        return cls(path, db)
-
-    @classmethod
-    def open(cls, path: Path) -> MemberIndex:
-        path = Path(path)
-        if path.is_dir():
-            path = path / layout.MEMBER_INDEX
-        if not path.is_file():
-            raise UsageError(
-                f"{path}: no member index here",
-                hint=f"pass the published folder or its {layout.MEMBER_INDEX}",
-            )
-        db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None)
-        try:
-            row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        except sqlite3.DatabaseError as e:
-            db.close()
-            raise UsageError(f"{path}: not a packager member index ({e})") from None
-        if not row or row[0] != str(FORMAT):
-            db.close()
-            raise UsageError(f"{path}: unknown member index format {row and row[0]}")
-        return cls(path, db)
-
-    def close(self) -> None:
-        self.db.close()
-
-    def __enter__(self) -> MemberIndex:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def torrent_names(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT name FROM torrents ORDER BY n")]
-
-    def add_torrents(self, torrents: Iterable[tuple[int, TorrentEntry, Iterable[tuple]]]) -> None:
-        """Add (n, entry, member_rows(...)) torrents. Rows are staged, then inserted in id order: sorted
-        appends to the B-tree, much faster than random inserts at 10^8 rows."""
-        db = self.db
-        db.execute("BEGIN")
-        db.execute(f"CREATE TEMP TABLE stage (id TEXT, torrent INTEGER, {', '.join(_MEMBER_COLUMNS)})")
-        for n, e, rows in torrents:
-            db.execute(
-                f"INSERT INTO torrents (n, {', '.join(_TORRENT_COLUMNS)}) VALUES ({', '.join('?' * 11)})",
-                (
-                    n,
-                    e.name,
-                    e.phase,
-                    e.tier,
-                    e.info_hash_v1,
-                    e.info_hash_v2,
-                    e.magnet,
-                    e.torrent_file,
-                    e.shard.path,
-                    e.shard.size,
-                    e.piece_size,
-                ),
-            )
-            db.executemany(
-                "INSERT INTO temp.stage VALUES (?,?,?,?,?,?,?,?,?,?,?)", ((r[0], n, *r[1:]) for r in rows)
-            )
-        clash = db.execute(
-            "SELECT s.id, t.name FROM temp.stage s JOIN members m ON m.id = s.id "
-            "JOIN torrents t ON t.n = m.torrent LIMIT 1"
-        ).fetchone()
-        if clash:
-            db.execute("ROLLBACK")
-            raise PublishError(self.path, f"item {clash[0]!r} is already indexed in {clash[1]}")
-        db.execute("INSERT INTO members SELECT * FROM temp.stage ORDER BY id")
-        db.execute("DROP TABLE temp.stage")
-        db.execute("COMMIT")
-
-    def locate(self, ids: Iterable[str]) -> tuple[list[Location], list[str]]:
-        """(found locations, ids not in the index), in the order asked."""
-        found, missing = [], []
-        cols = ", ".join(f"t.{c}" for c in _TORRENT_COLUMNS)
-        member_cols = ", ".join(f"m.{c}" for c in _MEMBER_COLUMNS)
-        sql = f"SELECT {cols}, {member_cols} FROM members m JOIN torrents t ON t.n = m.torrent WHERE m.id = ?"
-        for ident in ids:
-            row = self.db.execute(sql, (ident,)).fetchone()
-            if row is None:
-                missing.append(ident)
-                continue
-            found.append(Location(ident, *row))
-        return found, missing

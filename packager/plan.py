@@ -9,6 +9,7 @@ so memory stays flat whatever the catalog size (the real one has 10^8 rows).
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,27 @@ class PlannedShard:
     pop_max: float
 
 
+@dataclass(frozen=True)
+class PathCollision:
+    """Two members of one shard whose paths differ only by case or Unicode normalization: distinct files
+    here and in the tar, but one file when the shard is extracted on macOS (APFS, HFS+) or Windows (NTFS)."""
+
+    shard: str
+    path: str
+    other_path: str
+    id: str
+    other_id: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.shard}: {self.path!r} ({self.id}) and {self.other_path!r} ({self.other_id}) are one file "
+            "on case-insensitive or normalizing file systems (macOS, Windows)"
+        )
+
+
+MAX_COLLISIONS_KEPT = 1000
+
+
 @dataclass
 class PlanReport:
     dry_run: bool
@@ -40,6 +62,8 @@ class PlanReport:
     items: int = 0
     bytes: int = 0
     unassigned: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, items, bytes)
+    collisions: list[PathCollision] = field(default_factory=list)  # the first MAX_COLLISIONS_KEPT
+    collision_count: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -48,7 +72,16 @@ class PlanReport:
             "items": self.items,
             "bytes": self.bytes,
             "unassigned": [{"kind": k, "items": n, "bytes": b} for k, n, b in self.unassigned],
+            "path_collisions": self.collision_count,
+            "path_collision_examples": [vars(c) for c in self.collisions],
         }
+
+
+def folded_path(path: str) -> str:
+    """The name a case-insensitive, normalization-insensitive file system sees (NFC of the case fold)."""
+    if path.isascii():
+        return path.lower()
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
 
 
 class _DryRun(Exception):
@@ -72,8 +105,10 @@ class _ShardCutter:
         self.count = self.bytes = 0
         self.pop_min = self.pop_max = 0.0
         self.batch: list[tuple[int, int, int]] = []
+        self.names: dict[str, tuple[str, int]] = {}  # folded path -> (path, item rowid), in this shard
+        self.by_kind: dict[str, list[int]] = {}  # kind -> [items, bytes] planned
 
-    def add(self, rowid: int, size: int, popularity: float) -> None:
+    def add(self, rowid: int, size: int, popularity: float, kind: str, path: str) -> None:
         if self.shard_id is not None and self.bytes + size > self.phase.shard_size:
             self.close()
         if self.shard_id is None:
@@ -82,11 +117,25 @@ class _ShardCutter:
         self.count += 1
         self.bytes += size
         self.pop_min = popularity  # candidates arrive in descending popularity
+        totals = self.by_kind.setdefault(kind, [0, 0])
+        totals[0] += 1
+        totals[1] += size
+        folded = folded_path(path)
+        other = self.names.setdefault(folded, (path, rowid))
+        if other[1] != rowid:
+            self._collision(path, rowid, *other)
         if len(self.batch) >= MEMBER_BATCH:
             self.state.add_members(self.batch)
             self.batch.clear()
         if size > self.phase.shard_size:
             self.close()
+
+    def _collision(self, path: str, rowid: int, other_path: str, other_rowid: int) -> None:
+        self.report.collision_count += 1
+        if len(self.report.collisions) < MAX_COLLISIONS_KEPT:
+            ids = dict(self.state.item_ids([rowid, other_rowid]))
+            name = self.phase.shard_name(self.release, self.tier.name, self.seq)
+            self.report.collisions.append(PathCollision(name, path, other_path, ids[rowid], ids[other_rowid]))
 
     def _open(self, popularity: float) -> None:
         name = self.phase.shard_name(self.release, self.tier.name, self.seq)
@@ -95,16 +144,14 @@ class _ShardCutter:
         )
         self.count = self.bytes = 0
         self.pop_max = popularity
+        self.names.clear()
 
     def close(self) -> None:
         if self.shard_id is None:
             return
         self.state.add_members(self.batch)
         self.batch.clear()
-        self.state.db.execute(
-            "UPDATE shards SET items=?, bytes=?, pop_min=?, pop_max=? WHERE id=?",
-            (self.count, self.bytes, self.pop_min, self.pop_max, self.shard_id),
-        )
+        self.state.set_shard_totals(self.shard_id, self.count, self.bytes, self.pop_min, self.pop_max)
         name = self.phase.shard_name(self.release, self.tier.name, self.seq)
         self.report.shards.append(
             PlannedShard(
@@ -124,24 +171,44 @@ class _ShardCutter:
         self.shard_id = None
 
 
+# A plan adding more members than this fraction of those already planned rebuilds the members' item
+# index in one sort afterwards rather than inserting into it at random places.
+REBUILD_FRACTION = 0.2
+
+
 def plan(ws: Workspace, dry_run: bool = False, on_items: Callable[[int], None] | None = None) -> PlanReport:
-    """Assign every unassigned item to a phase, tier and new shard. With dry_run nothing is stored."""
+    """Assign every unassigned item to a phase, tier and new shard. With dry_run nothing is stored.
+
+    One scan of the items and one sort give every candidate in plan order (phase, tier, popularity desc,
+    id asc); the cutters then stream through them, so memory stays flat at any catalog size."""
     state, config = ws.state, ws.config
     report = PlanReport(dry_run=dry_run)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    groups = [(phase, tier) for phase in config.phases for tier in phase.tiers]
     try:
         with state.transaction():
-            for phase in config.phases:
-                for tier in phase.tiers:
-                    lo, hi = _bounds(phase, tier)
-                    if state.load_candidates(phase.kinds, lo, hi) == 0:
-                        continue
-                    cutter = _ShardCutter(state, config.name, phase, tier, now, report)
-                    for n, (rowid, size, popularity) in enumerate(state.iter_candidates(), 1):
-                        cutter.add(rowid, size, popularity)
-                        if on_items and n % MEMBER_BATCH == 0:
-                            on_items(report.items + cutter.count)
-                    cutter.close()
+            planned_before = state.member_count()
+            total = state.load_candidates([(p.kinds, *_bounds(p, t)) for p, t in groups])
+            if total and total > REBUILD_FRACTION * planned_before:
+                state.drop_member_index()
+            cutter: _ShardCutter | None = None
+            by_kind: dict[str, list[int]] = {}
+            current = None
+            for n, (group, rowid, size, popularity, kind, path) in enumerate(state.iter_candidates(), 1):
+                if group != current:
+                    if cutter is not None:
+                        cutter.close()
+                        _merge(by_kind, cutter.by_kind)
+                    current = group
+                    cutter = _ShardCutter(state, config.name, *groups[group], now, report)
+                cutter.add(rowid, size, popularity, kind, path)
+                if on_items and n % MEMBER_BATCH == 0:
+                    on_items(report.items + cutter.count)
+            if cutter is not None:
+                cutter.close()
+                _merge(by_kind, cutter.by_kind)
+            state.restore_member_index()
+            state.add_totals((k, 0, 0, -n, -b) for k, (n, b) in by_kind.items())
             report.unassigned = state.unassigned_counts()
             if dry_run:
                 raise _DryRun
@@ -152,6 +219,13 @@ def plan(ws: Workspace, dry_run: bool = False, on_items: Callable[[int], None] |
     if on_items:
         on_items(report.items)
     return report
+
+
+def _merge(into: dict[str, list[int]], more: dict[str, list[int]]) -> None:
+    for kind, (n, b) in more.items():
+        totals = into.setdefault(kind, [0, 0])
+        totals[0] += n
+        totals[1] += b
 
 
 def release_status(ws: Workspace) -> dict:
@@ -206,6 +280,8 @@ def remove_items(ws: Workspace, ids: list[str]) -> list[Removal]:
     """Mark items removed from the archive. An item in no shard, or in a shard not yet built, will not be
     packaged; an item in a built shard stays in it (a built shard never changes) and is only marked. Unknown
     ids are refused together, before anything changes."""
+    from .ingest import remove_rows
+
     state = ws.state
     placements = {i: state.item_placement(i) for i in dict.fromkeys(ids)}
     unknown = [i for i, p in placements.items() if p is None]
@@ -214,17 +290,19 @@ def remove_items(ws: Workspace, ids: list[str]) -> list[Removal]:
         raise UsageError(f"{len(unknown)} unknown id(s): {shown}", hint="check the ids against the catalog")
     out = []
     with state.transaction():
-        for item_id, (rowid, removed, shard, shard_state, shard_id) in placements.items():
+        state.db.execute("DROP TABLE IF EXISTS temp.gone")
+        state.db.execute("CREATE TEMP TABLE gone (n INTEGER PRIMARY KEY)")
+        for item_id, (rowid, removed, shard, shard_state, _) in placements.items():
             if removed:
                 out.append(Removal(item_id, "already removed"))
                 continue
+            state.db.execute("INSERT OR IGNORE INTO temp.gone VALUES (?)", (rowid,))
             if shard is not None and shard_state == "built":
-                state.mark_removed(rowid, None)
                 out.append(Removal(item_id, f"stays in {shard} (built shards never change)"))
             elif shard is not None:
-                state.mark_removed(rowid, shard_id)
                 out.append(Removal(item_id, f"dropped from {shard} (not built yet)"))
             else:
-                state.mark_removed(rowid, None)
                 out.append(Removal(item_id, "will not be planned"))
+        remove_rows(state, "temp.gone")
+        state.db.execute("DROP TABLE temp.gone")
     return out

@@ -31,19 +31,21 @@ from .errors import ContainerError, PublishError
 from .fsutil import file_sha256, fsync_dir, fsync_file, workspace_lock, write_durable
 from .manifest import (
     FileEntry,
-    MemberIndex,
     PhaseEntry,
     SigningKey,
     TorrentEntry,
     json_number,
-    member_rows,
+    listed_torrents,
     release_json,
     sha256sums,
     torrent_url,
     torrents_json,
     whitelist,
 )
+from .member_index import MemberIndex, member_rows
 from .state import ShardRow, State, TorrentFacts
+from .swarm.live import live_files
+from .swarm.model import swarm_view
 
 PUBLISHED_DIR = layout.PUBLISHED  # the name tests/test_verify.py imports; to go once it imports layout
 TORRENT_MIME = "application/x-bittorrent"
@@ -246,7 +248,7 @@ def _write_folder(
     release = release_json(config.name, __version__, phases, entries)
     files = {
         layout.RELEASE_JSON: release,
-        layout.TORRENTS_JSON: torrents_json(config.name, config.base_url, entries),
+        layout.TORRENTS_JSON: torrents_json(listed_torrents(config.name, config.base_url, entries)),
         layout.SHA256SUMS: sums,
         layout.WHITELIST: whitelist(entries),
         layout.FEED: feed_xml(config.name, config.base_url, entries),
@@ -260,10 +262,19 @@ def _write_folder(
             files[layout.signature_name(name)] = signing.sign(files[name], name, when)
     for name, data in files.items():
         write_durable(tmp / name, data)
+    # Live and advisory: rendered from the state's scrape history and rewritten by `packager health`; never
+    # part of what is signed or checksummed (swarm/live.py).
+    view = swarm_view(state, config.name, [p.name for p in config.phases], entries=_entry_pairs(everything))
+    for name, data in live_files(view).items():
+        write_durable(tmp / name, data)
     index = layout.MEMBER_INDEX
     _write_member_index(tmp / index, final / index, workspace, state, config.name, everything)
     fsync_dir(tmp / layout.TORRENTS)
     fsync_dir(tmp)
+
+
+def _entry_pairs(everything: list[_Published]) -> list[tuple[int, TorrentEntry]]:
+    return [(p.shard_id, p.entry) for p in everything]
 
 
 def _place_torrent(e: TorrentEntry, tmp: Path, final: Path, workspace: Path) -> None:
@@ -451,6 +462,10 @@ def index_html(
         f'<a href="{layout.FEED}">RSS feed</a>, <a href="{layout.SHA256SUMS}">{layout.SHA256SUMS}</a>, '
         f'<a href="{layout.MEMBER_INDEX}">{layout.MEMBER_INDEX}</a> (which torrent and pieces hold an item: '
         f"<code>packager locate {layout.MEMBER_INDEX} ID</code>).</p>",
+        # A link only: live numbers would unfreeze this page, which is part of the publication.
+        f'<p>How well each torrent is seeded: <a href="{layout.SWARM_HTML}">{layout.SWARM_HTML}</a> '
+        f'(<a href="{layout.SWARM_JSON}">{layout.SWARM_JSON}</a>), updated by tracker scrapes; advisory and '
+        "not signed.</p>",
     ]
     if signing is not None:
         parts.append(

@@ -26,10 +26,10 @@ class Workspace:
         self._config = config
 
     @classmethod
-    def open(cls, path: Path, *, config: bool = True) -> Workspace:
+    def open(cls, path: Path, *, config: bool = True, readonly: bool = False) -> Workspace:
         path = Path(path)
         loaded = load_config(path) if config else None
-        return cls(path, open_state(path), loaded)
+        return cls(path, open_state(path, readonly=readonly), loaded)
 
     @classmethod
     def init(cls, path: Path, root: Path, name: str | None = None) -> Workspace:

@@ -1,6 +1,6 @@
 """Benchmarks that check the design's performance claims on this machine.
 
-    python scripts/bench.py plan [--rows 1000000]   ingest + plan: wall time, peak RSS (< 6 s, 300 MB per 1 M)
+    python scripts/bench.py plan [--rows 1000000]   catalog steps at 10^N rows: time, RSS, state size
     python scripts/bench.py build [--size-gb 1]     copy vs tar|zstd+mktorrent+sha256sum vs packager build
     python scripts/bench.py verify [--size 2GB]     verify --pieces/--deep vs libtorrent's recheck (>= 1.5x)
     python scripts/bench.py seed                    10 000 torrents from fast-resume; upload rate to aria2c
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import zstandard
 from bench_build import bench_build  # scripts/ is on sys.path when this file runs
-from bench_plan import bench_plan
+from bench_plan import add_plan_args, bench_plan
 from bench_seed import add_seed_args, bench_seed
 from bench_verify import add_verify_args, bench_verify
 
@@ -470,10 +470,6 @@ def bench_speed(args: argparse.Namespace) -> dict:
 
 
 # --- dispatch -----------------------------------------------------------------------------------------------
-
-
-def add_plan_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rows", type=int, default=1_000_000, help="catalog rows to generate (1000000)")
 
 
 def add_build_args(p: argparse.ArgumentParser) -> None:

@@ -13,8 +13,8 @@
    read rate.
 
 Each seeding run is its own process. Without opentracker the start runs without announces; without aria2c
-or opentracker the upload part is skipped. `bench_seed(args)` returns the figures as a dict;
-scripts/bench.py registers it as `bench.py seed`.
+or opentracker the upload part is skipped. `bench_seed(args)` prints the table and returns the figures
+as a dict; scripts/bench.py registers it as `bench.py seed`.
 """
 
 from __future__ import annotations
@@ -630,10 +630,12 @@ def bench_seed(args: argparse.Namespace) -> dict:
         figures["start"] = bench_start(args)
     if not args.skip_upload:
         figures["upload"] = bench_upload(args)
+    figures["targets_met"] = print_seed_table(figures)
     return figures
 
 
-def _report(figures: dict) -> bool:
+def print_seed_table(figures: dict) -> bool:
+    """Print the figures as a table; whether every target measured was met."""
     ok = True
     print(f"{figures['cpus']} CPUs, libtorrent {figures['libtorrent']}")
     if "start" in figures:
@@ -707,8 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = bench_seed(args)
     if args.json:
         print(json.dumps(figures, indent=2))
-        return 0
-    return 0 if _report(figures) else 1
+    return 0 if figures["targets_met"] else 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ laid out as a downloader's mirror (release.json, SHA256SUMS, torrents/, shards/)
 
 Target: piece verify >= 1.5x faster than libtorrent's default recheck. Page cache warm by default (the
 figures measure the checkers, not the disk); --cold evicts the shard's pages before every run.
-`bench_verify(args)` returns the figures as a dict; scripts/bench.py registers it as `bench.py verify`.
+`bench_verify(args)` prints the table and returns the figures as a dict; scripts/bench.py registers it as
+`bench.py verify`.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ def bench_verify(args: argparse.Namespace) -> dict:
     median = {name: statistics.median(times) for name, times in runs.items()}
     command = median[lt_default] / median["packager verify --pieces (command)"]
     in_process = median[lt_default] / median["verify(pieces=True) (in process)"]
-    return {
+    figures = {
         "shard_bytes": size,
         "piece_size": json.loads((mirror / "release.json").read_text())["torrents"][0]["piece_size"],
         "cache": "cold" if args.cold else "warm",
@@ -266,18 +267,11 @@ def bench_verify(args: argparse.Namespace) -> dict:
         "target": TARGET,
         "target_met": command >= TARGET,
     }
+    print_verify_table(figures)
+    return figures
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default="bench-data", help="where generated data goes (./bench-data)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    add_verify_args(p)
-    args = p.parse_args(argv)
-    figures = bench_verify(args)
-    if args.json:
-        print(json.dumps(figures, indent=2))
-        return 0
+def print_verify_table(figures: dict) -> None:
     print(
         f"one shard of {figures['shard_bytes'] / MB:,.0f} MB, pieces of {figures['piece_size'] // 1024} KiB, "
         f"{figures['cache']} page cache, {figures['cpus']} CPUs, libtorrent {figures['libtorrent']}"
@@ -291,6 +285,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{figures['pieces_speedup_vs_all_cores']}x libtorrent on all cores; "
         f"deep verify {figures['deep_MB_per_s']} MB/s"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="bench-data", help="where generated data goes (./bench-data)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON after the table")
+    add_verify_args(p)
+    args = p.parse_args(argv)
+    figures = bench_verify(args)
+    if args.json:
+        print(json.dumps(figures, indent=2))
     return 0 if figures["target_met"] else 1
 
 

@@ -8,15 +8,16 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive as independent peers: GNU tar + zstd read our shards, mktorrent is the
 # benchmark's peer, aria2c / transmission / opentracker / libtorrent exchange our torrents, minisign checks
-# our signatures, chromium renders the published index.
+# our signatures, chromium renders the published index, nginx serves shards as a web seed.
 DEB_TOOLS=(zstd:zstd aria2c:aria2 transmission-show:transmission-cli opentracker:opentracker
            minisign:minisign mktorrent:mktorrent chromium:chromium qbittorrent-nox:qbittorrent-nox
-           transmission-daemon:transmission-daemon)
+           transmission-daemon:transmission-daemon nginx:nginx)
 
 install_debian_tools() {
     local missing=()
     for pair in "${DEB_TOOLS[@]}"; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+        # nginx lives in /usr/sbin, outside a normal user's PATH.
+        command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     local sudo=""

@@ -1,30 +1,39 @@
-"""The manifest formats on their own: entries, SHA256SUMS, whitelist, piece ranges, minisign keys."""
+"""The published formats on their own: each writer and its reader, round trips, hostile input; minisign."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import jsonschema
 import minisign
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from packager.container import Frame
-from packager.errors import PublishError, UsageError
+from packager.errors import PublishError, UntrustedManifest, UsageError
 from packager.manifest import (
-    FileEntry,
+    ListedTorrent,
     PhaseEntry,
+    Release,
     TorrentEntry,
     generate_keypair,
+    listed_torrents,
     load_signing_key,
-    member_rows,
     public_key_path,
+    read_release_json,
+    read_sha256sums,
+    read_torrents_json,
+    read_whitelist,
     release_json,
     sha256sums,
     torrents_json,
     verify_signature,
     whitelist,
+    whitelist_hashes,
 )
+from tests.helpers import STAMP, WORD, torrent_entries, torrent_entry, unique_by_name
 
 MANIFESTS = Path(__file__).parent.parent / "manifests"
 
@@ -34,31 +43,18 @@ def validate(data, name: str) -> None:
     jsonschema.validate(data, schema, cls=jsonschema.Draft202012Validator)
 
 
-def entry(
-    name="r-audio-t1-00001", fmt="v1", v1="a" * 40, v2=None, added="2025-01-01T00:00:00Z"
-) -> TorrentEntry:
-    return TorrentEntry(
-        name=name, phase="audio", tier="t1", popularity_min=10, popularity_max=99.5, items=3, data_size=1000,
-        format=fmt, piece_size=16384, info_hash_v1=v1, info_hash_v2=v2,
-        magnet=f"magnet:?xt=urn:{'btih:' + v1 if v1 else 'btmh:1220' + v2}&dn={name}.tar.zst",
-        files=(FileEntry(f"shards/{name}.tar.zst", 900, "1" * 64),
-               FileEntry(f"torrents/{name}.tar.zst.torrent", 200, "2" * 64)),
-        added=added,
-    )  # fmt: skip
-
-
 def test_entries_of_every_format_validate_and_round_trip():
     entries = [
-        entry(),
-        entry("r-audio-t1-00002", "hybrid", "b" * 40, "c" * 64),
-        entry("r-art-00001", "v2", None, "d" * 64),
+        torrent_entry(),
+        torrent_entry("r-audio-t1-00002", "hybrid", "b" * 40, "c" * 64),
+        torrent_entry("r-art-00001", "v2", None, "d" * 64),
     ]
     data = json.loads(release_json("r", "0.1.0", [PhaseEntry("audio", "2025-01-01T00:00:00Z", 3)], entries))
     validate(data, "release")
-    validate(json.loads(torrents_json("r", "https://x.example/t", entries)), "torrents")
+    validate(json.loads(torrents_json(listed_torrents("r", "https://x.example/t", entries))), "torrents")
     for e in entries:
         assert TorrentEntry.from_json(e.to_json()) == e
-    rows = json.loads(torrents_json("r", "https://x.example/t", entries))
+    rows = json.loads(torrents_json(listed_torrents("r", "https://x.example/t", entries)))
     assert rows[0]["url"] == "https://x.example/t/r-audio-t1-00001.tar.zst.torrent"
     assert (
         rows[2]["btih"] is None
@@ -71,7 +67,7 @@ def test_entries_of_every_format_validate_and_round_trip():
 
 
 def test_sha256sums_is_coreutils_format_sorted_by_path():
-    text = sha256sums([entry("r-b-00001"), entry("r-a-00001")]).decode()
+    text = sha256sums([torrent_entry("r-b-00001"), torrent_entry("r-a-00001")]).decode()
     assert text.splitlines() == [
         f"{'1' * 64}  shards/r-a-00001.tar.zst",
         f"{'1' * 64}  shards/r-b-00001.tar.zst",
@@ -82,36 +78,11 @@ def test_sha256sums_is_coreutils_format_sorted_by_path():
 
 def test_whitelist_has_v1_and_truncated_v2_hashes_once():
     entries = [
-        entry(),
-        entry("r-audio-t1-00002", "hybrid", "B" * 40, "c" * 64),
-        entry("r-x-00001", v1="a" * 40),
+        torrent_entry(),
+        torrent_entry("r-audio-t1-00002", "hybrid", "B" * 40, "c" * 64),
+        torrent_entry("r-x-00001", v1="a" * 40),
     ]
     assert whitelist(entries).decode().splitlines() == ["a" * 40, "b" * 40, "c" * 40]
-
-
-def frames_of(sizes: list[int]) -> list[Frame]:
-    """Frames of the given compressed sizes, each 4096 bytes decompressed."""
-    frames, offset = [], 0
-    for i, size in enumerate(sizes):
-        frames.append(Frame(i, offset, size, i * 4096, 4096, None))
-        offset += size
-    return frames
-
-
-def test_piece_range_covers_the_member_frames():
-    frames = frames_of([100, 16284, 1, 16384, 50])  # frame 1 ends exactly at the end of piece 0
-    locations = [
-        ("a", 10, 512, 0, 0),  # inside piece 0
-        ("b", 9000, 4608, 1, 1),  # frame 1 ends on the piece boundary: still piece 0 only
-        ("c", 0, 8704, 2, 2),  # an empty member: the frame of its header, first byte of piece 1
-        ("d", 9000, 12800, 3, 4),  # frames 3-4: bytes 16385..32818, pieces 1-2
-    ]
-    rows = {r[0]: r for r in member_rows(locations, frames, 16384)}
-    # (id, offset, size, first_frame, last_frame, frames_offset, frames_size, frames_tar_offset, pieces)
-    assert rows["a"] == ("a", 512, 10, 0, 0, 0, 100, 0, 0, 0)
-    assert rows["b"][5:] == (100, 16284, 4096, 0, 0)
-    assert rows["c"][5:] == (16384, 1, 8192, 1, 1)
-    assert rows["d"][5:] == (16385, 16434, 12288, 1, 2)
 
 
 def test_keys_sign_deterministically_and_verify(tmp_path):
@@ -149,3 +120,109 @@ def test_public_key_path():
     assert public_key_path(Path("keys/release.key")) == Path("keys/release.pub")
     assert public_key_path(Path("keys/release")) == Path("keys/release.pub")
     assert public_key_path(Path("keys/release.sec")) == Path("keys/release.sec.pub")
+
+
+# --- every format reads back what was written, and refuses what it did not write ----------------------------
+
+PHASES = st.lists(st.builds(PhaseEntry, WORD, STAMP, st.integers(0, 10**6)), max_size=4)
+
+
+@given(st.text(max_size=30), st.text(max_size=10), PHASES, st.lists(torrent_entries(), max_size=5))
+def test_release_json_reads_back_what_was_written(release, version, phases, torrents):
+    data = release_json(release, version, phases, torrents)
+    assert read_release_json(data) == Release(release, version, tuple(phases), tuple(torrents))
+    for e in torrents:
+        assert TorrentEntry.from_json(e.to_json()) == e
+
+
+@given(st.text(max_size=20), st.sampled_from(["", "https://m.example/t", "https://m.example/t/"]),
+       st.lists(torrent_entries(), max_size=5))  # fmt: skip
+def test_torrents_json_reads_back_what_was_written(release, base_url, torrents):
+    rows = listed_torrents(release, base_url, torrents)
+    assert read_torrents_json(torrents_json(rows)) == rows
+    scraped = [
+        ListedTorrent(**(r.as_dict() | {"seeders": 3, "stats_scraped_at": "2025-01-01"})) for r in rows
+    ]
+    assert read_torrents_json(torrents_json(scraped)) == scraped
+
+
+@given(st.lists(torrent_entries(), max_size=6).map(unique_by_name))
+def test_sha256sums_reads_back_what_was_written(torrents):
+    assert read_sha256sums(sha256sums(torrents)) == {f.path: f.sha256 for e in torrents for f in e.files}
+
+
+@given(st.lists(torrent_entries(), max_size=6))
+def test_whitelist_reads_back_what_was_written(torrents):
+    assert read_whitelist(whitelist(torrents)) == whitelist_hashes(torrents)
+
+
+def _valid_doc() -> dict:
+    phases = [PhaseEntry("audio", "2025-01-01T00:00:00Z", 1)]
+    return json.loads(release_json("r", "0.1.0", phases, [torrent_entry()]))
+
+
+def _with(change) -> bytes:
+    doc = _valid_doc()
+    change(doc, doc["torrents"][0])
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"{", "not JSON"),
+        (b"[" * 100_000, "not JSON"),
+        (b"[]", "no `torrents` list"),
+        (_with(lambda d, e: d.update(format=2)), "format 2 is not one this packager reads"),
+        (_with(lambda d, e: e["files"][0].update(path="/etc/passwd")), "not a relative path"),
+        (
+            _with(lambda d, e: e["files"][0].update(path="shards/../../x.tar.zst")),
+            "not a plain relative path",
+        ),
+        (_with(lambda d, e: e["files"][0].update(size=True)), "is not a byte count"),
+        (_with(lambda d, e: e["files"][0].update(size=-1)), "is not a byte count"),
+        (_with(lambda d, e: e["files"][1].update(sha256="x" * 64)), "is not 64 hex"),
+        (_with(lambda d, e: e["files"].pop(0)), "lists no shard file"),
+        (_with(lambda d, e: e.update(name=7)), "torrents[0].name is 7, expected str"),
+        (_with(lambda d, e: e.update(items=True)), "torrents[0].items is True"),
+        (_with(lambda d, e: e.update(format="v3")), "torrents[0].format is 'v3'"),
+        (_with(lambda d, e: e.update(info_hash_v1="A" * 40)), "torrents[0].info_hash_v1"),
+        (_with(lambda d, e: e.update(torrent_file="torrents/other.tar.zst.torrent")), "torrent_file"),
+        (_with(lambda d, e: e["popularity"].update(min="high")), "popularity.min"),
+        (_with(lambda d, e: d["phases"].append(["x"])), "phases[1] is not an object"),
+    ],
+)
+def test_a_malformed_release_json_is_refused_naming_what(data, message):
+    with pytest.raises(UntrustedManifest) as e:
+        read_release_json(data, "mirror/release.json")
+    assert message in e.value.message and e.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (b"1" * 64 + b" shards/x.tar.zst", "is not `<sha256 hex>  <path>`"),
+        (b"zz  shards/x.tar.zst", "is not `<sha256 hex>  <path>`"),
+        (b"1" * 64 + b"  /abs/x", "not a relative path"),
+        (b"1" * 64 + b"  a/../b", "not a plain relative path"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_a_malformed_sha256sums_is_refused_naming_the_line(line, message):
+    with pytest.raises(UntrustedManifest, match="line 1|UTF-8") as e:
+        read_sha256sums(line + b"\n")
+    assert message in e.value.message
+
+
+def test_sha256sums_reads_coreutils_escapes_and_binary_markers():
+    data = b"\\" + b"a" * 64 + b"  shards/x\\nz\n" + b"B" * 64 + b" *shards/b\n"
+    assert read_sha256sums(data) == {"shards/x\nz": "a" * 64, "shards/b": "b" * 64}
+    with pytest.raises(UntrustedManifest, match="listed twice"):
+        read_sha256sums(b"a" * 64 + b"  s\n" + b"b" * 64 + b"  s\n")
+
+
+@given(st.binary(max_size=300))
+def test_hostile_bytes_are_read_or_refused_never_a_crash(data):
+    for read in (read_release_json, read_sha256sums, read_torrents_json, read_whitelist):
+        with contextlib.suppress(UntrustedManifest):
+            read(data)

@@ -19,7 +19,8 @@ from packager import publish as publish_module
 from packager.cli import app
 from packager.container import ShardReader, manifest_line
 from packager.errors import ConfigError, PublishError
-from packager.manifest import MemberIndex, TorrentEntry, load_signing_key, verify_signature
+from packager.manifest import TorrentEntry, load_signing_key, verify_signature
+from packager.member_index import MemberIndex
 from packager.publish import publish
 from packager.state import open_state
 from packager.workspace import Workspace
@@ -27,7 +28,7 @@ from tests.test_build import prepare, run_build
 
 MANIFESTS = Path(__file__).parent.parent / "manifests"
 PUBLISHED_FILES = {"release.json", "torrents.json", "SHA256SUMS", "feed.xml", "index.html", "whitelist.txt",
-                   "members.sqlite", "torrents"}  # fmt: skip
+                   "members.sqlite", "torrents", "swarm.json", "swarm.html"}  # fmt: skip
 
 
 def schema(name: str) -> dict:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..config import format_size
 from ..errors import UsageError
+from ..member_index import MemberIndex
 from ..workspace import Workspace
 from ._app import JsonOpt, WorkspaceArg, app, emit_json, out
 
@@ -167,8 +168,6 @@ def locate(
         packager locate published/members.sqlite trk-000042 trk-000043
         packager locate https-mirror-copy/ trk-000042 --json
     """
-    from ..manifest import MemberIndex
-
     with MemberIndex.open(index) as idx:
         found, missing = idx.locate(ids)
     if as_json:

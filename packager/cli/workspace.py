@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from .. import layout
 from ..catalog import IngestOptions
 from ..catalog import ingest as run_ingest
 from ..config import format_size
@@ -53,6 +55,13 @@ def ingest(
         typer.Option("--skip-invalid", help="Load the good rows and write the bad ones to a rejects file."),
     ] = False,
     rejects: Annotated[Path | None, typer.Option(help="Where --skip-invalid writes bad rows.")] = None,
+    mark_absent: Annotated[
+        bool,
+        typer.Option(
+            "--mark-absent",
+            help="Mark known items that no catalog row names as removed, as `packager remove` does.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Load catalogs into the workspace, checking every row and file; all problems are reported at once.
@@ -60,11 +69,16 @@ def ingest(
     Example:
         packager ingest music-release catalog/tracks.jsonl catalog/art.csv
         packager ingest music-release catalog.sqlite --table tracks --trust-sizes
+        packager ingest music-release dump-2026-12.parquet --trust-sizes --mark-absent
     """
     with Workspace.open(workspace) as ws, count_progress("rows read", as_json) as tick:
         rejects = rejects or ws.rejects_file
         options = IngestOptions(
-            table=table, trust_sizes=trust_sizes, skip_invalid=skip_invalid, rejects=rejects
+            table=table,
+            trust_sizes=trust_sizes,
+            skip_invalid=skip_invalid,
+            rejects=rejects,
+            mark_absent=mark_absent,
         )
         report = run_ingest(ws, catalogs, options, on_rows=tick)
     if as_json:
@@ -74,6 +88,20 @@ def ingest(
         f"{report.rows} rows: {report.added} added, {report.changed} changed, "
         f"{report.unchanged} unchanged, {report.rejected} rejected"
     )
+    if report.absent:
+        shown = ", ".join(report.absent_ids[:5]) + (", ..." if report.absent > 5 else "")
+        if report.marked_absent:
+            outcomes = {"unplanned": "will not be planned", "dropped": "left unbuilt shards",
+                        "stays": "stay in built shards, marked"}  # fmt: skip
+            done = "; ".join(f"{n} {outcomes.get(k, k)}" for k, n in sorted(report.marked_absent.items()))
+            out.print(
+                f"{report.absent} known items absent from the catalog, marked removed ({done}): {shown}"
+            )
+        else:
+            out.print(
+                f"{report.absent} known items are absent from the catalog ({shown}); "
+                "`--mark-absent` marks them removed"
+            )
     if report.rejects_file:
         out.print(f"rejected rows written to {report.rejects_file}")
         for p in report.problems[:20]:
@@ -110,6 +138,15 @@ def plan(
         out.print(table)
     for u in report.unassigned:
         out.print(f"[yellow]{u[1]} {u[0]} items ({format_size(u[2])}) match no phase or tier[/]", markup=True)
+    if report.collision_count:
+        out.print(
+            f"[yellow]warning: {report.collision_count} pair(s) of paths in one shard differ only by case or "
+            "Unicode normalization; extracting such a shard on macOS or Windows keeps one file of "
+            "each pair:[/]",
+            markup=True,
+        )
+        for c in report.collisions[:20]:
+            out.print(f"  {c}", markup=False)
 
 
 @app.command()
@@ -126,7 +163,9 @@ def status(
         packager status music-release --magnets
         packager status music-release --json | jq '.shards[].magnet'
     """
-    with Workspace.open(workspace) as ws:
+    # A workspace we may not write (a mirror's copy, a read-only mount) is read without a write lock.
+    writable = os.access(workspace, os.W_OK) and os.access(workspace / layout.STATE, os.W_OK)
+    with Workspace.open(workspace, readonly=not writable) as ws:
         data = release_status(ws)
     if as_json:
         emit_json(data)

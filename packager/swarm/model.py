@@ -1,0 +1,228 @@
+"""The swarm view of a release: each published torrent with what the sources said of it, and the seeder
+buckets (Anna's Archive's: 0, 1-3, 4-10, more than 10 seeders) per phase and tier.
+
+Built from the state alone (the newest counts per torrent and the daily history), so `packager health`,
+`packager publish` and `packager pick` show the same numbers and swarm.json is a pure function of the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from ..manifest import TorrentEntry
+from ..state import State
+from ..state_scrapes import (
+    CountRow,
+    DayCounts,
+    SourceRow,
+    daily_history,
+    latest_counts,
+    latest_run,
+    run_sources,
+)
+
+# (name, fewest seeders, most seeders or None): a torrent in 4 or more places survives a few seedboxes going
+# away; above 10 it is safe for now (Anna's Archive's torrents page uses the same cut points).
+BUCKETS = (("0", 0, 0), ("1-3", 1, 3), ("4-10", 4, 10), (">10", 11, None))
+UNKNOWN = "unknown"  # no source has ever answered for the torrent
+BUCKET_NAMES = tuple(b[0] for b in BUCKETS) + (UNKNOWN,)
+HISTORY_DAYS = 60
+
+
+def bucket_of(seeders: int | None) -> str:
+    if seeders is None:
+        return UNKNOWN
+    for name, low, high in BUCKETS:
+        if seeders >= low and (high is None or seeders <= high):
+            return name
+    raise AssertionError(f"negative seeder count {seeders}")
+
+
+@dataclass(frozen=True)
+class TorrentHealth:
+    shard_id: int
+    name: str
+    phase: str
+    tier: str | None
+    size: int  # bytes of the shard file: what a seeder stores
+    info_hash_v1: str | None
+    info_hash_v2: str | None  # full 64 hex
+    magnet: str
+    torrent_file: str
+    obsolete: bool
+    seeders: int | None  # the highest count any source gave; None if none ever answered
+    leechers: int | None
+    completed: int | None
+    scraped_at: str | None
+    sources: tuple[CountRow, ...] = ()
+    history: tuple[DayCounts, ...] = ()
+
+    @property
+    def bucket(self) -> str:
+        return bucket_of(self.seeders)
+
+    @property
+    def swarm_hashes(self) -> tuple[str, ...]:
+        """What trackers see: the v1 info-hash and the v2 one truncated to 20 bytes (BEP 52)."""
+        return tuple(h for h in (self.info_hash_v1, self.info_hash_v2 and self.info_hash_v2[:40]) if h)
+
+
+@dataclass(frozen=True)
+class BucketCount:
+    torrents: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Torrents and bytes per seeder bucket, for the release (phase None), a phase (tier None) or a tier."""
+
+    phase: str | None
+    tier: str | None
+    buckets: dict[str, BucketCount] = field(default_factory=dict)
+
+    @property
+    def torrents(self) -> int:
+        return sum(b.torrents for b in self.buckets.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(b.bytes for b in self.buckets.values())
+
+    def share(self, names: Iterable[str]) -> float:
+        """The share of the bytes in the buckets named (unknown counts in the whole)."""
+        total = self.bytes
+        return sum(self.buckets[n].bytes for n in names) / total if total else 0.0
+
+    @property
+    def share_4_or_more(self) -> float:
+        return self.share(("4-10", ">10"))
+
+    @property
+    def share_over_10(self) -> float:
+        return self.share((">10",))
+
+    def as_dict(self) -> dict:
+        return {
+            "phase": self.phase,
+            "tier": self.tier,
+            "torrents": self.torrents,
+            "bytes": self.bytes,
+            "buckets": {n: {"torrents": b.torrents, "bytes": b.bytes} for n, b in self.buckets.items()},
+            "share_bytes_4_or_more": round(self.share_4_or_more, 6),
+            "share_bytes_over_10": round(self.share_over_10, 6),
+        }
+
+
+def summarize(torrents: Sequence[TorrentHealth], phase_order: Sequence[str]) -> list[Summary]:
+    """The release, then each phase in release order, each followed by its tiers. Obsolete torrents are
+    left out: nobody is asked to seed them."""
+    groups: dict[tuple[str | None, str | None], dict[str, list[int]]] = {}
+
+    def add(key: tuple[str | None, str | None], t: TorrentHealth) -> None:
+        slot = groups.setdefault(key, {n: [0, 0] for n in BUCKET_NAMES}).setdefault(t.bucket, [0, 0])
+        slot[0] += 1
+        slot[1] += t.size
+
+    live = [t for t in torrents if not t.obsolete]
+    groups[(None, None)] = {n: [0, 0] for n in BUCKET_NAMES}
+    rank = {p: i for i, p in enumerate(phase_order)}
+    for t in sorted(live, key=lambda t: (rank.get(t.phase, len(rank)), t.phase, t.tier or "")):
+        add((None, None), t)
+        add((t.phase, None), t)
+        if t.tier:
+            add((t.phase, t.tier), t)
+    return [
+        Summary(phase, tier, {n: BucketCount(*counts[n]) for n in BUCKET_NAMES})
+        for (phase, tier), counts in groups.items()
+    ]
+
+
+@dataclass(frozen=True)
+class SwarmView:
+    release: str
+    at: str | None  # when the newest health run was made; None before the first
+    sources: tuple[SourceRow, ...]  # what each source did in that run
+    torrents: tuple[TorrentHealth, ...]  # in release order
+    summaries: tuple[Summary, ...]
+    history: tuple[tuple[str, Summary], ...]  # (day, the release's buckets that day), oldest first
+
+    @property
+    def release_summary(self) -> Summary:
+        return self.summaries[0]
+
+
+def swarm_view(
+    state: State,
+    release: str,
+    phase_order: Sequence[str],
+    days: int = HISTORY_DAYS,
+    today: datetime | None = None,
+    entries: Sequence[tuple[int, TorrentEntry]] | None = None,
+) -> SwarmView:
+    """The published torrents (or `entries`: (shard id, entry), as a publish about to record them) with
+    their newest counts and daily history, summarized."""
+    if entries is None:
+        entries = [(sid, TorrentEntry.from_json(text)) for sid, _, text in state.published_entries()]
+    counts = latest_counts(state)
+    run = latest_run(state)
+    # The days up to the newest run, not the clock's: the same state renders the same files.
+    if today is None:
+        today = datetime.strptime(run[1], "%Y-%m-%dT%H:%M:%SZ") if run else datetime.now(UTC)
+    since = (today - timedelta(days=days - 1)).strftime("%Y-%m-%d")
+    history = daily_history(state, since)
+    torrents = tuple(_torrent(sid, e, counts.get(sid), history.get(sid, [])) for sid, e in entries)
+    return SwarmView(
+        release=release,
+        at=run[1] if run else None,
+        sources=tuple(run_sources(state, run[0])) if run else (),
+        torrents=torrents,
+        summaries=tuple(summarize(torrents, phase_order)),
+        history=tuple(_daily_summaries(torrents)),
+    )
+
+
+def _torrent(
+    shard_id: int, e: TorrentEntry, latest: tuple[str, list[CountRow]] | None, history: list[DayCounts]
+) -> TorrentHealth:
+    at, rows = latest if latest else (None, [])
+    trackers = [r for r in rows if r.leechers is not None]
+    return TorrentHealth(
+        shard_id=shard_id,
+        name=e.name,
+        phase=e.phase,
+        tier=e.tier,
+        size=e.shard.size,
+        info_hash_v1=e.info_hash_v1,
+        info_hash_v2=e.info_hash_v2,
+        magnet=e.magnet,
+        torrent_file=e.torrent_file,
+        obsolete=e.obsolete,
+        seeders=max((r.seeders for r in rows), default=None),
+        leechers=max((r.leechers for r in trackers), default=None),
+        completed=max((r.completed for r in trackers if r.completed is not None), default=None),
+        scraped_at=at,
+        sources=tuple(rows),
+        history=tuple(history),
+    )
+
+
+def _daily_summaries(torrents: Sequence[TorrentHealth]) -> list[tuple[str, Summary]]:
+    """The release's buckets on each day of the history; a torrent with no count that day is unknown."""
+    live = [t for t in torrents if not t.obsolete]
+    per_day: dict[str, dict[str, list[int]]] = {}
+    for t in live:
+        for d in t.history:
+            slot = per_day.setdefault(d.day, {n: [0, 0] for n in BUCKET_NAMES})[bucket_of(d.seeders)]
+            slot[0] += 1
+            slot[1] += t.size
+    total = [len(live), sum(t.size for t in live)]
+    out = []
+    for day in sorted(per_day):
+        counts = per_day[day]
+        known = [sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())]
+        counts[UNKNOWN] = [total[0] - known[0], total[1] - known[1]]
+        out.append((day, Summary(None, None, {n: BucketCount(*counts[n]) for n in BUCKET_NAMES})))
+    return out

@@ -1,0 +1,221 @@
+"""`packager health` on a published workspace against scripted trackers: the counts, the history in the
+state, the buckets, swarm.json (schema-checked) and swarm.html, the signed files untouched, failing trackers
+named."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from packager.cli import app
+from packager.publish import PUBLISHED_DIR
+from packager.state import open_state
+from packager.state_scrapes import daily_history
+from packager.swarm.health import health
+from packager.swarm.model import bucket_of
+from packager.workspace import Workspace
+from tests.fake_tracker import FakeHttpTracker, FakeUdpTracker, SilentTcpServer, unused_port
+from tests.test_build import prepare, run_build
+from tests.test_publish import catalog, do_publish, folder_digests, validate
+
+LIVE = {"swarm.json", "swarm.html"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def published(workspace, archive):
+    prepare(workspace, archive, catalog(archive))
+    assert not run_build(workspace).failed
+    do_publish(workspace, "metadata")
+    do_publish(workspace, "audio")
+    return workspace
+
+
+@pytest.fixture
+def trackers():
+    started = []
+
+    def start(kind, counts=None):
+        started.append(kind(counts))
+        return started[-1]
+
+    yield start
+    for t in started:
+        t.close()
+
+
+def entries(ws):
+    with open_state(ws) as state:
+        rows = state.published_entries()
+    return [(sid, json.loads(text)) for sid, _, text in rows]
+
+
+def run(ws, urls, **kw):
+    with Workspace.open(ws) as workspace:
+        return health(workspace, urls, **kw)
+
+
+def signed_digests(ws):
+    """Everything of the publication except the live files."""
+    return {k: v for k, v in folder_digests(ws / PUBLISHED_DIR).items() if k not in LIVE}
+
+
+def test_health_combines_trackers_and_writes_history_buckets_and_live_files(published, trackers):
+    torrents = entries(published)
+    hashes = [e["info_hash_v1"] for _, e in torrents]
+    # UDP: (seeders, completed, leechers); HTTP: (complete, downloaded, incomplete).
+    udp = trackers(FakeUdpTracker, {hashes[0]: (2, 9, 1), hashes[1]: (12, 40, 0), hashes[2]: (5, 1, 3)})
+    web = trackers(FakeHttpTracker, {hashes[0]: (3, 8, 0), hashes[2]: (1, 2, 7)})
+    before = signed_digests(published)
+    report = run(published, [udp.url, web.url], timeout=5, now="2026-01-02T03:04:05Z")
+    view = report.view
+    assert [(s.source, s.error) for s in view.sources] == sorted([(udp.url, None), (web.url, None)])
+    by_name = {t.name: t for t in view.torrents}
+    first, second, third = (by_name[e["name"]] for _, e in torrents[:3])
+    # The highest count any tracker gave, field by field: a peer announces to both.
+    assert (first.seeders, first.leechers, first.completed) == (3, 1, 9)
+    assert (second.seeders, second.leechers, second.completed) == (12, 0, 40)
+    assert (third.seeders, third.leechers, third.completed) == (5, 7, 2)
+    assert all(t.seeders == 0 for t in view.torrents[3:])
+    assert {t.scraped_at for t in view.torrents} == {"2026-01-02T03:04:05Z"}
+
+    whole = view.release_summary
+    sizes = {t.name: t.size for t in view.torrents}
+    assert whole.torrents == len(torrents) and whole.bytes == sum(sizes.values())
+    assert whole.buckets["1-3"].torrents == 1 and whole.buckets["1-3"].bytes == first.size
+    assert whole.buckets["4-10"].bytes == third.size and whole.buckets[">10"].bytes == second.size
+    assert whole.buckets["0"].torrents == len(torrents) - 3 and whole.buckets["unknown"].torrents == 0
+    assert whole.share_4_or_more == pytest.approx((third.size + second.size) / whole.bytes)
+    assert whole.share_over_10 == pytest.approx(second.size / whole.bytes)
+    phases = [(s.phase, s.tier) for s in view.summaries]
+    assert phases[:3] == [(None, None), ("metadata", None), ("audio", None)]
+    assert ("audio", "t1") in phases and ("audio", "t2") in phases
+
+    pub = published / PUBLISHED_DIR
+    live = json.loads((pub / "swarm.json").read_text())
+    validate(live, "swarm")
+    assert live["generated_at"] == "2026-01-02T03:04:05Z"
+    assert [t["name"] for t in live["torrents"]] == [e["name"] for _, e in torrents]
+    assert live["torrents"][0]["history"] == [["2026-01-02", 3, 1, 9]]
+    assert "seeders per phase and tier" in (pub / "swarm.html").read_text().lower()
+    assert signed_digests(published) == before  # the publication never changes because of health
+
+    # A second run the next day: history kept per run and per day.
+    udp.counts[hashes[0]] = (6, 10, 0)
+    run(published, [udp.url, web.url], timeout=5, now="2026-01-03T00:00:00Z")
+    with open_state(published) as state:
+        days = daily_history(state, "2026-01-01")
+        runs = state.db.execute("SELECT COUNT(*) FROM scrape_runs").fetchone()[0]
+    assert runs == 2
+    assert [(d.day, d.seeders) for d in days[torrents[0][0]]] == [("2026-01-02", 3), ("2026-01-03", 6)]
+
+
+def test_failing_trackers_are_named_and_never_fatal_within_the_bound(published, trackers):
+    hashes = [e["info_hash_v1"] for _, e in entries(published)]
+    good = trackers(FakeHttpTracker, {hashes[0]: (4, 0, 0)})
+    silent_udp = trackers(FakeUdpTracker)
+    silent_udp.silent = True
+    hanging = SilentTcpServer()
+    try:
+        dead = f"udp://127.0.0.1:{unused_port(2)}/announce"
+        urls = [good.url, silent_udp.url, f"http://127.0.0.1:{hanging.port}/announce", dead]
+        started = time.monotonic()
+        result = invoke("health", published, *[f"--tracker={u}" for u in urls], "--timeout", "2")
+        seconds = time.monotonic() - started
+    finally:
+        hanging.close()
+    assert result.exit_code == 0, result.output
+    assert seconds < 2 + 1 + 2  # the bound, the grace, and the command's own start
+    for url in urls[1:]:
+        assert f"warning: {url}:" in result.output
+    assert "no reply within 2 s" in result.output and "no complete reply within 2 s" in result.output
+    assert "nothing listens there" in result.output
+    data = json.loads(invoke("health", published, f"--tracker={good.url}", "--json").stdout)
+    assert data["torrents"][0]["seeders"] == 4 and data["sources"][0]["error"] is None
+
+
+def test_a_run_where_every_tracker_fails_keeps_the_previous_counts(published, trackers):
+    hashes = [e["info_hash_v1"] for _, e in entries(published)]
+    udp = trackers(FakeUdpTracker, {hashes[0]: (7, 0, 2)})
+    run(published, [udp.url], timeout=3, now="2026-01-02T00:00:00Z")
+    udp.silent = True
+    view = run(published, [udp.url], timeout=1, now="2026-01-03T00:00:00Z").view
+    assert view.sources[0].error and view.at == "2026-01-03T00:00:00Z"
+    assert (view.torrents[0].seeders, view.torrents[0].scraped_at) == (7, "2026-01-02T00:00:00Z")
+
+
+def test_our_seeders_status_port_counts_as_one_seeder(published, trackers, tmp_path):
+    from packager.seed import SeedSnapshot, StatusServer, TorrentView
+
+    torrents = entries(published)
+    views = tuple(
+        TorrentView(e["name"], e["phase"], e["info_hash_v1"], "seeding" if i else "paused", 3, 0, 0)
+        for i, (_, e) in enumerate(torrents)
+    )
+    snap = SeedSnapshot(time.time(), 1.0, ("127.0.0.1:1",), views, (), 0)
+    server = StatusServer(0, lambda: snap)
+    try:
+        dead = f"udp://127.0.0.1:{unused_port(2)}/announce"
+        report = run(published, [dead], status_port=server.port, timeout=2)
+    finally:
+        server.close()
+    view = report.view
+    ours = next(s for s in view.sources if s.protocol == "seeder")
+    assert ours.source == f"seeder 127.0.0.1:{server.port}" and ours.error is None
+    assert [t.seeders for t in view.torrents] == [0] + [1] * (len(torrents) - 1)
+    assert {t.leechers for t in view.torrents} == {None}  # our seeder sees its peers, not the swarm
+    assert view.release_summary.buckets["1-3"].torrents == len(torrents) - 1
+
+
+def test_status_port_that_is_closed_or_something_else_is_reported(published, trackers):
+    web = trackers(FakeHttpTracker)
+
+    def ours(report):
+        return next(s for s in report.view.sources if s.protocol == "seeder")
+
+    assert "connection refused" in ours(run(published, None, status_port=unused_port(), timeout=2)).error
+    assert "HTTP 404" in ours(run(published, None, status_port=web.port, timeout=2)).error
+
+
+def test_publish_after_health_keeps_the_live_files_and_adds_new_torrents_as_unknown(
+    workspace, archive, trackers
+):
+    prepare(workspace, archive, catalog(archive))
+    assert not run_build(workspace).failed
+    do_publish(workspace, "metadata")
+    first = entries(workspace)[0][1]["info_hash_v1"]
+    udp = trackers(FakeUdpTracker, {first: (11, 3, 1)})
+    run(workspace, [udp.url], timeout=3, now="2026-01-02T00:00:00Z")
+    do_publish(workspace, "audio")
+    live = json.loads((workspace / PUBLISHED_DIR / "swarm.json").read_text())
+    validate(live, "swarm")
+    assert live["torrents"][0]["seeders"] == 11 and live["torrents"][0]["bucket"] == ">10"
+    assert {t["bucket"] for t in live["torrents"][1:]} == {"unknown"}
+    index = (workspace / PUBLISHED_DIR / "index.html").read_text()
+    assert 'href="swarm.html"' in index and "11" not in index.split("swarm.html")[1][:200]
+
+
+def test_health_refusals(workspace, published):
+    result = invoke("health", published, "--tracker", "wss://x.example/announce")
+    assert result.exit_code == 2 and "not a udp://, http:// or https://" in result.output
+    config = published / "release.toml"
+    config.write_text(config.read_text().replace('trackers = [["http://127.0.0.1:6969/announce"]]', ""))
+    result = invoke("health", published)
+    assert result.exit_code == 2 and "no tracker to scrape" in result.output
+
+
+def test_health_refuses_an_unpublished_workspace(workspace):
+    result = invoke("health", workspace)
+    assert result.exit_code == 2 and "nothing is published yet" in result.output
+
+
+@pytest.mark.parametrize(("seeders", "bucket"), [(None, "unknown"), (0, "0"), (1, "1-3"), (3, "1-3"),
+                                                 (4, "4-10"), (10, "4-10"), (11, ">10")])  # fmt: skip
+def test_bucket_edges(seeders, bucket):
+    assert bucket_of(seeders) == bucket
