@@ -211,14 +211,15 @@ def _write_in_worker(job: ShardJob) -> ShardResult:
 
 def torrent_spec(config: ReleaseConfig, name: str, fmt: str, hashes: ShardHashes):
     from . import __version__
-    from .torrent import TorrentSpec
+    from .torrent import TorrentSpec, web_seed_url
 
+    file_name = layout.shard_file_name(name)
     return TorrentSpec(
-        name=layout.shard_file_name(name),
+        name=file_name,
         hashes=hashes,
         format=fmt,
         trackers=config.trackers,
-        web_seeds=config.web_seeds,
+        web_seeds=tuple(web_seed_url(base, file_name) for base in config.web_seeds),
         private=config.private,
         source=config.source,
         created_by=f"packager {__version__}",

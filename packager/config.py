@@ -407,8 +407,13 @@ def _trackers(r: _Reader) -> tuple[tuple[str, ...], ...]:
 def _web_seeds(r: _Reader) -> tuple[str, ...]:
     seeds = r.get("web_seeds", list, [])
     for url in seeds:
-        if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
-            raise r.fail("web_seeds", f"{url!r} is not a web seed URL", "http:// or https:// URLs")
+        # Each torrent's url-list entry is this folder URL + its shard's file name (torrent.web_seed_url).
+        if not isinstance(url, str) or not re.match(r"^https?://[^/\s?#]+[^\s?#]*$", url):
+            raise r.fail(
+                "web_seeds",
+                f"{url!r} is not a web seed URL",
+                "http:// or https:// URLs of the folder serving the shard files, without ? or #",
+            )
     return tuple(seeds)
 
 

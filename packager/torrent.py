@@ -197,6 +197,17 @@ class TorrentSpec:
             raise TorrentError(self.name, f"creation date {date!r} must be positive Unix seconds")
 
 
+def web_seed_url(base: str, file_name: str) -> str:
+    """The url-list entry of a single-file torrent served under the folder URL `base`.
+
+    BEP 19: for a single-file torrent, a URL ending in `/` names a folder to which the client appends the
+    torrent's name, and any other URL names the file itself. release.toml's `web_seeds` are folders that
+    serve every shard, so each torrent gets its own file's URL: no client has to apply the slash rule, and
+    the URL `packager show` prints is one that curl fetches.
+    """
+    return f"{base.rstrip('/')}/{quote(file_name)}"
+
+
 # --- assembly -------------------------------------------------------------------------------------------
 
 

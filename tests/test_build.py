@@ -86,6 +86,21 @@ def test_build_writes_shards_torrents_and_state(workspace, archive):
     assert run_build(workspace).built == []  # nothing left to do; nothing rewritten
 
 
+def test_each_torrent_names_its_own_file_under_every_web_seed(workspace, archive):
+    from packager.config import CONFIG_NAME
+    from packager.torrent import read_torrent
+
+    config = workspace / CONFIG_NAME
+    seeds = 'web_seeds = ["https://a.example/music/shards", "http://b.example/m/"]'
+    config.write_text(config.read_text().replace("[torrents]\n", f"[torrents]\n{seeds}\n"))
+    prepare(workspace, archive, rows_for(archive, n=4))
+    assert not run_build(workspace).failed
+    for t in sorted((workspace / "torrents").iterdir()):
+        name = t.name.removesuffix(".torrent")
+        info = read_torrent(t)
+        assert info.web_seeds == (f"https://a.example/music/shards/{name}", f"http://b.example/m/{name}")
+
+
 def test_changed_input_fails_only_its_shard(workspace, archive):
     rows = rows_for(archive, size=(30_000, 40_000))
     prepare(workspace, archive, rows)

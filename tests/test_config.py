@@ -50,6 +50,13 @@ def _with(tmp_path: Path, old: str, new: str) -> str:
         ("max_popularity = 60", "max_popularity = 20", "phases[1].tiers[1].max_popularity", None),
         ("private = false", 'private = "no"', "torrents.private", None),
         ("trackers = []", 'trackers = ["ftp://x"]', "torrents.trackers", "udp://"),
+        ("web_seeds = []", 'web_seeds = ["https://w.example/s/?t=1"]', "torrents.web_seeds", "without ?"),
+        (
+            "web_seeds = []",
+            'web_seeds = ["file:///srv/shards/"]',
+            "torrents.web_seeds",
+            "http:// or https://",
+        ),
         ("mtime = 1735689600", 'mtime = 1735689600\ncolour = "red"', "release.colour", "name, root"),
     ],
 )

@@ -496,3 +496,17 @@ def test_read_piece_hashes_refuses_another_file_or_a_missing_piece_layer(tmp_pat
             T.read_piece_hashes(lt.bencode(meta | {b"piece layers": layers}), "t.torrent", NAME)
     with pytest.raises(TorrentError, match="not a valid .torrent"):
         T.read_piece_hashes(metainfo[:-10], "t.torrent", NAME)
+
+
+@pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        ("https://w.example/music/shards/", "https://w.example/music/shards/m-audio-00001.tar.zst"),
+        ("https://w.example/music/shards", "https://w.example/music/shards/m-audio-00001.tar.zst"),
+        ("http://w.example", "http://w.example/m-audio-00001.tar.zst"),
+    ],
+)
+def test_web_seed_url_names_the_file_under_the_folder(base, url):
+    # BEP 19, single file: a URL without a trailing slash names the file itself, so a folder URL given
+    # without one must still become the file's URL, not be fetched as the file.
+    assert T.web_seed_url(base, "m-audio-00001.tar.zst") == url

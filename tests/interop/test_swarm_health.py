@@ -43,7 +43,7 @@ def counts(data: dict) -> dict[str, tuple]:
     return {t["name"]: (t["seeders"], t["leechers"]) for t in data["torrents"]}
 
 
-def test_health_counts_our_seeder_and_an_aria2c_leecher_over_http_and_udp(swarm, free_port, tmp_path):
+def test_health_counts_our_seeder_and_an_aria2c_leecher_over_http_and_udp(swarm, free_port, tmp_path):  # noqa: F811
     ws, tracker, run = swarm
     shards = shards_of(ws)
     leeched = next(s for s in shards if "-audio-" in s.name)

@@ -1,0 +1,174 @@
+"""Web seeds proven against Debian's nginx: README's configuration, as it is, serves a release's shards/ on
+127.0.0.1; with no tracker, no DHT and no BitTorrent seeder at all, a libtorrent session and aria2c each
+download a torrent completely from the web seed (BEP 19) alone, and `packager verify` passes on what they
+wrote."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from packager.cli import app
+from packager.config import CONFIG_NAME
+from packager.torrent import read_torrent
+from tests.helpers import need, sha256_of
+
+from ..test_build import prepare, run_build
+from .conftest import LOOPBACK, add_torrent, wait_until
+from .test_seed_clients import cli, mirror_of, shards_of, stop
+
+pytestmark = pytest.mark.interop
+
+README = Path(__file__).parents[2] / "README.md"
+DOWNLOAD_SECONDS = 60
+
+
+def readme_nginx_server() -> str:
+    """The nginx `server` block README.md gives for serving shards/."""
+    text = README.read_text()
+    blocks = re.findall(r"```nginx\n(.*?)```", text, re.S)
+    assert len(blocks) == 1, "README.md should hold one nginx block"
+    return blocks[0]
+
+
+def nginx_binary() -> str:
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return need("nginx")  # skips, naming the package list
+
+
+@pytest.fixture
+def nginx(tmp_path, free_port):
+    """Start nginx in the foreground (its own prefix, config, pid file and logs under tmp_path) serving
+    README's server block for `shards` on 127.0.0.1; yields (base URL, access log)."""
+    started = []
+
+    def start(shards: Path, port: int) -> tuple[str, Path]:
+        prefix = tmp_path / "nginx"
+        for sub in ("logs", "tmp"):
+            (prefix / sub).mkdir(parents=True, exist_ok=True)
+        server = (
+            readme_nginx_server()
+            .replace("listen 80;", f"listen {LOOPBACK}:{port};")
+            .replace("alias /srv/music/shards/;", f"alias {shards}/;")
+        )
+        conf = prefix / "nginx.conf"
+        # master_process off: one process as the test's own user, which can read pytest's 0700 tmp_path.
+        conf.write_text(
+            f"daemon off;\nmaster_process off;\npid {prefix}/nginx.pid;\n"
+            f"error_log {prefix}/logs/error.log info;\n"
+            "events { worker_connections 64; }\n"
+            "http {\n"
+            f"  access_log {prefix}/logs/access.log;\n"
+            + "".join(f"  {kind}_temp_path {prefix}/tmp/{kind};\n"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            + server
+            + "}\n"
+        )  # fmt: skip
+        log = prefix / "logs" / "stdout.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [nginx_binary(), "-p", str(prefix), "-c", str(conf)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        started.append(process)
+        base = f"http://{LOOPBACK}:{port}/music/shards/"
+
+        def up() -> bool:
+            if process.poll() is not None:
+                return True
+            try:
+                socket.create_connection((LOOPBACK, port), timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        assert wait_until(up, 10, step=0.1) and process.poll() is None, (
+            log.read_text() + (prefix / "logs" / "error.log").read_text()
+        )
+        return base, prefix / "logs" / "access.log"
+
+    yield start
+    for process in started:
+        stop(process)
+
+
+@pytest.fixture
+def web_seeded(make_workspace, archive, free_port, nginx):
+    """A published release whose torrents name the nginx web seed and no tracker, and that nginx."""
+    port = free_port()
+    ws = make_workspace(audio_shard="1MB")
+    config = ws / CONFIG_NAME
+    base = f"http://{LOOPBACK}:{port}/music/shards/"
+    config.write_text(
+        config.read_text().replace(
+            'trackers = [["http://127.0.0.1:6969/announce"]]', f'trackers = []\nweb_seeds = ["{base}"]'
+        )
+    )
+    rows = []
+    for i in range(4):
+        path = f"audio/track {i}.ogg"
+        size = archive.add(path, os.urandom(300_000 + 7919 * i))
+        rows.append({"id": f"t{i}", "path": path, "kind": "audio", "popularity": 90 - i, "size": size})
+    prepare(ws, archive, rows)
+    assert not run_build(ws).failed
+    cli("publish", str(ws), "--phase", "audio")
+    served, access_log = nginx(ws / "shards", port)
+    assert served == base
+    return ws, base, access_log
+
+
+def test_libtorrent_and_aria2c_download_from_the_web_seed_alone(web_seeded, lt_session, free_port, tmp_path):
+    ws, base, access_log = web_seeded
+    shards = shards_of(ws)
+    assert len(shards) >= 2
+    mirror = mirror_of(ws, tmp_path)
+    downloads = mirror / "shards"
+    first, second = shards[0], shards[1]
+    info = read_torrent(mirror / "torrents" / first.torrent.name)
+    assert info.trackers == () and info.web_seeds == (base + first.data.name,)  # BEP 19: the file's own URL
+
+    peer = lt_session()
+    handle = add_torrent(peer, mirror / "torrents" / first.torrent.name, downloads)
+
+    def done() -> bool:
+        peer.drain()
+        return handle.status().is_seeding
+
+    assert wait_until(done, DOWNLOAD_SECONDS, step=0.1), peer.describe()
+    st = handle.status()
+    assert st.num_peers <= 1 and st.total_payload_download >= first.length  # the web seed is its one peer
+    assert handle.url_seeds() == [base + first.data.name]
+
+    log = tmp_path / "aria2.log"
+    result = subprocess.run(
+        [need("aria2c"), "--no-conf=true", f"--log={log}", "--log-level=info", "--seed-time=0",
+         "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+         "--disable-ipv6=true", f"--listen-port={free_port()}", "--file-allocation=none",
+         f"--bt-stop-timeout={DOWNLOAD_SECONDS}", "--summary-interval=0", "--console-log-level=warn",
+         "-d", str(downloads), str(mirror / "torrents" / second.torrent.name)],
+        capture_output=True, text=True, timeout=DOWNLOAD_SECONDS + 10,
+    )  # fmt: skip
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    assert result.returncode == 0, f"aria2c exit {result.returncode}: {result.stdout[-1500:]}\n{tail}"
+
+    for shard in (first, second):
+        assert sha256_of(downloads / shard.data.name) == sha256_of(shard.data)
+    requests = access_log.read_text().splitlines()
+    for shard in (first, second):
+        served = [line for line in requests if f"/music/shards/{shard.data.name} " in line]
+        assert served and all('" 206 ' in line or '" 200 ' in line for line in served), served[:5]
+    assert any('" 206 ' in line for line in requests)  # byte ranges, as web seeding needs
+    assert not any('" 30' in line for line in requests)  # no redirects
+
+    files = [str(downloads / first.data.name), str(downloads / second.data.name)]
+    result = CliRunner().invoke(app, ["verify", *files, "--deep", "--json"])
+    assert result.exit_code == 0, result.output
