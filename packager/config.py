@@ -61,6 +61,20 @@ def parse_size(value: Any) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: Any) -> int:
+    """'30d' -> 2592000 seconds ('90m', '12h', '2w'; a bare int is seconds). ValueError on anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _DURATION_RE.match(str(value)) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"not a duration: {value!r}")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
 def format_size(n: int | float) -> str:
     """Human-readable size in powers of 1000, as disks and torrents are usually sold and shown."""
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
@@ -134,6 +148,7 @@ class ReleaseConfig:
     base_url: str = ""
     signing_key: Path | None = None
     seed: SeedSettings = field(default_factory=lambda: SeedSettings())
+    valid_for: int | None = None  # seconds a publication statement stays valid (its valid_until); None: ever
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -437,8 +452,9 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
     tor = _Reader(path, top.get("torrents", dict, {}), "torrents")
     tor.unknown_keys({"trackers", "web_seeds", "private", "source"})
     pub = _Reader(path, top.get("publish", dict, {}), "publish")
-    pub.unknown_keys({"base_url", "signing_key"})
+    pub.unknown_keys({"base_url", "signing_key", "valid_for"})
     key = pub.get("signing_key", str, None)
+    valid_for = _valid_for(pub)
     phases_raw = top.get("phases", list)
     if not phases_raw:
         raise top.fail("phases", "at least one [[phases]] table is needed")
@@ -467,7 +483,21 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
         base_url=pub.get("base_url", str, ""),
         signing_key=Path(os.path.normpath(path.parent / Path(key).expanduser())) if key else None,
         seed=seed,
+        valid_for=valid_for,
     )
+
+
+def _valid_for(pub: _Reader) -> int | None:
+    raw = pub.get("valid_for", (str, int), None)
+    if raw is None:
+        return None
+    try:
+        seconds = parse_duration(raw)
+    except ValueError:
+        raise pub.fail("valid_for", f"not a duration: {raw!r}", "e.g. 30d, 12h, 2w") from None
+    if not 3600 <= seconds <= 100 * 365 * 86400:
+        raise pub.fail("valid_for", f"{raw!r} is out of range", "from 1h to 100 years")
+    return seconds
 
 
 def load_config(workspace: Path) -> ReleaseConfig:

@@ -203,3 +203,37 @@ class RemoteError(EnvironmentProblem):
     def __init__(self, url: str, reason: str, hint: str | None = None):
         self.url, self.reason = url, reason
         super().__init__(f"{url}: {reason}", hint=hint)
+
+
+class FileNotAuthenticated(UntrustedManifest):
+    """A published file is not the one the publication statement lists: another size or SHA-256, or not
+    listed at all. `from_publication` names the earlier publication whose statement lists exactly these
+    bytes (a mixed set), when the statements at hand show one."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        publication: int,
+        reason: str,
+        from_publication: int | None = None,
+        hint: str | None = None,
+    ):
+        self.publication, self.from_publication = publication, from_publication
+        super().__init__(path, reason, hint=hint)
+
+
+class PublicationRefused(UntrustedManifest):
+    """A publication statement is refused as a whole: older than (or forked from) the one the downloader
+    trusted before, expired, or not continuing its own chain. `trusted` and `seen` are publication numbers
+    where they apply."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        reason: str,
+        trusted: int | None = None,
+        seen: int | None = None,
+        hint: str | None = None,
+    ):
+        self.trusted, self.seen = trusted, seen
+        super().__init__(path, reason, hint=hint)

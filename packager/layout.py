@@ -7,6 +7,8 @@ A workspace (``DIR/``)                         A published release (``DIR/publis
   torrents/         <name>.tar.zst.torrent         whitelist.txt               opentracker's access list
   published/        the published release          feed.xml, index.html        RSS and a static page
   seed/             <info-hash>.fastresume         members.sqlite              the member index
+                                                   publication.json (+ .minisig)  the signed statement
+                                                   publications/               earlier statements
                                                    swarm.json, swarm.html      live stats, unsigned
   rejects.jsonl     rows --skip-invalid refused    torrents/, shards/          as in the workspace
 
@@ -40,6 +42,10 @@ WHITELIST = "whitelist.txt"
 FEED = "feed.xml"
 INDEX_HTML = "index.html"
 MEMBER_INDEX = "members.sqlite"
+# The signed publication statement (trust.py): size and SHA-256 of every other published file, a number that
+# only grows, the SHA-256 of the previous statement; earlier statements stay published under STATEMENTS/.
+STATEMENT = "publication.json"
+STATEMENTS = "publications"
 # Live, advisory and unsigned (packager health): beside the publication, never part of it, so nothing may
 # sign or checksum them; they change with every scrape.
 SWARM_JSON = "swarm.json"
@@ -48,6 +54,11 @@ LIVE_FILES = (SWARM_JSON, SWARM_HTML)
 # A publish writes PUBLISHED_TMP<random>/ and swaps it in; the old folder may pass as PUBLISHED_OLD<random>/.
 PUBLISHED_TMP = f"{PUBLISHED}.tmp-"
 PUBLISHED_OLD = f"{PUBLISHED}.old-"
+
+
+def statement_file(publication: int) -> str:
+    """``publications/000003.json``: an earlier publication's statement, kept so the chain can be walked."""
+    return f"{STATEMENTS}/{publication:06d}.json"
 
 
 def shard_file_name(name: str) -> str:

@@ -1,11 +1,14 @@
 """Publish a phase: release.json, torrents.json, SHA256SUMS (+ minisign), feed.xml, index.html, the
-opentracker whitelist, the member index and the phase's .torrent files, under ``DIR/published/``.
+opentracker whitelist, the member index and the phase's .torrent files, under ``DIR/published/``, and the
+signed publication statement that lists every one of them (trust.py).
 
 A phase is published only when every one of its shards is built. Each newly published torrent's release.json
 entry is frozen in state.sqlite (``published_torrents``) in the same transaction that records the
 publication, and every published file is rendered from those frozen entries alone: publishing again changes
-no byte, and a later phase only appends. The folder is written as ``published.tmp-<random>/`` and swapped
-into place in one step (renameat2 RENAME_EXCHANGE), so no reader ever sees a half-written published/.
+no byte, and a later phase only appends. A new statement (the next publication number) is written only when
+the folder's files differ from those the last statement lists, or its `valid_until` needs renewing. The
+folder is written as ``published.tmp-<random>/`` and swapped into place in one step (renameat2
+RENAME_EXCHANGE), so no reader ever sees a half-written published/.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import html
 import os
 import secrets
@@ -24,7 +28,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 
-from . import __version__, layout
+from . import __version__, layout, trust
 from .config import ReleaseConfig, format_size
 from .container import ShardReader
 from .errors import ContainerError, PublishError
@@ -62,6 +66,7 @@ class PublishReport:
     torrents: int  # torrents in the release now
     folder: Path
     signed_by: str | None  # minisign key id
+    publication: int = 0  # the number of the statement published/ now holds
 
     @property
     def index_html(self) -> Path:
@@ -76,6 +81,7 @@ class PublishReport:
             "folder": str(self.folder),
             "index_html": str(self.index_html),
             "signed_by": self.signed_by,
+            "publication": self.publication,
         }
 
 
@@ -103,11 +109,13 @@ def publish(
     phase: str,
     key: Callable[[], SigningKey] | None = None,
     now: str | None = None,
+    refresh: bool = False,
 ) -> PublishReport:
     """Publish `phase` (all of its shards must be built) and rewrite published/ from the frozen entries.
 
     `key` is called once the phase is known to be publishable (so a password prompt never precedes a
-    refusal). Idempotent: with nothing new, the folder is rewritten to the same bytes.
+    refusal). Idempotent: with nothing new, the folder is rewritten to the same bytes, unless `refresh`
+    asks for a new statement (a new publication number and `valid_until`) over the same files.
     """
     workspace = Path(workspace)
     config.phase(phase)  # ConfigError naming the phases
@@ -134,10 +142,13 @@ def publish(
         tmp.mkdir()
         try:
             _write_folder(tmp, final, workspace, state, config, everything, phases, signing)
-            if added or first_time:
+            statement = _write_statement(tmp, state, config, signing, stamp, refresh)
+            if added or first_time or statement.new:
                 frozen = [(p.shard_id, phase, p.entry.to_json()) for p in added]
                 with state.transaction():
                     state.record_publication(phase, published_at, frozen)
+                    if statement.new:
+                        state.record_statement(*statement.row)
             # Killed between the commit and the swap, the next publish writes the same folder again.
             _swap_into_place(tmp, final)
         except BaseException:
@@ -150,6 +161,7 @@ def publish(
         len(everything),
         final,
         signing.key_id if signing else None,
+        statement.row[0],
     )
 
 
@@ -348,6 +360,92 @@ def _member_rows(workspace: Path, state: State, p: _Published) -> Iterator[tuple
     yield from member_rows(state.iter_member_locations(p.shard_id), frames, p.entry.piece_size)
 
 
+# ---- the publication statement ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StatementWritten:
+    row: tuple[int, str, bytes, bytes | None]  # (publication, sha256, body, signature), as in the state
+    new: bool  # a new publication, to record with the rest of this publish
+
+
+def _write_statement(
+    tmp: Path, state: State, config: ReleaseConfig, signing: SigningKey | None, stamp: str, refresh: bool
+) -> _StatementWritten:
+    """Write publication.json (+ .minisig) and the earlier statements (publications/) into the finished
+    folder `tmp`. The last recorded statement is kept when it lists exactly these files and its validity
+    still holds; otherwise the next one is made, chained to it by its SHA-256."""
+    core = trust.folder_digests(tmp)
+    recorded = state.statements()
+    last = trust.read_statement(recorded[-1][2]) if recorded else None
+    if last is not None and not refresh and _lists(last, core) and _fresh(last, config.valid_for, stamp):
+        earlier, current, new = recorded[:-1], recorded[-1], False
+    else:
+        earlier, new = recorded, True
+    _write_statements(tmp, earlier)
+    if new:
+        files = core | _statement_digests(earlier)
+        number = last.publication + 1 if last else 1
+        previous = trust.Previous(last.publication, last.sha256) if last else None
+        valid_until = None
+        if config.valid_for is not None:
+            valid_until = _stamp_after(stamp, config.valid_for)
+        body = trust.statement_json(config.name, number, stamp, files, previous, valid_until)
+        when = int(_parse_stamp(stamp).timestamp())
+        signature = signing.sign(body, layout.STATEMENT, when) if signing else None
+        current = (number, hashlib.sha256(body).hexdigest(), body, signature)
+    write_durable(tmp / layout.STATEMENT, current[2])
+    if current[3] is not None:
+        write_durable(tmp / layout.signature_name(layout.STATEMENT), current[3])
+    return _StatementWritten(current, new)
+
+
+def _write_statements(tmp: Path, rows: Sequence[tuple[int, str, bytes, bytes | None]]) -> None:
+    if not rows:
+        return
+    folder = tmp / layout.STATEMENTS
+    folder.mkdir()
+    for n, _, body, signature in rows:
+        write_durable(tmp / layout.statement_file(n), body)
+        if signature is not None:
+            write_durable(tmp / layout.signature_name(layout.statement_file(n)), signature)
+    fsync_dir(folder)
+
+
+def _statement_digests(rows: Sequence[tuple[int, str, bytes, bytes | None]]) -> dict[str, trust.FileDigest]:
+    out = {}
+    for n, digest, body, signature in rows:
+        out[layout.statement_file(n)] = trust.FileDigest(len(body), digest)
+        if signature is not None:
+            sig = layout.signature_name(layout.statement_file(n))
+            out[sig] = trust.FileDigest(len(signature), hashlib.sha256(signature).hexdigest())
+    return out
+
+
+def _is_earlier_statement(rel: str) -> bool:
+    return rel.startswith(f"{layout.STATEMENTS}/")
+
+
+def _lists(statement: trust.Statement, files: dict[str, trust.FileDigest]) -> bool:
+    """Whether `statement` lists exactly `files` (apart from the earlier statements it lists too)."""
+    return {rel: d for rel, d in statement.files.items() if not _is_earlier_statement(rel)} == files
+
+
+def _fresh(statement: trust.Statement, valid_for: int | None, stamp: str) -> bool:
+    """Whether `statement`'s validity is the one the config asks for, with over half of it still ahead
+    (as Debian re-signs its Release files well before their Valid-Until)."""
+    if valid_for is None:
+        return statement.valid_until is None
+    if statement.valid_until != _stamp_after(statement.published_at, valid_for):
+        return False
+    left = _parse_stamp(statement.valid_until) - _parse_stamp(stamp)
+    return left.total_seconds() > valid_for / 2
+
+
+def _stamp_after(stamp: str, seconds: int) -> str:
+    return datetime.fromtimestamp(_parse_stamp(stamp).timestamp() + seconds, UTC).strftime(_STAMP)
+
+
 # ---- feed.xml -------------------------------------------------------------------------------------------
 
 
@@ -457,7 +555,9 @@ def index_html(
         f"<h1>{esc(config.name)}</h1>",
         f"<p>{_count(len(entries), 'torrent')}, {format_size(total)}, "
         f"in {len(phases)} of {len(order)} phases. "
-        f'Machine-readable: <a href="{layout.RELEASE_JSON}">{layout.RELEASE_JSON}</a>, '
+        f'Machine-readable: <a href="{layout.STATEMENT}">{layout.STATEMENT}</a> (the publication statement: '
+        "size and SHA-256 of every other file here), "
+        f'<a href="{layout.RELEASE_JSON}">{layout.RELEASE_JSON}</a>, '
         f'<a href="{layout.TORRENTS_JSON}">{layout.TORRENTS_JSON}</a>, '
         f'<a href="{layout.FEED}">RSS feed</a>, <a href="{layout.SHA256SUMS}">{layout.SHA256SUMS}</a>, '
         f'<a href="{layout.MEMBER_INDEX}">{layout.MEMBER_INDEX}</a> (which torrent and pieces hold an item: '
@@ -469,10 +569,12 @@ def index_html(
     ]
     if signing is not None:
         parts.append(
-            "<p>SHA256SUMS and release.json are signed with the minisign key "
+            "<p>publication.json, SHA256SUMS and release.json are signed with the minisign key "
             f"<code>{esc(signing.public_key)}</code> "
             f"(id {esc(signing.key_id)}); compare it with one published elsewhere, then "
-            f"<code>minisign -Vm SHA256SUMS -P {esc(signing.public_key)}</code>.</p>"
+            f"<code>packager verify FOLDER --pubkey KEY.pub</code> (every file against publication.json; an "
+            "older or mixed copy is refused), or "
+            f"<code>minisign -Vm publication.json -P {esc(signing.public_key)}</code>.</p>"
         )
     parts.append('<table class="phases"><tbody>')
     for name in order:

@@ -158,6 +158,14 @@ CREATE TABLE IF NOT EXISTS published_torrents (
     phase TEXT NOT NULL,
     entry TEXT NOT NULL         -- the torrent's release.json entry (JSON), frozen when first published
 );
+-- Publication statements (trust.py): one per publish that changed the published folder, numbered from 1 and
+-- only appended; the signature is kept so that publications/<n>.json.minisig is written back unchanged.
+CREATE TABLE IF NOT EXISTS statements (
+    n INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    body BLOB NOT NULL,
+    signature BLOB
+);
 """
 
 
@@ -696,6 +704,14 @@ class State:
             "INSERT OR IGNORE INTO publications (phase, published_at) VALUES (?, ?)", (phase, published_at)
         )
         self.db.executemany("INSERT INTO published_torrents (shard_id, phase, entry) VALUES (?,?,?)", entries)
+
+    def statements(self) -> list[tuple[int, str, bytes, bytes | None]]:
+        """(publication, sha256, statement bytes, signature bytes or None) of every statement, in order."""
+        return self.db.execute("SELECT n, sha256, body, signature FROM statements ORDER BY n").fetchall()
+
+    def record_statement(self, n: int, sha256: str, body: bytes, signature: bytes | None) -> None:
+        """Append publication `n`'s statement. Call inside the transaction that records the publication."""
+        self.db.execute("INSERT INTO statements VALUES (?, ?, ?, ?)", (n, sha256, body, signature))
 
     # ---- seed -----------------------------------------------------------------------------------
 

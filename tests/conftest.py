@@ -60,6 +60,12 @@ frame_size = "64KiB"
 """
 
 
+@pytest.fixture(autouse=True)
+def _trust_file_in_tmp(tmp_path_factory, monkeypatch):
+    """No test reads or writes the developer's own trust file (~/.local/share/packager/trust.json)."""
+    monkeypatch.setenv("PACKAGER_TRUST_FILE", str(tmp_path_factory.mktemp("trust") / "trust.json"))
+
+
 class Archive:
     """An archive root plus helpers to add files and write catalogs for them."""
 

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import random
+import shutil
 from pathlib import Path
 
 import feedparser
@@ -14,21 +15,23 @@ import pytest
 import zstandard
 from typer.testing import CliRunner
 
-from packager import layout
+from packager import layout, trust
 from packager import publish as publish_module
 from packager.cli import app
 from packager.container import ShardReader, manifest_line
 from packager.errors import ConfigError, PublishError
-from packager.manifest import TorrentEntry, load_signing_key, verify_signature
+from packager.manifest import TorrentEntry, generate_keypair, load_signing_key, verify_signature
 from packager.member_index import MemberIndex
 from packager.publish import publish
 from packager.state import open_state
 from packager.workspace import Workspace
+from tests.helpers import sha256_of
 from tests.test_build import prepare, run_build
 
 MANIFESTS = Path(__file__).parent.parent / "manifests"
 PUBLISHED_FILES = {"release.json", "torrents.json", "SHA256SUMS", "feed.xml", "index.html", "whitelist.txt",
-                   "members.sqlite", "torrents", "swarm.json", "swarm.html"}  # fmt: skip
+                   "members.sqlite", "torrents", "swarm.json", "swarm.html", "publication.json",
+                   "publications"}  # fmt: skip
 
 
 def schema(name: str) -> dict:
@@ -363,3 +366,89 @@ def test_frozen_entries_round_trip(published):
     with open_state(published) as state:
         for _, _, text in state.published_entries():
             assert TorrentEntry.from_json(text).to_json() == text
+
+
+# ---- the publication statement ----------------------------------------------------------------------
+
+
+def statement_of(folder: Path) -> trust.Statement:
+    return trust.read_statement((folder / layout.STATEMENT).read_bytes())
+
+
+def test_the_statement_lists_every_published_file_but_the_live_ones(published):
+    pub = published / layout.PUBLISHED
+    doc = json.loads((pub / layout.STATEMENT).read_bytes())
+    validate(doc, "publication")
+    statement = statement_of(pub)
+    on_disk = {str(p.relative_to(pub)) for p in pub.rglob("*") if p.is_file()}
+    assert set(statement.files) == on_disk - {layout.STATEMENT, *layout.LIVE_FILES}
+    assert {"release.json", "torrents.json", "SHA256SUMS", "whitelist.txt", "feed.xml", "index.html",
+            "members.sqlite", layout.statement_file(1)} <= set(statement.files)  # fmt: skip
+    assert sum(rel.startswith("torrents/") for rel in statement.files) == len(json.loads(
+        (pub / "release.json").read_text())["torrents"])  # fmt: skip
+    for rel, digest in statement.files.items():
+        assert (digest.size, digest.sha256) == ((pub / rel).stat().st_size, sha256_of(pub / rel))
+    assert statement.release == "t" and statement.valid_until is None
+
+
+def test_each_publication_chains_to_the_previous_one_and_republishing_changes_nothing(built):
+    pub = built / layout.PUBLISHED
+    do_publish(built, "metadata", now="2025-01-01T00:00:00Z")
+    first = (pub / layout.STATEMENT).read_bytes()
+    assert statement_of(pub).publication == 1 and statement_of(pub).previous is None
+    assert not (pub / layout.STATEMENTS).exists()
+    before = folder_digests(pub)
+    report = do_publish(built, "metadata", now="2025-01-05T00:00:00Z")
+    assert report.publication == 1 and folder_digests(pub) == before  # nothing changed: no new publication
+    assert do_publish(built, "audio", now="2025-02-01T00:00:00Z").publication == 2
+    second = statement_of(pub)
+    assert second.publication == 2 and second.published_at == "2025-02-01T00:00:00Z"
+    assert second.previous == trust.Previous(1, hashlib.sha256(first).hexdigest())
+    assert (pub / layout.statement_file(1)).read_bytes() == first  # the chain stays published
+    assert second.files[layout.statement_file(1)].sha256 == hashlib.sha256(first).hexdigest()
+    assert do_publish(built, "audio", now="2025-03-01T00:00:00Z", refresh=True).publication == 3
+    third = statement_of(pub)
+    assert third.previous.sha256 == second.sha256 and _without_chain(third) == _without_chain(second)
+    # The chain is kept in the state: a lost published/ comes back with every earlier statement intact (a
+    # member index rebuilt from scratch is not byte-identical to an extended one, hence publication 4).
+    everything = folder_digests(pub)
+    shutil.rmtree(pub)
+    assert do_publish(built, "audio", now="2025-04-01T00:00:00Z").publication in (3, 4)
+    for n in (1, 2):
+        rel = layout.statement_file(n)
+        assert folder_digests(pub)[rel] == everything[rel]
+    assert statement_of(pub).previous in (third.previous, trust.Previous(3, third.sha256))
+
+
+def _without_chain(statement: trust.Statement) -> dict:
+    return {k: v for k, v in statement.files.items() if not k.startswith(layout.STATEMENTS)}
+
+
+def test_valid_until_is_renewed_before_half_of_it_has_passed(built):
+    cfg = built / layout.CONFIG
+    cfg.write_text(cfg.read_text() + '\n[publish]\nvalid_for = "10d"\n')
+    pub = built / layout.PUBLISHED
+    do_publish(built, "metadata", now="2025-01-01T00:00:00Z")
+    assert statement_of(pub).valid_until == "2025-01-11T00:00:00Z"
+    assert do_publish(built, "metadata", now="2025-01-05T23:00:00Z").publication == 1
+    renewed = do_publish(built, "metadata", now="2025-01-06T01:00:00Z")
+    assert renewed.publication == 2 and statement_of(pub).valid_until == "2025-01-16T01:00:00Z"
+    cfg.write_text(cfg.read_text().replace('valid_for = "10d"', 'valid_for = "soon"'))
+    with pytest.raises(ConfigError, match="publish.valid_for"):
+        do_publish(built, "metadata")
+
+
+def test_a_signed_statement_verifies_with_the_release_key(built, tmp_path):
+    pair = generate_keypair(tmp_path / "keys" / "release.key", None)
+    do_publish(built, "metadata", key=lambda: load_signing_key(pair.secret))
+    pub = built / layout.PUBLISHED
+    data, sig = (pub / layout.STATEMENT).read_bytes(), (pub / f"{layout.STATEMENT}.minisig").read_bytes()
+    statement = trust.load_statement(data, sig, pair.public.read_text())
+    assert statement.key_id == pair.key_id and "publication.json" in verify_signature(
+        pair.public.read_text(), data, sig)  # fmt: skip
+    # Signing for the first time changes index.html and adds signatures: a new publication.
+    unsigned_then_signed = statement.publication
+    assert unsigned_then_signed == 1
+    do_publish(built, "audio")  # no key now: a new, unsigned statement
+    assert not (pub / f"{layout.STATEMENT}.minisig").exists()
+    assert (pub / f"{layout.statement_file(1)}.minisig").read_bytes() == sig  # earlier signatures kept

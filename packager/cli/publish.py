@@ -118,6 +118,13 @@ def publish(
         typer.Option("--key", help="minisign secret key (default: release.toml [publish] signing_key)."),
     ] = None,
     password_file: PasswordFile = None,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="Write a new publication statement (next number, new valid_until) even if no file changed.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish a phase: release.json, torrents.json, signed SHA256SUMS, feed.xml, index.html, member index.
@@ -139,13 +146,14 @@ def publish(
                 f"{password_file}: no such password file", hint="give the file whose first line is it"
             )
         loader = (lambda: load_signing_key(key_path, _password_source(password_file))) if key_path else None
-        report = run_publish(ws.state, ws.config, ws.path, phase, key=loader)
+        report = run_publish(ws.state, ws.config, ws.path, phase, key=loader, refresh=refresh)
     if as_json:
         emit_json(report.as_dict())
         return
     what = f"{len(report.added)} new torrents" if report.added else "no new torrents (already published)"
     out.print(
-        f"published phase {report.phase} ({report.published_at}): {what}; {report.torrents} in the release"
+        f"published phase {report.phase} ({report.published_at}): {what}; {report.torrents} in the release; "
+        f"publication {report.publication}"
     )
     out.print(
         f"signed by minisign key {report.signed_by}" if report.signed_by else "not signed (no signing_key)"

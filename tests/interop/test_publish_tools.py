@@ -74,16 +74,16 @@ def test_sha256sum_checks_a_mirror_and_catches_a_flipped_byte(signed, tmp_path):
 def test_minisign_verifies_our_signatures_and_rejects_a_tampered_file(signed, tmp_path):
     published, public = signed
     minisign = tool("minisign")
-    for name in ("SHA256SUMS", "release.json"):
+    for name in ("publication.json", "SHA256SUMS", "release.json", "publications/000001.json"):
         r = subprocess.run(
             [minisign, "-Vm", name, "-p", str(public)], cwd=published, capture_output=True, text=True
         )
         assert r.returncode == 0, r.stdout + r.stderr
         assert "Signature and comment signature verified" in r.stdout + r.stderr
-        assert f"file:{name}" in r.stdout + r.stderr
-        tampered = tmp_path / name
+        assert f"file:{name.rsplit('/', 1)[-1].replace('000001', 'publication')}" in r.stdout + r.stderr
+        tampered = tmp_path / name.rsplit("/", 1)[-1]
         tampered.write_bytes((published / name).read_bytes().replace(b"0", b"1", 1))
-        shutil.copy(published / f"{name}.minisig", tmp_path / f"{name}.minisig")
+        shutil.copy(published / f"{name}.minisig", tmp_path / f"{tampered.name}.minisig")
         r = subprocess.run(
             [minisign, "-Vm", str(tampered), "-p", str(public)], capture_output=True, text=True
         )
