@@ -149,11 +149,13 @@ def _json_error(raw: bytes) -> str:
         return f"not a JSON object: {e.msg} at column {e.colno}"
     if isinstance(obj, dict):
         for k, v in obj.items():
+            if isinstance(v, str) and _SURROGATE.search(v):
+                return f"{k} {v!r} is not valid UTF-8 (a lone surrogate escape)"
             if isinstance(v, _NonFinite):
                 return (
                     f"{k} {v} is not a finite number (JSON has no NaN or Infinity; doubles end near 1.8e308)"
                 )
-    return "not a JSON object (NaN, Infinity or a number beyond 1.8e308 inside it)"
+    return "not a JSON object (a NaN, an Infinity, a number beyond 1.8e308 or a lone surrogate inside it)"
 
 
 class _LineCountingReader:

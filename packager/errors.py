@@ -70,7 +70,10 @@ class CatalogProblem:
     item_id: str | None = None
 
     def __str__(self) -> str:
-        who = f" (id {self.item_id})" if self.item_id is not None else ""
+        shown = self.item_id if self.item_id is None or self.item_id.isprintable() else repr(self.item_id)
+        who = (
+            f" (id {shown})" if self.item_id is not None else ""
+        )  # a raw escape sequence would reach the terminal
         return f"{self.file}:{self.line}{who}: {self.reason}"
 
 

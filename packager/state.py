@@ -169,6 +169,18 @@ CREATE TABLE IF NOT EXISTS statements (
 """
 
 
+def _open_error(path: Path, e: sqlite3.DatabaseError, how: str) -> WorkspaceError:
+    if "not a database" in str(e) or "malformed" in str(e):
+        return WorkspaceError(
+            f"{path}: not a packager state database ({e})",
+            hint="restore it from a backup, or start a new workspace with `packager init`",
+        )
+    return WorkspaceError(
+        f"{path}: cannot open the state database{' ' + how if how else ''} ({e})",
+        hint="check the permissions of the workspace folder and its state.sqlite* files",
+    )
+
+
 def schema_statements() -> list[str]:
     """SCHEMA as single statements, for use inside a transaction (executescript would commit it)."""
     lines = [line.split("--", 1)[0] for line in SCHEMA.splitlines()]
@@ -274,11 +286,8 @@ class State:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
             self.db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError as e:
-            raise WorkspaceError(
-                f"{self.path}: cannot open the state database for writing ({e})",
-                hint="check the permissions of the workspace folder and its state.sqlite* files",
-            ) from None
+        except sqlite3.DatabaseError as e:
+            raise _open_error(self.path, e, "for writing") from None
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA temp_store=FILE")
         self.db.execute("PRAGMA cache_size=-262144")  # 256 MiB page cache bound
@@ -298,8 +307,10 @@ class State:
         try:
             db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
             return db
-        except sqlite3.OperationalError as e:
+        except sqlite3.DatabaseError as e:
             db.close()
+            if not isinstance(e, sqlite3.OperationalError) or "not a database" in str(e):
+                raise _open_error(self.path, e, "") from None
             wal = self.path.with_name(self.path.name + "-wal")
             if wal.exists() and wal.stat().st_size > 0:
                 raise WorkspaceError(

@@ -36,9 +36,9 @@ def good_rows(archive, n=3):
     return rows
 
 
-def rejected(ws: Path, catalog: Path) -> CatalogError:
+def rejected(ws: Path, catalog: Path, **opts) -> CatalogError:
     with pytest.raises(CatalogError) as e:
-        run(ws, catalog)
+        run(ws, catalog, **opts)
     assert count(ws) == 0, "nothing may be committed when a row is bad"
     return e.value
 
@@ -393,3 +393,388 @@ def test_check_path_agrees_with_the_plain_rules(p):
     from packager.catalog import check_path
 
     assert (check_path(p) is None) == _reference_path_ok(p)
+
+
+# ---- re-ingest: the report, absent rows, --mark-absent ----------------------------------------------
+
+
+def trusted(i, pop=1.0, kind="audio", **more):
+    return {"id": f"t{i:03d}", "path": f"{kind}/t{i}.ogg", "kind": kind, "popularity": pop, "size": 10} | more
+
+
+def totals_agree(ws: Path) -> None:
+    with open_state(ws) as state:
+        assert state.stored_totals() == state.counted_totals()
+
+
+def test_reingest_reports_new_changed_unchanged_and_absent(workspace, archive):
+    run(workspace, archive.jsonl([trusted(i) for i in range(10)]), trust_sizes=True)
+    refresh = [trusted(i) for i in range(10) if i not in (3, 7)]  # two gone
+    refresh[0]["popularity"] = 5.0  # one changed
+    refresh[1]["title"] = "new extra field"  # one changed through its extra fields
+    refresh += [trusted(20), trusted(21)]  # two new
+    report = run(workspace, archive.jsonl(refresh, "refresh.jsonl"), trust_sizes=True)
+    assert (report.rows, report.added, report.changed, report.unchanged) == (10, 2, 2, 6)
+    assert (report.absent, report.absent_ids) == (2, ["t003", "t007"])
+    assert report.marked_absent == {}
+    assert count(workspace) == 12  # reported, not removed
+    totals_agree(workspace)
+    again = run(workspace, archive.jsonl(refresh, "refresh.jsonl"), trust_sizes=True)
+    assert (again.added, again.changed, again.unchanged, again.absent) == (0, 0, 10, 2)
+
+
+def test_mark_absent_follows_the_rules_of_remove(workspace, archive):
+    from tests.conftest import shard_members
+
+    run(workspace, archive.jsonl([trusted(i, pop=60.0 - i) for i in range(6)]), trust_sizes=True)
+    with Workspace.open(workspace) as w:
+        plan(w)
+    shards = shard_members(workspace)
+    assert shards == {"t-audio-t1-00001": ["t000", "t001", "t002", "t003", "t004", "t005"]}
+    # Build the plan's shard (its state is all that the rules read), then plan two more items.
+    with open_state(workspace) as state:
+        state.db.execute("UPDATE shards SET state = 'built'")
+    run(workspace, archive.jsonl([trusted(i, pop=60.0 - i) for i in range(9)]), trust_sizes=True)
+    with Workspace.open(workspace) as w:
+        plan(w)
+    run(workspace, archive.jsonl([trusted(i, pop=60.0 - i) for i in range(10)]), trust_sizes=True)
+    # t009 is unplanned, t006-t008 sit in an unbuilt shard, t000-t005 in the built one.
+    keep = [trusted(i, pop=60.0 - i) for i in (0, 2, 3, 4, 5, 7)]
+    report = run(workspace, archive.jsonl(keep, "keep.jsonl"), trust_sizes=True, mark_absent=True)
+    assert report.absent == 4 and report.absent_ids == ["t001", "t006", "t008", "t009"]
+    assert report.marked_absent == {"stays": 1, "dropped": 2, "unplanned": 1}
+    after = shard_members(workspace)
+    assert after["t-audio-t1-00001"] == shards["t-audio-t1-00001"]  # a built shard never changes
+    assert after["t-audio-t1-00002"] == ["t007"]
+    with open_state(workspace) as state:
+        assert state.unassigned_counts() == []
+        assert state.shard("t-audio-t1-00002").items == 1
+        removed = [r[0] for r in state.db.execute("SELECT id FROM items WHERE removed = 1 ORDER BY id")]
+    assert removed == ["t001", "t006", "t008", "t009"]
+    totals_agree(workspace)
+    again = run(workspace, archive.jsonl(keep, "keep.jsonl"), trust_sizes=True, mark_absent=True)
+    assert again.absent == 0 and again.marked_absent == {}
+
+
+def test_mark_absent_is_refused_when_a_row_has_no_readable_id(workspace, archive):
+    run(workspace, archive.jsonl([trusted(i) for i in range(3)]), trust_sizes=True)
+    cat = archive.jsonl([trusted(0), trusted(1)], "refresh.jsonl")
+    cat.write_text(cat.read_text() + "{broken\n")
+    with pytest.raises(UsageError, match="no readable id"):
+        run(workspace, cat, trust_sizes=True, skip_invalid=True, mark_absent=True, rejects=archive.base / "r")
+    with open_state(workspace) as state:
+        assert state.db.execute("SELECT COUNT(*) FROM items WHERE removed = 1").fetchone()[0] == 0
+
+
+def test_a_rejected_row_keeps_its_item_from_being_absent(workspace, archive):
+    run(workspace, archive.jsonl([trusted(i) for i in range(3)]), trust_sizes=True)
+    rows = [trusted(0), trusted(1), trusted(2, kind="video")]  # t002's row is refused, not missing
+    report = run(
+        workspace,
+        archive.jsonl(rows, "r.jsonl"),
+        trust_sizes=True,
+        skip_invalid=True,
+        mark_absent=True,
+        rejects=archive.base / "rejects.jsonl",
+    )
+    assert (report.rejected, report.absent, report.marked_absent) == (1, 0, {})
+
+
+def test_changes_apply_and_duplicates_are_refused_on_reingest(workspace, archive):
+    run(workspace, archive.jsonl([trusted(i) for i in range(3)]), trust_sizes=True)
+    rows = [trusted(0, pop=9.0), trusted(1), trusted(5), trusted(5), trusted(6, path="audio/t1.ogg")]
+    cat = archive.jsonl(rows, "r.jsonl")
+    with pytest.raises(CatalogError) as e:
+        run(workspace, cat, trust_sizes=True)
+    assert_reported(e.value, cat, 4, f"duplicate id 't005', first seen at {cat}:3")
+    assert_reported(e.value, cat, 5, "path 'audio/t1.ogg' already belongs to id 't001'")
+    assert len(e.value.problems) == 2
+    with open_state(workspace) as state:
+        assert state.db.execute("SELECT popularity FROM items WHERE id = 't000'").fetchone()[0] == 1.0
+    moved = [
+        trusted(0, path="audio/moved.ogg"),
+        trusted(7, path="audio/new.ogg"),
+        trusted(8, path="audio/new.ogg"),
+    ]
+    cat = archive.jsonl(moved, "m.jsonl")
+    with pytest.raises(CatalogError) as e:
+        run(workspace, cat, trust_sizes=True)
+    assert_reported(e.value, cat, 3, f"duplicate path 'audio/new.ogg', first seen at {cat}:2")
+    report = run(workspace, archive.jsonl(moved[:2], "m.jsonl"), trust_sizes=True)
+    assert (report.added, report.changed, report.unchanged) == (1, 1, 0)
+    totals_agree(workspace)
+
+
+# ---- Parquet -----------------------------------------------------------------------------------------
+
+
+def write_parquet(path: Path, rows: list[dict], schema=None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=2)
+    return path
+
+
+def test_parquet_catalog_loads_with_row_numbers(workspace, archive):
+    rows = [trusted(i) | {"album": f"A{i}", "tags": ["x", "y"]} for i in range(5)]
+    cat = write_parquet(archive.base / "c.parquet", rows)
+    report = run(workspace, cat, trust_sizes=True)
+    assert (report.rows, report.added) == (5, 5)
+    with open_state(workspace) as state:
+        line, extra = state.db.execute("SELECT line, extra FROM items WHERE id = 't003'").fetchone()
+    assert line == 4 and json.loads(extra) == {"album": "A3", "tags": ["x", "y"]}
+    assert run(workspace, cat, trust_sizes=True).unchanged == 5
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"kind": "video"}, "unknown kind 'video'"),
+        ({"popularity": float("nan")}, "popularity nan is not a number (NaN cannot be ordered)"),
+        ({"popularity": float("inf")}, "popularity inf is not a finite number"),
+        ({"path": "/etc/passwd"}, "is absolute"),
+        ({"path": "audio/../../x"}, "escapes the archive root"),
+        ({"id": "t\x1b[31m"}, "contains control characters"),
+        ({"size": None}, "size is required with --trust-sizes"),
+        ({"id": "t000"}, "duplicate id 't000', first seen at"),
+    ],
+)
+def test_parquet_bad_rows_are_reported_at_their_row(workspace, archive, change, words):
+    rows = [trusted(i) for i in range(3)]
+    rows[2] = rows[2] | change
+    cat = write_parquet(archive.base / "c.parquet", rows)
+    assert_reported(rejected(workspace, cat, trust_sizes=True), cat, 3, words)
+
+
+def test_parquet_binary_column_that_is_not_utf8(workspace, archive):
+    import pyarrow as pa
+
+    schema = pa.schema([("id", pa.binary()), ("path", pa.string()), ("kind", pa.string()),
+                        ("popularity", pa.float64()), ("size", pa.int64())])  # fmt: skip
+    rows = [trusted(0) | {"id": b"t0"}, trusted(1) | {"id": b"\xff\xfe"}]
+    cat = write_parquet(archive.base / "c.parquet", rows, schema)
+    assert_reported(rejected(workspace, cat, trust_sizes=True), cat, 2, "column id: not valid UTF-8")
+
+
+def test_parquet_that_is_not_parquet_is_one_clear_error(workspace, archive):
+    cat = archive.base / "c.parquet"
+    cat.write_bytes(b"PAR1 not really")
+    with pytest.raises(UsageError, match="not a readable Parquet file"):
+        run(workspace, cat, trust_sizes=True)
+
+
+def test_parquet_size_beyond_sqlite_and_a_bad_mtime(workspace, archive):
+    import pyarrow as pa
+
+    columns = [("id", pa.string()), ("path", pa.string()), ("kind", pa.string())]
+    columns += [("popularity", pa.float64()), ("size", pa.uint64()), ("mtime", pa.int64())]
+    schema = pa.schema(columns)
+    rows = [
+        trusted(0) | {"mtime": 5},
+        trusted(1) | {"size": 2**64 - 1, "mtime": 5},
+        trusted(2) | {"mtime": -1},
+    ]
+    cat = write_parquet(archive.base / "c.parquet", rows, schema)
+    err = rejected(workspace, cat, trust_sizes=True)
+    assert_reported(err, cat, 2, "size 18446744073709551615 is too large (at most 2^63-1 bytes)")
+    assert_reported(err, cat, 3, "mtime -1 is not Unix seconds")
+
+
+# ---- rough edges (issue 13) --------------------------------------------------------------------------
+
+
+def test_size_too_large_for_sqlite_is_exit_2_with_the_line(workspace, archive):
+    from typer.testing import CliRunner
+
+    from packager.cli import app
+
+    cat = archive.jsonl([trusted(0), trusted(1) | {"size": 2**63}])
+    result = CliRunner().invoke(app, ["ingest", str(workspace), str(cat), "--trust-sizes"])
+    assert result.exit_code == 2, result.output
+    assert f"{cat}:2" in result.output and "too large" in result.output
+    assert count(workspace) == 0
+
+
+@pytest.mark.parametrize("item_id", ["a\x1b[2Jb", "tab\there", "nul\x00", "del\x7f", "\ud800x"])
+def test_ids_with_control_characters_are_refused(workspace, archive, item_id):
+    cat = archive.base / "c.jsonl"
+    cat.write_text(json.dumps(trusted(0) | {"id": item_id}) + "\n")
+    err = rejected(workspace, cat, trust_sizes=True)
+    assert "contains control characters" in err.message or "not valid UTF-8" in err.message
+    assert "\x1b" not in err.message and "\x00" not in err.message
+
+
+def test_rejects_to_an_unwritable_path_commits_nothing(workspace, archive):
+    rows = [trusted(0), trusted(1, kind="video")]
+    rejects = archive.base / "no-such-folder" / "rejects.jsonl"
+    with pytest.raises(UsageError, match="cannot write the rejects file"):
+        run(workspace, archive.jsonl(rows), trust_sizes=True, skip_invalid=True, rejects=rejects)
+    assert count(workspace) == 0
+
+
+def test_rejects_that_cannot_be_put_in_place_commit_nothing(workspace, archive):
+    rows = [trusted(0), trusted(1, kind="video")]
+    rejects = archive.base / "rejects.jsonl"
+    rejects.mkdir()  # the .part is written, but renaming it onto a folder fails
+    with pytest.raises(Exception, match="cannot write the rejects file"):
+        run(workspace, archive.jsonl(rows), trust_sizes=True, skip_invalid=True, rejects=rejects)
+    assert count(workspace) == 0
+    assert not (archive.base / "rejects.jsonl.part").exists()
+
+
+def test_status_reads_a_workspace_it_may_not_write(workspace, archive):
+    """A folder nobody may write (root included: chattr +i), as a read-only mount or a mirror's copy."""
+    import shutil
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from packager.cli import app
+
+    run(workspace, archive.jsonl([trusted(i) for i in range(3)]), trust_sizes=True)
+    with Workspace.open(workspace) as w:
+        plan(w)
+    frozen = [workspace, *workspace.glob("state.sqlite*")]
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", *map(str, frozen)]).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        assert not os.access(workspace, os.W_OK)
+        result = CliRunner().invoke(app, ["status", str(workspace), "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["items"] == 3
+        result = CliRunner().invoke(app, ["plan", str(workspace)])
+        assert result.exit_code == 2 and str(workspace / "state.sqlite") in result.output, result.output
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, frozen)], check=True)
+
+
+def test_status_of_a_damaged_state_names_the_file(workspace):
+    (workspace / "state.sqlite").write_bytes(b"not a database at all" * 100)
+    from typer.testing import CliRunner
+
+    from packager.cli import app
+
+    result = CliRunner().invoke(app, ["status", str(workspace)])
+    assert result.exit_code == 2 and str(workspace / "state.sqlite") in result.output, result.output
+
+
+def test_duplicate_csv_columns_are_one_error(workspace, archive):
+    cat = archive.base / "c.csv"
+    cat.write_text("id,path,kind,popularity,size,path\nt0,audio/t0.ogg,audio,1,10,x\n")
+    err = rejected(workspace, cat, trust_sizes=True)
+    assert [p.reason for p in err.problems] == ["column 'path' appears twice in the header"]
+
+
+def test_duplicate_json_keys_are_errors(workspace, archive):
+    cat = archive.base / "c.jsonl"
+    cat.write_text(
+        '{"id":"t0","path":"audio/t0.ogg","kind":"audio","popularity":1,"size":10}\n'
+        '{"id":"t1","path":"audio/t1.ogg","kind":"audio","popularity":1,"size":10,"kind":"art"}\n'
+        '{"id" : "t2", "path":"audio/t2.ogg","kind":"audio","popularity":1,"size":10,"id" : "t3"}\n'
+        '{"id":"t4","path":"audio/t4.ogg","kind":"audio","popularity":1,"size":10,"x":{"a":1,"a":2}}\n'
+    )
+    err = rejected(workspace, cat, trust_sizes=True)
+    assert_reported(err, cat, 2, "key 'kind' appears twice")
+    assert_reported(err, cat, 3, "key 'id' appears twice")
+    assert_reported(err, cat, 4, "key 'a' appears twice")
+    assert len(err.problems) == 3
+
+
+@pytest.mark.parametrize(
+    "header, words",
+    [
+        ("id;path;kind;popularity;size", "this file seems to use ';'"),
+        ("ID,Path,Kind,Popularity,Size", "'ID', 'Path', 'Kind', 'Popularity' must be lowercase"),
+        ("ident,path,kind,popularity,size", "has no 'id' column"),
+    ],
+)
+def test_a_wrong_csv_header_is_named_once(workspace, archive, header, words):
+    cat = archive.base / "c.csv"
+    sep = ";" if ";" in header else ","
+    body = "".join(sep.join([f"t{i}", f"audio/t{i}.ogg", "audio", "1", "10"]) + "\n" for i in range(50))
+    cat.write_text(header + "\n" + body)
+    err = rejected(workspace, cat, trust_sizes=True)
+    assert len(err.problems) == 1 and err.problems[0].line == 1, err.message
+    assert words in err.problems[0].reason
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("NaN", "popularity NaN is not a finite number"),
+        ("Infinity", "popularity Infinity is not a finite number"),
+        ("-Infinity", "popularity -Infinity is not a finite number"),
+        ("1e400", "popularity 1e400 is not a finite number"),
+        ('"NaN"', "popularity 'NaN' is not a number (NaN cannot be ordered)"),
+        ('"1e400"', "popularity '1e400' is not a finite number"),
+    ],
+)
+def test_non_finite_popularity_says_what_is_wrong(workspace, archive, text, words):
+    cat = archive.base / "c.jsonl"
+    cat.write_text(f'{{"id":"t0","path":"audio/t0.ogg","kind":"audio","popularity":{text},"size":1}}\n')
+    assert_reported(rejected(workspace, cat, trust_sizes=True), cat, 1, words)
+
+
+def test_non_finite_popularity_in_csv(workspace, archive):
+    cat = archive.base / "c.csv"
+    cat.write_text(
+        "id,path,kind,popularity,size\nt0,audio/t0.ogg,audio,nan,1\nt1,audio/t1.ogg,audio,1e400,1\n"
+    )
+    err = rejected(workspace, cat, trust_sizes=True)
+    assert_reported(err, cat, 2, "not a number (NaN cannot be ordered)")
+    assert_reported(err, cat, 3, "is not a finite number")
+
+
+# ---- crash safety ------------------------------------------------------------------------------------
+
+
+def state_dump(ws: Path) -> list:
+    with open_state(ws) as state:
+        return [
+            state.db.execute("SELECT * FROM items ORDER BY n").fetchall(),
+            state.db.execute("SELECT * FROM catalog_totals ORDER BY kind").fetchall(),
+            state.db.execute("SELECT * FROM catalog_files ORDER BY n").fetchall(),
+            sorted(state.db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()),
+        ]
+
+
+@pytest.mark.slow
+def test_a_killed_ingest_leaves_the_state_as_it_was(workspace, archive):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = [trusted(i) | {"path": f"audio/{i % 97}/{i}.ogg"} for i in range(150_000)]
+    first = archive.jsonl(rows[:100_000], "first.jsonl")
+    refresh = archive.jsonl(rows[1000:], "refresh.jsonl")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    kills = 0
+    for catalog, before_run in ((first, None), (refresh, first)):
+        if before_run is not None:
+            run(workspace, before_run, trust_sizes=True)
+        before = state_dump(workspace)
+        for delay in (0.3, 0.8, 1.5, 2.5):
+            cmd = [
+                sys.executable,
+                "-m",
+                "packager.cli",
+                "ingest",
+                str(workspace),
+                str(catalog),
+                "--trust-sizes",
+            ]
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(timeout=60)
+            if proc.returncode == 0:
+                break  # it finished first: later delays would too
+            assert state_dump(workspace) == before
+    assert kills >= 4, "every ingest finished before it could be killed; make the catalog bigger"
+    report = run(workspace, refresh, trust_sizes=True)
+    assert report.absent == 1000 and count(workspace) == 150_000
+    totals_agree(workspace)

@@ -153,3 +153,208 @@ def test_removed_items_are_never_planned(workspace, archive):
         assert remove_items(w, ["a001"])[0].outcome == "will not be planned"
     do_plan(workspace)
     assert shard_members(workspace) == {"t-audio-t2-00001": ["a000"]}
+
+
+# ---- the plan after any sequence of operations equals the rules' own model ----------------------------
+
+
+class Model:
+    """Today's rules, written plainly in Python over dicts: the oracle for the bulk engine. Ingest refuses
+    a catalog with a repeated id, a repeated new path, a path of another known id, or a change to an item
+    in a built shard (or of its kind or popularity in a planned one); plan cuts each phase and tier's
+    present, unplanned items in (popularity desc, id asc) order; remove follows `packager remove`."""
+
+    def __init__(self, config):
+        self.config = config
+        self.items: dict[str, dict] = {}
+        self.shards: dict[str, dict] = {}  # name -> {"phase", "tier", "seq", "members": [...], "built"}
+
+    def shard_of(self, item_id):
+        return next((n for n, s in self.shards.items() if item_id in s["members"]), None)
+
+    def ingest(self, rows) -> tuple[int, int, int] | None:
+        seen, claimed = set(), set()
+        for r in rows:
+            if r["id"] in seen:
+                return None
+            seen.add(r["id"])
+            old = self.items.get(r["id"])
+            if old is None or old["path"] != r["path"]:
+                owner = next((i for i, it in self.items.items() if it["path"] == r["path"]), None)
+                if (owner is not None and owner != r["id"]) or r["path"] in claimed:
+                    return None
+                claimed.add(r["path"])
+            shard = self.shard_of(r["id"]) if old else None
+            if shard is not None:
+                diff = {k for k in ("path", "kind", "popularity", "size") if old[k] != r[k]}
+                if diff and (self.shards[shard]["built"] or diff & {"kind", "popularity"}):
+                    return None
+        added = changed = 0
+        for r in rows:
+            old = self.items.get(r["id"])
+            if old is None:
+                added += 1
+                self.items[r["id"]] = dict(r, removed=False)
+            elif any(old[k] != r[k] for k in ("path", "kind", "popularity", "size")):
+                changed += 1
+                old.update(r)
+        for s in self.shards.values():
+            s["bytes"] = sum(self.items[m]["size"] for m in s["members"])
+        return added, changed, len(rows) - added - changed
+
+    def plan(self) -> None:
+        from packager.plan import _bounds
+
+        planned = {m for s in self.shards.values() for m in s["members"]}
+        todo = [i for i, it in self.items.items() if not it["removed"] and i not in planned]
+        for phase in self.config.phases:
+            for tier in phase.tiers:
+                lo, hi = _bounds(phase, tier)
+                mine = [
+                    i
+                    for i in todo
+                    if self.items[i]["kind"] in phase.kinds
+                    and (lo is None or self.items[i]["popularity"] >= lo)
+                    and (hi is None or self.items[i]["popularity"] < hi)
+                ]
+                todo = [i for i in todo if i not in mine]
+                mine.sort(key=lambda i: (-self.items[i]["popularity"], i))
+                seq = max((s["seq"] for s in self.shards.values() if (s["phase"], s["tier"]) ==
+                           (phase.name, tier.name)), default=0)  # fmt: skip
+                current = None
+                for i in mine:
+                    size = self.items[i]["size"]
+                    if current is not None and current["bytes"] + size > phase.shard_size:
+                        current = None
+                    if current is None:
+                        seq += 1
+                        current = {"phase": phase.name, "tier": tier.name, "seq": seq, "members": [],
+                                   "built": False, "bytes": 0}  # fmt: skip
+                        self.shards[phase.shard_name(self.config.name, tier.name, seq)] = current
+                    current["members"].append(i)
+                    current["bytes"] += size
+                    if size > phase.shard_size:
+                        current = None
+
+    def remove(self, ids) -> None:
+        for i in ids:
+            it = self.items[i]
+            if it["removed"]:
+                continue
+            it["removed"] = True
+            shard = self.shard_of(i)
+            if shard is not None and not self.shards[shard]["built"]:
+                self.shards[shard]["members"].remove(i)
+                if not self.shards[shard]["members"]:
+                    del self.shards[shard]
+
+    def build(self, name) -> None:
+        self.shards[name]["built"] = True
+
+    def members(self) -> dict[str, list[str]]:
+        return {n: s["members"] for n, s in self.shards.items()}
+
+
+ids_ = st.integers(0, 14)
+row_ = st.tuples(
+    ids_,
+    st.one_of(st.none(), st.none(), st.integers(0, 3)),  # the id's own path, or one of a few shared ones
+    st.sampled_from(["audio", "audio", "audio", "art", "metadata"]),
+    st.sampled_from([1.0, 20.0, 50.0, 80.0]),  # few values: ties are broken by id
+    st.sampled_from([10, 30_000, 60_000, 150_000]),
+)
+op_ = st.one_of(
+    st.tuples(st.just("ingest"), st.lists(row_, max_size=12)),
+    st.tuples(  # the monthly refresh: every known row again, one of them changed or left out
+        st.just("refresh"),
+        st.tuples(st.integers(0, 99), st.sampled_from(["popularity", "size", "path", "gone", None])),
+    ),
+    st.tuples(st.just("plan"), st.none()),
+    st.tuples(st.just("remove"), st.lists(ids_, min_size=1, max_size=3)),
+    st.tuples(st.just("build"), st.integers(0, 5)),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(op_, min_size=1, max_size=12))
+def test_any_sequence_of_ingest_remove_and_plan_matches_the_rules(make_workspace, archive, ops):
+    """Plans, ingest outcomes and report counts equal the plain model's after any sequence of ingests
+    (first ones, refreshes with changes, repeats and clashes), removals, builds and plans; the totals that
+    status reads equal a full count; a shard once planned keeps its members unless it is unbuilt and loses
+    them to a removal (append-only)."""
+    from packager.errors import CatalogError
+    from packager.plan import remove_items
+    from packager.state import open_state
+
+    ws = make_workspace(f"ws-{next(_fresh)}")
+    with Workspace.open(ws) as w:
+        model = Model(w.config)
+    for n, (op, arg) in enumerate(ops):
+        if op in ("ingest", "refresh"):
+            if op == "ingest":
+                rows = [{"id": f"i{i:02d}", "path": f"{kind}/{i if p is None else f'p{p}'}.x", "kind": kind,
+                         "popularity": pop, "size": size} for i, p, kind, pop, size in arg]  # fmt: skip
+            else:
+                rows = [{k: it[k] for k in ("id", "path", "kind", "popularity", "size")}
+                        for it in model.items.values()]  # fmt: skip
+                k, what = arg
+                if rows and what == "gone":
+                    del rows[k % len(rows)]
+                elif rows and what:
+                    row = rows[k % len(rows)]
+                    row[what] = {"popularity": row["popularity"] + 1, "size": row["size"] + 1,
+                                 "path": row["path"] + ".moved"}[what]  # fmt: skip
+            expected = model.ingest(rows) if rows else None
+            if not rows:
+                continue
+            try:
+                report = load(ws, archive, rows, name=f"c{n}.jsonl", trust_sizes=True)
+                got = (report.added, report.changed, report.unchanged)
+            except CatalogError:
+                got = None
+            assert got == expected, rows
+        elif op == "plan":
+            do_plan(ws)
+            model.plan()
+        elif op == "remove":
+            known = [f"i{i:02d}" for i in arg if f"i{i:02d}" in model.items]
+            if known:
+                with Workspace.open(ws) as w:
+                    remove_items(w, known)
+                model.remove(known)
+        else:
+            names = sorted(model.shards)
+            if names:
+                name = names[arg % len(names)]
+                with open_state(ws) as state:
+                    state.db.execute("UPDATE shards SET state = 'built' WHERE name = ?", (name,))
+                model.build(name)
+        assert shard_members(ws) == model.members(), ops[: n + 1]
+        with open_state(ws) as state:
+            assert state.stored_totals() == state.counted_totals()
+            assert {s.name: s.items for s in state.shards()} == {
+                k: len(v) for k, v in model.members().items()
+            }
+
+
+def test_paths_that_collide_on_macos_or_windows_are_reported_per_shard(workspace, archive):
+    from typer.testing import CliRunner
+
+    from packager.cli import app
+
+    def row(i, path, pop):
+        return {"id": f"c{i}", "path": path, "kind": "audio", "popularity": pop, "size": 10}
+
+    nfc, nfd = "audio/caf\u00e9.ogg", "audio/cafe\u0301.ogg"
+    rows = [row(1, "audio/Song.ogg", 9), row(2, "audio/song.ogg", 9), row(3, nfc, 9), row(4, nfd, 9)]
+    rows += [row(5, "audio/X.ogg", 70), row(6, "audio/x.ogg", 9)]  # different tiers: different shards
+    load(workspace, archive, rows, trust_sizes=True)
+    result = CliRunner().invoke(app, ["plan", str(workspace), "--dry-run", "--json"])
+    assert result.exit_code == 0
+    report = __import__("json").loads(result.output)
+    assert report["path_collisions"] == 2
+    pairs = {(c["path"], c["other_path"], c["id"], c["other_id"]) for c in report["path_collision_examples"]}
+    assert pairs == {("audio/song.ogg", "audio/Song.ogg", "c2", "c1"), (nfd, nfc, "c4", "c3")}
+    result = CliRunner().invoke(app, ["plan", str(workspace)])
+    assert result.exit_code == 0 and "2 pair(s) of paths in one shard differ only by case" in result.output
+    assert len(shard_members(workspace)["t-audio-t2-00001"]) == 5  # a warning: the plan is made
