@@ -23,7 +23,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
@@ -36,7 +36,7 @@ from .container import MemberRecord, MemberSource, write_shard
 from .errors import EnvironmentProblem, PackagerError, ShardBuildError, UsageError, WorkspaceError
 from .fsutil import file_sha256, fsync_dir
 from .hashing import ShardHasher, ShardHashes
-from .state import ShardRow, State
+from .state import MemberRow, ShardRow, State
 from .workspace import Workspace
 
 # torrent.py (and so libtorrent, 0.3 s to import) is imported only on the coordinator's side, so that the
@@ -57,6 +57,7 @@ class ShardJob:
     v2: bool
     default_mtime: int
     planned_bytes: int
+    attempt: str = ""  # a cluster attempt writes its own temporary file; see cluster.py
 
     @property
     def final_path(self) -> Path:
@@ -64,7 +65,10 @@ class ShardJob:
 
     @property
     def part_path(self) -> Path:
-        return self.final_path.with_name(layout.part_name(self.final_path.name))
+        name = self.final_path.name
+        return self.final_path.with_name(
+            layout.attempt_part_name(name, self.attempt) if self.attempt else layout.part_name(name)
+        )
 
 
 @dataclass(frozen=True)
@@ -133,12 +137,13 @@ Event = BuildPlanned | ShardStarted | BytesDone | ShardFinished | ShardFailed
 # ---- the worker side -------------------------------------------------------------------------------------
 
 
-def _member_sources(job: ShardJob) -> Iterator[MemberSource]:
-    """Stream the shard's members from state.sqlite in plan order, without holding them all."""
-    state = State(Path(job.workspace) / layout.STATE, readonly=True)
+def _member_sources(job: ShardJob, members: Iterable[MemberRow] | None) -> Iterator[MemberSource]:
+    """The shard's members in plan order: the given rows, or streamed from state.sqlite (without holding
+    them all) when none are given."""
+    state = None if members is not None else State(Path(job.workspace) / layout.STATE, readonly=True)
     try:
         root = Path(job.root)
-        for m in state.iter_members(job.shard_id):
+        for m in members if state is None else state.iter_members(job.shard_id):
             yield MemberSource(
                 id=m.id,
                 path=m.path,
@@ -149,18 +154,26 @@ def _member_sources(job: ShardJob) -> Iterator[MemberSource]:
                 mtime=job.default_mtime if m.mtime is None else m.mtime,
             )
     finally:
-        state.close()
+        if state is not None:
+            state.close()
 
 
-def write_one(job: ShardJob, on_progress: Callable[[int], None] | None = None) -> ShardResult:
-    """Write one shard to its .part file, fsynced, and return its hashes. Removes the .part on failure."""
+def write_one(
+    job: ShardJob,
+    on_progress: Callable[[int], None] | None = None,
+    members: Iterable[MemberRow] | None = None,
+) -> ShardResult:
+    """Write one shard to its .part file, fsynced, and return its hashes. Removes the .part on failure.
+
+    The one shard build shared by every executor: job in, result out, input bytes reported to
+    `on_progress`. `members` (in plan order) spares a worker on another machine from reading state.sqlite."""
     job.part_path.parent.mkdir(parents=True, exist_ok=True)
     hasher = ShardHasher(job.piece_size, v2=job.v2)
     try:
         with open(job.part_path, "wb") as out:
             written = write_shard(
                 out,
-                _member_sources(job),
+                _member_sources(job, members),
                 level=job.level,
                 frame_size=job.frame_size,
                 manifest_mtime=job.default_mtime,
@@ -302,6 +315,9 @@ def _recover(ws: Workspace) -> list[str]:
                 continue
             state.mark_unbuilt(rel)
         part.unlink()
+    for stale in shards_dir.glob(layout.attempt_part_glob("*" + layout.SHARD_SUFFIX)):
+        if layout.attempt_part_of(stale.name):  # a cluster attempt that never settled
+            stale.unlink(missing_ok=True)
     for rel, _, _ in built.values():
         if not ws.file(rel).exists():
             state.mark_unbuilt(rel)
@@ -354,17 +370,23 @@ def build(
     jobs_count: int = 0,
     phase: str | None = None,
     on_event: Callable[[Event], None] = lambda e: None,
+    scheduler: str | None = None,
 ) -> BuildReport:
-    """Build every planned (or previously failed) shard. Failures are per shard; the others still finish."""
+    """Build every planned (or previously failed) shard. Failures are per shard; the others still finish.
+
+    With `scheduler` (a Dask scheduler's address) the shards are built on that cluster (cluster.py), and
+    `jobs_count` bounds the shards in flight per worker thread; without, in a local process pool."""
     if not ws.config.root.is_dir():
         raise WorkspaceError(f"{ws.config.root}: the archive root is not there", hint="check release.root")
     if jobs_count < 0:
         raise UsageError(f"--jobs {jobs_count}: must be 0 (one per core) or more")
     with ws.locked("build"):
-        return _build_locked(ws, jobs_count, phase, on_event)
+        return _build_locked(ws, jobs_count, phase, on_event, scheduler)
 
 
-def _build_locked(ws: Workspace, jobs_count: int, phase: str | None, on_event) -> BuildReport:
+def _build_locked(
+    ws: Workspace, jobs_count: int, phase: str | None, on_event, scheduler: str | None = None
+) -> BuildReport:
     recovered = _recover(ws)
     todo = plan_jobs(ws, phase)
     skipped = len([s for s in ws.state.shards(phase=phase) if s.state == "built"])
@@ -373,8 +395,13 @@ def _build_locked(ws: Workspace, jobs_count: int, phase: str | None, on_event) -
         return report
     ws.shards_dir.mkdir(exist_ok=True)
     on_event(BuildPlanned(len(todo), sum(job.planned_bytes for job, _ in todo)))
-    workers = jobs_count or default_jobs()
     coordinator = _Coordinator(ws, report, on_event)
+    if scheduler is not None:
+        from .cluster import build_on_cluster  # distributed is heavy and optional
+
+        build_on_cluster(coordinator, todo, scheduler, jobs_count)
+        return report
+    workers = jobs_count or default_jobs()
     if workers == 1 or len(todo) == 1:
         _build_inline(coordinator, todo)
     else:

@@ -31,6 +31,10 @@ USTAR_MTIME_LIMIT = 8**11
 # BEP 52 requires v2 pieces of at least one 16 KiB merkle leaf; 64 MiB stays far below the 128-256 MiB that
 # libtorrent and others refuse, and 64 MiB x 2^12 pieces covers a 256 GiB shard.
 PIECE_SIZE_MIN, PIECE_SIZE_MAX = 16 * 1024, 64 * 1024 * 1024
+# Dask's comm schemes with a host and a port (inproc:// is in-process only, useless to a CLI).
+SCHEDULER_RE = re.compile(
+    r"^(tcp|tls|ws|wss|ucx)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$"
+)
 
 _UNITS = {
     "": 1,
@@ -133,6 +137,23 @@ class Phase:
         return "-".join(parts)
 
 
+def check_scheduler_address(address: str) -> str:
+    """A Dask scheduler address ``tcp://HOST:PORT`` (or tls://, ws://, wss://, ucx://); ValueError if not."""
+    match = SCHEDULER_RE.match(address)
+    if not match or not 0 < int(match.group(3)) < 65536:
+        raise ValueError(f"{address!r} is not a Dask scheduler address")
+    return address
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """``[build]``: where shards are built. No scheduler: the local process pool."""
+
+    scheduler: str | None = None  # tcp://HOST:PORT of a Dask distributed scheduler
+    connect_timeout: float = 10.0  # seconds to reach the scheduler (and to get it back if lost)
+    retries: int = 2  # extra tries of a shard whose attempt raised (worker deaths: the scheduler's own count)
+
+
 @dataclass(frozen=True)
 class ReleaseConfig:
     path: Path
@@ -149,6 +170,7 @@ class ReleaseConfig:
     signing_key: Path | None = None
     seed: SeedSettings = field(default_factory=lambda: SeedSettings())
     valid_for: int | None = None  # seconds a publication statement stays valid (its valid_until); None: ever
+    build: BuildSettings = BuildSettings()
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -432,6 +454,25 @@ def _web_seeds(r: _Reader) -> tuple[str, ...]:
     return tuple(seeds)
 
 
+def _build_settings(r: _Reader) -> BuildSettings:
+    r.unknown_keys({"scheduler", "connect_timeout", "retries"})
+    scheduler = r.get("scheduler", str, None) or None
+    if scheduler is not None:
+        try:
+            check_scheduler_address(scheduler)
+        except ValueError:
+            raise r.fail(
+                "scheduler", f"{scheduler!r} is not a Dask scheduler address", '"tcp://HOST:PORT"'
+            ) from None
+    timeout = r.get("connect_timeout", (int, float), 10)
+    if not 0 < timeout <= 3600:
+        raise r.fail("connect_timeout", f"{timeout} is out of range", "seconds, above 0 and at most 3600")
+    retries = r.get("retries", int, 2)
+    if not 0 <= retries <= 100:
+        raise r.fail("retries", f"{retries} is out of range", "an integer from 0 to 100")
+    return BuildSettings(scheduler=scheduler, connect_timeout=float(timeout), retries=retries)
+
+
 def parse_config(text: str, path: Path) -> ReleaseConfig:
     """Parse and validate release.toml text; relative paths resolve against the file's folder."""
     try:
@@ -439,7 +480,7 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "(syntax)", str(e)) from None
     top = _Reader(path, data, "")
-    top.unknown_keys({"release", "torrents", "publish", "phases", "seed"})
+    top.unknown_keys({"release", "torrents", "publish", "phases", "seed", "build"})
     seed = _seed_settings(data["seed"], path) if "seed" in data else SeedSettings(origin=path)
     rel = _Reader(path, top.get("release", dict), "release")
     rel.unknown_keys({"name", "root", "mtime", "creation_date"})
@@ -451,6 +492,7 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
         root = path.parent / root
     tor = _Reader(path, top.get("torrents", dict, {}), "torrents")
     tor.unknown_keys({"trackers", "web_seeds", "private", "source"})
+    build = _build_settings(_Reader(path, top.get("build", dict, {}), "build"))
     pub = _Reader(path, top.get("publish", dict, {}), "publish")
     pub.unknown_keys({"base_url", "signing_key", "valid_for"})
     key = pub.get("signing_key", str, None)
@@ -484,6 +526,7 @@ def parse_config(text: str, path: Path) -> ReleaseConfig:
         signing_key=Path(os.path.normpath(path.parent / Path(key).expanduser())) if key else None,
         seed=seed,
         valid_for=valid_for,
+        build=build,
     )
 
 

@@ -18,6 +18,8 @@ Paths recorded in state.sqlite and in release.json are relative POSIX paths buil
 
 from __future__ import annotations
 
+import re
+
 # ---- the workspace ----------------------------------------------------------------------------------------
 CONFIG = "release.toml"
 STATE = "state.sqlite"
@@ -89,6 +91,31 @@ def shard_name(file_name: str) -> str | None:
 
 def part_name(file_name: str) -> str:
     return f"{file_name}{PART_SUFFIX}"
+
+
+# One attempt's own temporary file, ``<name>.tar.zst.<attempt>.part``: a cluster worker writes there, so two
+# attempts at one shard (a worker presumed dead may still be writing) never share a file.
+_ATTEMPT_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+_ATTEMPT_PART_RE = re.compile(r"^(.+)\.([A-Za-z0-9_-]{1,100})" + re.escape(PART_SUFFIX) + "$")
+
+
+def attempt_part_name(file_name: str, attempt: str) -> str:
+    if not _ATTEMPT_RE.match(attempt):
+        raise ValueError(f"attempt id {attempt!r}: letters, digits, '_' and '-' only")
+    return f"{file_name}.{attempt}{PART_SUFFIX}"
+
+
+def attempt_part_glob(file_name_pattern: str) -> str:
+    """A glob for the attempts' files of `file_name_pattern` (a glob itself); filter with attempt_part_of."""
+    return f"{file_name_pattern}.*{PART_SUFFIX}"
+
+
+def attempt_part_of(file_name: str) -> str | None:
+    """The shard file name (``<name>.tar.zst``) an attempt's temporary file belongs to; None for any other."""
+    match = _ATTEMPT_PART_RE.match(file_name)
+    if match and shard_name(match.group(1)) is not None:
+        return match.group(1)
+    return None
 
 
 def signature_name(file_name: str) -> str:

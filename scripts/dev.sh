@@ -34,7 +34,7 @@ install_python() {
     fi
     if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
         .venv/bin/python -m pip install -q --upgrade pip >&2
-        .venv/bin/python -m pip install -q -e '.[test]' >&2
+        .venv/bin/python -m pip install -q -e '.[test,cluster]' >&2
         touch .venv/.installed
     fi
 }

@@ -58,6 +58,11 @@ def _with(tmp_path: Path, old: str, new: str) -> str:
             "http:// or https://",
         ),
         ("mtime = 1735689600", 'mtime = 1735689600\ncolour = "red"', "release.colour", "name, root"),
+        ("[build]", '[build]\nscheduler = "http://x:8786"', "build.scheduler", "tcp://HOST:PORT"),
+        ("[build]", '[build]\nscheduler = "tcp://x:0"', "build.scheduler", "tcp://HOST:PORT"),
+        ("[build]", "[build]\nconnect_timeout = 0", "build.connect_timeout", "above 0"),
+        ("[build]", "[build]\nretries = -1", "build.retries", "0 to 100"),
+        ("[build]", "[build]\nworkers = 3", "build.workers", "connect_timeout, retries, scheduler"),
     ],
 )
 def test_invalid_config_names_the_key_and_allowed_values(tmp_path, old, new, key, allowed):
@@ -68,6 +73,13 @@ def test_invalid_config_names_the_key_and_allowed_values(tmp_path, old, new, key
     assert key in text and "release.toml" in text
     if allowed:
         assert allowed in text
+
+
+def test_build_table_names_a_scheduler(tmp_path):
+    text = _with(tmp_path, "[build]", '[build]\nscheduler = "tcp://10.0.0.1:8786"\nconnect_timeout = 2.5')
+    build = parse_config(text, tmp_path / "release.toml").build
+    assert (build.scheduler, build.connect_timeout, build.retries) == ("tcp://10.0.0.1:8786", 2.5, 2)
+    assert parse_config(default_config_text("m", tmp_path), tmp_path / "release.toml").build.scheduler is None
 
 
 def test_syntax_error_is_a_config_error(tmp_path):

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from .. import __version__
@@ -32,9 +33,10 @@ class PackagerGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except PackagerError as e:
-            err.print(f"[bold red]error:[/] {e.message}", markup=True, highlight=False)
+            # escape(): a path or a hint may hold brackets (`packager[cluster]`, `[::1]`) rich would eat.
+            err.print(f"[bold red]error:[/] {escape(e.message)}", markup=True, highlight=False)
             if e.hint:
-                err.print(f"[bold]hint:[/] {e.hint}", markup=True)
+                err.print(f"[bold]hint:[/] {escape(e.hint)}", markup=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -46,7 +48,7 @@ class PackagerGroup(TyperGroup):
                 raise  # stdout closed by the reader (`| head`): typer exits quietly
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
             what = getattr(e, "strerror", None) or str(e)
-            err.print(f"[bold red]error:[/] {where}{what}", markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {escape(where + what)}", markup=True, highlight=False)
             err.print(
                 "[bold]hint:[/] check that the folders exist, are writable and have free space", markup=True
             )

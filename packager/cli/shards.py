@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..build import BuildPlanned, BytesDone, ShardFailed, ShardFinished, ShardStarted, remake_torrents
 from ..build import build as run_build
-from ..config import format_binary, format_size, parse_size
+from ..config import check_scheduler_address, format_binary, format_size, parse_size
 from ..container import ShardReader
 from ..errors import UsageError
 from ..workspace import Workspace
@@ -25,17 +26,38 @@ def build(
         int, typer.Option("--jobs", "-j", help="Shards built at once (0: one per two cores).")
     ] = 0,
     phase: Annotated[str | None, typer.Option(help="Build this phase only.")] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Build on the Dask cluster of this scheduler, tcp://HOST:PORT (default: [build] scheduler); "
+            "--jobs is then shards per worker thread (0: two).",
+            show_default=False,
+        ),
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Build on this machine even if release.toml names a scheduler.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write every planned shard as a seekable .tar.zst with its .torrent, in one pass over the bytes.
 
-    Interrupted builds resume: finished shards are kept, partial ones are started again.
+    Interrupted builds resume: finished shards are kept, partial ones are started again. With a Dask
+    scheduler the shards are built by its workers, which see the archive and the workspace at the same paths.
 
     Example:
         packager build music-release --jobs 8 --phase metadata
+        packager build music-release --scheduler tcp://10.0.0.1:8786
     """
+    if scheduler is not None:
+        if local:
+            raise UsageError("--scheduler and --local exclude each other", hint="give one of them")
+        try:
+            check_scheduler_address(scheduler)
+        except ValueError as e:
+            raise UsageError(f"--scheduler: {e}", hint="give the address as tcp://HOST:PORT") from None
     with Workspace.open(workspace) as ws, _BuildProgress(as_json) as on_event:
-        report = run_build(ws, jobs_count=jobs, phase=phase, on_event=on_event)
+        address = None if local else scheduler or ws.config.build.scheduler
+        report = run_build(ws, jobs_count=jobs, phase=phase, on_event=on_event, scheduler=address)
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -45,7 +67,7 @@ def build(
             f"built {len(report.built)} shards; {report.skipped} already built; {len(report.failed)} failed"
         )
         for name, reason in report.failed:
-            err.print(f"[bold red]failed:[/] {name}: {reason}", markup=True)
+            err.print(f"[bold red]failed:[/] {escape(f'{name}: {reason}')}", markup=True)
         if report.failed:
             err.print(
                 "[bold]hint:[/] restore those files, or ingest their corrected catalog rows, then run "
@@ -193,6 +215,11 @@ class _BuildProgress:
         if isinstance(event, BuildPlanned):
             p.update(self.overall, total=event.total, description=f"all {event.shards} shards")
         elif isinstance(event, ShardStarted):
+            again = self.tasks.pop(event.name, None)
+            if again is not None:  # retried on another worker: its bytes come again from the start
+                done = next(t for t in p.tasks if t.id == again).completed
+                p.advance(self.overall, -done)
+                p.remove_task(again)
             self.tasks[event.name] = p.add_task(event.name, total=event.total)
         elif isinstance(event, BytesDone):
             p.advance(self.tasks[event.name], event.n)
@@ -206,7 +233,7 @@ class _BuildProgress:
                     p.update(self.overall, total=max(0, (overall.total or 0) - left))
                 p.remove_task(task)
             if isinstance(event, ShardFailed):
-                p.console.print(f"[red]failed[/] {event.name}: {event.reason}", markup=True)
+                p.console.print(f"[red]failed[/] {escape(f'{event.name}: {event.reason}')}", markup=True)
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:

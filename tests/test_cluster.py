@@ -1,0 +1,485 @@
+"""Building on a Dask cluster: real `dask scheduler` and `dask worker` processes on 127.0.0.1.
+
+The scheduler listens on a port the kernel picks (--port 0) and tells it through its scheduler file; every
+wait is bounded; every process started here is killed, by its process group, at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from packager import layout
+from packager.build import BytesDone, ShardStarted, build
+from packager.cli import app
+from packager.cluster import pack_members, unpack_members
+from packager.demo import DEMO_CONFIG, generate_archive
+from packager.errors import EnvironmentProblem
+from packager.state import MemberRow, open_state
+from packager.workspace import Workspace
+from tests.helpers import wait_until
+from tests.test_build import digests, prepare
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.interop
+
+
+def dask_command(*args: str) -> list[str]:
+    script = Path(sys.executable).with_name("dask")
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "dask", *args]
+
+
+@dataclass
+class DaskCluster:
+    """A scheduler and worker processes (each `dask worker` is a nanny with one worker process)."""
+
+    folder: Path
+    scheduler: subprocess.Popen | None = None
+    nannies: list[subprocess.Popen] = field(default_factory=list)
+    address: str = ""
+
+    def _start(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder, start_new_session=True
+        )
+
+    def start(self, workers: int = 2) -> DaskCluster:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        file = self.folder / "scheduler.json"
+        file.unlink(missing_ok=True)
+        self.scheduler = self._start(
+            "scheduler",
+            dask_command(
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(file),
+            ),
+        )
+        assert wait_until(file.exists, 30), self.logs()
+        self.address = json.loads(file.read_text())["address"]
+        for i in range(workers):
+            self.nannies.append(
+                self._start(
+                    f"worker{i}",
+                    dask_command(
+                        "worker",
+                        self.address,
+                        "--nthreads",
+                        "1",
+                        "--nworkers",
+                        "1",
+                        "--host",
+                        "127.0.0.1",
+                        "--no-dashboard",
+                        "--local-directory",
+                        str(self.folder / f"worker{i}"),
+                    ),
+                )
+            )
+        self.wait_for_workers(workers)
+        return self
+
+    def worker_pids(self) -> set[int]:
+        """The worker processes, children of our nannies (a killed one is replaced by its nanny)."""
+        pids = set()
+        for nanny in self.nannies:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                pids.update(c.pid for c in psutil.Process(nanny.pid).children() if "python" in c.name())
+        return pids
+
+    def wait_for_workers(self, n: int, seconds: float = 60) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=10, set_as_default=False) as client:
+            client.wait_for_workers(n, timeout=seconds)
+
+    def stop(self) -> None:
+        for proc in [*self.nannies, self.scheduler]:
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in [*self.nannies, self.scheduler]:
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.folder.glob("*.log")))
+
+
+@contextlib.contextmanager
+def dask_cluster(folder: Path, workers: int = 2) -> Iterator[DaskCluster]:
+    cluster = DaskCluster(folder)
+    try:
+        yield cluster.start(workers)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[DaskCluster]:
+    with dask_cluster(tmp_path_factory.mktemp("dask")) as c:
+        yield c
+
+
+@pytest.fixture
+def ready(cluster) -> DaskCluster:
+    """The module's cluster with both workers up (a test before may have killed one)."""
+    cluster.wait_for_workers(2)
+    return cluster
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+
+SLOW_LEVEL = 15  # zstd level 15 takes ~30 ms per MB of random data: time enough to kill a writer mid-shard
+
+
+def slow_rows(archive, files=24, size=1_000_000, seed=5) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(files):
+        path = f"audio/{i % 4}/{i:03d}.ogg"
+        archive.add(path, rng.randbytes(size))
+        rows.append(
+            {"id": f"a{i:03d}", "path": path, "kind": "audio", "popularity": 60 + i % 7, "size": size}
+        )
+    return rows
+
+
+def slow_workspace(make_workspace, name: str) -> Path:
+    ws = make_workspace(name, audio_shard="3MB")
+    cfg = ws / layout.CONFIG
+    text = cfg.read_text().replace("level = -1", f"level = {SLOW_LEVEL}")
+    cfg.write_text(text + "\n[build]\nconnect_timeout = 5\n")
+    return ws
+
+
+def attempt_files(ws: Path) -> list[Path]:
+    folder = ws / layout.SHARDS
+    if not folder.exists():
+        return []
+    return [p for p in folder.iterdir() if layout.attempt_part_of(p.name)]
+
+
+def leftovers(ws: Path) -> list[str]:
+    return [p.name for p in (ws / layout.SHARDS).iterdir() if p.name.endswith(layout.PART_SUFFIX)]
+
+
+def pid_of(attempt: Path) -> int:
+    """The writing process, from the attempt's name ``<name>.tar.zst.<host>-<pid>-<random>.part``."""
+    return int(attempt.name.removesuffix(layout.PART_SUFFIX).rsplit("-", 2)[1])
+
+
+def built_names(ws: Path) -> set[str]:
+    with open_state(ws) as state:
+        return {s.name for s in state.shards(state="built")}
+
+
+def all_names(ws: Path) -> set[str]:
+    with open_state(ws) as state:
+        return {s.name for s in state.shards()}
+
+
+# ---- tests with a cluster ---------------------------------------------------------------------------------
+
+
+def test_demo_release_on_the_cluster_is_byte_identical_to_the_local_pool(ready, tmp_path):
+    catalog = generate_archive(tmp_path / "archive")
+    spaces = {}
+    for name in ("local", "cluster"):
+        ws = tmp_path / name
+        Workspace.init(ws, tmp_path / "archive", "demo").close()
+        (ws / layout.CONFIG).write_text(DEMO_CONFIG.replace("{root}", str(tmp_path / "archive")))
+        with Workspace.open(ws) as w:
+            from packager.catalog import IngestOptions, ingest
+            from packager.plan import plan
+
+            ingest(w, [catalog], IngestOptions())
+            plan(w)
+        spaces[name] = ws
+    with Workspace.open(spaces["local"]) as w:
+        assert not build(w, jobs_count=2).failed
+    events = []
+    with Workspace.open(spaces["cluster"]) as w:
+        report = build(w, scheduler=ready.address, on_event=events.append)
+        planned = {s.name: s.bytes for s in w.state.shards()}
+    assert not report.failed and set(report.built) == set(planned)
+    assert digests(spaces["cluster"]) == digests(spaces["local"])
+    assert leftovers(spaces["cluster"]) == []
+    # The progress bars' events came from the workers: a start and every input byte of each shard.
+    started = {e.name: e.total for e in events if isinstance(e, ShardStarted)}
+    assert started == planned
+    done: dict[str, int] = {}
+    for e in events:
+        if isinstance(e, BytesDone):
+            done[e.name] = done.get(e.name, 0) + e.n
+    assert done == {name: n for name, n in planned.items() if n}
+
+
+def test_a_worker_killed_while_it_writes_a_shard(ready, make_workspace, archive):
+    """SIGKILL the worker process writing a shard: the shard is retried on a worker, every shard comes out
+    byte-identical to the local build, and the dead attempt's file is gone."""
+    rows = slow_rows(archive)
+    reference = slow_workspace(make_workspace, "reference")
+    prepare(reference, archive, rows)
+    with Workspace.open(reference) as w:
+        assert not build(w, jobs_count=1).failed
+    ws = slow_workspace(make_workspace, "cluster")
+    prepare(ws, archive, rows)
+    events = []
+
+    def run():
+        with Workspace.open(ws) as w:
+            return build(w, scheduler=ready.address, on_event=events.append)
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run)
+        killed = None
+        deadline = time.monotonic() + 60
+        while killed is None and not running.done() and time.monotonic() < deadline:
+            for part in attempt_files(ws):
+                with contextlib.suppress(FileNotFoundError):
+                    if part.stat().st_size >= 256 * 1024 and pid_of(part) in ready.worker_pids():
+                        os.kill(pid_of(part), signal.SIGKILL)
+                        killed = part
+                        break
+            time.sleep(0.002)
+        report = running.result(timeout=120)
+    assert killed is not None, "the build finished before a worker could be killed; make the data bigger"
+    shard = layout.attempt_part_of(killed.name).removesuffix(layout.SHARD_SUFFIX)
+    assert not report.failed and set(report.built) == all_names(ws)
+    assert digests(ws) == digests(reference)
+    assert leftovers(ws) == []
+    assert [e.name for e in events if isinstance(e, ShardStarted)].count(shard) >= 2, "it was tried again"
+
+
+def test_a_killed_coordinator_loses_no_committed_shard(ready, make_workspace, archive):
+    rows = slow_rows(archive, seed=6)
+    reference = slow_workspace(make_workspace, "reference")
+    prepare(reference, archive, rows)
+    with Workspace.open(reference) as w:
+        assert not build(w, jobs_count=1).failed
+    ws = slow_workspace(make_workspace, "cluster")
+    prepare(ws, archive, rows)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "packager.cli", "build", str(ws), "--scheduler", ready.address],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Kill it once a shard is committed and another one is being written.
+        assert wait_until(
+            lambda: proc.poll() is None and built_names(ws) and attempt_files(ws), 60, step=0.005
+        ), "the build finished before its coordinator could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    committed = built_names(ws)
+    assert committed and committed != all_names(ws)
+    with Workspace.open(ws) as w:
+        report = build(w, scheduler=ready.address)
+    assert set(report.built) == all_names(ws) - committed and report.skipped == len(committed)
+    assert not report.failed
+    assert digests(ws) == digests(reference)
+    assert leftovers(ws) == []
+
+
+def test_attempts_of_a_killed_coordinator_stop_and_remove_their_files(ready, make_workspace, archive):
+    """Dask cannot interrupt a task; an attempt notices at its next progress event that nobody wants it."""
+    rows = slow_rows(archive, files=2, size=6_000_000, seed=8)
+    ws = slow_workspace(make_workspace, "cluster")
+    cfg = ws / layout.CONFIG
+    slower = cfg.read_text().replace(f"level = {SLOW_LEVEL}", "level = 19").replace('"64KiB"', '"4MiB"')
+    cfg.write_text(slower)  # about 1 s per shard, two PROGRESS_INTERVALs
+    prepare(ws, archive, rows)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "packager.cli", "build", str(ws), "--scheduler", ready.address],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: proc.poll() is None and attempt_files(ws), 60, step=0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert wait_until(lambda: not attempt_files(ws), 10), attempt_files(ws)
+    assert not built_names(ws)
+
+
+def test_a_worker_that_sees_another_archive_fails_that_shard_naming_its_host(ready, workspace, archive):
+    rows = []
+    for i in range(9):
+        path = f"audio/{i}.ogg"
+        rows.append(
+            {
+                "id": f"x{i}",
+                "path": path,
+                "kind": "audio",
+                "popularity": 70,
+                "size": archive.add(path, 40_000),
+            }
+        )
+    prepare(workspace, archive, rows)
+    archive.add(rows[4]["path"], 123)  # the file the workers see is not the catalogued one
+    r = CliRunner().invoke(app, ["build", str(workspace), "--scheduler", ready.address])
+    assert r.exit_code == 2, r.output
+    assert f"on worker host {socket.gethostname()}" in r.output and rows[4]["path"] in r.output
+    assert "Traceback" not in r.output
+    with open_state(workspace) as state:
+        states = [s.state for s in state.shards()]
+    assert states.count("failed") == 1 and states.count("built") == len(states) - 1
+    assert leftovers(workspace) == []
+
+
+@pytest.mark.slow
+def test_a_lost_scheduler_stops_the_build_and_the_next_build_continues(tmp_path, make_workspace, archive):
+    rows = slow_rows(archive, files=30, seed=7)
+    reference = slow_workspace(make_workspace, "reference")
+    prepare(reference, archive, rows)
+    with Workspace.open(reference) as w:
+        assert not build(w, jobs_count=1).failed
+    ws = slow_workspace(make_workspace, "cluster")
+    (ws / layout.CONFIG).write_text(
+        (ws / layout.CONFIG).read_text().replace("connect_timeout = 5", "connect_timeout = 2")
+    )
+    prepare(ws, archive, rows)
+    with dask_cluster(tmp_path / "dask1") as first, ThreadPoolExecutor(1) as pool:
+
+        def run():
+            with Workspace.open(ws) as w:
+                return build(w, scheduler=first.address)
+
+        running = pool.submit(run)
+        assert wait_until(lambda: running.done() or built_names(ws), 60, step=0.005)
+        os.killpg(first.scheduler.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(EnvironmentProblem, match="lost the Dask scheduler"):
+            running.result(timeout=60)
+        assert time.monotonic() - started < 20
+    committed = built_names(ws)
+    assert committed and committed != all_names(ws)
+    with dask_cluster(tmp_path / "dask2") as second, Workspace.open(ws) as w:
+        report = build(w, scheduler=second.address)
+    assert set(report.built) == all_names(ws) - committed and not report.failed
+    assert digests(ws) == digests(reference)
+
+
+# ---- without a cluster ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_scheduler_is_an_environment_error_in_bounded_time(workspace, archive):
+    prepare(
+        workspace,
+        archive,
+        [{"id": "a", "path": "a.ogg", "kind": "audio", "popularity": 1, "size": archive.add("a.ogg", 10)}],
+    )
+    cfg = workspace / layout.CONFIG
+    cfg.write_text(cfg.read_text() + "\n[build]\nconnect_timeout = 1\n")
+    started = time.monotonic()
+    r = CliRunner().invoke(app, ["build", str(workspace), "--scheduler", f"tcp://127.0.0.1:{free_port()}"])
+    assert r.exit_code == 3, r.output
+    assert "cannot reach the Dask scheduler" in r.output and "Traceback" not in r.output
+    assert time.monotonic() - started < 15
+    with open_state(workspace) as state:
+        assert {s.state for s in state.shards()} == {"planned"}
+
+
+def test_the_scheduler_from_release_toml_and_bad_addresses(workspace, archive):
+    prepare(
+        workspace,
+        archive,
+        [{"id": "a", "path": "a.ogg", "kind": "audio", "popularity": 1, "size": archive.add("a.ogg", 10)}],
+    )
+    cfg = workspace / layout.CONFIG
+    cfg.write_text(
+        cfg.read_text() + f'\n[build]\nscheduler = "tcp://127.0.0.1:{free_port()}"\nconnect_timeout = 1\n'
+    )
+    r = CliRunner().invoke(app, ["build", str(workspace)])
+    assert r.exit_code == 3 and "cannot reach the Dask scheduler" in r.output
+    r = CliRunner().invoke(app, ["build", str(workspace), "--scheduler", "http://x"])
+    assert r.exit_code == 2 and "not a Dask scheduler address" in r.output
+    r = CliRunner().invoke(app, ["build", str(workspace), "--local"])
+    assert r.exit_code == 0, r.output
+    assert built_names(workspace) == all_names(workspace)
+
+
+def test_without_distributed_the_flag_says_how_to_install_it(workspace, archive, monkeypatch):
+    prepare(
+        workspace,
+        archive,
+        [{"id": "a", "path": "a.ogg", "kind": "audio", "popularity": 1, "size": archive.add("a.ogg", 10)}],
+    )
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed now raises ImportError
+    r = CliRunner().invoke(app, ["build", str(workspace), "--scheduler", "tcp://127.0.0.1:8786"])
+    assert r.exit_code == 3, r.output
+    assert "pip install 'packager[cluster]'" in r.output and "Traceback" not in r.output
+
+
+def test_stale_attempt_files_are_removed_by_the_next_build(workspace, archive):
+    prepare(
+        workspace,
+        archive,
+        [{"id": "a", "path": "a.ogg", "kind": "audio", "popularity": 1, "size": archive.add("a.ogg", 10)}],
+    )
+    with open_state(workspace) as state:
+        name = state.shards()[0].name
+    shards = workspace / layout.SHARDS
+    shards.mkdir()
+    stale = shards / layout.attempt_part_name(layout.shard_file_name(name), "node7-4242-abcdef")
+    stale.write_bytes(b"half a shard")
+    unrelated = shards / "notes.txt.x.part"
+    unrelated.write_bytes(b"not ours")
+    with Workspace.open(workspace) as w:
+        assert build(w, jobs_count=1).built == [name]
+    assert not stale.exists() and unrelated.exists()
+
+
+def test_members_travel_with_the_task_unchanged():
+    rows = [
+        MemberRow(0, "3Kx9AbCdEfGhIjKlMnOpQr", "audio/ab/cd/tr é 01.ogg", "audio", 73.25, 4_123_456, None),
+        MemberRow(1, "m", "meta/x.jsonl", "metadata", 1e-300, 0, 1735689600),
+    ]
+    assert unpack_members(pack_members(iter(rows))) == rows
+
+
+def test_attempt_names_never_pass_for_a_shard_or_its_part():
+    name = layout.shard_file_name("rel.tar.zst.x-audio-00001")
+    assert layout.attempt_part_of(layout.part_name(name)) is None
+    assert layout.attempt_part_of(layout.attempt_part_name(name, "h-1-ab")) == name
+    with pytest.raises(ValueError):
+        layout.attempt_part_name(name, "../x")
