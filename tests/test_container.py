@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from packager.container import (
     RESERVED_MANIFEST_NAME,
+    Frame,
     MemberRecord,
     MemberSource,
     ShardReader,
@@ -32,6 +33,8 @@ from packager.container import (
     write_shard,
     writer,
 )
+from packager.container import reader as reader_module
+from packager.container.reader import FrameError, stream_frame
 from packager.errors import ContainerError, MemberNotFound, ShardBuildError, ShardDamaged, UnsafeMemberName
 
 FRAME = 4096  # small frames, so that members of a few KiB already span several
@@ -610,3 +613,81 @@ def test_seek_table_entry_over_the_frame_limit_is_refused(tmp_path):
     bad.write_bytes(frame + table)
     with pytest.raises(ContainerError, match="claims"):
         ShardReader(bad)
+
+
+# --- memory bombs -------------------------------------------------------------------------------------------
+
+_PEAK_RSS = """
+import resource, subprocess, sys
+subprocess.run([sys.executable, "-m", "packager.cli", *sys.argv[1:]], check=True, stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+
+
+def peak_rss(*args: object) -> int:
+    """Peak RSS in bytes of `packager ARGS` run alone in a fresh process (so no earlier child counts)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _PEAK_RSS, *map(str, args)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return int(run.stdout)
+
+
+@pytest.mark.slow
+def test_extract_streams_a_1_gib_frame_with_bounded_memory(tmp_path: Path) -> None:
+    size = 2**30 - 512  # with its 512-byte header, exactly one frame of MAX_FRAME_SIZE
+    zeros = tmp_path / "zeros.bin"
+    with open(zeros, "wb") as f:
+        f.truncate(size)  # sparse: no disk used, and zstd shrinks it about 32000-fold
+    source = MemberSource("bomb", "bomb.bin", "audio", 1.0, size, zeros, MTIME)
+    shard = tmp_path / "bomb.tar.zst"
+    build(shard, [source], frame_size=2**30)
+    assert shard.stat().st_size < 64 * 2**10
+    with ShardReader(shard) as reader:
+        assert reader.frames[0].decompressed_size == 2**30
+    baseline = peak_rss("extract", shard, "--list")
+    peak = peak_rss("extract", shard, "bomb", "-o", tmp_path / "out")
+    assert (tmp_path / "out" / "bomb.bin").stat().st_size == size
+    # Decompressed whole, the frame alone took 1 GiB (2.1 GB peak with the copy); streamed, a few MiB.
+    assert peak - baseline < 16 * 2**20, (peak, baseline)  # measured: +4 MiB
+
+
+def _frame(data: bytes, listed: int | None = None, **params: object) -> tuple[bytes, Frame]:
+    compressed = zstandard.ZstdCompressor(write_checksum=True, **params).compress(data)
+    size = len(data) if listed is None else listed
+    checksum = xxhash.xxh64_intdigest(data) & 0xFFFFFFFF
+    return compressed, Frame(0, 0, len(compressed), 0, size, checksum)
+
+
+def _streamed(compressed: bytes, frame: Frame) -> bytes:
+    return b"".join(stream_frame(io.BytesIO(compressed).read, frame))
+
+
+def test_stream_frame_refuses_a_frame_that_is_not_what_the_seek_table_says() -> None:
+    data = content_for(2, 300_000)
+    compressed, frame = _frame(data)
+    assert _streamed(compressed, frame) == data
+    chunks = list(stream_frame(io.BytesIO(compressed).read, frame))
+    assert max(map(len, chunks)) <= reader_module.OUT_CHUNK
+    with pytest.raises(FrameError, match="claims 300000 bytes in its header, the seek table 4096"):
+        _streamed(*_frame(data, listed=4096))
+    # No content size in the header: refused as soon as the output passes the listed size.
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    blob = unsized.compress(data) + unsized.flush()
+    with pytest.raises(FrameError, match="more than the 4096 bytes listed"):
+        _streamed(blob, Frame(0, 0, len(blob), 0, 4096, None))
+    with pytest.raises(FrameError, match="holds 300000 bytes, the seek table says 400000"):
+        _streamed(blob, Frame(0, 0, len(blob), 0, 400_000, None))
+    # A frame asking the decoder for a 1 GiB window.
+    params = zstandard.ZstdCompressionParameters(window_log=30, write_content_size=False)
+    huge = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    blob = huge.compress(data) + huge.flush()
+    with pytest.raises(FrameError, match="window"):
+        _streamed(blob, Frame(0, 0, len(blob), 0, len(data), None))
+    with pytest.raises(FrameError, match="seek table checksum"):
+        _streamed(compressed, replace(frame, checksum=frame.checksum ^ 1))
+    with pytest.raises(FrameError, match="damaged|holds"):
+        _streamed(compressed[:-100], replace(frame, compressed_size=len(compressed) - 100))
+    with pytest.raises(FrameError, match="zstd frame header"):
+        _streamed(b"\0" * 100, replace(frame, compressed_size=100))
