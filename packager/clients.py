@@ -11,14 +11,17 @@ qBittorrent adds each torrent with hash checking skipped (libtorrent's seed mode
 checks each piece when it first serves it), automatic torrent management off, the save path given, the
 "Original" content layout, a category and tags. Transmission has no skip-check: it verifies every torrent
 it is given, then seeds; labels need Transmission 3.00 (RPC 16) or later. A torrent the client already has
-(same info-hash) is left alone.
+(same info-hash, in any of its forms: v1, truncated v2, full v2) is left alone.
+
+The password should not travel in the URL, where `ps` shows it to every user of the machine: push takes it
+from a file or from $PACKAGER_CLIENT_PASSWORD as well, and no message or report ever contains it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -30,6 +33,36 @@ SCHEMES = ("qbittorrent+http", "qbittorrent+https", "transmission+http", "transm
 DEFAULT_PORTS = {"qbittorrent": 8080, "transmission": 9091}
 # How long to wait for a client to show the torrents it accepted, and for their state to settle.
 APPEAR_SECONDS = 20.0
+PASSWORD_ENV = "PACKAGER_CLIENT_PASSWORD"
+_PASSWORD_FILE_MAX = 4096
+
+
+def client_password(password_file: Path | None, environ: dict[str, str]) -> str | None:
+    """The client's password: `password_file`'s first line, else $PACKAGER_CLIENT_PASSWORD, else None
+    (then the URL's, if it has one)."""
+    if password_file is not None:
+        path = Path(password_file)
+        try:
+            if not path.is_file():
+                raise UsageError(f"--password-file {path}: not a regular file")
+            with path.open("rb") as f:
+                text = f.read(_PASSWORD_FILE_MAX).decode("utf-8")
+        except OSError as e:
+            raise UsageError(f"--password-file {path}: cannot read it: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--password-file {path}: not UTF-8 text") from None
+        password = text.splitlines()[0] if text else ""
+        if not password:
+            raise UsageError(f"--password-file {path}: its first line is empty")
+        return password
+    return environ.get(PASSWORD_ENV) or None
+
+
+def url_has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -50,18 +83,31 @@ class ClientURL:
         return f"{self.kind}+{self.protocol}://{user}{host}:{self.port}{self.path}"
 
 
-def parse_client_url(url: str) -> ClientURL:
+def _redacted(url: str) -> str:
+    """`url` with any password replaced by ***, for messages about a URL that failed to parse."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    auth, at, host = rest.rpartition("@")
+    if not at or ":" not in auth:
+        return url
+    return f"{scheme}://{auth.split(':', 1)[0]}:***@{host}"
+
+
+def parse_client_url(url: str, password: str | None = None) -> ClientURL:
+    """The client URL, its password replaced by `password` when one is given (from a file or the
+    environment)."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in SCHEMES or not parts.hostname:
         raise UsageError(
-            f"--client {url!r}: not a client URL",
+            f"--client {_redacted(url)!r}: not a client URL",
             hint="e.g. qbittorrent+http://admin:secret@127.0.0.1:8080 or transmission+http://127.0.0.1:9091",
         )
     kind, protocol = parts.scheme.lower().split("+")
     try:
         port = parts.port or DEFAULT_PORTS[kind]
     except ValueError as e:
-        raise UsageError(f"--client {url!r}: {e}") from None
+        raise UsageError(f"--client {_redacted(url)!r}: {e}") from None
     path = parts.path.rstrip("/")
     if kind == "transmission" and not path:
         path = "/transmission/rpc"
@@ -72,7 +118,7 @@ def parse_client_url(url: str) -> ClientURL:
         port,
         path,
         unquote(parts.username) if parts.username else None,
-        unquote(parts.password) if parts.password is not None else None,
+        password if password is not None else unquote(parts.password) if parts.password is not None else None,
     )
 
 
@@ -93,7 +139,9 @@ class _Client:
     def add(self, t: SeedTorrent, metainfo: bytes) -> str | None:  # None, or why the client refused
         raise NotImplementedError
 
-    def states(self, hashes: Iterable[str]) -> dict[str, str]:  # info-hash -> the client's state word
+    def states(self, hashes: Iterable[str]) -> dict[str, str]:
+        """Every form of info-hash the client shows for the torrents asked (v1, truncated v2, full v2)
+        -> the client's state word."""
         raise NotImplementedError
 
 
@@ -113,11 +161,12 @@ class _QBittorrent(_Client):
         )
         try:
             self.client.auth_log_in()
-        except qbittorrentapi.LoginFailed as e:
+        except qbittorrentapi.LoginFailed:
             raise ClientError(
                 url.display,
-                f"login refused: {e}",
-                hint="put the Web UI user and password in the URL: qbittorrent+http://USER:PASS@HOST:PORT",
+                "login refused: wrong user or password",
+                hint="give the Web UI user in the URL (qbittorrent+http://USER@HOST:PORT) and the password "
+                "with --password-file or $PACKAGER_CLIENT_PASSWORD",
             ) from None
         except qbittorrentapi.APIConnectionError as e:
             raise ClientError(
@@ -164,8 +213,18 @@ class _QBittorrent(_Client):
         return None if str(answer).strip().lower().startswith("ok") else f"qBittorrent answered {answer!r}"
 
     def states(self, hashes: Iterable[str]) -> dict[str, str]:
-        # qBittorrent 4.x names a hybrid torrent by its v1 hash, a v2-only one by its truncated v2 hash.
-        return {t["hash"].lower(): t["state"] for t in self._info(hashes)}
+        # qBittorrent 4.4+ built on libtorrent 2 names a torrent by its "best" hash: a hybrid one by its
+        # truncated v2 hash, not the v1 one, and answers `hashes=` only for that name. So ask for every form
+        # and key the answer by every hash the client gives (infohash_v1 / infohash_v2 since Web API 2.8).
+        out = {}
+        for t in self._info(hashes):
+            for key in ("hash", "infohash_v1", "infohash_v2"):
+                value = t.get(key)
+                if value:
+                    out[value.lower()] = t["state"]
+                    if len(value) == 64:
+                        out[truncated_v2(value.lower())] = t["state"]
+        return out
 
 
 class _Transmission(_Client):
@@ -184,11 +243,12 @@ class _Transmission(_Client):
                 password=url.password,
                 timeout=30,
             )
-        except transmission_rpc.TransmissionAuthError as e:
+        except transmission_rpc.TransmissionAuthError:
             raise ClientError(
                 url.display,
-                f"login refused: {e}",
-                hint="put the RPC user and password in the URL: transmission+http://USER:PASS@HOST:PORT",
+                "login refused: wrong user or password",
+                hint="give the RPC user in the URL (transmission+http://USER@HOST:PORT) and the password "
+                "with --password-file or $PACKAGER_CLIENT_PASSWORD",
             ) from None
         except transmission_rpc.TransmissionError as e:
             raise ClientError(
@@ -240,13 +300,15 @@ def push(
     tags: Sequence[str] = (),
     on_result: Callable[[PushResult], None] = lambda r: None,
     settle_seconds: float = APPEAR_SECONDS,
+    password: str | None = None,
 ) -> list[PushResult]:
     """Add every torrent the client does not have yet, its data at `data_path` on the client's machine.
 
-    A torrent is `present` when the client already has its info-hash, `added` when the client took it (the
-    detail is its state once it shows up), `failed` with the client's reason otherwise.
+    A torrent is `present` when the client already has its info-hash, `added` when the client took it and
+    lists it (the detail is its state), `failed` with the client's reason otherwise. `password` replaces
+    the URL's.
     """
-    url = parse_client_url(client_url)
+    url = parse_client_url(client_url, password)
     if not data_path:
         raise UsageError(
             "--data-path is empty", hint="the folder holding the shard files on the client's machine"
@@ -274,8 +336,9 @@ def push(
     return _settle(client, results, added, on_result, settle_seconds)
 
 
-def _client_hash(t: SeedTorrent) -> str:
-    return t.info_hash_v1 or truncated_v2(t.info_hash_v2) or ""
+def _hash_forms(t: SeedTorrent) -> tuple[str, ...]:
+    """Every name a client may list the torrent under: v1, truncated v2, full v2."""
+    return tuple(h for h in (t.info_hash_v1, truncated_v2(t.info_hash_v2), t.info_hash_v2) if h)
 
 
 def _settle(
@@ -288,24 +351,28 @@ def _settle(
     """Wait (bounded) until the client lists every added torrent, and put its state in the detail."""
     if not added:
         return results
-    wanted = {_client_hash(t) for t in added}
+    forms = {t.key: _hash_forms(t) for t in added}
+    asked = sorted({h for hs in forms.values() for h in hs if len(h) == 40})
     deadline = time.monotonic() + seconds
     states: dict[str, str] = {}
+
+    def state_of(key: str) -> str | None:
+        return next((states[h] for h in forms[key] if h in states), None)
+
     while time.monotonic() < deadline:
-        states = client.states(wanted)
-        if wanted <= set(states) and not any(_transient(s) for s in states.values()):
+        states = client.states(asked)
+        found = [state_of(key) for key in forms]
+        if all(found) and not any(_transient(s) for s in found):
             break
         time.sleep(0.25)
-    by_key = {t.key: _client_hash(t) for t in added}
     out = []
     for r in results:
         if r.result == "added":
-            state = states.get(by_key[r.info_hash])
-            r = PushResult(
-                r.name,
-                r.info_hash,
-                "added" if state else "failed",
-                state or f"accepted, but not listed by the client within {seconds:g} s",
+            state = state_of(r.info_hash)
+            r = replace(
+                r,
+                result="added" if state else "failed",
+                detail=state or f"accepted, but not listed by the client within {seconds:g} s",
             )
             on_result(r)
         out.append(r)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -215,7 +216,8 @@ def push(
         str,
         typer.Option(
             "--client",
-            help="qbittorrent+http://USER:PASS@HOST:PORT or transmission+http://[USER:PASS@]HOST:PORT",
+            help="qbittorrent+http://USER@HOST:PORT or transmission+http://[USER@]HOST:PORT; the password "
+            "from --password-file or $PACKAGER_CLIENT_PASSWORD.",
         ),
     ],
     data_path: Annotated[
@@ -229,6 +231,14 @@ def push(
     tags: Annotated[
         list[str] | None, typer.Option("--tag", help="qBittorrent tag / Transmission label (repeatable).")
     ] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--password-file",
+            help="Read the client's password from this file's first line (else $PACKAGER_CLIENT_PASSWORD). "
+            "A password in --client is visible to every user of the machine.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Hand the published torrents to a qBittorrent or Transmission seedbox that already has the shards.
@@ -238,14 +248,23 @@ def push(
     client cannot be reached or refused a torrent.
 
     Example:
-        packager push music-release --client qbittorrent+http://admin:pw@seedbox:8080 --data-path /srv/music
+        packager push music-release --client qbittorrent+http://admin@seedbox:8080 \\
+            --password-file ~/.seedbox-pw --data-path /srv/music
     """
+    from ..clients import client_password, url_has_password
     from ..clients import push as run_push  # with ..seed: libtorrent (0.3 s), only for this command
     from ..seed import published_torrents
 
     with Workspace.open(workspace, config=False) as ws:
         torrents = published_torrents(ws, phase)
-    results = run_push(torrents, client, data_path, category=category, tags=tags or ())
+    password = client_password(password_file, dict(os.environ))
+    if password is None and url_has_password(client):
+        err.print(
+            "[yellow]warning:[/] the password in --client is visible to every user of this machine (ps); "
+            "use --password-file or $PACKAGER_CLIENT_PASSWORD",
+            markup=True,
+        )
+    results = run_push(torrents, client, data_path, category=category, tags=tags or (), password=password)
     if as_json:
         emit_json([vars(r) for r in results])
     else:
