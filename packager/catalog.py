@@ -9,6 +9,7 @@ problem nothing is committed, unless the caller asks to skip invalid rows, which
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import multiprocessing
@@ -17,7 +18,7 @@ import pickle
 import re
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
@@ -79,28 +80,82 @@ class IngestReport:
 # ---- readers --------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> Iterator[RawRow]:
+def _read_jsonl(path: Path, part: tuple[int, int] | None = None, block: int = 0) -> Iterator[RawRow]:
+    """Rows of a JSON Lines file. With part=(k, n), only the rows of blocks b with b % n == k, each owned
+    block followed by BLOCK_END and each other block by BLOCK_SKIPPED (so that n processes share a file)."""
     name = str(path)
+    for b, (first, lines) in enumerate(_jsonl_blocks(path, block or BLOCK_BYTES)):
+        if part is not None and b % part[1] != part[0]:
+            yield BLOCK_SKIPPED
+            continue
+        if lines is None:
+            yield RawRow(name, first, None, f"line longer than {MAX_LINE // 2**20} MiB")
+        else:
+            yield from _jsonl_rows(name, first, lines)
+        if part is not None:
+            yield BLOCK_END
+
+
+# About this much of a JSON Lines file, in whole lines, is the unit two parser processes share it in.
+BLOCK_BYTES = 16 * 2**20
+MAX_LINE = 32 * 2**20
+BLOCK_END = RawRow("", -1, None, "end of block")
+BLOCK_SKIPPED = RawRow("", -1, None, "block parsed by the other process")
+
+
+def _jsonl_blocks(path: Path, size: int) -> Iterator[tuple[int, bytes | None]]:
+    """(number of its first line, bytes of whole lines) in file order; None for a line over MAX_LINE, which is
+    skipped to its end (a file that never ends a line costs bounded memory)."""
     with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                obj = orjson.loads(raw)  # 2x faster than json; it also refuses invalid UTF-8
-            except orjson.JSONDecodeError:
-                if not raw.strip():
+        line, carry, skipping = 1, b"", False
+        while True:
+            data = f.read(size)
+            if not data:
+                if carry and not skipping:
+                    yield line, carry
+                return
+            cut = data.rfind(b"\n") + 1
+            if skipping:
+                if cut == 0:
                     continue
-                yield RawRow(name, n, None, _json_error(raw))
+                first_end = data.find(b"\n") + 1
+                line += 1
+                skipping, data, cut = False, data[first_end:], cut - first_end
+            if cut == 0:
+                carry += data
+                if len(carry) > MAX_LINE:
+                    yield line, None
+                    carry, skipping = b"", True
                 continue
-            if not isinstance(obj, dict):
-                yield RawRow(name, n, None, "not a JSON object")
+            block = carry + data[:cut]  # its first line may reach 2 * MAX_LINE: still bounded
+            carry = data[cut:]
+            yield line, block
+            line += block.count(b"\n")
+
+
+def _jsonl_rows(name: str, first: int, block: bytes) -> Iterator[RawRow]:
+    lines = block.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for n, raw in enumerate(lines, first):
+        try:
+            obj = orjson.loads(raw)  # 2x faster than json; it also refuses invalid UTF-8
+        except orjson.JSONDecodeError:
+            if not raw.strip():
                 continue
-            # Each key is followed by '":', so fewer of those than keys is impossible and as many means no
-            # key repeats; anything else (nested objects, '":' in a string) takes the exact check.
-            if raw.count(b'":') != len(obj):
-                repeated = _repeated_key(raw)
-                if repeated is not None:
-                    yield RawRow(name, n, None, f"key {repeated!r} appears twice in the object")
-                    continue
-            yield RawRow(name, n, obj)
+            yield RawRow(name, n, None, _json_error(raw))
+            continue
+        if not isinstance(obj, dict):
+            yield RawRow(name, n, None, "not a JSON object")
+            continue
+        # Each key is followed by '":', so fewer of those than keys is impossible and as many means no
+        # key repeats; anything else (nested objects, '":' in a string) takes the exact check.
+        if raw.count(b'":') != len(obj):
+            repeated = _repeated_key(raw)
+            if repeated is not None:
+                yield RawRow(name, n, None, f"key {repeated!r} appears twice in the object")
+                continue
+        yield RawRow(name, n, obj)
 
 
 class _NonFinite(str):
@@ -311,6 +366,7 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
 
 
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
@@ -326,7 +382,7 @@ def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
             f"{path}: --table {table!r} applies to SQLite catalogs only",
             hint="drop --table, or give a .sqlite catalog",
         )
-    if suffix in (".jsonl", ".ndjson", ".json"):
+    if suffix in JSONL_SUFFIXES:
         return _read_jsonl(path)
     if suffix in (".csv", ".tsv"):
         return _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
@@ -623,7 +679,9 @@ class _Problems:
 
 
 # Catalogs at least this big are parsed in a second process; below it, starting one costs more than it saves.
+# From SPLIT_BYTES on, two processes parse (JSON Lines in alternate blocks) while this one inserts.
 PARALLEL_BYTES = 32 * 2**20
+SPLIT_BYTES = 128 * 2**20
 
 
 def ingest(
@@ -645,7 +703,7 @@ def ingest(
         )
     for catalog in catalogs:
         read_catalog(catalog, options.table)  # refuses a missing file or an unknown format before any work
-    big = sum(c.stat().st_size for c in catalogs) >= PARALLEL_BYTES
+    size = sum(c.stat().st_size for c in catalogs)
     problems = _Problems(report, options.rejects if options.skip_invalid else None)
     try:
         with state.transaction():
@@ -655,18 +713,29 @@ def ingest(
                     name: loader.source_number(name)
                     for name in (source_name(c, options.table) for c in catalogs)
                 }
-                parse = _parsed_in_child if big else _parsed
-                for kind, payload in parse(config, catalogs, options, sources):
+                if size >= SPLIT_BYTES:
+                    events = _parsed_in_children(config, catalogs, options, sources, 2)
+                elif size >= PARALLEL_BYTES:
+                    events = _parsed_in_children(config, catalogs, options, sources, 1)
+                else:
+                    events = _parsed(config, catalogs, options, sources)
+                rows_of: dict[str, int] = {}
+                for kind, payload in events:
                     if kind == "rows":
                         loader.stage(payload)
                     elif kind == "bad":
                         for source, line, reason, item_id, fields in payload:
                             problems.add(source, line, reason, item_id, fields)
                         loader.refused_ids(p[3] for p in payload if p[3] is not None)
+                    elif kind == "catalog":
+                        rows_of[payload[0]] = rows_of.get(payload[0], 0) + payload[1]
                     else:
                         report.rows += payload
                         if on_rows:
                             on_rows(report.rows)
+                for name, n in rows_of.items():
+                    if n == 0:
+                        problems.add(name, 0, "empty catalog: no rows", None)
                 loader.check(problems.add)
                 if report.problem_count and not options.skip_invalid:
                     raise CatalogError(report.problems, total=report.problem_count)
@@ -696,16 +765,46 @@ def ingest(
 
 
 def _parsed(
-    config: ReleaseConfig, catalogs: list[Path], options: IngestOptions, sources: dict[str, int]
+    config: ReleaseConfig,
+    catalogs: list[Path],
+    options: IngestOptions,
+    sources: dict[str, int],
+    part: tuple[int, int, int] | None = None,
 ) -> Iterator[tuple[str, object]]:
-    """("rows", batch of good rows), ("bad", [(source, line, reason, id, fields)]), ("count", rows read)."""
+    """("rows", batch of good rows), ("bad", [(source, line, reason, id, fields)]), ("count", rows read),
+    ("catalog", (name, rows it read)) after each catalog. With part=(k, n, block bytes), only the blocks b
+    with b % n == k of a
+    numbering shared by n processes (each block of whole lines of a JSON Lines file, and each other catalog
+    whole, is one block), each followed by ("block", None)."""
     checker = _Checker(config, options.trust_sizes)
+    block = 0
     for catalog in catalogs:
+        source = sources[source_name(catalog, options.table)]
+        if part is None:
+            rows: Iterable[RawRow] = read_catalog(catalog, options.table)
+        elif catalog.suffix.lower() in JSONL_SUFFIXES:
+            rows = _read_jsonl(catalog, ((part[0] - block) % part[1], part[1]), part[2])
+        elif block % part[1] == part[0]:
+            rows = itertools.chain(read_catalog(catalog, options.table), [BLOCK_END])
+        else:
+            rows = [BLOCK_SKIPPED]
         batch: list[tuple] = []
         bad: list[tuple] = []
         count = done = 0
-        source = sources[source_name(catalog, options.table)]
-        for row in read_catalog(catalog, options.table):
+        for row in rows:
+            if row.line < 0:  # BLOCK_END or BLOCK_SKIPPED
+                block += 1
+                if row is BLOCK_END:
+                    if batch:
+                        yield "rows", batch
+                        batch = []
+                    if bad:
+                        yield "bad", bad
+                        bad = []
+                    yield "count", count - done
+                    done = count
+                    yield "block", None
+                continue
             count += 1
             staged, reason = checker.check(row, source)
             if reason:
@@ -724,16 +823,17 @@ def _parsed(
                 done = count
         if batch:
             yield "rows", batch
-        if count == 0:
-            bad.append((str(catalog), 0, "empty catalog: no rows", None, None))
         if bad:
             yield "bad", bad
         yield "count", count - done
+        yield "catalog", (str(catalog), count)
 
 
-def _parse_child(conn, config: ReleaseConfig, catalogs: list[Path], options: IngestOptions, sources) -> None:
+def _parse_child(
+    conn, config: ReleaseConfig, catalogs: list[Path], options: IngestOptions, sources, part
+) -> None:
     try:
-        for kind, payload in _parsed(config, catalogs, options, sources):
+        for kind, payload in _parsed(config, catalogs, options, sources, part):
             if kind == "rows":
                 # orjson packs a batch 4x faster than pickle (and unpacks 2x faster); parameters may be lists.
                 conn.send_bytes(orjson.dumps(payload))
@@ -749,32 +849,47 @@ def _parse_child(conn, config: ReleaseConfig, catalogs: list[Path], options: Ing
         conn.close()
 
 
-def _parsed_in_child(config: ReleaseConfig, catalogs: list[Path], options: IngestOptions, sources):
-    """The same events, parsed and checked in a second process while this one inserts: Python's parsing
+def _parsed_in_children(
+    config: ReleaseConfig, catalogs: list[Path], options: IngestOptions, sources, processes: int
+):
+    """The same events, parsed and checked in other processes while this one inserts: Python's parsing
     and SQLite's inserting then use both cores (a thread did not help: the sqlite3 module holds the GIL
-    for most of executemany)."""
+    for most of executemany). With two processes, they take the blocks of a JSON Lines file in turns and
+    this one reads their events in block order, so rows arrive in file order as from one."""
     ctx = multiprocessing.get_context("spawn")
-    ours, theirs = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_parse_child, args=(theirs, config, catalogs, options, sources), daemon=True)
-    child.start()
-    theirs.close()
+    children, pipes = [], []
+    for k in range(processes):
+        ours, theirs = ctx.Pipe(duplex=False)
+        part = (k, processes, BLOCK_BYTES) if processes > 1 else None
+        child = ctx.Process(
+            target=_parse_child, args=(theirs, config, catalogs, options, sources, part), daemon=True
+        )
+        child.start()
+        theirs.close()
+        children.append(child)
+        pipes.append(ours)
     try:
-        while True:
+        current, ended = 0, set()
+        while len(ended) < processes:
             try:
-                message = ours.recv_bytes()
+                message = pipes[current].recv_bytes()
             except EOFError:
                 raise UsageError("the catalog parser stopped unexpectedly") from None
             if message[:1] == b"[":
                 yield "rows", orjson.loads(message)
                 continue
             kind, payload = pickle.loads(message)
-            if kind == "end":
-                return
             if kind == "error":
                 raise payload
+            if kind == "end":
+                ended.add(current)
+            if kind in ("end", "block"):
+                current = (current + 1) % processes
+                continue
             yield kind, payload
     finally:
-        ours.close()
-        child.join(timeout=5)
-        if child.is_alive():
-            child.kill()
+        for ours, child in zip(pipes, children, strict=True):
+            ours.close()
+            child.join(timeout=5)
+            if child.is_alive():
+                child.kill()

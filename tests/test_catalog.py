@@ -780,3 +780,36 @@ def test_a_killed_ingest_leaves_the_state_as_it_was(workspace, archive):
     report = run(workspace, refresh, trust_sizes=True)
     assert report.absent == 1000 and count(workspace) == 150_000
     totals_agree(workspace)
+
+
+@pytest.mark.parametrize("block", [64, 1000, 10**6])
+def test_two_parser_processes_give_the_same_rows_lines_and_problems(
+    make_workspace, archive, monkeypatch, block
+):
+    """Big catalogs are parsed by two processes taking blocks of lines in turns: rows arrive in file order,
+    with their own line numbers, across catalogs and formats, as from one process."""
+    import packager.catalog
+
+    rows = [trusted(i) for i in range(300)]
+    rows[17]["kind"] = "video"
+    rows[250]["id"] = rows[3]["id"]  # a repeat, first seen earlier in the file
+    first = archive.jsonl(rows[:200], "a.jsonl")
+    first.write_text(first.read_text().replace("\n", "\n\n", 5))  # blank lines count as lines
+    csv_cat = archive.base / "b.csv"
+    lines = [f"{r['id']},{r['path']},{r['kind']},{r['popularity']},{r['size']}\n" for r in rows[200:260]]
+    csv_cat.write_text("id,path,kind,popularity,size\n" + "".join(lines))
+    third = archive.jsonl(rows[260:], "c.jsonl")
+    outcomes = []
+    for name, split in (("one", 10**12), ("two", 0)):
+        ws = make_workspace(name)
+        monkeypatch.setattr(packager.catalog, "PARALLEL_BYTES", 0)
+        monkeypatch.setattr(packager.catalog, "SPLIT_BYTES", split)
+        monkeypatch.setattr(packager.catalog, "BLOCK_BYTES", block)
+        report = run(ws, first, csv_cat, third, trust_sizes=True, skip_invalid=True, rejects=ws / "r.jsonl")
+        with open_state(ws) as state:
+            items = state.db.execute("SELECT n, id, source, line FROM items ORDER BY n").fetchall()
+        outcomes.append((report.rows, report.added, [str(p) for p in report.problems], items))
+    assert outcomes[0][2] == outcomes[1][2], (outcomes[0][2], outcomes[1][2])
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][1] == 298 and len(outcomes[0][2]) == 2
+    assert f"{csv_cat}:52 (id t003): duplicate id 't003', first seen at {first}:7" in outcomes[0][2]
