@@ -6,7 +6,8 @@ A workspace (``DIR/``)                         A published release (``DIR/publis
   shards/           <name>.tar.zst                 SHA256SUMS (+ .minisig)     coreutils checksums
   torrents/         <name>.tar.zst.torrent         whitelist.txt               opentracker's access list
   published/        the published release          feed.xml, index.html        RSS and a static page
-  seed/             <info-hash>.fastresume         members.sqlite              the member index
+  seed/             <info-hash>.fastresume         members/index.json          the member index's root
+                                                   members/parts.pack          its parts (read in ranges)
                                                    publication.json (+ .minisig)  the signed statement
                                                    publications/               earlier statements
                                                    swarm.json, swarm.html      live stats, unsigned
@@ -43,11 +44,16 @@ SHA256SUMS = "SHA256SUMS"
 WHITELIST = "whitelist.txt"
 FEED = "feed.xml"
 INDEX_HTML = "index.html"
-MEMBER_INDEX = "members.sqlite"
 # The signed publication statement (trust.py): size and SHA-256 of every other published file, a number that
 # only grows, the SHA-256 of the previous statement; earlier statements stay published under STATEMENTS/.
 STATEMENT = "publication.json"
 STATEMENTS = "publications"
+# The member index (member_index.py): a small root, listed in the signed publication, and the pack of
+# chunks it authenticates; both also in the index's own torrent, a multi-file torrent named after the folder.
+MEMBER_INDEX_DIR = "members"
+MEMBER_INDEX = f"{MEMBER_INDEX_DIR}/index.json"
+MEMBER_INDEX_PACK = f"{MEMBER_INDEX_DIR}/parts.pack"
+MEMBER_INDEX_TORRENT = f"{TORRENTS}/{MEMBER_INDEX_DIR}.torrent"
 # Live, advisory and unsigned (packager health): beside the publication, never part of it, so nothing may
 # sign or checksum them; they change with every scrape.
 SWARM_JSON = "swarm.json"
