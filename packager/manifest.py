@@ -421,9 +421,10 @@ def read_torrents_json(data: bytes, where: Path | str = layout.TORRENTS_JSON) ->
 # --- SHA256SUMS -------------------------------------------------------------------------------------------
 
 
-def sha256sums(entries: Iterable[TorrentEntry]) -> bytes:
-    """coreutils format, `<hex>  <path>`, sorted by path: `sha256sum -c` works in a mirror's folder."""
-    lines = sorted((f.path, f.sha256) for e in entries for f in e.files)
+def sha256sums(entries: Iterable[TorrentEntry], others: Iterable[tuple[str, str]] = ()) -> bytes:
+    """coreutils format, `<hex>  <path>`, sorted by path: `sha256sum -c` works in a mirror's folder. Lists
+    every torrent's files, and `others` (path, hex): the member index's."""
+    lines = sorted([(f.path, f.sha256) for e in entries for f in e.files] + list(others))
     for path, _ in lines:
         # Shard names are [A-Za-z0-9._-]; coreutils would need its backslash escape for anything odder.
         if "\\" in path or "\n" in path:

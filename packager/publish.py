@@ -31,7 +31,7 @@ from pathlib import Path
 from . import __version__, layout, trust
 from .config import ReleaseConfig, format_size
 from .container import ShardReader
-from .errors import ContainerError, PublishError
+from .errors import ContainerError, PackagerError, PublishError
 from .fsutil import file_sha256, fsync_dir, fsync_file, workspace_lock, write_durable
 from .manifest import (
     FileEntry,
@@ -46,7 +46,7 @@ from .manifest import (
     torrents_json,
     whitelist,
 )
-from .member_index import MemberIndex, member_rows
+from .member_index import MemberIndex, MemberIndexWriter, member_rows
 from .state import ShardRow, State, TorrentFacts
 from .swarm.live import live_files
 from .swarm.model import swarm_view
@@ -256,7 +256,10 @@ def _write_folder(
     (tmp / layout.TORRENTS).mkdir()
     for e in entries:
         _place_torrent(e, tmp, final, workspace)
-    sums = sha256sums(entries)
+    # The member index first: SHA256SUMS (signed) lists its files, so that what a lookup reads is
+    # authenticated (the root directly; each chunk through the SHA-256 the root gives for it).
+    index_files = _write_member_index(tmp, final, workspace, state, config.name, everything)
+    sums = sha256sums(entries, index_files)
     release = release_json(config.name, __version__, phases, entries)
     files = {
         layout.RELEASE_JSON: release,
@@ -279,8 +282,6 @@ def _write_folder(
     view = swarm_view(state, config.name, [p.name for p in config.phases], entries=_entry_pairs(everything))
     for name, data in live_files(view).items():
         write_durable(tmp / name, data)
-    index = layout.MEMBER_INDEX
-    _write_member_index(tmp / index, final / index, workspace, state, config.name, everything)
     fsync_dir(tmp / layout.TORRENTS)
     fsync_dir(tmp)
 
@@ -315,38 +316,45 @@ def _place_torrent(e: TorrentEntry, tmp: Path, final: Path, workspace: Path) -> 
 
 
 def _write_member_index(
-    target: Path, previous: Path, workspace: Path, state: State, release: str, everything: list[_Published]
-) -> None:
-    """Reuse the previous index when it lists the same torrents; extend a copy of it when it lists the first
-    ones; build it anew otherwise. Only the shards being added are read (their seek tables)."""
+    tmp: Path, final: Path, workspace: Path, state: State, release: str, everything: list[_Published]
+) -> list[tuple[str, str]]:
+    """Write members/ into `tmp`; (path, SHA-256) of its files. The previous index is linked as it is when
+    it lists the same torrents, and extended when it lists the first ones (its members are read from it,
+    only the new shards' seek tables are read); otherwise it is built anew from every shard."""
     names = [p.entry.name for p in everything]
-    known: list[str] = []
-    if previous.is_file():
-        try:
-            with MemberIndex.open(previous) as old:
-                known = old.torrent_names()
-        except Exception:  # a damaged or foreign file is simply rebuilt
-            known = []
-    if known and known == names:
-        try:
-            os.link(previous, target)
-            return
-        except OSError:
-            pass
+    previous, known = None, []
+    try:
+        previous = MemberIndex.open(final)
+        known = previous.torrent_names()
+    except PackagerError:  # none, damaged or from another version: built anew
+        previous, known = None, []
+    folder = tmp / layout.MEMBER_INDEX_DIR
+    if known and known == names and _link_index(final, tmp):
+        return [(f, file_sha256(tmp / f)) for f in (layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK)]
     base = previous if known and names[: len(known)] == known else None
     start = len(known) if base is not None else 0
-    index = MemberIndex.create(target, release, base)
-    try:
-        index.add_torrents(
-            (n, p.entry, _member_rows(workspace, state, p))
+    with MemberIndexWriter(folder, release, base) as writer:
+        writer.add_torrents(
+            (n, p.entry, _member_rows(workspace, state, p, n))
             for n, p in enumerate(everything[start:], start + 1)
         )
-    finally:
-        index.close()
-    fsync_file(target)
+        written = writer.finish()
+    fsync_dir(folder)
+    return [(layout.MEMBER_INDEX, written.root_sha256), (layout.MEMBER_INDEX_PACK, written.pack_sha256)]
 
 
-def _member_rows(workspace: Path, state: State, p: _Published) -> Iterator[tuple]:
+def _link_index(final: Path, tmp: Path) -> bool:
+    (tmp / layout.MEMBER_INDEX_DIR).mkdir()
+    try:
+        for name in (layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK):
+            os.link(final / name, tmp / name)
+    except OSError:
+        shutil.rmtree(tmp / layout.MEMBER_INDEX_DIR)
+        return False
+    return True
+
+
+def _member_rows(workspace: Path, state: State, p: _Published, n: int) -> Iterator[tuple]:
     path = workspace / p.entry.shard.path
     try:
         with ShardReader(path) as reader:
@@ -357,7 +365,7 @@ def _member_rows(workspace: Path, state: State, p: _Published) -> Iterator[tuple
             f"cannot read the shard's seek table for the member index: {e.reason}",
             hint="the index needs each published shard once; put the shard back in shards/",
         ) from None
-    yield from member_rows(state.iter_member_locations(p.shard_id), frames, p.entry.piece_size)
+    yield from member_rows(state.iter_member_records(p.shard_id), frames, n)
 
 
 # ---- the publication statement ---------------------------------------------------------------------------
@@ -561,7 +569,8 @@ def index_html(
         f'<a href="{layout.TORRENTS_JSON}">{layout.TORRENTS_JSON}</a>, '
         f'<a href="{layout.FEED}">RSS feed</a>, <a href="{layout.SHA256SUMS}">{layout.SHA256SUMS}</a>, '
         f'<a href="{layout.MEMBER_INDEX}">{layout.MEMBER_INDEX}</a> (which torrent and pieces hold an item: '
-        f"<code>packager locate {layout.MEMBER_INDEX} ID</code>).</p>",
+        f"<code>packager locate . ID</code>; one item without its torrent: "
+        "<code>packager fetch URL ID</code>).</p>",
         # A link only: live numbers would unfreeze this page, which is part of the publication.
         f'<p>How well each torrent is seeded: <a href="{layout.SWARM_HTML}">{layout.SWARM_HTML}</a> '
         f'(<a href="{layout.SWARM_JSON}">{layout.SWARM_JSON}</a>), updated by tracker scrapes; advisory and '

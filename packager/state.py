@@ -697,10 +697,12 @@ class State:
         ).fetchone()
         return TorrentFacts(*row) if row else None
 
-    def iter_member_locations(self, shard_id: int) -> Iterator[tuple[str, int, int, int, int]]:
-        """(id, size, offset, first_frame, last_frame) of a built shard's members, in plan order."""
+    def iter_member_records(self, shard_id: int) -> Iterator[tuple[str, str, int, int, int, int, str, str]]:
+        """(id, path, size, offset, first_frame, last_frame, xxh3_128, sha256) of a built shard's members, in
+        plan order: what the member index records of each."""
         yield from self.db.execute(
-            "SELECT i.id, i.size, mb.offset, mb.first_frame, mb.last_frame FROM member_builds mb "
+            "SELECT i.id, i.path, i.size, mb.offset, mb.first_frame, mb.last_frame, mb.xxh3_128, mb.sha256 "
+            "FROM member_builds mb "
             "JOIN members m ON m.shard_id = mb.shard_id AND m.ord = mb.ord "
             "JOIN items i ON i.rowid = m.item_rowid WHERE mb.shard_id = ? ORDER BY mb.ord",
             (shard_id,),

@@ -9,9 +9,11 @@ and the member-index write for every planned member, with wall time, peak RSS an
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -111,7 +113,8 @@ def bench_plan(args) -> dict:
     root = work / "archive"
     root.mkdir(exist_ok=True)
     ws = work / "ws"
-    for name in ("release.toml", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "members.sqlite"):
+    shutil.rmtree(ws / "member-index", ignore_errors=True)
+    for name in ("release.toml", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
         (ws / name).unlink(missing_ok=True)
     exe = [sys.executable, "-m", "packager.cli"]
     subprocess.run(
@@ -122,7 +125,7 @@ def bench_plan(args) -> dict:
         "re-ingest": exe + ["ingest", str(ws), str(refresh), "--trust-sizes"],
         "plan": exe + ["plan", str(ws)],
         "status": exe + ["status", str(ws)],
-        "member index": [sys.executable, __file__, "_index", str(ws), str(ws / "members.sqlite")],
+        "member index": [sys.executable, __file__, "_index", str(ws), str(ws / "member-index")],
     }
     figures: dict = {"rows": args.rows, "steps": {}}
     print(f"{'rows':<14}{args.rows:>14,}")
@@ -130,7 +133,7 @@ def bench_plan(args) -> dict:
     for step in steps:
         if step == "locate":
             out = subprocess.run(
-                [sys.executable, __file__, "_locate", str(ws / "members.sqlite"), str(refresh)],
+                [sys.executable, __file__, "_locate", str(ws / "member-index"), str(refresh)],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -160,9 +163,10 @@ def bench_plan(args) -> dict:
 def _write_index(ws: Path, target: Path) -> None:
     """The member index of every planned shard as if each were built: one frame per member, 16 MiB pieces.
     Reads the members from the state as publish does, so the figure is the index write at this size."""
+    from packager import layout
     from packager.container import Frame
     from packager.manifest import FileEntry, TorrentEntry
-    from packager.member_index import MemberIndex, member_rows
+    from packager.member_index import MemberIndexWriter, member_rows
     from packager.state import State
 
     state = State(ws / "state.sqlite", readonly=True)
@@ -170,11 +174,13 @@ def _write_index(ws: Path, target: Path) -> None:
 
     def shards():
         for n, s in enumerate(state.shards(), 1):
-            locations, frames, offset = [], [], 0
+            records, frames, offset = [], [], 0
             for m in state.iter_members(s.id):
                 offset += 1024  # pax + ustar headers
                 frames.append(Frame(len(frames), offset, m.size, offset, m.size, None))
-                locations.append((m.id, m.size, offset, len(frames) - 1, len(frames) - 1))
+                k = len(frames) - 1
+                digest = hashlib.sha256(m.id.encode()).hexdigest()  # as random as the real hashes
+                records.append((m.id, m.path, m.size, offset, k, k, digest[:32], digest))
                 offset += m.size + (-m.size % 512)
             entry = TorrentEntry(
                 s.name, s.phase, s.tier, s.pop_min, s.pop_max, s.items, s.bytes, "v1", piece, "0" * 40, None,
@@ -183,14 +189,12 @@ def _write_index(ws: Path, target: Path) -> None:
                  FileEntry(f"torrents/{s.name}.tar.zst.torrent", 1000, "0" * 64)),
                 "2026-01-01T00:00:00Z",
             )  # fmt: skip
-            yield n, entry, member_rows(locations, frames, piece)
+            yield n, entry, member_rows(records, frames, n)
 
-    target.unlink(missing_ok=True)
-    index = MemberIndex.create(target, "bench")
-    try:
+    shutil.rmtree(target, ignore_errors=True)
+    with MemberIndexWriter(target / layout.MEMBER_INDEX_DIR, "bench") as index:
         index.add_torrents(shards())
-    finally:
-        index.close()
+        index.finish()
 
 
 def _locate(index: Path, catalog: Path) -> None:

@@ -30,7 +30,7 @@ from tests.test_build import prepare, run_build
 
 MANIFESTS = Path(__file__).parent.parent / "manifests"
 PUBLISHED_FILES = {"release.json", "torrents.json", "SHA256SUMS", "feed.xml", "index.html", "whitelist.txt",
-                   "members.sqlite", "torrents", "swarm.json", "swarm.html", "publication.json",
+                   "members", "torrents", "swarm.json", "swarm.html", "publication.json",
                    "publications"}  # fmt: skip
 
 
@@ -104,7 +104,10 @@ def test_publish_writes_every_file_and_each_validates(published):
     assert [p["name"] for p in release["phases"]] == ["metadata", "audio"]
     assert [p["torrents"] for p in release["phases"]] == [1, len(names) - 1]
     sums = (pub / "SHA256SUMS").read_text().splitlines()
-    assert sums == sorted(sums, key=lambda line: line.split("  ", 1)[1]) and len(sums) == 2 * len(names)
+    assert sums == sorted(sums, key=lambda line: line.split("  ", 1)[1]) and len(sums) == 2 * len(names) + 2
+    for name in (layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK):  # the member index is authenticated too
+        assert f"{hashlib.sha256((pub / name).read_bytes()).hexdigest()}  {name}" in sums
+    validate(json.loads((pub / layout.MEMBER_INDEX).read_text()), "member-index")
     for t in release["torrents"]:
         shard_path = published / t["files"][0]["path"]
         assert t["files"][0]["sha256"] == hashlib.sha256(shard_path.read_bytes()).hexdigest()
@@ -187,7 +190,7 @@ def test_new_shards_of_a_published_phase_are_appended(published, archive):
                              for p in old["phases"]]  # fmt: skip
     with MemberIndex.open(pub) as idx:
         found, missing = idx.locate(["late00", "t00", "m"])
-    assert not missing and found[0].torrent in report.added
+    assert not missing and found[0].torrent.name in report.added
 
 
 def test_a_published_torrent_is_never_rewritten(published):
@@ -275,25 +278,28 @@ def test_locate_gives_the_pieces_that_hold_each_member(published):
     with open_state(published) as state:
         for s in state.shards():
             ids += [m.id for m in state.iter_members(s.id)]
-    with MemberIndex.open(pub / "members.sqlite") as idx:
+    with MemberIndex.open(pub / "members" / "index.json") as idx:
         found, missing = idx.locate(ids)
     assert not missing and len(found) == len(ids)
     for loc in found:
-        t = by_name[loc.torrent]
-        assert (loc.info_hash_v1, loc.magnet, loc.piece_size) == (
+        t = by_name[loc.torrent.name]
+        files = {f["path"]: f for f in t["files"]}
+        assert (loc.torrent.info_hash_v1, loc.torrent.magnet, loc.torrent.piece_size) == (
             t["info_hash_v1"],
             t["magnet"],
             t["piece_size"],
         )
-        shard = published / loc.shard_file
+        assert files[loc.torrent.shard_file]["sha256"] == loc.torrent.shard_sha256
+        assert files[loc.torrent.torrent_file]["sha256"] == loc.torrent.torrent_sha256
+        shard = published / loc.torrent.shard_file
         with ShardReader(shard) as reader:
             rec = reader.find(loc.id)
             frames = reader.frames
-        assert (loc.offset, loc.size, loc.first_frame, loc.last_frame) == (
-            rec.offset, rec.size, rec.first_frame, rec.last_frame)  # fmt: skip
+        assert (loc.path, loc.offset, loc.size, loc.first_frame, loc.last_frame, loc.xxh3_128, loc.sha256) == (
+            rec.path, rec.offset, rec.size, rec.first_frame, rec.last_frame, rec.xxh3_128, rec.sha256)  # fmt: skip
         # The piece range covers exactly the member's frames: from only those pieces' bytes the member
         # decompresses whole, and one piece fewer at either end would cut a frame.
-        ps = loc.piece_size
+        ps = loc.torrent.piece_size
         data = shard.read_bytes()
         start, end = loc.frames_offset, loc.frames_offset + loc.frames_size
         assert start == frames[loc.first_frame].compressed_offset
@@ -316,9 +322,11 @@ def test_locate_cli(published):
     data = json.loads(r.stdout)
     (loc,) = data["found"]
     assert loc["id"] == "t03" and loc["pieces"] == loc["last_piece"] - loc["first_piece"] + 1
-    r = invoke("locate", published / layout.PUBLISHED / "members.sqlite", "t03", "no-such-id")
+    r = invoke("locate", published / layout.PUBLISHED / layout.MEMBER_INDEX, "t03", "no-such-id")
     assert r.exit_code == 2 and "no-such-id" in r.output and "pieces" in r.output
-    r = invoke("locate", published / "nowhere.sqlite", "t03")
+    r = invoke("locate", published, "t03")  # the workspace: its published/ folder
+    assert r.exit_code == 0 and "t03" in r.output
+    r = invoke("locate", published / "nowhere", "t03")
     assert r.exit_code == 2 and "no member index" in r.output
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -164,38 +163,45 @@ def publish(
 
 @app.command()
 def locate(
-    index: Annotated[Path, typer.Argument(help="members.sqlite, or the published folder holding it.")],
+    index: Annotated[
+        Path, typer.Argument(help="A published folder (or its members/index.json), or a workspace.")
+    ],
     ids: Annotated[list[str], typer.Argument(help="Item ids to look up.")],
     as_json: JsonOpt = False,
 ) -> None:
     """Find which torrent holds each item, where in its shard, and which pieces to fetch for it alone.
 
-    Answers from the published member index without downloading anything else. Unknown ids exit 2.
+    Answers from the published member index, reading only the parts that hold the ids (each checked
+    against the SHA-256 the index's root gives). Unknown ids exit 2. To fetch the item itself from the
+    swarm or a mirror: `packager fetch`.
 
     Example:
-        packager locate published/members.sqlite trk-000042 trk-000043
-        packager locate https-mirror-copy/ trk-000042 --json
+        packager locate music-release/published trk-000042 trk-000043
+        packager locate mirror-copy/ trk-000042 --json
     """
     with MemberIndex.open(index) as idx:
         found, missing = idx.locate(ids)
     if as_json:
-        emit_json({"found": [asdict(loc) | {"pieces": loc.pieces} for loc in found], "missing": missing})
+        emit_json({"found": [loc.as_dict() for loc in found], "missing": missing})
     else:
         for loc in found:
             table = Table(show_header=False, box=None, title=loc.id, title_justify="left")
             table.add_column(style="bold", no_wrap=True)
             table.add_column(overflow="fold")
+            t = loc.torrent
             for k, v in (
-                ("torrent", f"{loc.torrent}  ({loc.torrent_file})"),
-                ("info-hash", loc.info_hash_v1 or loc.info_hash_v2 or "-"),
+                ("torrent", f"{t.name}  ({t.torrent_file})"),
+                ("info-hash", t.info_hash_v1 or t.info_hash_v2 or "-"),
+                ("path", loc.path),
                 ("member", f"{loc.size:,} bytes ({format_size(loc.size)}) at tar offset {loc.offset:,}"),
+                ("sha256", loc.sha256),
                 (
                     "frames",
                     f"{loc.first_frame}-{loc.last_frame}: shard bytes {loc.frames_offset:,}-"
-                    f"{loc.frames_offset + loc.frames_size - 1:,} of {loc.shard_file}",
+                    f"{loc.frames_offset + loc.frames_size - 1:,} of {t.shard_file}",
                 ),
-                ("pieces", f"{loc.first_piece}-{loc.last_piece} ({loc.pieces} of {loc.piece_size:,} bytes)"),
-                ("magnet", loc.magnet),
+                ("pieces", f"{loc.first_piece}-{loc.last_piece} ({loc.pieces} of {t.piece_size:,} bytes)"),
+                ("magnet", t.magnet),
             ):
                 table.add_row(k, v)
             out.print(table)
