@@ -229,7 +229,7 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
         last = published[-1]
         say(
             f"[bold]6. publish[/]  {last.torrents} torrents of {len(published)} phases in {last.folder}: "
-            "release.json, torrents.json, SHA256SUMS, feed.xml, members.sqlite"
+            "release.json, torrents.json, SHA256SUMS, feed.xml, the member index (members/)"
         )
         say(
             f"   signed with {config.signing_key} (check: minisign -Vm SHA256SUMS -p "

@@ -391,7 +391,7 @@ def test_the_statement_lists_every_published_file_but_the_live_ones(published):
     on_disk = {str(p.relative_to(pub)) for p in pub.rglob("*") if p.is_file()}
     assert set(statement.files) == on_disk - {layout.STATEMENT, *layout.LIVE_FILES}
     assert {"release.json", "torrents.json", "SHA256SUMS", "whitelist.txt", "feed.xml", "index.html",
-            "members.sqlite", layout.statement_file(1)} <= set(statement.files)  # fmt: skip
+            layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK, layout.statement_file(1)} <= set(statement.files)  # fmt: skip
     assert sum(rel.startswith("torrents/") for rel in statement.files) == len(json.loads(
         (pub / "release.json").read_text())["torrents"])  # fmt: skip
     for rel, digest in statement.files.items():
