@@ -295,8 +295,8 @@ def test_locate_gives_the_pieces_that_hold_each_member(published):
         with ShardReader(shard) as reader:
             rec = reader.find(loc.id)
             frames = reader.frames
-        assert (loc.path, loc.offset, loc.size, loc.first_frame, loc.last_frame, loc.xxh3_128, loc.sha256) == (
-            rec.path, rec.offset, rec.size, rec.first_frame, rec.last_frame, rec.xxh3_128, rec.sha256)  # fmt: skip
+        fields = ("path", "offset", "size", "first_frame", "last_frame", "xxh3_128", "sha256")
+        assert [getattr(loc, f) for f in fields] == [getattr(rec, f) for f in fields]
         # The piece range covers exactly the member's frames: from only those pieces' bytes the member
         # decompresses whole, and one piece fewer at either end would cut a frame.
         ps = loc.torrent.piece_size
@@ -391,7 +391,8 @@ def test_the_statement_lists_every_published_file_but_the_live_ones(published):
     on_disk = {str(p.relative_to(pub)) for p in pub.rglob("*") if p.is_file()}
     assert set(statement.files) == on_disk - {layout.STATEMENT, *layout.LIVE_FILES}
     assert {"release.json", "torrents.json", "SHA256SUMS", "whitelist.txt", "feed.xml", "index.html",
-            layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK, layout.statement_file(1)} <= set(statement.files)  # fmt: skip
+            layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK,
+            layout.statement_file(1)} <= set(statement.files)  # fmt: skip
     assert sum(rel.startswith("torrents/") for rel in statement.files) == len(json.loads(
         (pub / "release.json").read_text())["torrents"])  # fmt: skip
     for rel, digest in statement.files.items():
