@@ -541,6 +541,16 @@ def test_a_file_that_is_not_a_shard_is_bad_input(tmp_path):
         check(tmp_path / "nowhere")
 
 
+def test_a_frame_claiming_a_huge_size_is_refused_not_allocated(tmp_path):
+    """23 bytes that claim a 4 EiB zstd frame: bad input, not a MemoryError from believing the claim."""
+    header = (0xFD2FB528).to_bytes(4, "little") + bytes([0b11100000]) + (2**62).to_bytes(8, "little")
+    hostile = tmp_path / "x.tar.zst"
+    hostile.write_bytes(header + ((10 << 3) | 1).to_bytes(3, "little") + b"x" * 10)
+    report = check(hostile)
+    assert report.files[0].status == "not a shard" and report.exit_code() == 2
+    assert "claims 4611686018427387904 bytes" in report.files[0].findings[0].message
+
+
 def test_an_unlisted_shard_is_noted_and_checked_alone(release, tmp_path):
     mirror = copy_mirror(release, tmp_path / "m")
     info = next(iter(release.shards.values()))

@@ -19,6 +19,7 @@ from packager.errors import ContainerError
 
 from .format import (
     HEAD_BYTES,
+    MAX_FRAME_SIZE,
     RESERVED_MANIFEST_NAME,
     SKIPPABLE_HEADER,
     SKIPPABLE_MAGIC,
@@ -54,7 +55,8 @@ class FrameHeader:
 
 
 def frame_header(head: bytes) -> FrameHeader:
-    """The header of the zstd frame whose magic starts `head`; ValueError if it cannot be used."""
+    """The header of the zstd frame whose magic starts `head`; ValueError if it cannot be used or claims
+    more than MAX_FRAME_SIZE bytes."""
     fhd = head[4]
     fcs_flag, single, has_checksum, dict_flag = fhd >> 6, fhd >> 5 & 1, fhd >> 2 & 1, fhd & 3
     if fhd & 0x08:
@@ -66,6 +68,9 @@ def frame_header(head: bytes) -> FrameHeader:
     if len(head) < start + fcs_len:
         raise ValueError("the file ends inside a frame header")
     fcs = int.from_bytes(head[start : start + fcs_len], "little") + (256 if fcs_len == 2 else 0)
+    if fcs > MAX_FRAME_SIZE:
+        # We never write such a frame, and a reader believing it would allocate that much to decompress it.
+        raise ValueError(f"the frame claims {fcs} bytes, over {MAX_FRAME_SIZE}")
     return FrameHeader(start + fcs_len, fcs, bool(has_checksum))
 
 
