@@ -2,6 +2,7 @@
 
     python scripts/bench.py plan [--rows 1000000]   catalog steps at 10^N rows: time, RSS, state size
     python scripts/bench.py build [--size-gb 1]     copy vs tar|zstd+mktorrent+sha256sum vs packager build
+    python scripts/bench.py build --scheduler [ADDR]   Dask cluster path vs local pool (two local workers)
     python scripts/bench.py verify [--size 2GB]     verify --pieces/--deep vs libtorrent's recheck (>= 1.5x)
     python scripts/bench.py seed                    10 000 torrents from fast-resume; upload rate to aria2c
     python scripts/bench.py extract [--size 10GB]   random access to one member of a big shard (<= 100 ms)
@@ -475,13 +476,29 @@ def bench_speed(args: argparse.Namespace) -> dict:
 def add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size-gb", type=float, default=1.0, help="corpus size in GB (1)")
     p.add_argument("--jobs", type=int, default=0, help="packager build --jobs (0: its default)")
+    p.add_argument(
+        "--scheduler",
+        nargs="?",
+        const="local",
+        help="compare the Dask cluster path with the local pool instead: on this scheduler, or without an "
+        "address on a scheduler and two workers started on 127.0.0.1",
+    )
+    p.add_argument("--shards", type=int, default=16, help="with --scheduler: shards to cut the corpus into")
+
+
+def build_or_cluster(args: argparse.Namespace) -> dict:
+    if args.scheduler:
+        from bench_cluster import bench_cluster  # needs the cluster extra
+
+        return bench_cluster(args)
+    return bench_build(args)
 
 
 COMMANDS: dict[
     str, tuple[Callable[[argparse.Namespace], dict], Callable[[argparse.ArgumentParser], None]]
 ] = {
     "plan": (bench_plan, add_plan_args),
-    "build": (bench_build, add_build_args),
+    "build": (build_or_cluster, add_build_args),
     "verify": (bench_verify, add_verify_args),
     "seed": (bench_seed, add_seed_args),
     "extract": (bench_extract, add_extract_args),
