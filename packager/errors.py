@@ -240,3 +240,24 @@ class PublicationRefused(UntrustedManifest):
     ):
         self.trusted, self.seen = trusted, seen
         super().__init__(path, reason, hint=hint)
+
+
+class MixedPublication(UntrustedManifest):
+    """Files of a release folder are not all of the publication its statement names: some are from earlier
+    publications (a mixed set, which TUF calls mix-and-match) or from none (edited). `files` pairs each such
+    path with the publication whose statement lists its bytes, or None."""
+
+    def __init__(
+        self, folder: Path | str, publication: int, files: list[tuple[str, int | None]] | tuple = ()
+    ):
+        self.publication, self.files = publication, tuple(files)
+        lines = "".join(
+            f"\n  {path}: "
+            + (f"from publication {n}" if n else "listed by no publication (edited, or foreign)")
+            for path, n in self.files
+        )
+        super().__init__(
+            folder,
+            f"not one publication: its statement is publication {publication}, but{lines}",
+            hint="fetch these files again from the publisher or from one mirror; never mix copies",
+        )

@@ -142,7 +142,7 @@ class Statement:
         (checked before any byte is hashed), then its SHA-256 read in bounded chunks."""
         expected = self.digest(relpath)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise FileNotAuthenticated(relpath, self.publication, f"missing ({path})") from None
         except OSError as e:
@@ -515,6 +515,50 @@ def read_folder_statement(
     signature = _read_bounded(sig_path, MAX_SIGNATURE_BYTES, sig_path) if sig_path.exists() else None
     statement = load_statement(data, signature, pubkey, trust, now, where=path)
     return FolderStatement(statement, data, signature, tuple(_history(folder, statement)))
+
+
+def check_published_file(
+    folder: Path,
+    relpath: str,
+    pubkey: str | None,
+    trust: TrustFile | None = None,
+    now: datetime | None = None,
+) -> FolderStatement | None:
+    """Authenticate one published file on disk before it is used (locate's member index): load the folder's
+    statement (required with `pubkey`, which is a --pubkey argument: a .pub path or a base64 line) and check
+    ``folder/relpath`` against it; FileNotAuthenticated naming the publication the file is from, if another.
+    None when the folder has no statement and no key was given (nothing to check against)."""
+    key = public_key_text(pubkey) if pubkey else None
+    fs = read_folder_statement(folder, key, trust if key else None, now)
+    if fs is None:
+        if key:
+            raise PublicationRefused(
+                Path(folder) / layout.STATEMENT,
+                f"missing, so {relpath} cannot be authenticated",
+                hint=f"fetch {layout.STATEMENT} and its .minisig from the publisher, or drop --pubkey",
+            )
+        return None
+    s = fs.statement
+    path = Path(folder) / relpath
+    try:
+        s.check_file(relpath, path)
+    except FileNotAuthenticated as e:
+        digest = None
+        if path.is_file() and relpath in s.files:
+            with path.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        older = s.publication_of(relpath, digest, fs.history) if digest else None
+        if older is not None:
+            raise FileNotAuthenticated(
+                relpath,
+                s.publication,
+                f"is from publication {older}, but {layout.STATEMENT} is publication {s.publication}: "
+                "a mixed set",
+                from_publication=older,
+                hint="fetch it again from the publisher or from the mirror its statement came from",
+            ) from None
+        raise e from None
+    return fs
 
 
 def _history(folder: Path, statement: Statement) -> Iterable[Statement]:

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from packager.cli import app
 from packager.config import CONFIG_NAME, init_workspace, load_config
 from packager.container import RESERVED_MANIFEST_NAME, Frame, MemberRecord, ShardReader
-from packager.errors import UntrustedManifest, UsageError
+from packager.errors import MixedPublication, PublicationRefused, UntrustedManifest, UsageError
 from packager.manifest import generate_keypair, load_signing_key
 from packager.publish import PUBLISHED_DIR, publish
 from packager.state import open_state
@@ -595,7 +595,7 @@ def test_without_manifests_the_torrents_speak(release, tmp_path):
 
 
 @pytest.mark.parametrize("manifest", ["release.json", "SHA256SUMS"])
-def test_a_tampered_manifest_fails_its_signature(release, tmp_path, manifest):
+def test_a_tampered_manifest_is_refused(release, tmp_path, manifest):
     mirror = copy_mirror(release, tmp_path / "m")
     target = mirror / manifest
     text = target.read_text()
@@ -603,11 +603,15 @@ def test_a_tampered_manifest_fails_its_signature(release, tmp_path, manifest):
     forged = hashlib.sha256(b"evil").hexdigest()
     target.write_text(text.replace(hashlib.sha256(victim.data).hexdigest(), forged))
     assert target.read_text() != text
-    with pytest.raises(UntrustedManifest, match="does not match its signature"):
+    edited = f"{manifest}: listed by no publication"
+    with pytest.raises(MixedPublication, match=edited):
         check(mirror, pubkey=release.public_key)
     result = CliRunner().invoke(app, ["verify", str(mirror), "--pubkey", str(release.pub_file)])
-    assert result.exit_code == 2 and "does not match its signature" in result.output
-    # Without a key the forgery still contradicts the other manifest, and verify refuses to pick a side.
+    assert result.exit_code == 2 and edited in result.output
+    # Without a key the (unauthenticated) statement still tells; without it, the forgery contradicts the
+    # other manifest, and verify refuses to pick a side; their own signatures still tell with a key.
+    assert CliRunner().invoke(app, ["verify", str(mirror)]).exit_code == 2
+    (mirror / "publication.json").unlink()
     result = CliRunner().invoke(app, ["verify", str(mirror)])
     assert result.exit_code == 2 and "in release.json" in result.output and victim.rel in result.output
     # Forged consistently in both, only the signature can tell: unsigned, the shard is reported as damaged.
@@ -620,8 +624,11 @@ def test_a_tampered_manifest_fails_its_signature(release, tmp_path, manifest):
 
 def test_missing_or_foreign_signatures_are_refused(release, tmp_path):
     mirror = copy_mirror(release, tmp_path / "m")
-    (mirror / "SHA256SUMS.minisig").unlink()
-    with pytest.raises(UntrustedManifest, match="missing"):
+    (mirror / "publication.json.minisig").unlink()
+    with pytest.raises(PublicationRefused, match="has no signature"):
+        check(mirror, pubkey=release.public_key)
+    (mirror / "publication.json").unlink()
+    with pytest.raises(PublicationRefused, match="publication.json: missing"):
         check(mirror, pubkey=release.public_key)
     other = minisign.KeyPair.generate().public_key.to_base64().decode()
     mirror2 = copy_mirror(release, tmp_path / "m2")
@@ -636,7 +643,7 @@ def test_missing_or_foreign_signatures_are_refused(release, tmp_path):
 
 def test_an_unauthenticated_torrent_does_not_replace_the_sha256(release, tmp_path):
     mirror = copy_mirror(release, tmp_path / "m")
-    for name in ("release.json", "release.json.minisig", "SHA256SUMS.minisig"):
+    for name in ("release.json", "release.json.minisig", "SHA256SUMS.minisig", "publication.json"):
         (mirror / name).unlink()
     sums = mirror / "SHA256SUMS"
     sums.write_text("".join(line for line in sums.read_text().splitlines(True) if "torrents/" not in line))
@@ -659,6 +666,7 @@ def test_release_json_contradicting_its_torrent_is_refused(release, tmp_path):
     entry["info_hash_v1"] = "0" * 40
     (mirror / "release.json").write_text(json.dumps(doc))
     (mirror / "SHA256SUMS").unlink()
+    (mirror / "publication.json").unlink()  # else refused before: release.json is not the one it lists
     with pytest.raises(UntrustedManifest, match="contradicts|lists"):
         check(mirror)
 

@@ -66,6 +66,15 @@ app = typer.Typer(
 
 WorkspaceArg = Annotated[Path, typer.Argument(help="The release workspace folder (made by `packager init`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+TrustFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--trust-file",
+        envvar="PACKAGER_TRUST_FILE",
+        help="Where the last trusted publication is kept, per release and key "
+        "(default: $XDG_DATA_HOME/packager/trust.json, i.e. ~/.local/share/packager/trust.json).",
+    ),
+]
 
 
 def emit_json(data: Any) -> None:

@@ -15,7 +15,7 @@ from ..config import format_size
 from ..errors import UsageError
 from ..member_index import MemberIndex
 from ..workspace import Workspace
-from ._app import JsonOpt, WorkspaceArg, app, emit_json, out
+from ._app import JsonOpt, TrustFileOpt, WorkspaceArg, app, emit_json, out
 
 PASSWORD_ENV = "PACKAGER_KEY_PASSWORD"
 
@@ -167,20 +167,37 @@ def locate(
         Path, typer.Argument(help="A published folder (or its members/index.json), or a workspace.")
     ],
     ids: Annotated[list[str], typer.Argument(help="Item ids to look up.")],
+    pubkey: Annotated[
+        str | None,
+        typer.Option(help="The publisher's minisign public key: authenticate the index first (see verify)."),
+    ] = None,
+    trust_file: TrustFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Find which torrent holds each item, where in its shard, and which pieces to fetch for it alone.
 
     Answers from the published member index, reading only the parts that hold the ids (each checked
-    against the SHA-256 the index's root gives). Unknown ids exit 2. To fetch the item itself from the
+    against the SHA-256 the index's root gives; the root against the folder's publication statement, signed
+    and not older than the trust file's with --pubkey). Unknown ids exit 2, as does an index the statement
+    does not list. To fetch the item itself from the
     swarm or a mirror: `packager fetch`.
 
     Example:
         packager locate music-release/published trk-000042 trk-000043
-        packager locate mirror-copy/ trk-000042 --json
+        packager locate mirror-copy/ trk-000042 --pubkey music.pub --json
     """
+    from .. import layout, trust
+
+    trusted = trust.TrustFile(trust_file)
     with MemberIndex.open(index) as idx:
+        folder = getattr(idx.files, "folder", None)
+        fs = trust.check_published_file(folder, layout.MEMBER_INDEX, pubkey, trusted) if folder else None
+        if fs is not None and idx.root_sha256 != fs.statement.digest(layout.MEMBER_INDEX).sha256:
+            # The root as parsed must be the one just checked (the parts are checked against the root).
+            raise UsageError(f"{layout.MEMBER_INDEX} changed while it was read", hint="run locate again")
         found, missing = idx.locate(ids)
+    if fs is not None:
+        trusted.accept(fs.statement)
     if as_json:
         emit_json({"found": [loc.as_dict() for loc in found], "missing": missing})
     else:

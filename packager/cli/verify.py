@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import format_size
-from ._app import JsonOpt, app, emit_json, err, out
+from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out
 
 _SHOWN = 20  # damaged members listed per file before "... and N more"
 
@@ -24,10 +24,11 @@ def verify(
     pubkey: Annotated[
         str | None,
         typer.Option(
-            help="The publisher's minisign public key (.pub file or its base64 line); refuse "
-            "manifests that fail or lack their signature."
+            help="The publisher's minisign public key (.pub file or its base64 line): check the signed "
+            "publication statement, every file against it, and refuse an older or mixed publication."
         ),
     ] = None,
+    trust_file: TrustFileOpt = None,
     pieces: Annotated[
         bool,
         typer.Option("--pieces", help="Check every piece (automatic for a file whose SHA-256 is wrong)."),
@@ -42,11 +43,14 @@ def verify(
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Files checked at once (0: one per core).")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check downloaded shards against release.json, SHA256SUMS, the .torrent files and their own manifests.
+    """Check downloaded shards against publication.json, release.json, SHA256SUMS, the .torrent files and
+    their own manifests.
 
-    Files not downloaded are reported as missing, not as damage. A damaged file gets the pieces to fetch
-    again and the members they hold. Exit 0 all good; 1 damage or missing files; 2 bad input (a manifest
-    that fails its signature, a file that is not a shard).
+    With --pubkey, the signed publication statement must verify, every published file must be the one it
+    lists, and its publication number must not be older than the one last trusted (the trust file, updated
+    only when everything checks out). Files not downloaded are reported as missing, not as damage. A damaged
+    file gets the pieces to fetch again and the members they hold. Exit 0 all good; 1 damage or missing
+    files; 2 bad input (a bad signature, an older or mixed publication, a file that is not a shard).
 
     Example:
         packager verify ~/mirror --pubkey music.pub
@@ -56,7 +60,9 @@ def verify(
     from ..verify import VerifyOptions
     from ..verify import verify as run_verify
 
-    options = VerifyOptions(pieces=pieces, deep=deep, jobs=jobs, pubkey=pubkey)
+    options = VerifyOptions(
+        pieces=pieces, deep=deep, jobs=jobs, pubkey=pubkey, trust_file=trust_file, partial=partial
+    )
     with _VerifyProgress(as_json) as on_event:
         report = run_verify(paths, options, on_event)
     if as_json:
@@ -107,6 +113,17 @@ def _render(report, partial: bool) -> None:
             out.print(f"  {f.message}", markup=False)
         if len(members) > _SHOWN:
             out.print(f"  ... and {len(members) - _SHOWN} more damaged members (see --json)")
+    for f in report.findings:
+        if f.severity != Severity.NOTE:
+            out.print(f"\n{f.file}: {f.message}", markup=False)
+    for p in report.publications:
+        signed = f"signed by key {p.key_id}" if p.key_id else "not authenticated"
+        until = f", valid until {p.valid_until}" if p.valid_until else ""
+        out.print(
+            f"\n{p.release}: publication {p.publication} of {p.published_at}{until}, {signed}; "
+            f"trust file: {p.trust}" + (f" ({p.trust_file})" if p.trust_file else ""),
+            markup=False,
+        )
     notes = [f for f in report.all_findings() if f.severity == Severity.NOTE]
     seen = set()
     for f in notes:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from packager import trust
 from packager.errors import UsageError
 from packager.layout import SHARD_SUFFIX, SHARDS
 
@@ -20,7 +21,7 @@ from .references import (
     is_release_root,
     load_references,
 )
-from .report import Event, FileResult, Finding, Level, Severity, VerifyOptions, VerifyReport
+from .report import Event, FileResult, Finding, Level, PublicationSeen, Severity, VerifyOptions, VerifyReport
 from .shard import ShardCheck, Target
 
 
@@ -88,8 +89,10 @@ def verify(
     """Check downloaded shards (files, folders of them, or a whole release folder); see the module docstring.
 
     Raises UsageError for a path that does not exist and UntrustedManifest when a manifest fails or lacks
-    its signature (with a public key), does not parse, or contradicts another one. Everything found in the
-    files themselves is reported, never raised.
+    its signature (with a public key), does not parse, or contradicts another one; PublicationRefused for a
+    publication older than the trust file's or expired, MixedPublication for files of several publications.
+    Everything found in the files themselves is reported, never raised. With a public key and nothing
+    wrong (missing files aside with `partial`), each release's statement is recorded in the trust file.
     """
     emit = on_event or (lambda event: None)
     lock = threading.Lock()
@@ -102,9 +105,14 @@ def verify(
     notes: list[Finding] = []
     sources: list[str] = []
     authenticated = bool(options.pubkey)
+    trust_file = trust.TrustFile(options.trust_file)
+    statements: list[tuple[Path, trust.Statement]] = []
     jobs = options.jobs or os.cpu_count() or 1
     for root, (whole, folders, given) in _targets_for([Path(p) for p in paths]).items():
-        refs = load_references(root, options.pubkey)
+        refs = load_references(root, options.pubkey, trust_file, whole)
+        if refs.statement is not None:
+            statements.append((refs.root, refs.statement.statement))
+        notes += _statement_findings(refs)
         sources += [f"{root}/{s}" if root else s for s in refs.sources]
         where = str(root) if root else "the shards given"
         if refs.shards and not options.pubkey:
@@ -126,7 +134,50 @@ def verify(
         for group in results:
             files.extend(group)
         _note_swaps([r for group in results for r in group], refs)
-    return VerifyReport(files, notes, sources, authenticated)
+    report = VerifyReport(files, notes, sources, authenticated)
+    report.publications = _update_trust(report, statements, trust_file, options)
+    return report
+
+
+def _statement_findings(refs: References) -> list[Finding]:
+    out = []
+    for rel in refs.not_downloaded:
+        out.append(
+            Finding(rel, Level.FILE, Severity.MISSING, f"not downloaded (listed in {_publication(refs)})")
+        )
+    for rel in refs.unlisted:
+        out.append(Finding(rel, Level.FILE, Severity.NOTE, f"not part of {_publication(refs)}; ignored"))
+    return out
+
+
+def _publication(refs: References) -> str:
+    return f"publication {refs.statement.statement.publication}" if refs.statement else "the release"
+
+
+def _update_trust(
+    report: VerifyReport,
+    statements: list[tuple[Path, trust.Statement]],
+    trust_file: trust.TrustFile,
+    options: VerifyOptions,
+) -> list[PublicationSeen]:
+    """Record each authenticated statement in the trust file, only if the whole check succeeded (TUF's
+    clients must not persist what a later step refused)."""
+    good = report.exit_code(options.partial) == 0
+    seen = []
+    for root, s in statements:
+        if s.key_id is None:
+            what = "no key: nothing authenticated, the trust file is not used"
+        elif not good:
+            what = "not updated: the check found problems"
+        else:
+            what = "accepted" if trust_file.accept(s) else "already trusted"
+        file = str(trust_file.path) if s.key_id else None
+        seen.append(
+            PublicationSeen(
+                str(root), s.release, s.publication, s.published_at, s.valid_until, s.key_id, what, file
+            )
+        )
+    return seen
 
 
 def _note_swaps(results: list[FileResult], refs: References) -> None:

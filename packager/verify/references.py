@@ -1,15 +1,32 @@
-"""What the release says the files should be: release.json, SHA256SUMS and their minisign signatures,
-found beside or above the files, authenticated when a public key is given, merged and cross-checked."""
+"""What the release says the files should be: the publication statement (publication.json), release.json,
+SHA256SUMS, found beside or above the files, authenticated when a public key is given, merged and
+cross-checked.
+
+With a statement (trust.py) every manifest read is checked against it before use, and for a whole release
+folder every file it lists; files of an earlier publication are named as such (MixedPublication). With a
+public key the statement is required, its signature checked, and its number checked against the trust file
+(an older publication is refused): release.json and SHA256SUMS are then authenticated through it, their own
+signatures being for the stock minisign tool. Without a statement (a release published before it existed, or
+no key) release.json and SHA256SUMS stand on their own signatures, as before.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from packager import layout
-from packager.errors import UntrustedManifest, UsageError
+from packager import layout, trust
+from packager.errors import (
+    FileNotAuthenticated,
+    MixedPublication,
+    PublicationRefused,
+    UntrustedManifest,
+    UsageError,
+)
 from packager.layout import (
     PUBLISHED,
     RELEASE_JSON,
@@ -46,6 +63,9 @@ class References:
     sources: tuple[str, ...]
     authenticated: bool
     bases: tuple[Path, ...] = ()  # folders the manifests' relative paths are looked up under, in order
+    statement: trust.FolderStatement | None = None
+    not_downloaded: tuple[str, ...] = ()  # files the statement lists that this (whole) folder lacks
+    unlisted: tuple[str, ...] = field(default=())  # files beside the manifests that the statement omits
 
     def places(self, rel: str) -> list[Path]:
         return [base / rel for base in self.bases]
@@ -236,8 +256,18 @@ def _authenticate(path: Path, data: bytes, pubkey: str) -> str:
         ) from None
 
 
-def load_references(root: Path | None, pubkey: str | None) -> References:
-    """The release's manifests at `root`, authenticated when `pubkey` is given, merged, cross-checked."""
+def load_references(
+    root: Path | None,
+    pubkey: str | None,
+    trust_file: trust.TrustFile | None = None,
+    whole: bool = False,
+    now: datetime | None = None,
+) -> References:
+    """The release's manifests at `root`, authenticated when `pubkey` is given, merged, cross-checked.
+
+    With `whole` (a release folder was given) every file the statement lists is checked too. Raises
+    PublicationRefused (no statement with a key, a bad signature, expired, older than `trust_file` has
+    seen), MixedPublication (files of several publications, or edited ones), UntrustedManifest."""
     if root is None:
         if pubkey:
             raise UntrustedManifest(
@@ -247,6 +277,16 @@ def load_references(root: Path | None, pubkey: str | None) -> References:
             )
         return References(None, {}, (), False)
     root, bases = manifest_folder(root)
+    key = trust.public_key_text(pubkey) if pubkey else None
+    statement = trust.read_folder_statement(root, key, trust_file if pubkey else None, now)
+    if pubkey and statement is None:
+        raise PublicationRefused(
+            root / layout.STATEMENT,
+            "missing: without the signed publication statement an older or mixed copy of the release cannot "
+            "be told from the current one",
+            hint=f"fetch {layout.STATEMENT} and its .minisig from the publisher (a release published before "
+            "they existed must be published again)",
+        )
     found: dict[str, bytes] = {}
     for name in (RELEASE_JSON, SHA256SUMS):
         try:
@@ -256,7 +296,15 @@ def load_references(root: Path | None, pubkey: str | None) -> References:
         except OSError as e:
             raise UntrustedManifest(root / name, f"cannot read: {e.strerror}") from None
     sources = []
-    if pubkey:
+    not_downloaded: tuple[str, ...] = ()
+    unlisted: tuple[str, ...] = ()
+    if statement is not None:
+        not_downloaded, unlisted = _check_statement(statement, root, found, whole)
+        s = statement.statement
+        how = f"signature good, key {s.key_id}" if s.authenticated else "unauthenticated"
+        sources.append(f"{layout.STATEMENT} (publication {s.publication} of {s.published_at}; {how})")
+        sources += [f"{name} (as {layout.STATEMENT} lists it)" for name in found]
+    elif pubkey:
         if not found:
             raise UntrustedManifest(
                 root,
@@ -280,7 +328,80 @@ def load_references(root: Path | None, pubkey: str | None) -> References:
         refs = _refs_from_torrents(root)
         if refs:
             sources.append(f"{TORRENTS}/*{TORRENT_SUFFIX} (unauthenticated)")
-    return References(root, {r.path: r for r in refs}, tuple(sources), bool(pubkey), bases)
+    return References(
+        root,
+        {r.path: r for r in refs},
+        tuple(sources),
+        bool(pubkey),
+        bases,
+        statement,
+        not_downloaded,
+        unlisted,
+    )
+
+
+def _check_statement(
+    fs: trust.FolderStatement, root: Path, found: dict[str, bytes], whole: bool
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Check the manifests read (and with `whole`, every file the statement lists) against the statement;
+    MixedPublication naming each file that differs and the publication it is from. Returns the listed files
+    absent from the folder and the files there that no statement lists (whole folder only)."""
+    s = fs.statement
+    wrong: list[tuple[str, int | None]] = []
+    for name, data in found.items():
+        try:
+            s.check(name, data)
+        except FileNotAuthenticated:
+            wrong.append((name, s.publication_of(name, hashlib.sha256(data).hexdigest(), fs.history)))
+    missing: list[str] = []
+    if whole:
+        # The .torrent files are checked with their shards, against release.json (itself checked here): a
+        # damaged one is reported there, and never used.
+        for rel in sorted(r for r in set(s.files) - set(found) if not _is_torrent(r)):
+            path = root / rel
+            if not path.exists() and not path.is_symlink():
+                missing.append(rel)
+                continue
+            try:
+                s.check_file(rel, path)
+            except FileNotAuthenticated:
+                wrong.append((rel, _publication_of_file(fs, rel, path)))
+    if wrong:
+        raise MixedPublication(root, s.publication, sorted(wrong))
+    unlisted = tuple(_unlisted(root, s)) if whole else ()
+    return tuple(missing), unlisted
+
+
+def _is_torrent(rel: str) -> bool:
+    return rel.startswith(f"{TORRENTS}/") and rel.endswith(TORRENT_SUFFIX)
+
+
+def _publication_of_file(fs: trust.FolderStatement, rel: str, path: Path) -> int | None:
+    """The publication whose statement lists the file at `path` (hashed only if some statement lists a file
+    of its size at `rel`, and only if it is a regular file)."""
+    sizes = {st.files[rel].size for st in (fs.statement, *fs.history) if rel in st.files}
+    try:
+        if not path.is_file() or path.stat().st_size not in sizes:
+            return None
+        with path.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+    return fs.statement.publication_of(rel, digest, fs.history)
+
+
+def _unlisted(root: Path, s: trust.Statement) -> list[str]:
+    """Published-looking files beside the manifests that the statement does not list (shards aside, which
+    release.json lists; live files aside, which are never signed)."""
+    out = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if rel.split("/", 1)[0] == SHARDS or not path.is_file() or rel in s.files:
+            continue
+        if rel in (layout.STATEMENT, layout.signature_name(layout.STATEMENT), *layout.LIVE_FILES):
+            continue
+        out.append(rel)
+    return out
 
 
 def _cross_check(refs: list[ShardRef], sums: dict[str, str], root: Path) -> None:

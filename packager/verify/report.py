@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 
 class Severity(StrEnum):
@@ -61,6 +62,8 @@ class VerifyOptions:
     deep: bool = False  # decompress every frame and check every member
     jobs: int = 0  # files checked at once; 0: one per core
     pubkey: str | None = None  # minisign public key file, or its base64 line
+    trust_file: Path | None = None  # the downloader's trust file (trust.py); None: its default location
+    partial: bool = False  # missing files are not failures: with the rest good, the trust file is updated
 
 
 @dataclass(frozen=True)
@@ -172,12 +175,30 @@ class FileResult:
         }
 
 
+@dataclass(frozen=True)
+class PublicationSeen:
+    """The publication statement a release folder was checked against, and what became of the trust file."""
+
+    folder: str
+    release: str
+    publication: int
+    published_at: str
+    valid_until: str | None
+    key_id: str | None  # None: read without a key, nothing authenticated
+    trust: str  # "accepted", "already trusted", "not updated: ..." or "no key"
+    trust_file: str | None
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
 @dataclass
 class VerifyReport:
     files: list[FileResult]
     findings: list[Finding]  # about the release as a whole: sources used, authentication
     sources: list[str]
     authenticated: bool
+    publications: list[PublicationSeen] = field(default_factory=list)
 
     def all_findings(self) -> list[Finding]:
         return self.findings + [f for r in self.files for f in r.findings]
@@ -199,6 +220,7 @@ class VerifyReport:
             "exit_code": self.exit_code(partial),
             "authenticated": self.authenticated,
             "sources": self.sources,
+            "publications": [p.as_dict() for p in self.publications],
             "summary": {status: self.count(status) for status in Status}
             | {"files": len(self.files), "bytes_read": sum(r.bytes_read for r in self.files)},
             "files": [r.as_dict() for r in self.files],

@@ -1,0 +1,309 @@
+"""Verify as a hostile mirror would test it: rollback, a mix of two publications, each published file edited,
+an expired statement, the trust file, and locate's member index (issue 13).
+
+One workspace is built once; publication 1 (phase metadata) and publication 2 (+ phase audio), both signed,
+are copied out as mirror folders (the published files plus shards/). Each case lays out a folder from them
+with hard links, changes what it attacks, and runs verify as a downloader whose trust file holds what it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from packager import layout, trust
+from packager.cli import app
+from packager.errors import MixedPublication, PackagerError
+from packager.manifest import generate_keypair, load_signing_key
+from packager.verify import VerifyOptions, verify
+from packager.workspace import Workspace
+from tests.conftest import SMALL_CONFIG, Archive
+from tests.test_build import prepare, run_build
+from tests.test_publish import catalog, do_publish
+
+
+class Pubs:
+    """Two signed publications of one release, as mirror folders, and a trust file that saw the second."""
+
+    def __init__(self, base: Path):
+        archive = Archive(base)
+        self.ws = base / "ws"
+        Workspace.init(self.ws, archive.root, "t").close()
+        (self.ws / layout.CONFIG).write_text(
+            SMALL_CONFIG.replace("{root}", str(archive.root)).replace("{audio_shard}", "100kB")
+        )
+        prepare(self.ws, archive, catalog(archive))
+        assert not run_build(self.ws).failed
+        self.keys = generate_keypair(base / "keys" / "release.key", None)
+        self.pub = str(self.keys.public)
+        self.folders: dict[int, Path] = {}
+        for n, (phase, when) in enumerate(
+            [("metadata", "2025-01-01T00:00:00Z"), ("audio", "2025-02-01T00:00:00Z")], 1
+        ):
+            report = do_publish(self.ws, phase, key=lambda: load_signing_key(self.keys.secret), now=when)
+            assert report.publication == n
+            folder = base / f"pub{n}"
+            shutil.copytree(self.ws / layout.PUBLISHED, folder)
+            (folder / layout.SHARDS).mkdir()
+            names = [
+                e["files"][0]["path"] for e in json.loads((folder / "release.json").read_text())["torrents"]
+            ]
+            for rel in names:
+                os.link(self.ws / rel, folder / rel)
+            for live in layout.LIVE_FILES:
+                (folder / live).unlink(missing_ok=True)  # unsigned and advisory: not part of what is compared
+            self.folders[n] = folder
+        self.trust2 = base / "trust-2.json"
+        assert (
+            verify([self.folders[2]], VerifyOptions(pubkey=self.pub, trust_file=self.trust2)).exit_code() == 0
+        )
+        assert json.loads(self.trust2.read_text())["trusted"][0]["publication"] == 2
+
+    def files(self, n: int) -> dict[str, Path]:
+        folder = self.folders[n]
+        return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    def trust_file(self, dest: Path) -> Path:
+        shutil.copy(self.trust2, dest)
+        return dest
+
+
+@pytest.fixture(scope="module")
+def pubs(tmp_path_factory) -> Pubs:
+    return Pubs(tmp_path_factory.mktemp("pubs"))
+
+
+def lay_out(dest: Path, choice: dict[str, Path]) -> Path:
+    for rel, source in choice.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, dest / rel)
+    dest.mkdir(exist_ok=True)
+    return dest
+
+
+def copy_of(pubs: Pubs, n: int, dest: Path, edit: str | None = None) -> Path:
+    """Publication `n` laid out at `dest`, with `edit` a real copy (so it can be changed)."""
+    files = pubs.files(n)
+    folder = lay_out(dest, {rel: p for rel, p in files.items() if rel != edit})
+    if edit:
+        shutil.copy(files[edit], folder / edit)
+    return folder
+
+
+def run(pubs: Pubs, folder: Path, trust_file: Path, *more: str):
+    return CliRunner().invoke(
+        app, ["verify", str(folder), "--pubkey", pubs.pub, "--trust-file", str(trust_file), *more]
+    )
+
+
+# ---- rollback ---------------------------------------------------------------------------------------------
+
+
+def test_a_full_rollback_to_the_previous_publication_is_refused(pubs, tmp_path):
+    tf = pubs.trust_file(tmp_path / "trust.json")
+    before = tf.read_bytes()
+    r = run(pubs, pubs.folders[1], tf)
+    assert r.exit_code == 2, r.output
+    assert (
+        "is publication 1" in r.output
+        and "older than the publication 2" in r.output
+        and "rollback" in r.output
+    )
+    assert tf.read_bytes() == before
+    # A downloader who never saw publication 2 accepts publication 1, and then refuses nothing newer.
+    fresh = tmp_path / "fresh.json"
+    assert run(pubs, pubs.folders[1], fresh).exit_code == 0
+    assert run(pubs, pubs.folders[2], fresh).exit_code == 0
+    assert json.loads(fresh.read_text())["trusted"][0]["publication"] == 2
+
+
+def test_a_statement_forked_from_the_trusted_history_is_refused(pubs, tmp_path):
+    tf = pubs.trust_file(tmp_path / "trust.json")
+    folder = copy_of(pubs, 2, tmp_path / "m", edit=layout.STATEMENT)
+    s = trust.read_statement((folder / layout.STATEMENT).read_bytes())
+    files = dict(s.files)
+    files["feed.xml"] = trust.FileDigest(1, "0" * 64)
+    forged = trust.statement_json("t", 2, "2025-03-01T00:00:00Z", files, s.previous)  # a second publication 2
+    key = load_signing_key(pubs.keys.secret)
+    (folder / layout.STATEMENT).write_bytes(forged)
+    sig = folder / layout.signature_name(layout.STATEMENT)
+    sig.unlink()
+    sig.write_bytes(key.sign(forged, layout.STATEMENT, 1))
+    r = run(pubs, folder, tf)
+    assert r.exit_code == 2 and "does not continue the publication 2" in r.output
+
+
+# ---- mix and match ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("old", ["release.json", "SHA256SUMS", "feed.xml", "index.html", "torrents.json",
+                                 "whitelist.txt", "members.sqlite"])  # fmt: skip
+def test_a_file_of_the_previous_publication_is_named_as_such(pubs, tmp_path, old):
+    choice = pubs.files(2) | {old: pubs.files(1)[old]}
+    signature = layout.signature_name(old)
+    if signature in pubs.files(1):
+        choice[signature] = pubs.files(1)[signature]  # validly signed, but older
+    folder = lay_out(tmp_path / "m", choice)
+    r = run(pubs, folder, pubs.trust_file(tmp_path / "trust.json"))
+    assert r.exit_code == 2, r.output
+    assert f"{old}: from publication 1" in r.output and "statement is publication 2" in r.output
+
+
+def test_the_old_statement_with_the_new_files_is_refused(pubs, tmp_path):
+    """Publication 1's (validly signed) statement over publication 2's files, for a downloader who never saw
+    publication 2: the files are newer than the statement says."""
+    choice = pubs.files(2)
+    for name in (layout.STATEMENT, layout.signature_name(layout.STATEMENT)):
+        choice[name] = pubs.files(1)[name]
+    folder = lay_out(tmp_path / "m", choice)
+    with pytest.raises(MixedPublication) as e:
+        verify([folder], VerifyOptions(pubkey=pubs.pub, trust_file=tmp_path / "fresh.json"))
+    assert ("release.json", None) in e.value.files and e.value.publication == 1
+    assert not (tmp_path / "fresh.json").exists()
+
+
+# ---- every published file edited -------------------------------------------------------------------------
+
+
+def _published(pubs: Pubs) -> list[str]:
+    return sorted(rel for rel in pubs.files(2) if not rel.startswith(f"{layout.SHARDS}/"))
+
+
+def test_each_published_file_edited_is_refused(pubs, tmp_path):
+    names = _published(pubs)
+    assert len(names) > 15 and "publications/000001.json.minisig" in names
+    tf = pubs.trust_file(tmp_path / "trust.json")
+    before = tf.read_bytes()
+    for n, rel in enumerate(names):
+        folder = copy_of(pubs, 2, tmp_path / f"m{n}", edit=rel)
+        data = bytearray((folder / rel).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (folder / rel).write_bytes(data)
+        r = run(pubs, folder, tf)
+        if rel.startswith(f"{layout.TORRENTS}/"):
+            # A .torrent is checked with its shard against release.json: reported damaged and never used.
+            assert r.exit_code == 1 and rel in r.output and "damaged" in r.output, r.output
+        else:
+            assert r.exit_code == 2, (rel, r.output)
+            assert rel in r.output, (rel, r.output)
+        assert tf.read_bytes() == before
+
+
+def test_a_foreign_file_in_the_folder_is_noted_not_trusted(pubs, tmp_path):
+    folder = copy_of(pubs, 2, tmp_path / "m")
+    (folder / "torrents" / "evil.tar.zst.torrent").write_bytes(b"d4:infodee")
+    r = run(pubs, folder, pubs.trust_file(tmp_path / "trust.json"))
+    assert r.exit_code == 0 and "torrents/evil.tar.zst.torrent: not part of publication 2" in r.output
+
+
+# ---- expiry and the trust file ----------------------------------------------------------------------------
+
+
+def test_an_expired_publication_is_refused(tmp_path, workspace, archive):
+    prepare(workspace, archive, catalog(archive))
+    assert not run_build(workspace).failed
+    cfg = workspace / layout.CONFIG
+    cfg.write_text(cfg.read_text() + '\n[publish]\nvalid_for = "1h"\n')
+    keys = generate_keypair(tmp_path / "k.key", None)
+    do_publish(workspace, "metadata", key=lambda: load_signing_key(keys.secret), now="2025-01-01T00:00:00Z")
+    r = CliRunner().invoke(app, ["verify", str(workspace), "--pubkey", str(keys.public)])
+    assert r.exit_code == 2 and "expired at 2025-01-01T01:00:00Z" in r.output
+
+
+def test_the_trust_file_moves_only_after_a_fully_good_check(pubs, tmp_path):
+    tf = tmp_path / "trust.json"
+    folder = copy_of(pubs, 2, tmp_path / "m", edit="shards/t-audio-t1-00001.tar.zst")
+    shard = folder / "shards" / "t-audio-t1-00001.tar.zst"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:-10] + b"0123456789")
+    r = run(pubs, folder, tf)
+    assert r.exit_code == 1 and "not updated" in r.output and not tf.exists()
+    shard.unlink()
+    assert run(pubs, folder, tf).exit_code == 1 and not tf.exists()  # missing
+    r = run(pubs, folder, tf, "--partial")
+    assert r.exit_code == 0 and "publication 2" in r.output and "accepted" in r.output
+    assert json.loads(tf.read_text())["trusted"][0]["publication"] == 2
+    shard.write_bytes(good)
+    r = run(pubs, folder, tf, "--json")
+    doc = json.loads(r.stdout)
+    assert doc["publications"][0]["trust"] == "already trusted" and doc["publications"][0]["publication"] == 2
+    # Without a key the statement still catches a mix, and the trust file is neither read nor written.
+    r = CliRunner().invoke(app, ["verify", str(pubs.folders[1]), "--trust-file", str(tf)])
+    assert r.exit_code == 0 and "not authenticated" in r.output
+
+
+def test_the_trust_file_default_location_is_used(pubs, tmp_path, monkeypatch):
+    monkeypatch.delenv("PACKAGER_TRUST_FILE")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    r = CliRunner().invoke(app, ["verify", str(pubs.folders[2]), "--pubkey", pubs.pub])
+    assert r.exit_code == 0, r.output
+    assert (
+        json.loads((tmp_path / "xdg" / "packager" / "trust.json").read_text())["trusted"][0]["release"] == "t"
+    )
+
+
+# ---- locate -----------------------------------------------------------------------------------------------
+
+
+def test_locate_checks_the_member_index_against_the_statement(pubs, tmp_path):
+    tf = pubs.trust_file(tmp_path / "trust.json")
+    args = ["--pubkey", pubs.pub, "--trust-file", str(tf)]
+    good = CliRunner().invoke(app, ["locate", str(pubs.folders[2]), "t03", *args])
+    assert good.exit_code == 0, good.output
+    older = lay_out(tmp_path / "old", pubs.files(2) | {"members.sqlite": pubs.files(1)["members.sqlite"]})
+    r = CliRunner().invoke(app, ["locate", str(older / "members.sqlite"), "m", *args])
+    assert r.exit_code == 2 and "is from publication 1" in r.output
+    edited = copy_of(pubs, 2, tmp_path / "edited", edit="members.sqlite")
+    data = bytearray((edited / "members.sqlite").read_bytes())
+    data[-100] ^= 1
+    (edited / "members.sqlite").write_bytes(data)
+    for extra in (args, []):  # the unsigned statement still tells, without a key
+        r = CliRunner().invoke(app, ["locate", str(edited), "t03", *extra])
+        assert r.exit_code == 2 and "members.sqlite" in r.output and "SHA-256" in r.output
+    r = CliRunner().invoke(app, ["locate", str(pubs.folders[1]), "m", *args])
+    assert r.exit_code == 2 and "rollback" in r.output
+
+
+# ---- the property -----------------------------------------------------------------------------------------
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_mix_of_two_publications_is_refused_or_exactly_the_newer(pubs, tmp_path_factory, data):
+    """Any subset of the files of publications 1 and 2, verified with the trust file from 2: refused, or
+    exactly publication 2 (every file of it, each as published)."""
+    old, new = pubs.files(1), pubs.files(2)
+    # Start from one publication and change a few files: mostly-right folders are the ones that test the
+    # check (a folder missing half its files is refused for that alone).
+    start = data.draw(st.sampled_from([1, 2]), label="start")
+    choice = dict(new if start == 2 else old)
+    every = sorted(set(old) | set(new))
+    for rel in data.draw(st.lists(st.sampled_from(every), max_size=4, unique=True), label="changed"):
+        options = [None] + [files[rel] for files in (old, new) if rel in files]
+        source = data.draw(st.sampled_from(options), label=rel)
+        if source is None:
+            choice.pop(rel, None)
+        else:
+            choice[rel] = source
+    base = tmp_path_factory.mktemp("mix")
+    folder = lay_out(base / "m", choice)
+    tf = pubs.trust_file(base / "trust.json")
+    before = tf.read_bytes()
+    try:
+        code = verify([folder], VerifyOptions(pubkey=pubs.pub, trust_file=tf)).exit_code()
+    except PackagerError as e:
+        assert e.exit_code == 2, e
+        code = 2
+    exactly_new = set(choice) == set(new) and all(
+        choice[rel].read_bytes() == new[rel].read_bytes() for rel in new
+    )
+    assert (code == 0) == exactly_new, (code, {r: str(p.parent.name) for r, p in choice.items()})
+    assert tf.read_bytes() == before  # publication 2 was already trusted; nothing older ever replaces it
+    shutil.rmtree(base)
