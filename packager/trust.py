@@ -126,7 +126,7 @@ class Statement:
 
     def check(self, relpath: str, data: bytes) -> bytes:
         """`data` if it is exactly the listed `relpath` (size and SHA-256); FileNotAuthenticated otherwise.
-        Check every byte before acting on it: ``index = statement.check("members.sqlite", body)``."""
+        Check every byte before acting on it: ``root = statement.check("members/index.json", body)``."""
         checker = self.checker(relpath)
         checker.update(data)
         checker.finish()
@@ -468,7 +468,7 @@ def load_statement(
 
         trust = TrustFile()  # or TrustFile(Path(args.trust_file))
         statement = load_statement(get("publication.json"), get("publication.json.minisig"), pubkey, trust)
-        index = statement.check("members.sqlite", get("members.sqlite"))   # FileNotAuthenticated if edited
+        root = statement.check("members/index.json", get("members/index.json"))  # FileNotAuthenticated
         ...
         trust.accept(statement)
     """

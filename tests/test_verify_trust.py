@@ -144,7 +144,7 @@ def test_a_statement_forked_from_the_trusted_history_is_refused(pubs, tmp_path):
 
 
 @pytest.mark.parametrize("old", ["release.json", "SHA256SUMS", "feed.xml", "index.html", "torrents.json",
-                                 "whitelist.txt", "members.sqlite"])  # fmt: skip
+                                 "whitelist.txt", "members/index.json", "members/parts.pack"])  # fmt: skip
 def test_a_file_of_the_previous_publication_is_named_as_such(pubs, tmp_path, old):
     choice = pubs.files(2) | {old: pubs.files(1)[old]}
     signature = layout.signature_name(old)
@@ -257,16 +257,17 @@ def test_locate_checks_the_member_index_against_the_statement(pubs, tmp_path):
     args = ["--pubkey", pubs.pub, "--trust-file", str(tf)]
     good = CliRunner().invoke(app, ["locate", str(pubs.folders[2]), "t03", *args])
     assert good.exit_code == 0, good.output
-    older = lay_out(tmp_path / "old", pubs.files(2) | {"members.sqlite": pubs.files(1)["members.sqlite"]})
-    r = CliRunner().invoke(app, ["locate", str(older / "members.sqlite"), "m", *args])
-    assert r.exit_code == 2 and "is from publication 1" in r.output
-    edited = copy_of(pubs, 2, tmp_path / "edited", edit="members.sqlite")
-    data = bytearray((edited / "members.sqlite").read_bytes())
-    data[-100] ^= 1
-    (edited / "members.sqlite").write_bytes(data)
+    index = ["members/index.json", "members/parts.pack"]
+    older = lay_out(tmp_path / "old", pubs.files(2) | {rel: pubs.files(1)[rel] for rel in index})
+    r = CliRunner().invoke(app, ["locate", str(older / "members" / "index.json"), "m", *args])
+    assert r.exit_code == 2 and "is from publication 1" in r.output, r.output
+    edited = copy_of(pubs, 2, tmp_path / "edited", edit=index[0])
+    data = bytearray((edited / index[0]).read_bytes())
+    data[len(data) // 2] ^= 1
+    (edited / index[0]).write_bytes(data)
     for extra in (args, []):  # the unsigned statement still tells, without a key
         r = CliRunner().invoke(app, ["locate", str(edited), "t03", *extra])
-        assert r.exit_code == 2 and "members.sqlite" in r.output and "SHA-256" in r.output
+        assert r.exit_code == 2 and index[0] in r.output and "SHA-256" in r.output, r.output
     r = CliRunner().invoke(app, ["locate", str(pubs.folders[1]), "m", *args])
     assert r.exit_code == 2 and "rollback" in r.output
 
