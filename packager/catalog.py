@@ -706,7 +706,7 @@ def ingest(
     size = sum(c.stat().st_size for c in catalogs)
     problems = _Problems(report, options.rejects if options.skip_invalid else None)
     try:
-        with state.transaction():
+        with state.bulk_journal(state.is_empty()), state.transaction():
             loader = Loader(state)
             try:
                 sources = {

@@ -372,6 +372,24 @@ class State:
         self.close()
 
     @contextmanager
+    def bulk_journal(self, enabled: bool = True) -> Iterator[None]:
+        """For a transaction that writes a whole new database (a first ingest): a rollback journal instead of
+        the write-ahead log, so the pages are written once, not once to the log and again at the checkpoint
+        (and the disk needs no room for a log as big as the state). Still atomic: a killed transaction is
+        rolled back from the journal at the next open. WAL is back afterwards (readers during builds)."""
+        if not enabled:
+            yield
+            return
+        self.db.execute("PRAGMA journal_mode=DELETE")  # stays WAL if another connection is open: fine
+        try:
+            yield
+        finally:
+            self.db.execute("PRAGMA journal_mode=WAL")
+
+    def is_empty(self) -> bool:
+        return not self.db.execute("SELECT EXISTS (SELECT 1 FROM items)").fetchone()[0]
+
+    @contextmanager
     def transaction(self) -> Iterator[None]:
         try:
             self.db.execute("BEGIN IMMEDIATE")
