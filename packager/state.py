@@ -291,6 +291,9 @@ class State:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA temp_store=FILE")
         self.db.execute("PRAGMA cache_size=-262144")  # 256 MiB page cache bound
+        # The temporary database (ingest's staged rows, the plan's candidates) has a cache of its own, 2 MiB
+        # by default: its sorts then spill in tiny runs (1M-row refresh: 14.4 s, of which staging 4.6 s).
+        self.db.execute("PRAGMA temp.cache_size=-262144")
         self.db.execute("PRAGMA threads=2")  # index builds and big sorts use both cores
         if create:
             self.db.executescript(SCHEMA)
