@@ -3,7 +3,7 @@
 One module per command group (workspace, shards, ...); each registers its commands on the one typer app.
 """
 
-from . import workspace, shards, publish, verify, seed, swarm  # noqa: F401, I001  (registers commands, in help order)
+from . import workspace, shards, publish, fetch, verify, seed, swarm  # noqa: F401, I001  (registers commands, in help order)
 from ._app import app
 
 __all__ = ["app", "main"]

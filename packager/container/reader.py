@@ -8,12 +8,14 @@ its seek table entry lists (which may not exceed MAX_FRAME_SIZE). Measured: extr
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import xxhash
 import zstandard
@@ -276,17 +278,11 @@ class ShardReader:
     def iter_member(self, rec: MemberRecord) -> Iterator[bytes]:
         """The member's content in bounded chunks, its frames streamed and each checked whole; ShardDamaged
         if one of them is not what the seek table says (the caller discards what it was given)."""
-        end = rec.offset + rec.size
-        for index in range(rec.first_frame, rec.last_frame + 1) if rec.size else ():
-            pos = self.frames[index].decompressed_offset
-            try:
-                for chunk in self.iter_frame(index):
-                    lo, hi = max(rec.offset, pos) - pos, min(end, pos + len(chunk)) - pos
-                    if lo < hi:
-                        yield chunk[lo:hi]
-                    pos += len(chunk)
-            except ContainerError as exc:
-                raise ShardDamaged(self.path, rec.path, rec.offset, exc.reason) from None
+        frames = self.frames[rec.first_frame : rec.last_frame + 1] if rec.size else []
+        try:
+            yield from content_of(frames, lambda f: self.iter_frame(f.index), rec.offset, rec.size)
+        except ContainerError as exc:
+            raise ShardDamaged(self.path, rec.path, rec.offset, exc.reason) from None
 
     def extract(self, keys: Sequence[str], out_dir: Path) -> list[Path]:
         """Write the members named by `keys` (id or path) under `out_dir`, each verified before it appears.
@@ -298,44 +294,134 @@ class ShardReader:
         out_dir = Path(out_dir)
         records = [self.find(key) for key in keys]
         for rec in records:
-            reason = unsafe_name_reason(rec.path)
-            if reason is not None:
-                raise UnsafeMemberName(self.path, rec.path, reason)
+            check_member_name(self.path, rec.path)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return [self._extract_one(rec, out_dir) for rec in records]
+        return [write_member(out_dir, rec, self.iter_member(rec), self.path) for rec in records]
 
-    def _extract_one(self, rec: MemberRecord, out_dir: Path) -> Path:
-        parts = rec.path.split("/")
-        target = out_dir.joinpath(*parts)
-        root = out_dir.resolve()
-        folder = out_dir
+
+# ---- members, wherever their frames come from (a shard file, torrent pieces, HTTP ranges) ----------------
+
+
+class MemberFacts(Protocol):
+    """What writing a member checks: a MemberRecord, or a member index Location."""
+
+    path: str
+    offset: int
+    size: int
+    xxh3_128: str
+    sha256: str
+
+
+def content_of(
+    frames: Sequence[Frame], stream: Callable[[Frame], Iterable[bytes]], offset: int, size: int
+) -> Iterator[bytes]:
+    """Bytes [offset, offset + size) of the tar stream, from consecutive `frames` covering them, each
+    decompressed by `stream(frame)` (bounded chunks, checked whole: iter_frame, stream_frame)."""
+    end = offset + size
+    for frame in frames:
+        pos = frame.decompressed_offset
+        for chunk in stream(frame):
+            lo, hi = max(offset, pos) - pos, min(end, pos + len(chunk)) - pos
+            if lo < hi:
+                yield chunk[lo:hi]
+            pos += len(chunk)
+
+
+def content_from_frames(
+    fd: int, start: int, end: int, tar_offset: int, offset: int, size: int, source: Path | str
+) -> Iterator[bytes]:
+    """Bytes [offset, offset + size) of a shard's tar stream from file bytes [start, end) of `fd`, which
+    must be whole zstd frames decompressing to the tar stream from `tar_offset` on: a member's frames as
+    the member index gives them, fetched without the rest of the shard (and so without its seek table).
+    The frames are found by their headers (scan_frames) and streamed with bounded memory (stream_frame);
+    ContainerError naming `source` as soon as the bytes are not such frames. The caller checks the
+    member's hashes (write_member) before trusting anything it was handed."""
+    from .scan import scan_frames  # scan imports this module
+
+    found = scan_frames(fd, end, start, tar_offset)
+    if found.partial is not None or found.stop != end or not found.frames:
+        raise ContainerError(source, f"file bytes {start}-{end} are not whole zstd frames: {found.why}")
+    last = found.frames[-1]
+    # A member's frames hold its run exactly: its headers, its content, the padding to a tar block (the
+    # writer starts a frame at every run). Checked on the frame headers, before anything is decompressed.
+    run_end = offset + size + -size % TAR_BLOCK
+    if not tar_offset <= offset or last.decompressed_offset + last.decompressed_size != run_end:
+        raise ContainerError(
+            source, f"file bytes {start}-{end} are not the frames of tar bytes {offset}-{offset + size}"
+        )
+    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+
+    def stream(frame: Frame) -> Iterator[bytes]:
+        position = frame.compressed_offset
+
+        def read(n: int) -> bytes:
+            nonlocal position
+            data = os.pread(fd, n, position)
+            position += len(data)
+            return data
+
+        try:
+            yield from stream_frame(read, frame, dctx)
+        except FrameError as exc:
+            at = frame.compressed_offset
+            raise ContainerError(
+                source, f"the frame at file bytes {at}-{at + frame.compressed_size} {exc}"
+            ) from None
+
+    yield from content_of(found.frames, stream, offset, size)
+
+
+def check_member_name(source: Path | str, name: str) -> None:
+    """UnsafeMemberName if `name` must not be written under an output folder (absolute, '..', ...)."""
+    reason = unsafe_name_reason(name)
+    if reason is not None:
+        raise UnsafeMemberName(source, name, reason)
+
+
+def write_member(out_dir: Path, rec: MemberFacts, chunks: Iterable[bytes], source: Path | str) -> Path:
+    """Write `chunks` as `rec.path` under `out_dir`, through a temporary name beside the target that is
+    renamed only once size, xxh3-128 and SHA-256 match `rec` (ShardDamaged naming `source` otherwise, and
+    nothing is left). Folders are made one level at a time and none through a symlink, so nothing is ever
+    written outside `out_dir`. The name must have passed check_member_name."""
+    check_member_name(source, rec.path)
+    parts = rec.path.split("/")
+    target = out_dir.joinpath(*parts)
+    root = out_dir.resolve()
+    folder, made = out_dir, []
+    try:
         for part in parts[:-1]:  # one level at a time, so a symlink never makes us create folders elsewhere
             folder = folder / part
             if folder.is_symlink() or not folder.resolve().is_relative_to(root):
-                raise UnsafeMemberName(self.path, rec.path, f"a symlink on its path leads out of {out_dir}")
-            folder.mkdir(exist_ok=True)
+                raise UnsafeMemberName(source, rec.path, f"a symlink on its path leads out of {out_dir}")
+            if not folder.is_dir():
+                folder.mkdir()
+                made.append(folder)
         fd, temp = tempfile.mkstemp(prefix=f".{target.name[:64]}.", suffix=".part", dir=target.parent)
         try:
             hasher = MemberHasher()
             with os.fdopen(fd, "wb") as f:
-                for chunk in self.iter_member(rec):
+                for chunk in chunks:
                     hasher.update(chunk)
                     f.write(chunk)
-            self._verify(rec, hasher.finish())
+            _verify(rec, hasher.finish(), source)
             os.chmod(temp, 0o644)
             os.replace(temp, target)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-        return target
+    except BaseException:
+        for folder in reversed(made):  # nothing of a refused member stays, not even its empty folders
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return target
 
-    def _verify(self, rec: MemberRecord, got: MemberDigest) -> None:
-        for what, expected, actual in (
-            ("size", rec.size, got.size),
-            ("xxh3-128", rec.xxh3_128, got.xxh3_128),
-            ("SHA-256", rec.sha256, got.sha256),
-        ):
-            if expected != actual:
-                raise ShardDamaged(
-                    self.path, rec.path, rec.offset, f"{what} is {actual}, expected {expected}"
-                )
+
+def _verify(rec: MemberFacts, got: MemberDigest, source: Path | str) -> None:
+    for what, expected, actual in (
+        ("size", rec.size, got.size),
+        ("xxh3-128", rec.xxh3_128, got.xxh3_128),
+        ("SHA-256", rec.sha256, got.sha256),
+    ):
+        if expected != actual:
+            raise ShardDamaged(source, rec.path, rec.offset, f"{what} is {actual}, expected {expected}")

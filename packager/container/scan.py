@@ -84,12 +84,13 @@ class FrameScan:
     why: str
 
 
-def scan_frames(fd: int, size: int) -> FrameScan:
-    """Frames found by walking zstd frame and block headers from byte 0, for a shard whose seek table is
-    gone (truncated) or damaged. Frames found this way carry no seek-table checksum; zstd's own still
-    applies."""
+def scan_frames(fd: int, size: int, start: int = 0, decompressed_offset: int = 0) -> FrameScan:
+    """Frames found by walking zstd frame and block headers from byte `start` (0, else where a frame of
+    the tar stream's byte `decompressed_offset` starts) up to byte `size`: for a shard whose seek table is
+    gone (truncated) or damaged, or the frames of one member fetched without the rest of the shard.
+    Frames found this way carry no seek-table checksum; zstd's own still applies."""
     frames: list[Frame] = []
-    pos = doff = 0
+    pos, doff = start, decompressed_offset
 
     def cut(fcs: int) -> FrameScan:
         partial = Frame(len(frames), pos, size - pos, doff, fcs, None)

@@ -1,0 +1,204 @@
+"""Fetching through the swarm: one libtorrent session, each torrent added with every piece at priority 0
+but those holding the members' frames, which get deadlines (set_piece_deadline, alert_when_available: each
+arrives as a read_piece_alert once libtorrent has checked it against the .torrent's SHA-1). Pieces are
+written to the fetch's spool; libtorrent's own storage is a sparse file in the fetch's temporary folder,
+removed with it, so disk use stays at the pieces fetched. Peers come from the trackers (and the DHT when
+enabled); web seeds are left out (HTTP is the other transport). A piece that fails its hash (a lying peer)
+is refused by libtorrent, which bans the peer that sent bad blocks and fetches the piece again elsewhere;
+each failure is counted. When pieces stop arriving, trackers are asked again every few seconds; after
+`timeout` seconds without every piece, EnvironmentProblem (exit 3) says which pieces no peer sent."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libtorrent as lt
+
+from ..errors import EnvironmentProblem
+from ..member_index import Location
+from ..seed.session import DISK_IO, check_libtorrent_setting
+from .work import Clock, Delivered, TorrentTransfer, Work, try_deliver
+
+ALERTS = (
+    lt.alert_category.error | lt.alert_category.status | lt.alert_category.tracker | lt.alert_category.storage
+)
+REANNOUNCE_SECONDS = 5.0  # without a new piece for this long, ask the trackers (and the DHT) again
+DEADLINE_MS = 1000  # the first piece's deadline; the others follow it in shard order
+
+
+@dataclass(frozen=True)
+class SwarmSettings:
+    listen: str = "0.0.0.0:0,[::]:0"
+    dht: bool = True
+    timeout: float = 300.0
+    libtorrent: tuple[tuple[str, object], ...] = ()  # raw settings, checked
+
+
+class NoPeers(EnvironmentProblem):
+    """No peer sent the pieces in time."""
+
+    def __init__(self, what: list[str], seconds: float):
+        self.what, self.seconds = what, seconds
+        super().__init__(
+            f"no peer sent the pieces within {seconds:g} s: " + "; ".join(what),
+            hint="the torrents may have no seeders now: try again later or with a longer --timeout, use "
+            "--via http with a mirror's URL or web seed, or see who seeds them (packager health)",
+        )
+
+
+@dataclass
+class _Wanted:
+    """One torrent in the session: the pieces it needs and the members waiting for them."""
+
+    handle: lt.torrent_handle
+    transfer: TorrentTransfer
+    members: list[Location]
+    pieces: set[int]
+    got: set[int] = field(default_factory=set)
+    done: set[str] = field(default_factory=set)
+    clock: Clock = field(default_factory=Clock)
+    peers_seen: int = 0
+
+
+def _settings(s: SwarmSettings) -> dict:
+    pack = {
+        "listen_interfaces": s.listen,
+        "enable_dht": s.dht,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "alert_mask": ALERTS,
+        "stop_tracker_timeout": 1,
+        # Announce to every tracker of every tier: the more peers, the sooner the pieces come.
+        "announce_to_all_tiers": True,
+        "announce_to_all_trackers": True,
+    }
+    pack.update(dict(check_libtorrent_setting(k, v) for k, v in s.libtorrent))
+    return pack
+
+
+def fetch_from_swarm(
+    groups: list[tuple[TorrentTransfer, bytes, list[Location]]],
+    work: Work,
+    out_dir: Path,
+    settings: SwarmSettings,
+    note: Callable[[str], None],
+) -> list[Delivered]:
+    """Fetch the members of every (transfer, .torrent bytes, members) group through one session; each
+    .torrent must be authenticated already. NoPeers if some pieces did not come in time."""
+    params = lt.session_params()
+    params.settings = _settings(settings)
+    params.disk_io_constructor = DISK_IO
+    session = lt.session(params)
+    wanted: list[_Wanted] = []
+    delivered: list[Delivered] = []
+    try:
+        for transfer, metainfo, members in groups:
+            wanted.append(_add(session, transfer, metainfo, members, work))
+        _run(session, wanted, work, out_dir, settings, note, delivered)
+    finally:
+        for w in wanted:
+            st = w.handle.status()
+            w.transfer.payload_download = st.total_payload_download
+            w.transfer.bytes_fetched += st.total_payload_download
+            session.remove_torrent(w.handle, lt.session.delete_files)
+        session.pause()
+        del session  # the destructor joins libtorrent's threads
+    return delivered
+
+
+def _add(
+    session: lt.session, transfer: TorrentTransfer, metainfo: bytes, members: list[Location], work: Work
+):
+    p = lt.load_torrent_buffer(metainfo)
+    pieces = {i for loc in members for i in range(loc.first_piece, loc.last_piece + 1)}
+    p.url_seeds = []
+    p.save_path = str(work.subfolder(f"bt-{transfer.torrent.n}"))
+    p.storage_mode = lt.storage_mode_t.storage_mode_sparse
+    p.piece_priorities = [7 if i in pieces else 0 for i in range(p.ti.num_pieces())]
+    p.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused | lt.torrent_flags.seed_mode)
+    handle = session.add_torrent(p)
+    for k, piece in enumerate(sorted(pieces)):
+        handle.set_piece_deadline(piece, DEADLINE_MS * (k + 1), lt.deadline_flags_t.alert_when_available)
+    transfer.pieces = sorted(pieces)
+    return _Wanted(handle, transfer, members, pieces)
+
+
+def _run(session, wanted, work, out_dir, settings, note, delivered) -> None:
+    by_hash = {str(w.handle.info_hashes()): w for w in wanted}
+    deadline = time.monotonic() + settings.timeout
+    last_progress = time.monotonic()
+    while any(len(w.done) < len(w.members) for w in wanted):
+        now = time.monotonic()
+        if now > deadline:
+            raise NoPeers([_missing(w) for w in wanted if len(w.done) < len(w.members)], settings.timeout)
+        if now - last_progress > REANNOUNCE_SECONDS:
+            for w in wanted:
+                if w.pieces - w.got:
+                    w.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+                    if settings.dht:
+                        w.handle.force_dht_announce()
+            last_progress = now
+        session.wait_for_alert(200)
+        for a in session.pop_alerts():
+            w = by_hash.get(str(a.handle.info_hashes())) if isinstance(a, lt.torrent_alert) else None
+            if w is None:
+                continue
+            if isinstance(a, lt.read_piece_alert) and a.piece in w.pieces and a.piece not in w.got:
+                if a.error.value():
+                    note(
+                        f"{w.transfer.torrent.name}: piece {a.piece} could not be read ({a.error.message()})"
+                    )
+                    w.handle.read_piece(a.piece)
+                    continue
+                work.spool(w.transfer.torrent).writer(a.piece * w.transfer.torrent.piece_size)(a.buffer)
+                w.got.add(a.piece)
+                last_progress = time.monotonic()
+                _deliver_ready(w, work, out_dir, note, delivered)
+            elif isinstance(a, lt.piece_finished_alert) and a.piece_index in w.pieces:
+                w.handle.read_piece(a.piece_index)  # in case the deadline's alert was not asked in time
+            elif isinstance(a, lt.hash_failed_alert):
+                w.transfer.hash_failures += 1
+                note(f"{w.transfer.torrent.name}: piece {a.piece_index} failed its SHA-1: refused")
+            elif isinstance(a, lt.tracker_error_alert):
+                w.transfer.refused.append(f"tracker {a.tracker_url()}: {a.error_message() or a.message()}")
+
+
+def _deliver_ready(w: _Wanted, work: Work, out_dir: Path, note, delivered: list[Delivered]) -> None:
+    label = f"{w.transfer.torrent.name} (swarm)"
+    for loc in w.members:
+        if loc.id in w.done or not set(range(loc.first_piece, loc.last_piece + 1)) <= w.got:
+            continue
+        written, why = try_deliver(loc, work.spool(w.transfer.torrent).fd, out_dir, label)
+        w.done.add(loc.id)
+        if written is None:
+            # The pieces passed their SHA-1 against the authenticated .torrent, so the release itself is
+            # inconsistent (its index and its shard disagree): nothing to fetch again.
+            raise _Inconsistent(w.transfer.torrent.name, loc.id, why or "")
+        size = w.transfer.torrent.piece_size * loc.pieces
+        delivered.append(Delivered(loc, written, "bittorrent", label, size, w.clock.seconds()))
+
+
+def _missing(w: _Wanted) -> str:
+    missing = sorted(w.pieces - w.got)
+    st = w.handle.status()
+    shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+    trackers = "; ".join(w.transfer.refused[-2:])
+    return (
+        f"{w.transfer.torrent.name}: {len(missing)} of {len(w.pieces)} pieces missing ({shown}), "
+        f"{st.num_peers} peers connected" + (f", {trackers}" if trackers else "")
+    )
+
+
+class _Inconsistent(EnvironmentProblem):
+    exit_code = 1
+
+    def __init__(self, torrent: str, ident: str, why: str):
+        super().__init__(
+            f"{torrent}: {ident}: its pieces passed their SHA-1 but are not the member the index describes "
+            f"({why})",
+            hint="the published index and shard disagree; tell the publisher",
+        )
