@@ -10,6 +10,7 @@ each failure is counted. When pieces stop arriving, trackers are asked again eve
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ ALERTS = (
 )
 REANNOUNCE_SECONDS = 5.0  # without a new piece for this long, ask the trackers (and the DHT) again
 DEADLINE_MS = 1000  # the first piece's deadline; the others follow it in shard order
+_DEBUG = bool(os.environ.get("PACKAGER_FETCH_DEBUG"))  # every libtorrent alert as a note
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def _add(
 
 
 def _run(session, wanted, work, out_dir, settings, note, delivered) -> None:
-    by_hash = {str(w.handle.info_hashes()): w for w in wanted}
+    by_hash = {_key(w.handle): w for w in wanted}
     deadline = time.monotonic() + settings.timeout
     last_progress = time.monotonic()
     while any(len(w.done) < len(w.members) for w in wanted):
@@ -144,7 +146,9 @@ def _run(session, wanted, work, out_dir, settings, note, delivered) -> None:
             last_progress = now
         session.wait_for_alert(200)
         for a in session.pop_alerts():
-            w = by_hash.get(str(a.handle.info_hashes())) if isinstance(a, lt.torrent_alert) else None
+            if _DEBUG:
+                note(f"libtorrent: {type(a).__name__}: {a.message()}")
+            w = by_hash.get(_key(a.handle)) if isinstance(a, lt.torrent_alert) else None
             if w is None:
                 continue
             if isinstance(a, lt.read_piece_alert) and a.piece in w.pieces and a.piece not in w.got:
@@ -165,6 +169,10 @@ def _run(session, wanted, work, out_dir, settings, note, delivered) -> None:
                 note(f"{w.transfer.torrent.name}: piece {a.piece_index} failed its SHA-1: refused")
             elif isinstance(a, lt.tracker_error_alert):
                 w.transfer.refused.append(f"tracker {a.tracker_url()}: {a.error_message() or a.message()}")
+
+
+def _key(handle: lt.torrent_handle) -> str:
+    return str(handle.info_hashes().get_best())
 
 
 def _deliver_ready(w: _Wanted, work: Work, out_dir: Path, note, delivered: list[Delivered]) -> None:

@@ -22,7 +22,8 @@ from urllib.parse import quote_from_bytes
 import libtorrent as lt
 import pytest
 
-from tests.helpers import wait_until
+from packager.seed import read_status
+from tests.helpers import seed_command, wait_until
 
 LOOPBACK = "127.0.0.1"
 # A swarm of its own, so the readiness probe never shows up as a peer of a torrent under test.
@@ -86,11 +87,11 @@ def _opentracker_user() -> list[str]:
     return ["-u", pwd.getpwuid(os.geteuid()).pw_name]
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen, seconds: float = 5) -> None:
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
@@ -98,14 +99,15 @@ def _stop(process: subprocess.Popen) -> None:
 
 @pytest.fixture
 def opentracker(free_port) -> Iterator[Callable[[Iterable[str]], Tracker]]:
-    """Start Debian's opentracker (whitelist build) on 127.0.0.1 serving only the given hex info-hashes."""
+    """Start Debian's opentracker (whitelist build) on 127.0.0.1 serving only the given hex info-hashes, on
+    `port` when given (a release built for a tracker URL before the tracker runs)."""
     binary = shutil.which("opentracker")
     if binary is None:
         pytest.skip("opentracker not installed (Debian: apt install opentracker)")
     started: list[Tracker] = []
     dirs: list[str] = []
 
-    def start(whitelist_hashes: Iterable[str]) -> Tracker:
+    def start(whitelist_hashes: Iterable[str], port: int | None = None) -> Tracker:
         # Not pytest's tmp_path (mode 0700): opentracker reads the whitelist after dropping to `nobody`.
         home = tempfile.mkdtemp(prefix="packager-opentracker-")
         dirs.append(home)
@@ -117,7 +119,7 @@ def opentracker(free_port) -> Iterator[Callable[[Iterable[str]], Tracker]]:
         config.write_text(f"access.whitelist {whitelist}\n")
         whitelist.chmod(0o644)
         config.chmod(0o644)
-        port = free_port()
+        port = port or free_port()
         log = Path(home, "opentracker.log")
         with log.open("wb") as out:
             process = subprocess.Popen(
@@ -260,3 +262,54 @@ def lt_seeder(lt_session) -> Callable[[Path, Path], Peer]:
         return peer
 
     return start
+
+
+# --- packager seed as a process ---------------------------------------------------------------------------
+
+# Every peer here is 127.0.0.1; aria2c and Transmission 3 speak TCP, so the seeder does too.
+LT_SETTINGS = (
+    ("allow_multiple_connections_per_ip", True),
+    ("enable_outgoing_utp", False),
+    ("enable_incoming_utp", False),
+)
+
+
+@dataclass
+class SeederProcess:
+    process: subprocess.Popen
+    status_port: int
+    log: Path
+
+    def status(self) -> dict | None:
+        return read_status(self.status_port)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture
+def seeder(free_port, tmp_path) -> Iterator:
+    started: list[SeederProcess] = []
+
+    def start(ws: Path) -> SeederProcess:
+        port = free_port()
+        log = tmp_path / f"seed-{len(started)}.log"
+        command = seed_command(ws, f"{LOOPBACK}:{free_port()}", port, LT_SETTINGS)
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        run = SeederProcess(process, port, log)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        _stop(run.process, 60)
+
+
+def tracker_ready(body: dict | None, count: int) -> bool:
+    """Every torrent seeding, and announced: opentracker's reply shows in its tracker column."""
+    if not body or body["states"].get("seeding") != count:
+        return False
+    return all(t["tracker"] and "peers from" in t["tracker"] for t in body["torrents"])

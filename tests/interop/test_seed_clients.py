@@ -23,23 +23,16 @@ from typer.testing import CliRunner
 
 from packager import layout
 from packager.cli import app
-from packager.seed import read_status
 from packager.state import open_state
-from tests.helpers import need, seed_command, sha256_of
+from tests.helpers import need, sha256_of
 
 from ..test_build import prepare, run_build
-from .conftest import LOOPBACK, wait_until
+from .conftest import LOOPBACK, tracker_ready, wait_until
 
 pytestmark = pytest.mark.interop
 
 DOWNLOAD_SECONDS = 60
 START_SECONDS = 30
-# Every peer here is 127.0.0.1; aria2c and Transmission 3 speak TCP, so the seeder does too.
-LT_SETTINGS = (
-    ("allow_multiple_connections_per_ip", True),
-    ("enable_outgoing_utp", False),
-    ("enable_incoming_utp", False),
-)
 
 
 def cli(*args: str) -> str:
@@ -89,47 +82,6 @@ def shards_of(ws: Path) -> list[Shard]:
     with open_state(ws) as state:
         rows = state.seedable()
     return [Shard(r.name, ws / r.file, ws / r.torrent_file, r.info_hash_v1, r.length) for r in rows]
-
-
-@dataclass
-class SeederProcess:
-    process: subprocess.Popen
-    status_port: int
-    log: Path
-
-    def status(self) -> dict | None:
-        return read_status(self.status_port)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
-@pytest.fixture
-def seeder(free_port, tmp_path) -> Iterator:
-    started: list[SeederProcess] = []
-
-    def start(ws: Path) -> SeederProcess:
-        port = free_port()
-        log = tmp_path / f"seed-{len(started)}.log"
-        command = seed_command(ws, f"{LOOPBACK}:{free_port()}", port, LT_SETTINGS)
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        run = SeederProcess(process, port, log)
-        started.append(run)
-        return run
-
-    yield start
-    for run in started:
-        stop(run.process, 60)
-
-
-def tracker_ready(body: dict | None, count: int) -> bool:
-    """Every torrent seeding, and announced: opentracker's reply shows in its tracker column."""
-    if not body or body["states"].get("seeding") != count:
-        return False
-    return all(t["tracker"] and "peers from" in t["tracker"] for t in body["torrents"])
 
 
 @pytest.fixture

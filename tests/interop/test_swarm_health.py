@@ -16,7 +16,7 @@ from packager.cli import app
 from tests.helpers import need
 
 from .conftest import wait_until
-from .test_seed_clients import seeder, shards_of, stop, swarm, swarm_ports  # noqa: F401  (fixtures)
+from .test_seed_clients import shards_of, stop, swarm, swarm_ports  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.interop
 
