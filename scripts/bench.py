@@ -1,6 +1,7 @@
 """Benchmarks that check the design's performance claims on this machine.
 
     python scripts/bench.py plan [--rows 1000000]   catalog steps at 10^N rows: time, RSS, state size
+    python scripts/bench.py index [--members 10^6]  member index: write, bytes a lookup reads, vs SQLite
     python scripts/bench.py build [--size-gb 1]     copy vs tar|zstd+mktorrent+sha256sum vs packager build
     python scripts/bench.py build --scheduler [ADDR]   Dask cluster path vs local pool (two local workers)
     python scripts/bench.py verify [--size 2GB]     verify --pieces/--deep vs libtorrent's recheck (>= 1.5x)
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import zstandard
 from bench_build import bench_build  # scripts/ is on sys.path when this file runs
+from bench_fetch import add_index_args, bench_index
 from bench_plan import add_plan_args, bench_plan
 from bench_seed import add_seed_args, bench_seed
 from bench_verify import add_verify_args, bench_verify
@@ -498,6 +500,7 @@ COMMANDS: dict[
     str, tuple[Callable[[argparse.Namespace], dict], Callable[[argparse.ArgumentParser], None]]
 ] = {
     "plan": (bench_plan, add_plan_args),
+    "index": (bench_index, add_index_args),
     "build": (build_or_cluster, add_build_args),
     "verify": (bench_verify, add_verify_args),
     "seed": (bench_seed, add_seed_args),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import libtorrent as lt
 import pytest
 
 from packager.seed import read_status
-from tests.helpers import seed_command, wait_until
+from tests.helpers import need, seed_command, wait_until
 
 LOOPBACK = "127.0.0.1"
 # A swarm of its own, so the readiness probe never shows up as a peer of a torrent under test.
@@ -313,3 +314,88 @@ def tracker_ready(body: dict | None, count: int) -> bool:
     if not body or body["states"].get("seeding") != count:
         return False
     return all(t["tracker"] and "peers from" in t["tracker"] for t in body["torrents"])
+
+
+# --- Debian's nginx, configured as README says -------------------------------------------------------------
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def readme_nginx_server() -> str:
+    """The nginx `server` block README.md gives for serving a mirror's folder (shards/ in it)."""
+    blocks = re.findall(r"```nginx\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) == 1, "README.md should hold one nginx block"
+    return blocks[0]
+
+
+def nginx_binary() -> str:
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return need("nginx")  # skips, naming the package list
+
+
+@pytest.fixture
+def nginx(tmp_path, free_port):
+    """Start nginx in the foreground (its own prefix, config, pid file and logs under tmp_path) serving
+    `folder` at /music/ with README's server block on 127.0.0.1; yields (URL of /music/, access log)."""
+    started = []
+
+    def start(folder: Path, port: int) -> tuple[str, Path]:
+        prefix = tmp_path / "nginx"
+        for sub in ("logs", "tmp"):
+            (prefix / sub).mkdir(parents=True, exist_ok=True)
+        server = (
+            readme_nginx_server()
+            .replace("listen 80;", f"listen {LOOPBACK}:{port};")
+            .replace("alias /srv/music/;", f"alias {folder}/;")
+        )
+        conf = prefix / "nginx.conf"
+        # master_process off: one process as the test's own user, which can read pytest's 0700 tmp_path.
+        conf.write_text(
+            f"daemon off;\nmaster_process off;\npid {prefix}/nginx.pid;\n"
+            f"error_log {prefix}/logs/error.log info;\n"
+            "events { worker_connections 64; }\n"
+            "http {\n"
+            # $body_bytes_sent last: what each reply's body cost, for tests that count the bytes served.
+            '  log_format counted \'$remote_addr "$request" $status "$http_range" $body_bytes_sent\';\n'
+            f"  access_log {prefix}/logs/access.log counted;\n"
+            + "".join(f"  {kind}_temp_path {prefix}/tmp/{kind};\n"
+                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            + server
+            + "}\n"
+        )  # fmt: skip
+        log = prefix / "logs" / "stdout.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [nginx_binary(), "-p", str(prefix), "-c", str(conf)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        started.append(process)
+
+        def up() -> bool:
+            if process.poll() is not None:
+                return True
+            try:
+                socket.create_connection((LOOPBACK, port), timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        assert wait_until(up, 10, step=0.1) and process.poll() is None, (
+            log.read_text() + (prefix / "logs" / "error.log").read_text()
+        )
+        return f"http://{LOOPBACK}:{port}/music/", prefix / "logs" / "access.log"
+
+    yield start
+    for process in started:
+        _stop(process)
+
+
+def served_bytes(access_log: Path, pattern: str) -> int:
+    """Body bytes nginx sent for requests whose line matches `pattern` (the `counted` log format)."""
+    total = 0
+    for line in access_log.read_text().splitlines():
+        if re.search(pattern, line):
+            total += int(line.rsplit(" ", 1)[1])
+    return total

@@ -6,9 +6,6 @@ wrote."""
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -22,83 +19,12 @@ from tests.helpers import need, sha256_of
 
 from ..test_build import prepare, run_build
 from .conftest import LOOPBACK, add_torrent, wait_until
-from .test_seed_clients import cli, mirror_of, shards_of, stop
+from .test_seed_clients import cli, mirror_of, shards_of
 
 pytestmark = pytest.mark.interop
 
 README = Path(__file__).parents[2] / "README.md"
 DOWNLOAD_SECONDS = 60
-
-
-def readme_nginx_server() -> str:
-    """The nginx `server` block README.md gives for serving shards/."""
-    text = README.read_text()
-    blocks = re.findall(r"```nginx\n(.*?)```", text, re.S)
-    assert len(blocks) == 1, "README.md should hold one nginx block"
-    return blocks[0]
-
-
-def nginx_binary() -> str:
-    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return need("nginx")  # skips, naming the package list
-
-
-@pytest.fixture
-def nginx(tmp_path, free_port):
-    """Start nginx in the foreground (its own prefix, config, pid file and logs under tmp_path) serving
-    README's server block for `shards` on 127.0.0.1; yields (base URL, access log)."""
-    started = []
-
-    def start(shards: Path, port: int) -> tuple[str, Path]:
-        prefix = tmp_path / "nginx"
-        for sub in ("logs", "tmp"):
-            (prefix / sub).mkdir(parents=True, exist_ok=True)
-        server = (
-            readme_nginx_server()
-            .replace("listen 80;", f"listen {LOOPBACK}:{port};")
-            .replace("alias /srv/music/shards/;", f"alias {shards}/;")
-        )
-        conf = prefix / "nginx.conf"
-        # master_process off: one process as the test's own user, which can read pytest's 0700 tmp_path.
-        conf.write_text(
-            f"daemon off;\nmaster_process off;\npid {prefix}/nginx.pid;\n"
-            f"error_log {prefix}/logs/error.log info;\n"
-            "events { worker_connections 64; }\n"
-            "http {\n"
-            f"  access_log {prefix}/logs/access.log;\n"
-            + "".join(f"  {kind}_temp_path {prefix}/tmp/{kind};\n"
-                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-            + server
-            + "}\n"
-        )  # fmt: skip
-        log = prefix / "logs" / "stdout.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [nginx_binary(), "-p", str(prefix), "-c", str(conf)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        started.append(process)
-        base = f"http://{LOOPBACK}:{port}/music/shards/"
-
-        def up() -> bool:
-            if process.poll() is not None:
-                return True
-            try:
-                socket.create_connection((LOOPBACK, port), timeout=1).close()
-            except OSError:
-                return False
-            return True
-
-        assert wait_until(up, 10, step=0.1) and process.poll() is None, (
-            log.read_text() + (prefix / "logs" / "error.log").read_text()
-        )
-        return base, prefix / "logs" / "access.log"
-
-    yield start
-    for process in started:
-        stop(process)
 
 
 @pytest.fixture
@@ -121,8 +47,8 @@ def web_seeded(make_workspace, archive, free_port, nginx):
     prepare(ws, archive, rows)
     assert not run_build(ws).failed
     cli("publish", str(ws), "--phase", "audio")
-    served, access_log = nginx(ws / "shards", port)
-    assert served == base
+    served, access_log = nginx(ws, port)  # the workspace holds shards/ as a mirror's folder does
+    assert served + "shards/" == base
     return ws, base, access_log
 
 
