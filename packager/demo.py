@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from . import layout
 from .build import build
 from .catalog import IngestOptions, ingest
-from .config import SeedSettings
+from .config import SeedSettings, format_size
 from .container import ShardReader
 from .errors import ShardBuildError
 from .manifest import generate_keypair, load_signing_key, public_key_path
@@ -244,6 +245,7 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
             "for the tracker"
         )
         say(f"   seed for real: packager seed {workspace} --status-port 8181")
+        _show_fetch(ws, folder, say)
     say(f"workspace: {workspace}  (try `packager status {workspace} --shards`)")
     return workspace
 
@@ -261,6 +263,60 @@ def _show_extract(ws: Workspace, folder: Path, say) -> None:
             f"   extract: {first.id} from {path.name}: {frames} of {len(reader.frames)} frames read, "
             f"checked, written to {out}"
         )
+
+
+def _show_fetch(ws: Workspace, folder: Path, say) -> None:
+    """One track through the swarm without its shard: this process seeds the release while a downloader
+    that has the published files only (no shard) fetches the track's pieces from it, checked by the signed
+    publication. The demo's tracker does not run, so the downloader dials the seeder itself (--peer)."""
+    from .fetch import FetchOptions, SwarmSettings, Via, fetch
+    from .seed import Listening
+
+    shard = max(ws.state.shards(phase="audio"), key=lambda s: (s.bytes, s.name))
+    member = list(ws.state.iter_members(shard.id))[shard.items // 2]
+    downloader = folder / "fetcher"  # what a downloader has: the published files, no shard
+    shutil.rmtree(downloader, ignore_errors=True)
+    shutil.copytree(ws.published_dir, downloader)
+    stop, listening, result = threading.Event(), threading.Event(), {}
+    endpoints: list[str] = []
+
+    def on_event(event) -> None:
+        if isinstance(event, Listening):
+            endpoints.extend(event.endpoints)
+            listening.set()
+
+    def download() -> None:
+        try:
+            if listening.wait(30) and endpoints:
+                host, _, port = endpoints[0].rpartition(":")
+                swarm = SwarmSettings("127.0.0.1:0", False, 60.0, (), ((host.strip("[]"), int(port)),))
+                options = FetchOptions(
+                    Via.BITTORRENT, str(public_key_path(ws.config.signing_key)), swarm=swarm
+                )
+                result["report"] = fetch(str(downloader), [member.id], folder / "fetched", options)
+        except Exception as e:  # shown below; the seeder must stop either way
+            result["error"] = e
+        finally:
+            stop.set()
+
+    thread = threading.Thread(target=download)
+    thread.start()
+    seed(
+        ws, settings=SeedSettings(listen="127.0.0.1:0", dht=False), stop=stop, on_event=on_event, duration=90
+    )
+    thread.join()
+    if "report" not in result:
+        raise result.get("error") or RuntimeError("the demo's fetch did not start")
+    report = result["report"]
+    (item,) = report.items
+    (t,) = report.torrents
+    pieces = -(-t.torrent.shard_size // t.torrent.piece_size)
+    say(
+        f"[bold]9. fetch[/]    {member.id} ({format_size(member.size)}) through the swarm, without its "
+        f"shard: {format_size(t.payload_download or 0)} downloaded ({len(t.pieces)} of {pieces} pieces) of "
+        f"the {format_size(t.torrent.shard_size)} shard {shard.name}; member index: "
+        f"{format_size(report.index_bytes)} read; {report.authenticated}; written to {item.file}"
+    )
 
 
 def _show_verify(ws: Workspace, folder: Path, say) -> None:

@@ -78,8 +78,8 @@ class RangeServer:
         return self.HONEST
 
     def _send(self, h: BaseHTTPRequestHandler, path: str, data: bytes) -> None:
+        self.sent[path] += len(data)  # before: the client may have read it all before write() returns
         h.wfile.write(data)
-        self.sent[path] += len(data)
 
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         path = unquote(urlsplit(h.path).path)

@@ -107,6 +107,7 @@ def test_demo_runs_every_stage_and_is_repeatable(tmp_path):
     r = invoke("demo", tmp_path / "demo", "--files", "40")
     assert r.exit_code == 0, r.output
     assert "magnet:?xt=urn:btih:" in r.output and "extract:" in r.output
+    assert "9. fetch" in r.output and "through the swarm, without its shard" in r.output
     shards = sorted((tmp_path / "demo/release/shards").iterdir())
     assert shards and all(p.name.endswith(".tar.zst") for p in shards)
     before = {p.name: p.read_bytes() for p in shards}

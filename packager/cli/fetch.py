@@ -47,6 +47,9 @@ def fetch(
         str, typer.Option(help="libtorrent listen_interfaces for the swarm.")
     ] = "0.0.0.0:0,[::]:0",
     dht: Annotated[bool, typer.Option("--dht/--no-dht", help="Find peers on the DHT too.")] = True,
+    peers: Annotated[
+        list[str] | None, typer.Option("--peer", help="Also dial this peer, HOST:PORT (repeatable).")
+    ] = None,
     lt_flags: Annotated[
         list[str] | None, typer.Option("--lt", help="A raw libtorrent setting NAME=VALUE (repeatable).")
     ] = None,
@@ -66,6 +69,7 @@ def fetch(
     from ..errors import UsageError
     from ..fetch import FetchOptions, SwarmSettings, Via
     from ..fetch import fetch as run_fetch
+    from ..fetch.bittorrent import parse_peer
     from ..seed.session import parse_libtorrent_flag
 
     try:
@@ -74,7 +78,13 @@ def fetch(
         raise UsageError(f"--via {via!r}: expected bittorrent, http or auto") from None
     if timeout <= 0:
         raise UsageError(f"--timeout {timeout:g}: expected a number of seconds above 0")
-    swarm = SwarmSettings(listen, dht, timeout, tuple(parse_libtorrent_flag(f) for f in lt_flags or ()))
+    swarm = SwarmSettings(
+        listen,
+        dht,
+        timeout,
+        tuple(parse_libtorrent_flag(f) for f in lt_flags or ()),
+        tuple(parse_peer(p) for p in peers or ()),
+    )
     options = FetchOptions(chosen, pubkey, trust_file, swarm=swarm)
     quiet = as_json or not err.is_terminal
 

@@ -6,7 +6,8 @@ removed with it, so disk use stays at the pieces fetched. Peers come from the tr
 enabled); web seeds are left out (HTTP is the other transport). A piece that fails its hash (a lying peer)
 is refused by libtorrent, which bans the peer that sent bad blocks and fetches the piece again elsewhere;
 each failure is counted. When pieces stop arriving, trackers are asked again every few seconds; after
-`timeout` seconds without every piece, EnvironmentProblem (exit 3) says which pieces no peer sent."""
+`timeout` seconds without every piece, EnvironmentProblem (exit 3) says which pieces no peer sent. Peers
+given by address (a seedbox of one's own) are dialled as well."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import libtorrent as lt
 
-from ..errors import EnvironmentProblem
+from ..errors import EnvironmentProblem, UsageError
 from ..member_index import Location
 from ..seed.session import DISK_IO, check_libtorrent_setting
 from .work import Clock, Delivered, TorrentTransfer, Work, try_deliver
@@ -37,6 +38,16 @@ class SwarmSettings:
     dht: bool = True
     timeout: float = 300.0
     libtorrent: tuple[tuple[str, object], ...] = ()  # raw settings, checked
+    peers: tuple[tuple[str, int], ...] = ()  # (host, port) of peers to dial besides those the trackers give
+
+
+def parse_peer(text: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT from the command line."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--peer {text!r}: expected HOST:PORT", hint="e.g. --peer 192.0.2.7:6881")
+    return host, int(port)
 
 
 class NoPeers(EnvironmentProblem):
@@ -100,6 +111,7 @@ def fetch_from_swarm(
     try:
         for transfer, metainfo, members in groups:
             wanted.append(_add(session, transfer, metainfo, members, work))
+            _dial(wanted[-1].handle, settings)
         _run(session, wanted, work, out_dir, settings, note, delivered)
     finally:
         for w in wanted:
@@ -143,6 +155,7 @@ def _run(session, wanted, work, out_dir, settings, note, delivered) -> None:
                     w.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
                     if settings.dht:
                         w.handle.force_dht_announce()
+                    _dial(w.handle, settings)
             last_progress = now
         session.wait_for_alert(200)
         for a in session.pop_alerts():
@@ -169,6 +182,11 @@ def _run(session, wanted, work, out_dir, settings, note, delivered) -> None:
                 note(f"{w.transfer.torrent.name}: piece {a.piece_index} failed its SHA-1: refused")
             elif isinstance(a, lt.tracker_error_alert):
                 w.transfer.refused.append(f"tracker {a.tracker_url()}: {a.error_message() or a.message()}")
+
+
+def _dial(handle: lt.torrent_handle, settings: SwarmSettings) -> None:
+    for peer in settings.peers:
+        handle.connect_peer(peer)
 
 
 def _key(handle: lt.torrent_handle) -> str:
