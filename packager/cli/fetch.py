@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import format_size
-from ._app import JsonOpt, app, emit_json, err, out
+from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out
 
 
 @app.command()
@@ -36,10 +36,7 @@ def fetch(
             "checked against the signed publication."
         ),
     ] = None,
-    trust_file: Annotated[
-        Path | None,
-        typer.Option(help="Where the last trusted publication is kept (default: ~/.local/share/packager)."),
-    ] = None,
+    trust_file: TrustFileOpt = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the swarm to send the pieces (then exit 3).")
     ] = 300.0,
