@@ -152,6 +152,14 @@ CREATE TABLE IF NOT EXISTS scrapes (
     completed INTEGER,
     PRIMARY KEY (shard_id, run_id, source)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scrape_days (   -- kept as runs are recorded: each day's highest counts
+    shard_id INTEGER NOT NULL,
+    day TEXT NOT NULL,          -- YYYY-MM-DD (UTC)
+    seeders INTEGER NOT NULL,
+    leechers INTEGER,
+    completed INTEGER,
+    PRIMARY KEY (shard_id, day)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS published_torrents (
     n INTEGER PRIMARY KEY,      -- release order: only ever appended to
     shard_id INTEGER NOT NULL UNIQUE REFERENCES shards(id),

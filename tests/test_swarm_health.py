@@ -219,3 +219,22 @@ def test_health_refuses_an_unpublished_workspace(workspace):
                                                  (4, "4-10"), (10, "4-10"), (11, ">10")])  # fmt: skip
 def test_bucket_edges(seeders, bucket):
     assert bucket_of(seeders) == bucket
+
+
+def test_daily_history_keeps_the_days_highest_counts_and_fills_in_older_runs(published):
+    from packager.state_scrapes import CountRow, SourceRow, record_run
+
+    sid = entries(published)[0][0]
+    tracker, seeder = SourceRow("udp://t/a", "udp", 1, None, 0.1), SourceRow("seeder x", "seeder", 1, None, 0)
+    with open_state(published) as state:
+        record_run(state, "2026-01-01T01:00:00Z", [tracker], [CountRow(sid, "udp://t/a", 2, 5, 7)])
+        record_run(state, "2026-01-01T02:00:00Z", [seeder], [CountRow(sid, "seeder x", 3, None, None)])
+        record_run(state, "2026-01-01T03:00:00Z", [tracker], [CountRow(sid, "udp://t/a", 1, 6, 7)])
+        assert [
+            (d.day, d.seeders, d.leechers, d.completed) for d in daily_history(state, "2026-01-01")[sid]
+        ] == [("2026-01-01", 3, 6, 7)]
+        # A state whose runs predate the per-day table: the next run fills it in from every run.
+        state.db.execute("DELETE FROM scrape_days")
+        record_run(state, "2026-01-02T00:00:00Z", [tracker], [CountRow(sid, "udp://t/a", 9, 0, 8)])
+        days = [(d.day, d.seeders) for d in daily_history(state, "2026-01-01")[sid]]
+    assert days == [("2026-01-01", 3), ("2026-01-02", 9)]

@@ -161,9 +161,10 @@ def swarm_view(
     days: int = HISTORY_DAYS,
     today: datetime | None = None,
     entries: Sequence[tuple[int, TorrentEntry]] | None = None,
+    history: bool = True,
 ) -> SwarmView:
     """The published torrents (or `entries`: (shard id, entry), as a publish about to record them) with
-    their newest counts and daily history, summarized."""
+    their newest counts and (unless `history` is False) their daily history, summarized."""
     if entries is None:
         entries = [(sid, TorrentEntry.from_json(text)) for sid, _, text in state.published_entries()]
     counts = latest_counts(state)
@@ -172,8 +173,8 @@ def swarm_view(
     if today is None:
         today = datetime.strptime(run[1], "%Y-%m-%dT%H:%M:%SZ") if run else datetime.now(UTC)
     since = (today - timedelta(days=days - 1)).strftime("%Y-%m-%d")
-    history = daily_history(state, since)
-    torrents = tuple(_torrent(sid, e, counts.get(sid), history.get(sid, [])) for sid, e in entries)
+    days_of = daily_history(state, since) if history else {}
+    torrents = tuple(_torrent(sid, e, counts.get(sid), days_of.get(sid, [])) for sid, e in entries)
     return SwarmView(
         release=release,
         at=run[1] if run else None,

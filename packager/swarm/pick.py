@@ -215,7 +215,7 @@ def _from_workspace(workspace: Path) -> list[Candidate]:
 
     with Workspace.open(workspace) as ws:
         order = [p.name for p in ws.config.phases]
-        view = swarm_view(ws.state, ws.config.name, order)
+        view = swarm_view(ws.state, ws.config.name, order, history=False)
     if not view.torrents:
         raise UsageError(f"{workspace}: nothing is published yet", hint="publish a phase first")
     rank_of = {p: i for i, p in enumerate(order)}
