@@ -10,6 +10,7 @@ import json
 import random
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from packager.cli import app
 from packager.publish import PUBLISHED_DIR
 from packager.swarm import pick as pick_module
 from packager.swarm.pick import SPREAD, Candidate, fill, pick, rank
-from tests.fake_tracker import FakeUdpTracker
+from tests.fake_tracker import FakeUdpTracker, SilentTcpServer
 from tests.test_swarm_health import entries, published, run  # noqa: F401  (the published fixture)
 
 TB = 10**12
@@ -309,3 +310,12 @@ def test_oversized_and_slow_mirrors_are_cut(mirror, monkeypatch):
     served.tamper["/music/swarm.json"] = b'{"format": 2}'
     result = invoke("pick", served.url, "--max-size", "1TB")
     assert result.exit_code == 2 and "not a packager swarm.json" in result.output
+    monkeypatch.setattr(pick_module, "FETCH_TIMEOUT", 1.0)
+    silent = SilentTcpServer()
+    try:
+        started = time.monotonic()
+        result = invoke("pick", f"http://127.0.0.1:{silent.port}/music/", "--max-size", "1TB")
+        assert time.monotonic() - started < 3
+    finally:
+        silent.close()
+    assert result.exit_code == 3 and "no complete reply within 1 s" in result.output
