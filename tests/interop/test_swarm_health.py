@@ -4,9 +4,13 @@ UDP (BEP 15); then the tracker is killed and health still reports, names it and 
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import re
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -39,6 +43,20 @@ def slow_leecher(torrent, out, port, log) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def rendered(page) -> str:
+    """The page's text as headless Chromium renders it (the DOM after parsing, tags dropped)."""
+    with tempfile.TemporaryDirectory(prefix="packager-chromium-") as profile:
+        r = subprocess.run(
+            [need("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=120, env=dict(os.environ, HOME=profile),
+        )  # fmt: skip
+    assert r.returncode == 0 and "</html>" in r.stdout, r.stderr[-2000:]
+    return html.unescape(re.sub(r"<[^>]+>", " ", r.stdout))
+
+
 def counts(data: dict) -> dict[str, tuple]:
     return {t["name"]: (t["seeders"], t["leechers"]) for t in data["torrents"]}
 
@@ -65,6 +83,8 @@ def test_health_counts_our_seeder_and_an_aria2c_leecher_over_http_and_udp(swarm,
         assert counts(over_udp) == expected
         whole = over_udp["summary"][0]
         assert whole["buckets"]["1-3"]["torrents"] == len(shards) and whole["share_bytes_4_or_more"] == 0
+        page = rendered(ws / "published" / "swarm.html")
+        assert f"{len(shards)} torrents" in page and all(s.name in page for s in shards)
     finally:
         stop(leecher)
 
