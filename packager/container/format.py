@@ -158,11 +158,37 @@ def tar_header(name: str, size: int, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
 
 
+# What a tar header's type flag makes a member; we write only regular files, and refuse any other kind
+# (a symlink or hardlink extracted by tar can point a later member's write anywhere).
+_TAR_KINDS = {
+    tarfile.REGTYPE: "regular file",
+    tarfile.AREGTYPE: "regular file",
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.DIRTYPE: "directory",
+    tarfile.FIFOTYPE: "FIFO",
+    tarfile.CONTTYPE: "contiguous file",
+}
+REGULAR = "regular file"
+
+
 @dataclass(frozen=True)
 class TarMember:
     name: str
     header_size: int  # the header's bytes, pax records included: where the content starts
     size: int
+    kind: str = REGULAR  # REGULAR, "symbolic link", "hard link", "directory", ... (_TAR_KINDS)
+    linkname: str = ""  # the target of a link
+
+    def refusal(self) -> str | None:
+        """Why `packager extract` (and verify) refuses this member, or None for a plain regular file."""
+        if self.kind != REGULAR:
+            target = f" to {self.linkname!r}" if self.linkname else ""
+            return f"its tar header makes it a {self.kind}{target}, not a regular file"
+        reason = unsafe_name_reason(self.name)
+        return f"its tar header names {self.name!r}: {reason}" if reason else None
 
 
 def tar_member(head: bytes) -> TarMember | None:
@@ -174,7 +200,10 @@ def tar_member(head: bytes) -> TarMember | None:
             info = tar.next()
     except (tarfile.TarError, EOFError):
         return None
-    return TarMember(info.name, info.offset_data, info.size) if info is not None else None
+    if info is None:
+        return None
+    kind = _TAR_KINDS.get(info.type, f"member of tar type {info.type!r}")
+    return TarMember(info.name, info.offset_data, info.size, kind, info.linkname)
 
 
 def unsafe_name_reason(name: str) -> str | None:

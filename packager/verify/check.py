@@ -126,6 +126,13 @@ def verify(
                 )
             )
         targets = _plan(refs, whole, folders, given)
+        if not targets:
+            where = ", ".join(str(p) for p in folders) or str(root)
+            raise UsageError(
+                f"no shard found under {where}: nothing to verify",
+                hint="give the folder the shards were downloaded to; a workspace has shards once built "
+                "(`packager build DIR`)",
+            )
         workers = max(1, min(jobs, len(targets)))
         threads = max(1, (os.cpu_count() or 1) // workers)  # piece checks of few big files use every core
         with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -10,7 +10,16 @@ from typing import Protocol
 import xxhash
 import zstandard
 
-from packager.container.format import HEAD_BYTES, TAR_BLOCK, Frame, seek_checksum, tar_member
+from packager.container.format import (
+    HEAD_BYTES,
+    RESERVED_MANIFEST_NAME,
+    TAR_BLOCK,
+    Frame,
+    TarMember,
+    seek_checksum,
+    tar_member,
+    unsafe_name_reason,
+)
 from packager.container.scan import Layout
 from packager.hashing import MemberHasher
 
@@ -115,7 +124,9 @@ class FrameStream:
 
 
 class Members:
-    """Checks each member's size, xxh3-128 and SHA-256 against the manifest, from the tar stream bytes.
+    """Checks each member against the manifest from the tar stream bytes: its tar header (a regular file,
+    with the manifest's path and size, and a path extract would write), its run of frames (nothing after its
+    padding: no member hidden between listed ones), and its size, xxh3-128 and SHA-256.
 
     A frame belongs to the member whose run it is in (a run of frames starts at every member), so a damaged
     frame damages exactly that member; a member is judged when its last frame closes.
@@ -129,8 +140,33 @@ class Members:
         self.hashers: dict[int, MemberHasher] = {}
         self.bad: dict[int, str] = {}  # member -> why its first damaged frame is
         self.damaged: list[tuple[int, str]] = []  # (member index or -1 for the manifest, reason)
+        frames = layout.stream_frames
+        # Where each member's run of frames starts in the tar stream: its header is there, up to rec.offset.
+        firsts = [0] + [last + 1 for last in layout.last_frames]
+        self.run_starts = [frames[f].decompressed_offset if f < len(frames) else None for f in firsts]
+        self.heads: dict[int, bytearray] = {}
+        self.h = 0  # first member (len(records): the manifest) whose header may still be fed
+
+    def _feed_heads(self, pos: int, data: bytes) -> None:
+        end = pos + len(data)
+        while self.h < len(self.run_starts):
+            start = self.run_starts[self.h]
+            if start is None:
+                self.h = len(self.run_starts)
+                return
+            stop = self.records[self.h].offset if self.h < len(self.records) else start + HEAD_BYTES
+            stop = min(stop, start + HEAD_BYTES)
+            if start >= end:
+                return
+            lo, hi = max(start, pos), min(stop, end)
+            if hi > lo:
+                self.heads.setdefault(self.h, bytearray()).extend(data[lo - pos : hi - pos])
+            if stop > end:
+                return
+            self.h += 1
 
     def feed(self, pos: int, data: bytes) -> None:
+        self._feed_heads(pos, data)
         view, end, records = memoryview(data), pos + len(data), self.records
         j = self.j
         while j < len(records) and records[j].offset < end:
@@ -156,6 +192,8 @@ class Members:
         while self.fin < len(self.records) and self.records[self.fin].last_frame <= index:
             self._judge(self.fin)
             self.fin += 1
+        if self.fin == len(self.records) and index == len(self.layout.stream_frames) - 1:
+            self._judge_manifest_header()
 
     def _judge(self, j: int) -> None:
         rec = self.records[j]
@@ -163,6 +201,12 @@ class Members:
         if j in self.bad:
             self.damaged.append((j, self.bad[j]))
             return
+        refused = self._header_problem(j)
+        if refused is not None:
+            self.heads.pop(j, None)
+            self.damaged.append((j, refused))
+            return
+        self.heads.pop(j, None)
         got = (hasher or MemberHasher()).finish()  # no hasher: no byte of it came, an empty member's hashes
         for what, expected, actual in (
             ("size", rec.size, got.size),
@@ -172,6 +216,45 @@ class Members:
             if expected != actual:
                 self.damaged.append((j, f"{what} is {actual}, the manifest says {expected}"))
                 return
+
+    def _header_problem(self, j: int) -> str | None:
+        """Why member j is refused by its tar header or its run of frames (what extract would refuse, or a
+        header the manifest contradicts), or None."""
+        rec, start = self.records[j], self.run_starts[j]
+        reason = unsafe_name_reason(rec.path)
+        if reason is not None:
+            return f"extract refuses its path {rec.path!r}: {reason}"
+        member = tar_member(bytes(self.heads.get(j, b"")))
+        if member is None:
+            return "no tar header where its run of frames starts"
+        refusal = member.refusal()
+        if refusal is not None:
+            return refusal
+        if member.name != rec.path:
+            return f"its tar header names {member.name!r}, the manifest {rec.path!r}"
+        if member.size != rec.size:
+            return f"its tar header gives {member.size} bytes, the manifest {rec.size}"
+        if start is None or start + member.header_size != rec.offset:
+            where = f"{start}+{member.header_size}"
+            return f"its content starts at tar offset {where}, the manifest says {rec.offset}"
+        last = self.layout.stream_frames[rec.last_frame]
+        run_end = last.decompressed_offset + last.decompressed_size
+        padded = rec.offset + rec.size + -rec.size % TAR_BLOCK
+        if run_end != padded:
+            return (
+                f"its frames hold {run_end - padded} bytes after its content and padding (another tar "
+                "member the manifest does not list?)"
+                if run_end > padded
+                else f"its frames end at tar offset {run_end}, before its content and padding end ({padded})"
+            )
+        return None
+
+    def _judge_manifest_header(self) -> None:
+        """The run after the last member must be the manifest's: no member hidden between them."""
+        head = self.heads.pop(len(self.records), None)
+        member = tar_member(bytes(head or b""))
+        if member is not None and member.name != RESERVED_MANIFEST_NAME:
+            self.damaged.append((-1, f"a tar member {member.name!r} the manifest does not list precedes it"))
 
 
 @dataclass
@@ -206,7 +289,7 @@ class TarWalk:
         if frame.decompressed_offset >= self.run_end or self.in_lost:
             member = tar_member(bytes(self.head))
             if member is not None:
-                self.members.append(Walked(member.name, index, index))
+                self.members.append(Walked(member.name, index, index, _refused(member)))
                 size = member.size
                 self.run_end = frame.decompressed_offset + member.header_size + size + -size % TAR_BLOCK
                 self.in_lost = False
@@ -221,3 +304,10 @@ class TarWalk:
             if not ok and current.bad is None:
                 current.bad = f"frame {index} {reason}"
         self.head.clear()
+
+
+def _refused(member: TarMember) -> str | None:
+    if member.name == RESERVED_MANIFEST_NAME:
+        return None
+    refusal = member.refusal()
+    return f"extract refuses it: {refusal}" if refusal else None
