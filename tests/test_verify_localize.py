@@ -53,8 +53,12 @@ def synthetic(runs: list[int], *, records: bool = True) -> Layout:
 def run_members(layout: Layout, damaged: set[int], changed: set[int] = frozenset()) -> Members:
     """Feed every frame's bytes (a byte flipped in the `changed` frames), closing the `damaged` ones bad."""
     sink = Members(layout)
+    starts = {(r.offset - TAR_BLOCK) // FRAME: r for r in layout.records}
     for f in layout.frames:
         data = bytearray(FRAME)
+        if f.index in starts:  # each member's run starts with its tar header
+            rec = starts[f.index]
+            data[:TAR_BLOCK] = tar_header(rec.path, rec.size, 0)
         if f.index in changed:
             data[-1] = 1
         if f.index not in damaged:
