@@ -562,6 +562,14 @@ class MemberIndex:
             )
         return loc
 
+    def members_of(self, torrent_name: str) -> Iterator[Location]:
+        """Every member of one torrent, each parsed and checked as locate does: verify's fallback when a
+        shard's own manifest is lost. It reads every part (the index is partitioned by id, not torrent)."""
+        for line in self.iter_lines():
+            loc = _parse_row(line.rstrip(b"\n"), self.torrent, self.where)
+            if loc.torrent.name == torrent_name:
+                yield loc
+
     def iter_lines(self) -> Iterator[bytes]:
         """Every member line in index order (a rewrite streams the old index through this)."""
         for part in range(1 << self.root.bits):

@@ -295,6 +295,14 @@ def assert_localized(info: ShardInfo, data: bytes, r) -> None:
                 or not r.bad_pieces
                 or m.pieces is None
             )
+    elif any("named from the release's member index" in f.message for f in r.findings):
+        # The manifest is unreadable, and the release's member index names the members, by id: every
+        # member with a damaged or absent frame, and any whose frames a frame scan could not reach.
+        named = {m.id: m for m in r.damaged_members}
+        assert all(m.id is not None for m in r.damaged_members)
+        assert {info.records[j].id for j in members if j < len(info.records)} <= set(named), r.findings
+        for ident in set(named) - {info.records[j].id for j in members if j < len(info.records)}:
+            assert "cannot be found" in named[ident].reason or "lost" in named[ident].reason, r.findings
     else:
         # The manifest is unreadable: members are named by path from their tar headers. A member whose
         # header frame is intact must be named; one whose header frame is damaged may be (if its header
@@ -435,14 +443,24 @@ def test_truncated_shard_names_the_member_it_ends_in(release, tmp_path):
     (mirror / info.rel).write_bytes(info.data[:cut])
     report = check(mirror, deep=True)
     r = by_path(report)[info.rel]
-    assert [m.path for m in r.damaged_members] == [rec.path]
-    assert r.damaged_members[0].id is None  # the manifest went with the end of the file
+    # The manifest went with the end of the file; the release's member index names every member lost.
+    lost = info.records[info.records.index(rec) :]
+    assert [(m.id, m.path) for m in r.damaged_members] == [(x.id, x.path) for x in lost]
     assert (
         min(r.bad_pieces) == cut // info.piece_size
         and max(r.bad_pieces) == (len(info.data) - 1) // info.piece_size
     )
     messages = " ".join(f.message for f in r.findings)
     assert "truncated" in messages and "cut off by the end of the file" in messages
+    # A lone copy, without the index: the member cut in half, named from its tar header, and the rest lost.
+    lone = tmp_path / "lone" / Path(info.rel).name
+    lone.parent.mkdir()
+    lone.write_bytes(info.data[:cut])
+    r = check(lone, deep=True).files[0]
+    assert [(m.id, m.path) for m in r.damaged_members] == [(None, rec.path)]
+    assert any(
+        "any later members, the member manifest and the seek table are lost" in f.message for f in r.findings
+    )
 
 
 def test_a_cut_seek_table_leaves_every_member_good(release, tmp_path):
@@ -456,7 +474,7 @@ def test_a_cut_seek_table_leaves_every_member_good(release, tmp_path):
     assert any(f.message.startswith("seek table:") for f in r.findings)
 
 
-def test_a_damaged_manifest_frame_leaves_members_named_by_path(release, tmp_path):
+def test_a_damaged_manifest_frame_leaves_every_member_named(release, tmp_path):
     info = _big_member_shard(release)
     mirror = copy_mirror(release, tmp_path / "m", {info.rel})
     data = bytearray(info.data)
@@ -464,6 +482,16 @@ def test_a_damaged_manifest_frame_leaves_members_named_by_path(release, tmp_path
     data[manifest_frame.compressed_offset + manifest_frame.compressed_size // 2] ^= 0x04
     (mirror / info.rel).write_bytes(data)
     r = by_path(check(mirror, deep=True))[info.rel]
+    # Named and checked from the release's member index: all good but the manifest.
+    assert r.status == "damaged" and not r.damaged_members and r.members == len(info.records)
+    assert any(
+        "member manifest" in f.message and f"frame {manifest_frame.index}" in f.message for f in r.findings
+    )
+    # A lone copy names its members from their tar headers instead.
+    lone = tmp_path / "lone" / Path(info.rel).name
+    lone.parent.mkdir()
+    lone.write_bytes(data)
+    r = check(lone, deep=True).files[0]
     assert r.status == "damaged" and not r.damaged_members and r.members == len(info.records)
     assert any("member manifest" in f.message and f.frames == (manifest_frame.index,) * 2 for f in r.findings)
 

@@ -308,3 +308,85 @@ def test_any_mix_of_two_publications_is_refused_or_exactly_the_newer(pubs, tmp_p
     assert (code == 0) == exactly_new, (code, {r: str(p.parent.name) for r, p in choice.items()})
     assert tf.read_bytes() == before  # publication 2 was already trusted; nothing older ever replaces it
     shutil.rmtree(base)
+
+
+# ---- the member index when a shard's own tail is lost ------------------------------------------------------
+
+
+def _shard_with_members(pubs: Pubs, least: int = 3):
+    from packager.container import ShardReader
+
+    for rel, path in pubs.files(2).items():
+        if rel.startswith("shards/"):
+            with ShardReader(path) as reader:
+                frames, records = reader.frames, reader.manifest()
+            if len(records) >= least:
+                return rel, frames, records
+    raise AssertionError("no shard with enough members")
+
+
+def test_a_lost_tail_names_the_damaged_member_from_the_member_index(pubs, tmp_path):
+    rel, frames, records = _shard_with_members(pubs)
+    folder = copy_of(pubs, 2, tmp_path / "m", edit=rel)
+    data = bytearray((folder / rel).read_bytes())
+    victim = next(r for r in records[1:] if r.size)
+    frame = frames[victim.first_frame]
+    data[frame.compressed_offset + frame.compressed_size // 2] ^= 0xFF  # inside a block, not the frame header
+    tail = frames[records[-1].last_frame + 1].compressed_offset  # the manifest's frames and the seek table
+    data[tail:] = bytes(len(data) - tail)
+    (folder / rel).write_bytes(data)
+    report = verify([folder / rel], VerifyOptions(deep=True, pubkey=pubs.pub, trust_file=tmp_path / "t.json"))
+    r = report.files[0]
+    assert report.exit_code() == 1
+    assert [(d.id, d.path) for d in r.damaged_members] == [(victim.id, victim.path)], [
+        d.reason for d in r.damaged_members
+    ]
+    assert any("named from the release's member index" in f.message for f in r.findings)
+    # A lone copy has no index: no id can be given, at best a path from a tar header.
+    lone = tmp_path / "lone" / Path(rel).name
+    lone.parent.mkdir()
+    lone.write_bytes(data)
+    report = verify([lone], VerifyOptions(deep=True))
+    assert report.exit_code() == 1 and all(d.id is None for d in report.files[0].damaged_members)
+
+
+def test_a_truncated_shard_names_every_member_lost_after_the_cut(pubs, tmp_path):
+    rel, frames, records = _shard_with_members(pubs)
+    folder = copy_of(pubs, 2, tmp_path / "m", edit=rel)
+    data = (folder / rel).read_bytes()
+    cut_member = next(r for r in records[1:] if r.size > 100)
+    cut = (
+        frames[cut_member.first_frame].compressed_offset + frames[cut_member.first_frame].compressed_size // 2
+    )
+    (folder / rel).write_bytes(data[:cut])
+    lost = [rec.id for rec in records[records.index(cut_member) :]]
+    report = verify([folder / rel], VerifyOptions(deep=True, pubkey=pubs.pub, trust_file=tmp_path / "t.json"))
+    r = report.files[0]
+    assert [d.id for d in r.damaged_members] == lost, [f.message for f in r.findings]
+    assert all(d.pieces is not None for d in r.damaged_members)
+    assert any("the file ends at byte" in d.reason for d in r.damaged_members[1:])
+    # The piece level alone (automatic for a short file) names them too, from the index.
+    r = verify([folder / rel], VerifyOptions(pubkey=pubs.pub, trust_file=tmp_path / "t.json")).files[0]
+    assert set(lost) <= {i for i, _ in r.members_in_bad_pieces}  # (and any sharing the cut's piece)
+
+
+def test_a_damaged_frame_header_does_not_shift_the_members_after_it(pubs, tmp_path):
+    """A frame scan takes each frame's size from its header; the member index re-anchors the members after
+    a header that lies about its size, so only the member in that frame is damaged."""
+    from packager.container.scan import frame_header
+
+    rel, frames, records = _shard_with_members(pubs)
+    folder = copy_of(pubs, 2, tmp_path / "m", edit=rel)
+    data = bytearray((folder / rel).read_bytes())
+    victim = next(r for r in records[1:] if r.size)
+    frame = frames[victim.first_frame]
+    header = frame_header(bytes(data[frame.compressed_offset : frame.compressed_offset + 18]))
+    fcs_len = 4 if header.content_size >= 65536 + 256 else 2
+    data[frame.compressed_offset + header.size - fcs_len] ^= 0x01  # the content size's low byte
+    tail = frames[records[-1].last_frame + 1].compressed_offset
+    data[tail:] = bytes(len(data) - tail)
+    (folder / rel).write_bytes(data)
+    r = verify(
+        [folder / rel], VerifyOptions(deep=True, pubkey=pubs.pub, trust_file=tmp_path / "t.json")
+    ).files[0]
+    assert [d.id for d in r.damaged_members] == [victim.id], [d.reason for d in r.damaged_members]

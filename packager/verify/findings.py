@@ -166,7 +166,20 @@ def container(r: FileResult, layout: Layout, table_bad: list[str]) -> None:
         )
 
 
-def members(r: FileResult, level: MemberLevel, manifest_problem: str | None) -> None:
+def index_unusable(r: FileResult, why: str) -> None:
+    r.add(Level.MEMBER, NOTE, f"the release's member index cannot name the members: {why}")
+
+
+def members(
+    r: FileResult, level: MemberLevel, manifest_problem: str | None, from_index: bool = False
+) -> None:
+    if from_index:
+        r.add(
+            Level.MEMBER,
+            DAMAGE,
+            f"the member manifest is unreadable ({manifest_problem}): members are named from the release's "
+            "member index and checked against its hashes",
+        )
     if level.named_from_headers:
         r.add(
             Level.MEMBER,

@@ -217,6 +217,24 @@ class Members:
                 self.damaged.append((j, f"{what} is {actual}, the manifest says {expected}"))
                 return
 
+    def lost(self, size: int, spans: list[tuple[int, int]] | None) -> None:
+        """Judge the members whose frames never came (past a cut, or beyond where a frame scan stopped)."""
+        for j in range(self.fin, len(self.records)):
+            if spans is None:
+                reason = "its frames cannot be read"
+            elif spans[j][0] >= size:
+                a, n = spans[j]
+                reason = f"lost: the file ends at byte {size}, before its frames (file bytes {a}-{a + n - 1})"
+            else:
+                a, n = spans[j]
+                reason = (
+                    f"its frames (file bytes {a}-{a + n - 1}) cannot be found without the seek table "
+                    f"(a frame scan stopped at byte {self.layout.frames_end})"
+                )
+            self.hashers.pop(j, None)
+            self.damaged.append((j, reason))
+        self.fin = len(self.records)
+
     def _header_problem(self, j: int) -> str | None:
         """Why member j is refused by its tar header or its run of frames (what extract would refuse, or a
         header the manifest contradicts), or None."""
@@ -237,6 +255,8 @@ class Members:
         if start is None or start + member.header_size != rec.offset:
             where = f"{start}+{member.header_size}"
             return f"its content starts at tar offset {where}, the manifest says {rec.offset}"
+        if rec.last_frame >= len(self.layout.stream_frames):
+            return None
         last = self.layout.stream_frames[rec.last_frame]
         run_end = last.decompressed_offset + last.decompressed_size
         padded = rec.offset + rec.size + -rec.size % TAR_BLOCK

@@ -64,13 +64,19 @@ def piece_span(frames: Sequence, piece_size: int | None, first: int, last: int) 
     return start // piece_size, (max(end, start + 1) - 1) // piece_size
 
 
-def members_in_pieces(layout: Layout, bad: Sequence[int], piece_size: int) -> PieceOwners:
-    """The members whose frames overlap the bad pieces, by the manifest (none if it is unreadable)."""
+def members_in_pieces(
+    layout: Layout, bad: Sequence[int], piece_size: int, spans: Sequence[tuple[int, int]] | None = None
+) -> PieceOwners:
+    """The members whose frames overlap the bad pieces, by the manifest (none if it is unreadable), or by
+    the file bytes the member index gives each member (`spans`), which also reach past a cut."""
     names: dict[int, tuple[str | None, str | None]] = {}
     tail = False
     records = layout.records
     for a, b in ranges(bad):
         start, end = a * piece_size, (b + 1) * piece_size
+        for j, (offset, size) in enumerate(spans or ()):
+            if offset < end and offset + size > start:
+                names[j] = (records[j].id, records[j].path)
         for f in layout.frames_in(start, end) if records is not None else ():
             owner = layout.owner(f)
             if owner < len(records):
@@ -81,8 +87,11 @@ def members_in_pieces(layout: Layout, bad: Sequence[int], piece_size: int) -> Pi
     return PieceOwners([names[k] for k in sorted(names)], tail)
 
 
-def manifest_members(layout: Layout, sink: Members, piece_size: int | None) -> MemberLevel:
-    """The members the manifest lists that failed their checks, each with its frames and pieces."""
+def manifest_members(
+    layout: Layout, sink: Members, piece_size: int | None, spans: Sequence[tuple[int, int]] | None = None
+) -> MemberLevel:
+    """The members the manifest (or the member index: `spans`, their file bytes) lists that failed their
+    checks, each with its frames and pieces."""
     frames = layout.stream_frames
     damaged = []
     for j, reason in sink.damaged:
@@ -93,8 +102,17 @@ def manifest_members(layout: Layout, sink: Members, piece_size: int | None) -> M
         rec = layout.records[j]
         first = layout.last_frames[j - 1] + 1 if j else 0
         span = (first, rec.last_frame)
-        damage = MemberDamage(rec.id, rec.path, span, piece_span(frames, piece_size, *span), reason)
-        damaged.append(Located(damage, frames[first].compressed_offset))
+        if spans is not None:
+            offset, size = spans[j]
+            pieces = (
+                None
+                if piece_size is None
+                else (offset // piece_size, (offset + max(size, 1) - 1) // piece_size)
+            )
+        else:
+            offset, pieces = frames[first].compressed_offset, piece_span(frames, piece_size, *span)
+        damage = MemberDamage(rec.id, rec.path, span, pieces, reason)
+        damaged.append(Located(damage, offset))
     return MemberLevel(len(layout.records), damaged)
 
 

@@ -67,6 +67,23 @@ class References:
     not_downloaded: tuple[str, ...] = ()  # files the statement lists that this (whole) folder lacks
     unlisted: tuple[str, ...] = field(default=())  # files beside the manifests that the statement omits
 
+    def indexed_members(self, torrent: str) -> list | None:
+        """The members of `torrent` as the release's member index lists them (member_index.Location,
+        in shard order), its root checked against the statement when there is one; None without an index.
+        PackagerError (UntrustedManifest) for an index that is not the published one."""
+        if self.root is None or not (self.root / layout.MEMBER_INDEX).is_file():
+            return None
+        from packager.member_index import FolderFiles, MemberIndex
+
+        digest = None
+        if self.statement is not None:
+            listed = self.statement.statement.files.get(layout.MEMBER_INDEX)
+            if listed is None:
+                return None
+            digest = listed.sha256
+        with MemberIndex(FolderFiles(self.root), root_sha256=digest) as index:
+            return sorted(index.members_of(torrent), key=lambda loc: loc.offset)
+
     def places(self, rel: str) -> list[Path]:
         return [base / rel for base in self.bases]
 

@@ -7,12 +7,13 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from packager.container.format import MemberRecord
 from packager.container.scan import Layout, read_layout, starts_with_tar_header
-from packager.errors import TorrentError, UntrustedManifest
+from packager.errors import PackagerError, TorrentError, UntrustedManifest
 from packager.layout import TORRENT_SUFFIX
 
 from . import findings, localize
@@ -77,6 +78,7 @@ class ShardCheck:
         self.torrent_result: FileResult | None = None
         self.hashes: PieceHashes | None = None
         self.layout: Layout | None = None
+        self.spans: list[tuple[int, int]] | None = None  # file bytes of each member, from the member index
 
     def run(self) -> list[FileResult]:
         results = self._run()
@@ -242,7 +244,42 @@ class ShardCheck:
     def _layout(self) -> Layout:
         if self.layout is None:
             self.layout = read_layout(self.t.path, self.result.size, self.result.expected_size)
+            if self.layout.records is None and self.t.ref is not None:
+                self._members_from_index(self.layout)
         return self.layout
+
+    def _members_from_index(self, layout: Layout) -> None:
+        """With the shard's own manifest unreadable, take its members from the release's member index
+        (authenticated by the statement), so damaged and lost members are named by id and checked against
+        the index's hashes; members whose frames lie past a cut get the file bytes they would be in."""
+        try:
+            found = self.t.refs.indexed_members(self.t.ref.name)
+        except PackagerError as e:
+            findings.index_unusable(self.result, e.message)
+            return
+        if not found:
+            return
+        layout.records = [
+            MemberRecord(
+                m.id, m.path, "", 0.0, m.size, m.xxh3_128, m.sha256, m.offset, m.first_frame, m.last_frame
+            )
+            for m in found
+        ]
+        layout.last_frames = [m.last_frame for m in found]
+        self.spans = [(m.frames_offset, m.frames_size) for m in found]
+        # A frame scan takes each frame's size from its header, so one damaged header would shift every
+        # later member; the index says where each member's frames start in the tar stream: re-anchor there.
+        anchors = {m.frames_offset: m.frames_tar_offset for m in found}
+        position = 0
+        fixed = []
+        for frame in layout.stream_frames:
+            position = anchors.get(frame.compressed_offset, position)
+            fixed.append(replace(frame, decompressed_offset=position))
+            position += frame.decompressed_size
+        if layout.partial is not None:
+            layout.frames, layout.partial = fixed[:-1], fixed[-1]
+        else:
+            layout.frames = fixed
 
     def _member_check(self) -> MemberCheck:
         layout = self._layout()
@@ -283,7 +320,7 @@ class ShardCheck:
         findings.pieces(r, pieces)
         if pieces.bad:
             layout = self._layout()
-            owners = localize.members_in_pieces(layout, pieces.bad, h.piece_size)
+            owners = localize.members_in_pieces(layout, pieces.bad, h.piece_size, self.spans)
             r.members_in_bad_pieces = owners.members
             unreadable = layout.manifest_problem if layout.records is None else None
             findings.members_in_pieces(r, owners, unreadable, self.options.deep)
@@ -294,9 +331,10 @@ class ShardCheck:
         findings.container(r, layout, members.stream.table_bad)
         piece_size = r.piece_size or (self.hashes.piece_size if self.hashes else None)
         if isinstance(sink, Members):
-            level = localize.manifest_members(layout, sink, piece_size)
+            sink.lost(r.size or 0, self.spans)
+            level = localize.manifest_members(layout, sink, piece_size, self.spans)
         else:
             level = localize.walked_members(layout, sink, piece_size, r.size)
         r.members = level.checked
         r.damaged_members.extend(found.damage for found in level.damaged if not found.manifest)
-        findings.members(r, level, layout.manifest_problem)
+        findings.members(r, level, layout.manifest_problem, from_index=self.spans is not None)
