@@ -121,6 +121,7 @@ class BuildReport:
     failed: list[tuple[str, str]]
     skipped: int
     recovered: list[str]
+    unplanned: tuple[int, int] = (0, 0)  # (items, bytes) ingested but in no shard: `packager plan` first
 
     def as_dict(self) -> dict:
         return {
@@ -128,6 +129,7 @@ class BuildReport:
             "failed": [{"shard": n, "reason": r} for n, r in self.failed],
             "already_built": self.skipped,
             "recovered": self.recovered,
+            "unplanned": {"items": self.unplanned[0], "bytes": self.unplanned[1]},
         }
 
 
@@ -389,8 +391,16 @@ def _build_locked(
 ) -> BuildReport:
     recovered = _recover(ws)
     todo = plan_jobs(ws, phase)
-    skipped = len([s for s in ws.state.shards(phase=phase) if s.state == "built"])
-    report = BuildReport(built=[], failed=[], skipped=skipped, recovered=recovered)
+    shards = ws.state.shards(phase=phase)
+    skipped = len([s for s in shards if s.state == "built"])
+    counts = ws.state.unassigned_counts()
+    unplanned = (sum(n for _, n, _ in counts), sum(b for _, _, b in counts))
+    if not shards and unplanned[0]:
+        raise UsageError(
+            f"{ws.path}: nothing to build: {unplanned[0]} ingested items are not planned into shards yet",
+            hint=f"run `packager plan {ws.path}` first, then build",
+        )
+    report = BuildReport(built=[], failed=[], skipped=skipped, recovered=recovered, unplanned=unplanned)
     if not todo:
         return report
     ws.shards_dir.mkdir(exist_ok=True)

@@ -67,17 +67,25 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 def workspace_lock(workspace: Path, what: str) -> Iterator[None]:
     """One writer at a time per workspace (build, publish): an flock on the workspace folder itself, so
     there is no lock file to go stale; the kernel drops it when the process dies, even by kill -9."""
+    with folder_lock(
+        workspace,
+        f"{workspace}: another packager build or publish is running in this workspace",
+        f"wait for it to finish, then run {what} again",
+    ):
+        yield
+
+
+@contextmanager
+def folder_lock(folder: Path, busy: str, hint: str) -> Iterator[None]:
+    """An exclusive flock on `folder`, or EnvironmentProblem(`busy`, `hint`) if another process holds it."""
     from .errors import EnvironmentProblem
 
-    fd = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise EnvironmentProblem(
-                f"{workspace}: another packager build or publish is running in this workspace",
-                hint=f"wait for it to finish, then run {what} again",
-            ) from None
+            raise EnvironmentProblem(busy, hint=hint) from None
         yield
     finally:
         os.close(fd)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import layout
 from .config import ReleaseConfig, init_workspace, load_config
-from .fsutil import workspace_lock
+from .fsutil import folder_lock, workspace_lock
 from .state import State, open_state
 
 
@@ -58,6 +58,16 @@ class Workspace:
     def locked(self, what: str) -> AbstractContextManager[None]:
         """One writer at a time (build, publish); EnvironmentProblem naming `what` if another one runs."""
         return workspace_lock(self.path, what)
+
+    def seed_locked(self) -> AbstractContextManager[None]:
+        """One seeder at a time per workspace: an flock on its seed/ folder (the resume files it owns), not
+        on the workspace, so that build and publish go on while it seeds for months."""
+        self.resume_dir.mkdir(exist_ok=True)
+        return folder_lock(
+            self.resume_dir,
+            f"{self.path}: another packager seed is running in this workspace",
+            "stop it first (Ctrl-C or SIGTERM saves its resume data), then start seed again",
+        )
 
     # ---- paths, all from layout -----------------------------------------------------------------------
 

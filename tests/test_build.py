@@ -327,3 +327,26 @@ def test_a_full_disk_stops_the_build_without_failing_shards(workspace, archive, 
         run_build(workspace)
     with open_state(workspace) as state:
         assert {s.state for s in state.shards()} == {"planned"}
+
+
+def test_build_with_unplanned_items_says_to_run_plan(workspace, archive):
+    rows = rows_for(archive, n=6)
+    with Workspace.open(workspace) as w:
+        ingest(w, [archive.jsonl(rows)], IngestOptions())
+    r = CliRunner().invoke(app, ["build", str(workspace)])
+    assert r.exit_code == 2 and "not planned into shards yet" in r.output and "packager plan" in r.output
+    with Workspace.open(workspace) as w:
+        plan(w)
+    assert CliRunner().invoke(app, ["build", str(workspace)]).exit_code == 0
+    more = []
+    for i in range(3):
+        size = archive.add(f"later/{i}.ogg", 1000 + i)
+        more.append(
+            {"id": f"later{i}", "path": f"later/{i}.ogg", "kind": "audio", "popularity": 7, "size": size}
+        )
+    with Workspace.open(workspace) as w:
+        ingest(w, [archive.jsonl(rows + more, "c2.jsonl")], IngestOptions())
+    r = CliRunner().invoke(app, ["build", str(workspace), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["unplanned"]["items"] == 3
+    r = CliRunner().invoke(app, ["build", str(workspace)])
+    assert r.exit_code == 0 and "3 ingested items" in r.output and f"packager plan {workspace}" in r.output

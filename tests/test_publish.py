@@ -461,3 +461,27 @@ def test_a_signed_statement_verifies_with_the_release_key(built, tmp_path):
     do_publish(built, "audio")  # no key now: a new, unsigned statement
     assert not (pub / f"{layout.STATEMENT}.minisig").exists()
     assert (pub / f"{layout.statement_file(1)}.minisig").read_bytes() == sig  # earlier signatures kept
+
+
+def test_keygen_hints_work_as_printed(built, tmp_path, monkeypatch):
+    """keygen prints a release.toml line and a --key example; both must sign when used exactly as printed,
+    from a folder that is neither the workspace nor the key's (relative paths: issue 13)."""
+    import re
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = invoke("keygen", "keys/release.key", "--unencrypted")
+    assert r.exit_code == 0, r.output
+    config_line = re.search(r'(signing_key = "[^"]+")', r.output).group(1)
+    key_flag = re.search(r"--key (\S+)", r.output).group(1)
+    assert "taken from release.toml's folder" in r.output and "taken from the current folder" in r.output
+    cfg = built / layout.CONFIG
+    original = cfg.read_text()
+    cfg.write_text(original + f"\n[publish]\n{config_line}\n")
+    r = invoke("publish", built, "--phase", "metadata")
+    assert r.exit_code == 0 and "signed by minisign key" in r.output, r.output
+    cfg.write_text(original)
+    r = invoke("publish", built, "--phase", "audio", "--key", key_flag)
+    assert r.exit_code == 0 and "signed by minisign key" in r.output, r.output
+    assert (built / layout.PUBLISHED / f"{layout.STATEMENT}.minisig").is_file()

@@ -576,3 +576,20 @@ def test_push_to_an_unreachable_client_is_an_environment_error(release, scheme):
         ["push", str(release), "--client", f"{scheme}://127.0.0.1:{free_port()}", "--data-path", "/srv/data"],
     )
     assert result.exit_code == 3 and "error:" in result.output
+
+
+def test_a_second_seed_on_the_same_workspace_is_refused(release):
+    """Two seeders would share the resume files and the ports; build and publish still run meanwhile."""
+    port = free_port()
+    first = start_cli_seeder(release, port)
+    try:
+        assert wait_until(lambda: read_status(port) is not None, 30, step=0.1), first.poll()
+        second = CliRunner().invoke(app, ["seed", str(release), "--listen", f"{LOOPBACK}:0", "--no-dht"])
+        assert second.exit_code == 3, second.output
+        assert "another packager seed is running in this workspace" in second.output
+        assert run_build(release).failed == []  # the workspace itself is not locked by the seeder
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)
+    with Workspace.open(release) as w, w.seed_locked():  # released when the seeder stops
+        pass

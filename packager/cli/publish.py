@@ -88,6 +88,7 @@ def keygen(
         emit_json(
             {
                 "secret_key": str(pair.secret),
+                "signing_key": str(pair.secret.resolve()),  # for release.toml, from any folder
                 "public_key_file": str(pair.public),
                 "public_key": pair.public_key,
                 "key_id": pair.key_id,
@@ -100,9 +101,19 @@ def keygen(
     )
     out.print(f"public key: {pair.public}  (id {pair.key_id})")
     out.print(pair.public_key)
+    # Written so that both work as printed: release.toml takes a relative path from its own folder, so the
+    # config line gets the absolute path; --key takes one from the current folder, as given here.
     out.print(
-        f'sign with it: release.toml [publish] signing_key = "{pair.secret}", or `packager publish --key`',
+        f'sign with it: in release.toml, [publish] signing_key = "{pair.secret.resolve()}"'
+        " (a relative path there is taken from release.toml's folder)",
         markup=False,
+        soft_wrap=True,
+    )
+    out.print(
+        f"          or: packager publish DIR --phase PHASE --key {pair.secret}"
+        " (a relative --key is taken from the current folder)",
+        markup=False,
+        soft_wrap=True,
     )
 
 
@@ -114,7 +125,11 @@ def publish(
     ],
     key: Annotated[
         Path | None,
-        typer.Option("--key", help="minisign secret key (default: release.toml [publish] signing_key)."),
+        typer.Option(
+            "--key",
+            help="minisign secret key, relative to the current folder "
+            "(default: release.toml [publish] signing_key, relative to release.toml).",
+        ),
     ] = None,
     password_file: PasswordFile = None,
     refresh: Annotated[

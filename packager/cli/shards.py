@@ -68,6 +68,13 @@ def build(
         )
         for name, reason in report.failed:
             err.print(f"[bold red]failed:[/] {escape(f'{name}: {reason}')}", markup=True)
+        if report.unplanned[0]:
+            items, size = report.unplanned
+            err.print(
+                f"note: {items} ingested items ({format_size(size)}) are in no shard yet: run "
+                f"`packager plan {workspace}` to plan them, then build again",
+                markup=False,
+            )
         if report.failed:
             err.print(
                 "[bold]hint:[/] restore those files, or ingest their corrected catalog rows, then run "

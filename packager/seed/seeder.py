@@ -455,8 +455,23 @@ def seed(
     """Seed the published torrents of `phases` (default: all published) until `stop` or `duration`; the
     settings default to the workspace's [seed] table.
 
-    WorkspaceError when no torrent can be seeded; ListenError or EnvironmentProblem for ports in use.
+    WorkspaceError when no torrent can be seeded; ListenError or EnvironmentProblem for ports in use, or
+    for another seed already running in this workspace (one at a time: they would share resume files).
     """
+    with ws.seed_locked():
+        return _seed(ws, phases, settings, stop, duration, status_port, on_event, on_snapshot)
+
+
+def _seed(
+    ws: Workspace,
+    phases: Sequence[str] | None,
+    settings: SeedSettings | None,
+    stop: threading.Event | None,
+    duration: float | None,
+    status_port: int | None,
+    on_event: Callable[[SeedEvent], None],
+    on_snapshot: Callable[[SeedSnapshot], None],
+) -> SeedReport:
     settings = settings or ws.config.seed
     torrents = published_torrents(ws, phases)
     seeder = Seeder(
