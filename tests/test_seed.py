@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -443,7 +444,7 @@ def test_a_truncated_shard_faults_alone_and_the_others_keep_seeding(release, see
     assert rows[victim.key].error and rows[other.key].uploaded >= other.length
 
 
-def test_status_port_serves_the_snapshot_as_json(release, seed_thread):
+def test_status_port_serves_the_snapshot_as_json(release, seed_thread, tmp_path):
     run = seed_thread(release, status_port=0)
     url = run.latest().status_url
     assert url and url.startswith("http://127.0.0.1:")
@@ -457,7 +458,9 @@ def test_status_port_serves_the_snapshot_as_json(release, seed_thread):
         summary = json.loads(reply.read())
     assert summary["states"] == {"seeding": count} and "torrents" not in summary
     port = int(url.rsplit(":", 1)[1].strip("/"))
-    with Workspace.open(release) as w, pytest.raises(EnvironmentProblem, match="cannot serve") as e:
+    # Another workspace (one seeder per workspace) asking for the same status port.
+    other = shutil.copytree(release, tmp_path / "other", ignore=shutil.ignore_patterns(layout.RESUME))
+    with Workspace.open(other) as w, pytest.raises(EnvironmentProblem, match="cannot serve") as e:
         seed(w, settings=test_settings(), duration=0.1, status_port=port)
     assert e.value.exit_code == 3
 
