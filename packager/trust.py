@@ -577,6 +577,12 @@ def _history(folder: Path, statement: Statement) -> Iterable[Statement]:
             continue  # listed with this hash by a checked statement, so written by the publisher; skip it
 
 
+def read_regular(path: Path, limit: int) -> bytes:
+    """A published file's bytes for a reader: a regular file (not a FIFO or a device) of at most `limit`
+    bytes, else UntrustedManifest naming it."""
+    return _read_bounded(path, limit, path)
+
+
 def _read_bounded(path: Path, limit: int, where: Path | str) -> bytes:
     """A regular file's bytes, at most `limit`: UntrustedManifest for a FIFO, a device, a bigger file."""
     try:

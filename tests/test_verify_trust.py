@@ -390,3 +390,15 @@ def test_a_damaged_frame_header_does_not_shift_the_members_after_it(pubs, tmp_pa
         [folder / rel], VerifyOptions(deep=True, pubkey=pubs.pub, trust_file=tmp_path / "t.json")
     ).files[0]
     assert [d.id for d in r.damaged_members] == [victim.id], [d.reason for d in r.damaged_members]
+
+
+def test_a_manifest_that_never_ends_is_refused_unread(pubs, tmp_path):
+    folder = copy_of(pubs, 2, tmp_path / "m")
+    (folder / "release.json").unlink()
+    os.mkfifo(folder / "release.json")  # a reader that trusted it would block for ever
+    r = run(pubs, folder, pubs.trust_file(tmp_path / "trust.json"))
+    assert r.exit_code == 2 and "release.json" in r.output and "not a regular file" in r.output
+    (folder / "release.json").unlink()
+    (folder / "release.json").write_bytes(b" " * (10 * 2**20))
+    r = run(pubs, folder, pubs.trust_file(tmp_path / "trust2.json"))
+    assert r.exit_code == 2 and "release.json" in r.output

@@ -2,8 +2,11 @@
 
 Trust order, highest first:
 
-1. ``release.json`` and ``SHA256SUMS``: size and SHA-256 of every shard and .torrent; authenticated by their
-   minisign signatures when a public key is given (without one they are only as good as the mirror);
+0. ``publication.json``, the signed publication statement (trust.py): size and SHA-256 of every other
+   published file; with a public key its signature must verify, it must not be expired nor older than the
+   trust file's publication, and every manifest read below is checked against it (references.py);
+1. ``release.json`` and ``SHA256SUMS``: size and SHA-256 of every shard and .torrent; authenticated through
+   the statement (or, for a release without one, by their own signatures) when a public key is given;
 2. each shard's .torrent, itself checked against those SHA-256s before it is used: v1 SHA-1 piece hashes,
    or the BEP 52 piece layer for a v2-only torrent;
 3. the shard's own member manifest (size, xxh3-128, SHA-256 of each member) and seek table (XXH64 of each

@@ -38,6 +38,8 @@ from packager.layout import (
 )
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# release.json of 3000 torrents is ~3 MB: a hostile mirror's "release.json" of gigabytes is refused unread.
+MAX_MANIFEST_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -306,12 +308,12 @@ def load_references(
         )
     found: dict[str, bytes] = {}
     for name in (RELEASE_JSON, SHA256SUMS):
-        try:
-            found[name] = (root / name).read_bytes()
-        except FileNotFoundError:
+        if not (root / name).exists():
             continue
-        except OSError as e:
-            raise UntrustedManifest(root / name, f"cannot read: {e.strerror}") from None
+        listed = statement.statement.files.get(name) if statement is not None else None
+        # Never more than the statement lists (+1, to see that it is more), nor than any manifest can be.
+        limit = listed.size + 1 if listed is not None else MAX_MANIFEST_BYTES
+        found[name] = trust.read_regular(root / name, limit)
     sources = []
     not_downloaded: tuple[str, ...] = ()
     unlisted: tuple[str, ...] = ()
