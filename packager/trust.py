@@ -595,7 +595,8 @@ def _read_bounded(path: Path, limit: int, where: Path | str) -> bytes:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise UntrustedManifest(where, "is not a regular file")
-        data = f.read(limit + 1)
+        # read(n) allocates n bytes up front: ask for what the file holds (one more to see it grew).
+        data = f.read(min(limit, info.st_size) + 1)
     if len(data) > limit:
         raise UntrustedManifest(where, f"more than {limit} bytes: not what it claims to be")
     return data

@@ -401,4 +401,4 @@ def test_a_manifest_that_never_ends_is_refused_unread(pubs, tmp_path):
     (folder / "release.json").unlink()
     (folder / "release.json").write_bytes(b" " * (10 * 2**20))
     r = run(pubs, folder, pubs.trust_file(tmp_path / "trust2.json"))
-    assert r.exit_code == 2 and "release.json" in r.output
+    assert r.exit_code == 2 and "release.json: listed by no publication" in r.output

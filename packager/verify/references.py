@@ -310,10 +310,7 @@ def load_references(
     for name in (RELEASE_JSON, SHA256SUMS):
         if not (root / name).exists():
             continue
-        listed = statement.statement.files.get(name) if statement is not None else None
-        # Never more than the statement lists (+1, to see that it is more), nor than any manifest can be.
-        limit = listed.size + 1 if listed is not None else MAX_MANIFEST_BYTES
-        found[name] = trust.read_regular(root / name, limit)
+        found[name] = trust.read_regular(root / name, MAX_MANIFEST_BYTES)
     sources = []
     not_downloaded: tuple[str, ...] = ()
     unlisted: tuple[str, ...] = ()
