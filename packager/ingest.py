@@ -26,6 +26,8 @@ from .state import State
 
 COLUMNS = "id, path, kind, popularity, size, mtime, extra, source, line, fp"
 ITEM_INDEXES = ("items_id", "items_path", "items_removed")
+# Fields of an item that may change after it is planned, even once its shard is built: no shard holds them.
+FREE_IN_A_SHARD = frozenset({"popularity", "extra"})
 
 # (source file, line, reason, id or None)
 Problem = tuple[str, int, str, str | None]
@@ -186,10 +188,12 @@ class Loader:
         )
         for n, src, line, item_id, shard, shard_state, *pairs in rows:
             changed = [(name, pairs[2 * k], pairs[2 * k + 1]) for k, name in enumerate(names)]
-            changed = [c for c in changed if c[1] != c[2]]
+            # Popularity and extra fields are in no byte of a shard: a new figure is recorded (it steers
+            # the planning of items not planned yet), and the item stays where it is.
+            changed = [c for c in changed if c[1] != c[2] and c[0] not in FREE_IN_A_SHARD]
             if not changed:
                 continue
-            if shard_state != "built" and not {c[0] for c in changed} & {"kind", "popularity"}:
+            if shard_state != "built" and "kind" not in {c[0] for c in changed}:
                 # Nothing was written from that shard yet: a file that moved or changed size since planning
                 # (the build reported its shard failed) is corrected here; its place in the plan stays.
                 continue
@@ -214,6 +218,12 @@ class Loader:
         refused = "t.n NOT IN (SELECT n FROM temp.bad)"
         changed = f"SELECT t.item FROM temp.todo t WHERE t.item IS NOT NULL AND {refused}"
         self.state.add_totals(self._contributions(changed, -1))
+        # A planned item keeps the popularity it was planned with for its shard; items takes the new one.
+        db.execute(
+            "INSERT OR IGNORE INTO planned_popularity SELECT i.rowid, i.popularity FROM temp.todo t "
+            "JOIN temp.stage s ON s.n = t.n JOIN items i ON i.rowid = t.item JOIN members m ON "
+            f"m.item_rowid = i.rowid WHERE s.popularity != i.popularity AND {refused}"
+        )
         out.changed = db.execute(
             "UPDATE items SET path = s.path, kind = s.kind, popularity = s.popularity, size = s.size, "
             "mtime = s.mtime, extra = s.extra, source = s.source, line = s.line, fp = s.fp "
@@ -347,6 +357,10 @@ def remove_rows(state: State, table: str) -> dict[str, int]:
     )
     db.execute(f"UPDATE items SET removed = 1 WHERE rowid IN ({rowids})")
     db.execute(
+        "DELETE FROM planned_popularity WHERE item_rowid IN (SELECT m.item_rowid FROM members m WHERE "
+        f"m.item_rowid IN ({rowids}) AND m.shard_id IN (SELECT id FROM temp.touched))"
+    )
+    db.execute(
         f"DELETE FROM members WHERE item_rowid IN ({rowids}) AND shard_id IN (SELECT id FROM temp.touched)"
     )
     db.execute(
@@ -355,7 +369,8 @@ def remove_rows(state: State, table: str) -> dict[str, int]:
     )
     db.execute(
         "UPDATE shards SET (items, bytes, pop_min, pop_max) = (SELECT COUNT(*), COALESCE(SUM(i.size), 0), "
-        "MIN(i.popularity), MAX(i.popularity) FROM members m JOIN items i ON i.rowid = m.item_rowid "
+        "MIN(COALESCE(p.popularity, i.popularity)), MAX(COALESCE(p.popularity, i.popularity)) FROM members m "
+        "JOIN items i ON i.rowid = m.item_rowid LEFT JOIN planned_popularity p ON p.item_rowid = m.item_rowid "
         "WHERE m.shard_id = shards.id) WHERE id IN (SELECT id FROM temp.touched)"
     )
     db.execute("DROP TABLE temp.touched")

@@ -75,6 +75,12 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (shard_id, ord)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS members_item ON members (item_rowid);
+-- The popularity a planned item had when it was planned, kept when a later catalog gives it a new one:
+-- items holds the new figure, while its shard is built (and rebuilt, byte-identical) from this one.
+CREATE TABLE IF NOT EXISTS planned_popularity (
+    item_rowid INTEGER PRIMARY KEY,
+    popularity REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS builds (
     shard_id INTEGER PRIMARY KEY REFERENCES shards(id),
     file TEXT NOT NULL,         -- path relative to the workspace
@@ -586,8 +592,9 @@ class State:
 
     def iter_members(self, shard_id: int) -> Iterator[MemberRow]:
         for row in self.db.execute(
-            "SELECT m.ord, i.id, i.path, i.kind, i.popularity, i.size, i.mtime FROM members m "
-            "JOIN items i ON i.rowid = m.item_rowid WHERE m.shard_id = ? ORDER BY m.ord",
+            "SELECT m.ord, i.id, i.path, i.kind, COALESCE(p.popularity, i.popularity), i.size, i.mtime "
+            "FROM members m JOIN items i ON i.rowid = m.item_rowid "
+            "LEFT JOIN planned_popularity p ON p.item_rowid = m.item_rowid WHERE m.shard_id = ? ORDER BY m.ord",
             (shard_id,),
         ):
             yield MemberRow(*row)

@@ -350,3 +350,20 @@ def test_build_with_unplanned_items_says_to_run_plan(workspace, archive):
     assert r.exit_code == 0 and json.loads(r.stdout)["unplanned"]["items"] == 3
     r = CliRunner().invoke(app, ["build", str(workspace)])
     assert r.exit_code == 0 and "3 ingested items" in r.output and f"packager plan {workspace}" in r.output
+
+
+def test_a_shard_lost_after_new_listening_figures_is_rebuilt_byte_identical(workspace, archive):
+    """New popularity for built items is recorded, and a lost shard is rebuilt from the popularity it was
+    planned with: the same bytes as published (its manifest records popularity)."""
+    rows = rows_for(archive, n=6, size=(1000, 5000))
+    prepare(workspace, archive, rows)
+    assert run_build(workspace).built
+    shards = sorted((workspace / "shards").glob("*.tar.zst"))
+    first = {p.name: p.read_bytes() for p in shards}
+    refreshed = [dict(r, popularity=r["popularity"] + 3) for r in rows]
+    with Workspace.open(workspace) as w:
+        assert ingest(w, [archive.jsonl(refreshed, "refresh.jsonl")], IngestOptions()).changed == len(rows)
+    for p in shards:
+        p.unlink()
+    assert run_build(workspace).built
+    assert {p.name: p.read_bytes() for p in sorted((workspace / "shards").glob("*.tar.zst"))} == first

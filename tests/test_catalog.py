@@ -237,13 +237,47 @@ def test_changed_row_is_fine_before_planning_and_refused_after(workspace, archiv
     assert run(workspace, archive.jsonl(rows)).changed == 1
     with Workspace.open(workspace) as w:
         plan(w)
-    rows[0]["popularity"] = 98
+    rows[0]["kind"] = "art"
     cat = archive.jsonl(rows)
     with pytest.raises(CatalogError) as e:
         run(workspace, cat)
-    assert_reported(
-        e.value, cat, 1, "already in shard t-audio-t1-00001 and cannot change (popularity 99.0 -> 98.0)"
-    )
+    assert_reported(e.value, cat, 1, "already in shard t-audio-t1-00001 and cannot change (kind 'audio' -> 'art')")
+
+
+def test_new_popularity_of_a_planned_or_built_item_is_recorded_and_the_item_stays(workspace, archive):
+    """The monthly refresh brings new listening figures for items already in shards: they are taken (they
+    steer the planning of items not planned yet), while each item stays in its shard and the shard is
+    built from the popularity it was planned with. A size change of a built item is still refused."""
+    from tests.conftest import shard_members
+
+    rows = [trusted(i, pop=90.0 - i) for i in range(4)]
+    run(workspace, archive.jsonl(rows), trust_sizes=True)
+    with Workspace.open(workspace) as w:
+        plan(w)
+    before = shard_members(workspace)
+    with open_state(workspace) as state:
+        state.db.execute("UPDATE shards SET state = 'built' WHERE name = 't-audio-t1-00001'")
+    rows[0]["popularity"] = 1.0  # would now sort last, and belong to another tier
+    rows[1] |= {"popularity": 99.0, "title": "an extra field, new"}
+    rows.append(trusted(9, pop=89.5))
+    report = run(workspace, archive.jsonl(rows, "refresh.jsonl"), trust_sizes=True)
+    assert (report.added, report.changed, report.unchanged) == (1, 2, 2)
+    with Workspace.open(workspace) as w:
+        plan(w)
+        shard = w.state.shard("t-audio-t1-00001")
+        members = list(w.state.iter_members(shard.id))
+        popularity = dict(w.state.db.execute("SELECT id, popularity FROM items"))
+    assert shard_members(workspace)["t-audio-t1-00001"] == before["t-audio-t1-00001"]
+    assert shard_members(workspace)["t-audio-t1-00002"] == ["t009"]
+    assert (popularity["t000"], popularity["t001"]) == (1.0, 99.0)  # recorded
+    assert [m.popularity for m in members] == [90.0, 89.0, 88.0, 87.0]  # what the shard is built from
+    assert (shard.pop_min, shard.pop_max) == (87.0, 90.0)
+    totals_agree(workspace)
+    rows[2]["size"] = 11
+    cat = archive.jsonl(rows, "refresh.jsonl")
+    with pytest.raises(CatalogError) as e:
+        run(workspace, cat, trust_sizes=True)
+    assert_reported(e.value, cat, 3, "already in shard t-audio-t1-00001 and cannot change (size 10 -> 11)")
 
 
 def test_csv_catalog(workspace, archive):

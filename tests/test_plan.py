@@ -161,7 +161,7 @@ def test_removed_items_are_never_planned(workspace, archive):
 class Model:
     """Today's rules, written plainly in Python over dicts: the oracle for the bulk engine. Ingest refuses
     a catalog with a repeated id, a repeated new path, a path of another known id, or a change to an item
-    in a built shard (or of its kind or popularity in a planned one); plan cuts each phase and tier's
+    in a built shard (or of its kind in a planned one) other than its popularity; plan cuts each phase and tier's
     present, unplanned items in (popularity desc, id asc) order; remove follows `packager remove`."""
 
     def __init__(self, config):
@@ -186,8 +186,10 @@ class Model:
                 claimed.add(r["path"])
             shard = self.shard_of(r["id"]) if old else None
             if shard is not None:
-                diff = {k for k in ("path", "kind", "popularity", "size") if old[k] != r[k]}
-                if diff and (self.shards[shard]["built"] or diff & {"kind", "popularity"}):
+                # A new popularity is recorded and the item stays; kind never changes in a shard, path
+                # and size only while it is not built.
+                diff = {k for k in ("path", "kind", "size") if old[k] != r[k]}
+                if diff and (self.shards[shard]["built"] or "kind" in diff):
                     return None
         added = changed = 0
         for r in rows:
