@@ -8,7 +8,10 @@ problem nothing is committed, unless the caller asks to skip invalid rows, which
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
 import itertools
 import json
 import math
@@ -18,12 +21,14 @@ import pickle
 import re
 import sqlite3
 import stat
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import orjson
+import zstandard
 
 from .config import USTAR_MTIME_LIMIT, ReleaseConfig
 from .errors import CatalogError, CatalogProblem, EnvironmentProblem, UsageError, WorkspaceError
@@ -90,6 +95,8 @@ def _read_jsonl(path: Path, part: tuple[int, int] | None = None, block: int = 0)
             continue
         if lines is None:
             yield RawRow(name, first, None, f"line longer than {MAX_LINE // 2**20} MiB")
+        elif type(lines) is str:  # the compressed stream cannot be read on from here
+            yield RawRow(name, first, None, lines)
         else:
             yield from _jsonl_rows(name, first, lines)
         if part is not None:
@@ -99,20 +106,29 @@ def _read_jsonl(path: Path, part: tuple[int, int] | None = None, block: int = 0)
 # About this much of a JSON Lines file, in whole lines, is the unit two parser processes share it in.
 BLOCK_BYTES = 16 * 2**20
 MAX_LINE = 32 * 2**20
+# A compressed catalog may expand to at most this many times its size (real dumps: 4-15x); past it the
+# rest is refused as a decompression bomb, so a small file cannot cost unbounded time.
+MAX_EXPANSION = 200
+MIN_EXPANDED = 2**30  # a small file may always expand to this much
 BLOCK_END = RawRow("", -1, None, "end of block")
 BLOCK_SKIPPED = RawRow("", -1, None, "block parsed by the other process")
 
 
-def _jsonl_blocks(path: Path, size: int) -> Iterator[tuple[int, bytes | None]]:
+def _jsonl_blocks(path: Path, size: int) -> Iterator[tuple[int, bytes | str | None]]:
     """(number of its first line, bytes of whole lines) in file order; None for a line over MAX_LINE, which is
-    skipped to its end (a file that never ends a line costs bounded memory)."""
-    with open(path, "rb") as f:
+    skipped to its end (a file that never ends a line costs bounded memory); a reason (str), last, when a
+    compressed file cannot be read on (damaged, or a decompression bomb)."""
+    with open_catalog_bytes(path) as f:
         line, carry, skipping = 1, b"", False
         while True:
             data = f.read(size)
             if not data:
                 if carry and not skipping:
                     yield line, carry
+                    line += carry.count(b"\n")
+                failure = stream_failure(f)
+                if failure:
+                    yield line, failure
                 return
             cut = data.rfind(b"\n") + 1
             if skipping:
@@ -131,6 +147,107 @@ def _jsonl_blocks(path: Path, size: int) -> Iterator[tuple[int, bytes | None]]:
             carry = data[cut:]
             yield line, block
             line += block.count(b"\n")
+
+
+class _Decompressed(io.RawIOBase):
+    """The bytes of a compressed catalog, as they are decompressed, bounded in total (MAX_EXPANSION); a
+    stream that fails (damaged, cut short, a bomb) ends there, and says why in `failure`."""
+
+    def __init__(self, path: Path, compression: str):
+        self.raw = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self.compression = compression
+        self.limit = max(MIN_EXPANDED, MAX_EXPANSION * os.fstat(self.raw.fileno()).st_size)
+        self.total = 0
+        self.failure: str | None = None
+        self.cut_short: str | None = None
+        if compression == "zstd":
+            # The stream reader says nothing of a last frame cut short: the headers are walked first.
+            self.cut_short = _zstd_cut_short(self.raw.fileno())
+            # The default window bound (128 MiB) bounds memory; a frame that needs more is refused.
+            self.stream = zstandard.ZstdDecompressor().stream_reader(self.raw, read_across_frames=True)
+        elif compression == "gzip":
+            self.stream = gzip.GzipFile(fileobj=self.raw, mode="rb")
+        else:
+            self.stream = bz2.BZ2File(self.raw, mode="rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        """Decompressed bytes; at a failure, the end of the stream (what came before it is read as usual),
+        with the reason in self.failure."""
+        if self.failure is not None:
+            return 0
+        try:  # read1: one chunk per call, so the bytes before a failure are not lost with it
+            data = self.stream.read1(len(buffer))
+            n = len(data)
+            buffer[:n] = data
+        except (zstandard.ZstdError, OSError, EOFError, ValueError, zlib.error) as e:
+            self.failure = (
+                f"cannot decompress the {self.compression} stream from here on ({e or type(e).__name__}); "
+                "the file is damaged or cut short"
+            )
+            return 0
+        if n == 0 and self.cut_short:
+            self.failure = f"the zstd stream is cut short ({self.cut_short})"
+        if self.total + n > self.limit:
+            n = max(0, self.limit - self.total)
+            self.failure = (
+                f"decompresses to more than {MAX_EXPANSION} times its size: refused as a decompression bomb "
+                "(the rest is not read)"
+            )
+        self.total += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stream.close()
+            self.raw.close()
+        super().close()
+
+
+def _zstd_cut_short(fd: int) -> str | None:
+    """Why a zstd file does not end with a whole frame, or None: a walk of its frame and block headers
+    (python-zstandard's stream reader ends silently where a cut file ends)."""
+    size, pos = os.fstat(fd).st_size, 0
+    while pos < size:
+        head = os.pread(fd, 14, pos)
+        magic = int.from_bytes(head[:4], "little")
+        if magic & 0xFFFFFFF0 == 0x184D2A50 and len(head) >= 8:  # a skippable frame
+            pos += 8 + int.from_bytes(head[4:8], "little")
+            continue
+        if magic != 0xFD2FB528 or len(head) < 6:
+            return None  # not zstd from here on: the decompressor says so itself
+        fhd = head[4]
+        p = pos + 5 + (0 if fhd >> 5 & 1 else 1) + (0, 1, 2, 4)[fhd & 3]
+        p += ((1 if fhd >> 5 & 1 else 0), 2, 4, 8)[fhd >> 6]
+        while True:
+            block = os.pread(fd, 3, p)
+            if len(block) < 3:
+                return f"the file ends inside the frame at byte {pos}"
+            v = int.from_bytes(block, "little")
+            p += 3 + (1 if v >> 1 & 3 == 1 else v >> 3)
+            if v & 1:
+                break
+        p += 4 if fhd >> 2 & 1 else 0
+        if p > size:
+            return f"the file ends inside the frame at byte {pos}"
+        pos = p
+    return None
+
+
+def stream_failure(f) -> str | None:
+    """Why the stream `f` (from open_catalog_bytes) ended early, or None: a compressed catalog that is
+    damaged, cut short or a decompression bomb ends where it fails, and says so here."""
+    return getattr(getattr(f, "raw", None), "failure", None)
+
+
+def open_catalog_bytes(path: Path):
+    """A catalog's bytes, decompressed if its name says so (.zst, .gz, .bz2)."""
+    compression = catalog_suffix(path)[1]
+    if compression is None:
+        return open(path, "rb")
+    return io.BufferedReader(_Decompressed(path, compression), 2**20)
 
 
 def _jsonl_rows(name: str, first: int, block: bytes) -> Iterator[RawRow]:
@@ -219,14 +336,29 @@ class _LineCountingReader:
     def __init__(self, f):
         self.f, self.bad_lines = f, {}
         self.n = 0
+        self.ended = False
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        raw = self.f.readline()
-        if not raw:
+        if self.ended:
             raise StopIteration
+        raw = self.f.readline(MAX_LINE + 1)
+        if len(raw) > MAX_LINE:  # a line that never ends costs bounded memory: skipped to its end
+            while raw and not raw.endswith(b"\n"):
+                raw = self.f.readline(MAX_LINE)
+            self.n += 1
+            self.bad_lines[self.n] = f"line longer than {MAX_LINE // 2**20} MiB"
+            return ""
+        if not raw:
+            failure = stream_failure(self.f)
+            if failure is None:
+                raise StopIteration
+            self.n += 1
+            self.bad_lines[self.n] = failure
+            self.ended = True
+            return ""
         self.n += 1
         try:
             return raw.decode("utf-8")
@@ -237,7 +369,7 @@ class _LineCountingReader:
 
 def _read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
     name = str(path)
-    with open(path, "rb") as f:
+    with open_catalog_bytes(path) as f:
         lines = _LineCountingReader(f)
         reader = csv.reader(lines, delimiter=delimiter)
         try:
@@ -246,6 +378,9 @@ def _read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
             return
         except csv.Error as e:
             yield RawRow(name, 1, None, f"bad CSV header: {e}")
+            return
+        if 1 in lines.bad_lines:
+            yield RawRow(name, 1, None, lines.bad_lines[1])
             return
         header = [h.strip() for h in header]
         if header:  # Excel writes UTF-8 CSV with a byte order mark
@@ -263,11 +398,13 @@ def _read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
             except csv.Error as e:
                 yield RawRow(name, start, None, f"bad CSV: {e}")
                 continue
-            if not values or values == [""]:
-                continue
             bad = [lines.bad_lines.pop(n) for n in range(start, lines.n + 1) if n in lines.bad_lines]
             if bad:
                 yield RawRow(name, start, None, bad[0])
+                if lines.ended:
+                    return
+                continue
+            if not values or values == [""]:
                 continue
             if len(values) != len(header):
                 yield RawRow(name, start, None, f"has {len(values)} fields, the header has {len(header)}")
@@ -367,6 +504,19 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
 
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+TEXT_SUFFIXES = JSONL_SUFFIXES + (".csv", ".tsv")
+# Compressed text catalogs (big dumps ship so), decompressed as they are read.
+COMPRESSED_SUFFIXES = {".zst": "zstd", ".zstd": "zstd", ".gz": "gzip", ".bz2": "bzip2"}
+
+
+def catalog_suffix(path: Path) -> tuple[str, str | None]:
+    """(the format's suffix, the compression or None): ("".jsonl", "zstd") for catalog.jsonl.zst."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    compression = COMPRESSED_SUFFIXES.get(suffix)
+    if compression is None:
+        return suffix, None
+    return Path(path.stem).suffix.lower(), compression
 
 
 def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
@@ -376,7 +526,13 @@ def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
         raise UsageError(
             f"{path}: catalog not found", hint="give the path of a .jsonl, .csv, .parquet or .sqlite file"
         )
-    suffix = path.suffix.lower()
+    suffix, compression = catalog_suffix(path)
+    if compression is not None and suffix not in TEXT_SUFFIXES:
+        raise UsageError(
+            f"{path}: unknown catalog format {suffix + path.suffix.lower()!r}",
+            hint="compressed catalogs are JSON Lines, CSV or TSV (.jsonl.zst, .csv.gz, .tsv.bz2, ...); "
+            "Parquet and SQLite are read uncompressed",
+        )
     if table is not None and suffix not in SQLITE_SUFFIXES:
         raise UsageError(
             f"{path}: --table {table!r} applies to SQLite catalogs only",
@@ -392,7 +548,8 @@ def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
         return _read_parquet(path)
     raise UsageError(
         f"{path}: unknown catalog format {suffix!r}",
-        hint="use .jsonl, .csv, .tsv, .parquet or .sqlite (with --table)",
+        hint="use .jsonl, .csv, .tsv (each may be compressed: .zst, .gz, .bz2), .parquet or .sqlite "
+        "(with --table)",
     )
 
 
@@ -703,7 +860,8 @@ def ingest(
         )
     for catalog in catalogs:
         read_catalog(catalog, options.table)  # refuses a missing file or an unknown format before any work
-    size = sum(c.stat().st_size for c in catalogs)
+    # Compressed catalogs count as what they will likely expand to.
+    size = sum(c.stat().st_size * (1 if catalog_suffix(c)[1] is None else 5) for c in catalogs)
     problems = _Problems(report, options.rejects if options.skip_invalid else None)
     try:
         with state.bulk_journal(state.is_empty()), state.transaction():
@@ -782,7 +940,7 @@ def _parsed(
         source = sources[source_name(catalog, options.table)]
         if part is None:
             rows: Iterable[RawRow] = read_catalog(catalog, options.table)
-        elif catalog.suffix.lower() in JSONL_SUFFIXES:
+        elif catalog_suffix(catalog)[0] in JSONL_SUFFIXES:
             rows = _read_jsonl(catalog, ((part[0] - block) % part[1], part[1]), part[2])
         elif block % part[1] == part[0]:
             rows = itertools.chain(read_catalog(catalog, options.table), [BLOCK_END])

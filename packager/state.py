@@ -594,7 +594,8 @@ class State:
         for row in self.db.execute(
             "SELECT m.ord, i.id, i.path, i.kind, COALESCE(p.popularity, i.popularity), i.size, i.mtime "
             "FROM members m JOIN items i ON i.rowid = m.item_rowid "
-            "LEFT JOIN planned_popularity p ON p.item_rowid = m.item_rowid WHERE m.shard_id = ? ORDER BY m.ord",
+            "LEFT JOIN planned_popularity p ON p.item_rowid = m.item_rowid "
+            "WHERE m.shard_id = ? ORDER BY m.ord",
             (shard_id,),
         ):
             yield MemberRow(*row)

@@ -241,7 +241,9 @@ def test_changed_row_is_fine_before_planning_and_refused_after(workspace, archiv
     cat = archive.jsonl(rows)
     with pytest.raises(CatalogError) as e:
         run(workspace, cat)
-    assert_reported(e.value, cat, 1, "already in shard t-audio-t1-00001 and cannot change (kind 'audio' -> 'art')")
+    assert_reported(
+        e.value, cat, 1, "already in shard t-audio-t1-00001 and cannot change (kind 'audio' -> 'art')"
+    )
 
 
 def test_new_popularity_of_a_planned_or_built_item_is_recorded_and_the_item_stays(workspace, archive):
@@ -832,7 +834,7 @@ def test_two_parser_processes_give_the_same_rows_lines_and_problems(
     csv_cat = archive.base / "b.csv"
     lines = [f"{r['id']},{r['path']},{r['kind']},{r['popularity']},{r['size']}\n" for r in rows[200:260]]
     csv_cat.write_text("id,path,kind,popularity,size\n" + "".join(lines))
-    third = archive.jsonl(rows[260:], "c.jsonl")
+    third = compressed(archive.jsonl(rows[260:], "c.jsonl"), "zstd")
     outcomes = []
     for name, split in (("one", 10**12), ("two", 0)):
         ws = make_workspace(name)
@@ -847,3 +849,107 @@ def test_two_parser_processes_give_the_same_rows_lines_and_problems(
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][1] == 298 and len(outcomes[0][2]) == 2
     assert f"{csv_cat}:52 (id t003): duplicate id 't003', first seen at {first}:7" in outcomes[0][2]
+
+
+# ---- compressed catalogs -------------------------------------------------------------------------------
+
+
+def compressed(path: Path, how: str, data: bytes | None = None) -> Path:
+    import bz2
+    import gzip
+
+    import zstandard
+
+    data = path.read_bytes() if data is None else data
+    suffix = {"zstd": ".zst", "gzip": ".gz", "bzip2": ".bz2"}[how]
+    out = path.with_name(path.name + suffix)
+    if how == "zstd":  # in several frames, as multi-threaded or appended dumps are
+        cctx = zstandard.ZstdCompressor(level=3)
+        out.write_bytes(b"".join(cctx.compress(data[i : i + 100]) for i in range(0, len(data), 100)))
+    else:
+        out.write_bytes(gzip.compress(data) if how == "gzip" else bz2.compress(data))
+    path.unlink()
+    return out
+
+
+@pytest.mark.parametrize("how", ["zstd", "gzip", "bzip2"])
+def test_compressed_catalogs_read_as_their_plain_selves(make_workspace, archive, how):
+    """.jsonl.zst, .csv.gz, .tsv.bz2 ...: the same rows, line numbers and problems as uncompressed."""
+
+    def csv_text(rows, sep):
+        lines = [sep.join(str(r[k]) for k in ("id", "path", "kind", "popularity", "size")) for r in rows]
+        return sep.join(("id", "path", "kind", "popularity", "size")) + "\n" + "\n".join(lines) + "\n"
+
+    rows = [trusted(i) for i in range(12)]
+    for bad in (2, 5, 9):
+        rows[bad]["kind"] = "video"
+    outcomes = []
+    for packed in (False, True):
+        ws = make_workspace(f"{how}-{packed}")
+        folder = archive.base / f"cat-{how}-{packed}"
+        folder.mkdir()
+        cats = [folder / "a.jsonl", folder / "b.csv", folder / "c.tsv"]
+        cats[0].write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+        cats[1].write_text(csv_text(rows[4:8], ","))
+        cats[2].write_text(csv_text(rows[8:], "\t"))
+        if packed:
+            cats = [compressed(c, how) for c in cats]
+        with pytest.raises(CatalogError) as e:
+            run(ws, *cats, trust_sizes=True)
+        assert count(ws) == 0
+        outcomes.append([(Path(p.file).name[:5], p.line, p.reason) for p in e.value.problems])
+        report = run(ws, *cats, trust_sizes=True, skip_invalid=True, rejects=ws / "r.jsonl")
+        outcomes.append((report.rows, report.added))
+    assert outcomes[0] == outcomes[2]
+    assert outcomes[1] == outcomes[3] == (12, 9)
+    assert [(name, line) for name, line, _ in outcomes[2]] == [("a.jso", 3), ("b.csv", 3), ("c.tsv", 3)]
+
+
+@pytest.mark.parametrize("how", ["zstd", "gzip", "bzip2"])
+def test_a_cut_or_damaged_compressed_catalog_is_refused_at_its_line(workspace, archive, how):
+    rows = [trusted(i) for i in range(400)]
+    packed = compressed(archive.jsonl(rows, "cut.jsonl"), how)
+    data = packed.read_bytes()
+    packed.write_bytes(data[: len(data) - 7])
+    with pytest.raises(CatalogError) as e:
+        run(workspace, packed, trust_sizes=True)
+    assert count(workspace) == 0
+    last = e.value.problems[-1]
+    assert "cut short" in last.reason or "damaged" in last.reason, last
+    assert last.line > 1 and str(packed) in e.value.message
+
+
+def test_a_decompression_bomb_costs_bounded_time_and_memory(workspace, archive, monkeypatch):
+    """A small file that expands without end (one line that never ends, or a huge number of lines) is
+    refused once it has expanded past MAX_EXPANSION times its size, and a long line within that bound is
+    refused as any line over MAX_LINE is, with bounded memory."""
+    import zstandard
+
+    import packager.catalog
+
+    monkeypatch.setattr(packager.catalog, "MIN_EXPANDED", 8 * 2**20)
+    monkeypatch.setattr(packager.catalog, "MAX_LINE", 2**20)
+    monkeypatch.setattr(packager.catalog, "BLOCK_BYTES", 2**18)
+    cctx = zstandard.ZstdCompressor(level=19)
+    good = (json.dumps(trusted(0)) + "\n").encode()
+    bomb = archive.base / "bomb.jsonl.zst"
+    with open(bomb, "wb") as f, cctx.stream_writer(f) as w:
+        w.write(good)
+        for _ in range(64):
+            w.write(b" " * 2**20)  # 64 MiB of one line, in a few kB
+    assert bomb.stat().st_size * packager.catalog.MAX_EXPANSION < 8 * 2**20
+    with pytest.raises(CatalogError) as e:
+        run(workspace, bomb, trust_sizes=True)
+    assert [(p.line, p.reason.split(":")[0]) for p in e.value.problems] == [
+        (2, "line longer than 1 MiB"),
+        (2, f"decompresses to more than {packager.catalog.MAX_EXPANSION} times its size"),
+    ]
+    assert "decompression bomb" in e.value.problems[-1].reason
+
+
+def test_compressed_parquet_or_sqlite_is_one_clear_error(workspace, archive):
+    cat = archive.base / "c.parquet.zst"
+    cat.write_bytes(b"x")
+    with pytest.raises(UsageError, match="unknown catalog format '.parquet.zst'") as e:
+        run(workspace, cat, trust_sizes=True)
+    assert "compressed catalogs are JSON Lines, CSV or TSV" in e.value.hint

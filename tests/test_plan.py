@@ -161,8 +161,8 @@ def test_removed_items_are_never_planned(workspace, archive):
 class Model:
     """Today's rules, written plainly in Python over dicts: the oracle for the bulk engine. Ingest refuses
     a catalog with a repeated id, a repeated new path, a path of another known id, or a change to an item
-    in a built shard (or of its kind in a planned one) other than its popularity; plan cuts each phase and tier's
-    present, unplanned items in (popularity desc, id asc) order; remove follows `packager remove`."""
+    in a built shard (or of its kind in a planned one) other than its popularity; plan cuts each phase and
+    tier's present, unplanned items in (popularity desc, id asc) order; remove follows `packager remove`."""
 
     def __init__(self, config):
         self.config = config

@@ -41,7 +41,13 @@ def init(
 @app.command()
 def ingest(
     workspace: WorkspaceArg,
-    catalogs: Annotated[list[Path], typer.Argument(help="Catalog files: .jsonl, .csv or .sqlite.")],
+    catalogs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Catalog files: .jsonl, .csv, .tsv (each also compressed: .zst, .gz, .bz2), .parquet, "
+            ".sqlite."
+        ),
+    ],
     table: Annotated[str | None, typer.Option(help="Table to read from a SQLite catalog.")] = None,
     trust_sizes: Annotated[
         bool,
