@@ -371,7 +371,8 @@ def remove_rows(state: State, table: str) -> dict[str, int]:
         "UPDATE shards SET (items, bytes, pop_min, pop_max) = (SELECT COUNT(*), COALESCE(SUM(i.size), 0), "
         "MIN(COALESCE(p.popularity, i.popularity)), MAX(COALESCE(p.popularity, i.popularity)) "
         "FROM members m JOIN items i ON i.rowid = m.item_rowid "
-        "LEFT JOIN planned_popularity p ON p.item_rowid = m.item_rowid WHERE m.shard_id = shards.id) WHERE id IN (SELECT id FROM temp.touched)"
+        "LEFT JOIN planned_popularity p ON p.item_rowid = m.item_rowid WHERE m.shard_id = shards.id) "
+        "WHERE id IN (SELECT id FROM temp.touched)"
     )
     db.execute("DROP TABLE temp.touched")
     state.add_totals(_contributions(db, rowids))
