@@ -144,3 +144,33 @@ def test_ingest_and_plan_do_not_import_libtorrent(workspace, archive):
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "1 rows: 1 added" in done.stdout
+
+
+# Other people's text (paths, ids, reasons, a tracker's or a worker's reply) is printed as it is: rich read
+# `[live]` as a markup tag and dropped it, and an unmatched `[/x]` raised MarkupError, a traceback.
+HOSTILE = "[live] take [b]1[/b] [/x] [bold red]"
+
+
+def test_brackets_in_member_paths_and_ids_are_printed_as_they_are(workspace, archive):
+    from tests.test_build import prepare, run_build
+
+    path = f"audio/{HOSTILE}.ogg"
+    rows = [{"id": "[id]", "path": path, "kind": "audio", "popularity": 5, "size": archive.add(path, 999)}]
+    prepare(workspace, archive, rows)
+    assert not run_build(workspace).failed
+    (shard,) = (workspace / layout.SHARDS).iterdir()
+    r = CliRunner().invoke(app, ["extract", str(shard), "--list"])
+    assert r.exit_code == 0, r.output
+    assert path in r.output and "[id]" in r.output
+
+
+def test_brackets_in_seed_and_swarm_messages_are_printed_as_they_are(capsys):
+    from packager.cli.seed import _SeedDisplay
+    from packager.seed.events import Notice, TorrentFault
+
+    display = _SeedDisplay(quiet=False)
+    display.on_event(Notice(f"tracker said {HOSTILE}"))
+    display.on_event(TorrentFault("rel-[x]-00001", "ab" * 20, f"file error: {HOSTILE}"))
+    printed = capsys.readouterr().err
+    assert f"note: tracker said {HOSTILE}" in printed
+    assert f"error: rel-[x]-00001: file error: {HOSTILE} (paused" in printed

@@ -15,15 +15,23 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import PackagerError
 
 # Piped output is read by people with wide terminals and by grep: do not wrap it at rich's default 80.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: what we print is mostly other people's text (paths, ids, shard names, reasons, a tracker's
+# or a worker's reply), and rich would read `[live]` or `packager[cluster]` in it as markup and drop it.
+# Styled words go through say(); a string with markup of our own passes markup=True explicitly.
+out = Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+
+def say(console: Console, label: str, text: str, style: str = "bold red") -> None:
+    """Print `label` (``error:``, ``warning:``...) in `style`, then `text` exactly as it is."""
+    console.print(Text.assemble((label, style), " ", text))
 
 
 class PackagerGroup(TyperGroup):
@@ -33,10 +41,9 @@ class PackagerGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except PackagerError as e:
-            # escape(): a path or a hint may hold brackets (`packager[cluster]`, `[::1]`) rich would eat.
-            err.print(f"[bold red]error:[/] {escape(e.message)}", markup=True, highlight=False)
+            say(err, "error:", e.message)
             if e.hint:
-                err.print(f"[bold]hint:[/] {escape(e.hint)}", markup=True)
+                say(err, "hint:", e.hint, "bold")
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -48,10 +55,8 @@ class PackagerGroup(TyperGroup):
                 raise  # stdout closed by the reader (`| head`): typer exits quietly
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
             what = getattr(e, "strerror", None) or str(e)
-            err.print(f"[bold red]error:[/] {escape(where + what)}", markup=True, highlight=False)
-            err.print(
-                "[bold]hint:[/] check that the folders exist, are writable and have free space", markup=True
-            )
+            say(err, "error:", where + what)
+            say(err, "hint:", "check that the folders exist, are writable and have free space", "bold")
             raise typer.Exit(3) from None
 
 

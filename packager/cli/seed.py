@@ -16,7 +16,7 @@ from rich.table import Table
 from ..config import format_size, parse_size
 from ..errors import UsageError
 from ..workspace import Workspace
-from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out
+from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out, say
 
 PhaseOpt = Annotated[
     list[str] | None,
@@ -108,7 +108,7 @@ def seed(
         + (f", {report.resume_failed} failed" if report.resume_failed else "")
     )
     for p in report.not_added:
-        err.print(f"[bold red]not seeded:[/] {p.name}: {p.reason}", markup=True)
+        say(err, "not seeded:", f"{p.name}: {p.reason}")
 
 
 class _SeedDisplay:
@@ -145,20 +145,18 @@ class _SeedDisplay:
             if event.status_url:
                 console.print(f"status as JSON at {event.status_url}")
             for failure in event.failed:
-                console.print(f"[yellow]warning:[/] cannot listen on {failure}", markup=True)
+                say(console, "warning:", f"cannot listen on {failure}", "yellow")
         elif isinstance(event, TorrentsLoaded):
             console.print(
                 f"added {event.added} torrents in {event.seconds:.1f} s ({event.resumed} from resume "
                 f"data, {event.fresh} in seed mode); {len(event.not_added)} not added"
             )
             for p in event.not_added:
-                console.print(f"[bold red]not added:[/] {p.name}: {p.reason}", markup=True)
+                say(console, "not added:", f"{p.name}: {p.reason}")
         elif isinstance(event, TorrentFault):
-            console.print(
-                f"[bold red]error:[/] {event.name}: {event.reason} (paused; the others seed on)", markup=True
-            )
+            say(console, "error:", f"{event.name}: {event.reason} (paused; the others seed on)")
         elif isinstance(event, Notice):
-            console.print(f"[yellow]note:[/] {event.text}", markup=True)
+            say(console, "note:", event.text, "yellow")
         elif isinstance(event, Stopped):
             console.print(
                 f"stopped: resume data of {event.resume_saved} torrents saved in {event.seconds:.1f} s"
@@ -259,10 +257,12 @@ def push(
         torrents = published_torrents(ws, phase)
     password = client_password(password_file, dict(os.environ))
     if password is None and url_has_password(client):
-        err.print(
-            "[yellow]warning:[/] the password in --client is visible to every user of this machine (ps); "
+        say(
+            err,
+            "warning:",
+            "the password in --client is visible to every user of this machine (ps); "
             "use --password-file or $PACKAGER_CLIENT_PASSWORD",
-            markup=True,
+            "yellow",
         )
     results = run_push(torrents, client, data_path, category=category, tags=tags or (), password=password)
     if as_json:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from ..build import BuildPlanned, BytesDone, ShardFailed, ShardFinished, ShardStarted, remake_torrents
@@ -16,7 +15,7 @@ from ..config import check_scheduler_address, format_binary, format_size, parse_
 from ..container import ShardReader
 from ..errors import UsageError
 from ..workspace import Workspace
-from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out
+from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out, say
 
 
 @app.command()
@@ -67,7 +66,7 @@ def build(
             f"built {len(report.built)} shards; {report.skipped} already built; {len(report.failed)} failed"
         )
         for name, reason in report.failed:
-            err.print(f"[bold red]failed:[/] {escape(f'{name}: {reason}')}", markup=True)
+            say(err, "failed:", f"{name}: {reason}")
         if report.unplanned[0]:
             items, size = report.unplanned
             err.print(
@@ -76,10 +75,12 @@ def build(
                 markup=False,
             )
         if report.failed:
-            err.print(
-                "[bold]hint:[/] restore those files, or ingest their corrected catalog rows, then run "
+            say(
+                err,
+                "hint:",
+                "restore those files, or ingest their corrected catalog rows, then run "
                 "build again: it retries the failed shards and keeps the built ones",
-                markup=True,
+                "bold",
             )
     if report.failed:
         raise typer.Exit(2)
@@ -206,7 +207,7 @@ class _BuildProgress:
         )
 
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
@@ -240,7 +241,7 @@ class _BuildProgress:
                     p.update(self.overall, total=max(0, (overall.total or 0) - left))
                 p.remove_task(task)
             if isinstance(event, ShardFailed):
-                p.console.print(f"[red]failed[/] {escape(f'{event.name}: {event.reason}')}", markup=True)
+                say(p.console, "failed", f"{event.name}: {event.reason}", "red")
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:

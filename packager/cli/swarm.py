@@ -12,7 +12,7 @@ from rich.table import Table
 from ..config import format_size, parse_size
 from ..errors import UsageError
 from ..workspace import Workspace
-from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out
+from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out, say
 
 
 @app.command()
@@ -72,7 +72,7 @@ def health(
         err.print(f"wrote {f}")
     for s in view.sources:
         if s.error:
-            err.print(f"[yellow]warning:[/] {s.source}: {s.error}", markup=True, highlight=False)
+            say(err, "warning:", f"{s.source}: {s.error}", "yellow")
 
 
 def summary_table(view) -> Table:
@@ -173,13 +173,15 @@ def _explain(result) -> None:
         f"{format_size(result.budget)} (seed {result.seed})"
     )
     if result.considered and not result.picked:
-        err.print(
-            f"[yellow]note:[/] nothing fits in {format_size(result.budget)}: the smallest torrent is "
+        say(
+            err,
+            "note:",
+            f"nothing fits in {format_size(result.budget)}: the smallest torrent is "
             f"{format_size(result.smallest)}",
-            markup=True,
+            "yellow",
         )
     if result.well_seeded:
-        err.print("[yellow]note:[/] every torrent already has more than 10 seeders", markup=True)
+        say(err, "note:", "every torrent already has more than 10 seeders", "yellow")
     if result.counts_known < result.considered:
         err.print(
             f"note: {result.considered - result.counts_known} torrents have no seeder count yet "

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..config import format_size
 from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out
@@ -98,8 +98,8 @@ def _render(report, partial: bool) -> None:
         elif r.members is not None and not r.damaged_members:
             details.append(f"{r.members} members good")
         size = format_size(r.size) if r.size is not None else "-"
-        status = f"[{style.get(r.status, '')}]{r.status}[/]" if r.status in style else r.status
-        table.add_row(escape(r.path), size, status, ", ".join(r.levels) or "-", "; ".join(details))
+        status = Text(str(r.status), style=style.get(r.status, ""))
+        table.add_row(r.path, size, status, ", ".join(r.levels) or "-", "; ".join(details))
     out.print(table)
     for r in report.files:
         problems = [
@@ -108,7 +108,7 @@ def _render(report, partial: bool) -> None:
         members = [f for f in r.findings if f.member_path]
         if not problems and not members:
             continue
-        out.print(f"\n[bold]{escape(r.path)}[/]")
+        out.print(f"\n{r.path}", style="bold")
         for f in problems + members[:_SHOWN]:
             out.print(f"  {f.message}", markup=False)
         if len(members) > _SHOWN:
@@ -138,11 +138,11 @@ def _render(report, partial: bool) -> None:
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     code = report.exit_code(partial)
     verdict = {
-        0: "[green]all good[/]",
-        1: "[bold red]damage or missing files[/]",
-        2: "[bold red]bad input[/]",
+        0: ("all good", "green"),
+        1: ("damage or missing files", "bold red"),
+        2: ("bad input", "bold red"),
     }
-    out.print(f"\n{len(report.files)} files: {summary or 'none'} -> {verdict[code]}")
+    out.print(Text.assemble(f"\n{len(report.files)} files: {summary or 'none'} -> ", verdict[code]))
     if code == 0 and counts[Status.MISSING]:
         out.print("(--partial: missing files are not counted)")
 
@@ -167,7 +167,7 @@ class _VerifyProgress:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
         self.progress = Progress(
-            TextColumn("verify {task.description}"),
+            TextColumn("verify {task.description}", markup=False),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),

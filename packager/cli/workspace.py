@@ -143,13 +143,13 @@ def plan(
             table.add_row(s.name, str(s.items), format_size(s.bytes), f"{s.pop_max:g} .. {s.pop_min:g}")
         out.print(table)
     for u in report.unassigned:
-        out.print(f"[yellow]{u[1]} {u[0]} items ({format_size(u[2])}) match no phase or tier[/]", markup=True)
+        out.print(f"{u[1]} {u[0]} items ({format_size(u[2])}) match no phase or tier", style="yellow")
     if report.collision_count:
         out.print(
-            f"[yellow]warning: {report.collision_count} pair(s) of paths in one shard differ only by case or "
+            f"warning: {report.collision_count} pair(s) of paths in one shard differ only by case or "
             "Unicode normalization; extracting such a shard on macOS or Windows keeps one file of "
-            "each pair:[/]",
-            markup=True,
+            "each pair:",
+            style="yellow",
         )
         for c in report.collisions[:20]:
             out.print(f"  {c}", markup=False)
