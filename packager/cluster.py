@@ -120,19 +120,64 @@ def _quiet_dask_logs() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _connect(distributed, address: str, timeout: float):
+    _probe(distributed, address, timeout)
     try:
         client = distributed.Client(address, timeout=timeout, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as e:
-        raise EnvironmentProblem(
-            f"cannot reach the Dask scheduler at {address}: {e}",
-            hint="start one with `dask scheduler` (see README, Building on a cluster) or check the address; "
-            "`build --local` builds on this machine",
-        ) from None
+    except Exception as e:  # noqa: BLE001 - OSError, TimeoutError, and whatever a comm backend raises
+        raise _unreachable(address, f"{type(e).__name__}: {e}") from None
     try:
         yield client
     finally:
         with contextlib.suppress(Exception):
             client.close(timeout=min(timeout, 5))
+
+
+def _unreachable(address: str, why: str) -> EnvironmentProblem:
+    tls = " (tls:// needs Dask's TLS settings, distributed.comm.tls, on every machine)"
+    return EnvironmentProblem(
+        f"cannot reach the Dask scheduler at {address}: {why}",
+        hint="start one with `dask scheduler` (see README, Building on a cluster) or check the address"
+        + (tls if address.startswith("tls://") else "")
+        + "; `build --local` builds on this machine",
+    )
+
+
+def _probe(distributed, address: str, timeout: float) -> None:
+    """Connect and ask the server what it is, all within `timeout`. distributed.Client's own timeout bounds
+    the TCP connect but not the handshake after it, so a port that accepts and never answers (an HTTP
+    server, a stopped scheduler, a firewall's tarpit) held the build forever."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def ask() -> object:
+        args = distributed.Security().get_connection_args("client")  # TLS from the Dask config
+        comm = await connect(address, timeout=timeout, **args)
+        try:
+            await comm.write({"op": "identity", "n_workers": 0, "reply": True})  # a scheduler's, kept short
+            reply = await comm.read()
+            if not (isinstance(reply, dict) and "type" in reply):  # another server's identity takes no args
+                await comm.write({"op": "identity", "reply": True})
+                reply = await comm.read()
+            return reply
+        finally:
+            comm.abort()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(ask(), timeout))
+    except TimeoutError:
+        raise _unreachable(
+            address, f"it accepted the connection but did not answer as a Dask server within {timeout:g} s"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - refused, unresolvable, TLS not configured, no UCX: all "cannot"
+        why = str(e).splitlines()[0] if str(e) else ""
+        raise _unreachable(address, f"{type(e).__name__}: {why}" if why else type(e).__name__) from None
+    kind = reply.get("type") if isinstance(reply, dict) else None
+    if kind != "Scheduler":
+        raise EnvironmentProblem(
+            f"{address} is a Dask {kind}, not a scheduler" if kind else f"{address} is not a Dask scheduler",
+            hint="give the scheduler's address (`dask scheduler` prints it: Scheduler at tcp://...)",
+        )
 
 
 def _check_workers(client, address: str, timeout: float) -> None:
@@ -150,13 +195,19 @@ def _check_workers(client, address: str, timeout: float) -> None:
         raise EnvironmentProblem(
             f"the workers of {address} cannot run packager: {type(e).__name__}: {e}", hint=INSTALL_HINT
         ) from None
-    wrong = sorted(f"{host} ({fp})" for host, fp in theirs.values() if fp != ours)
+    wrong = sorted(f"{addr} on host {host} ({fp})" for addr, (host, fp) in theirs.items() if fp != ours)
     if wrong:
         raise EnvironmentProblem(
             f"workers run other packager code or another libzstd than this machine ({ours}), so their "
             f"shards would differ: {', '.join(wrong)}",
-            hint="install the same packager version (and python-zstandard) on every machine",
+            hint=_SAME_CODE,
         )
+
+
+_SAME_CODE = (
+    "install the same packager version (and python-zstandard) on every machine, and restart its workers "
+    "(a worker keeps the code it loaded)"
+)
 
 
 # ---- the worker side --------------------------------------------------------------------------------------
@@ -188,6 +239,7 @@ class AttemptOutcome:
     result: ShardResult | None
     refused: str | None = None
     path: str | None = None  # the file a refusal is about
+    other_code: bool = False  # refused because this worker runs other code: no worker like it may build
     seconds: float = 0.0  # spent in write_one
 
 
@@ -202,9 +254,9 @@ def attempt_shard(job: ShardJob, members: bytes, topic: str, fingerprint: str) -
 
     host = socket.gethostname()
     if fingerprint != build_fingerprint():
-        return AttemptOutcome(
-            host, "", None, f"worker host {host} runs {build_fingerprint()}, the coordinator {fingerprint}"
-        )
+        where = f"worker {get_worker().address} on host {host}"
+        why = f"{where} runs {build_fingerprint()}, the coordinator {fingerprint}"
+        return AttemptOutcome(host, "", None, why, other_code=True)
     job = replace(job, attempt=_attempt_id(host))
     progress = _Progress(get_worker(), getattr(thread_state, "key", None), topic, job.name, job.attempt)
     progress.start(job.planned_bytes)
@@ -217,6 +269,11 @@ def attempt_shard(job: ShardJob, members: bytes, topic: str, fingerprint: str) -
         e.add_note(f"on worker host {host}")
         raise
     progress.flush()
+    try:  # a coordinator stopped while this attempt wrote its last bytes will never adopt the file
+        progress.check_wanted()
+    except AttemptAbandoned:
+        job.part_path.unlink(missing_ok=True)
+        raise
     return AttemptOutcome(host, job.attempt, result, seconds=time.perf_counter() - started)
 
 
@@ -243,14 +300,14 @@ class _Progress:
         if now - self.last >= PROGRESS_INTERVAL:
             self.last = now
             self.flush()
-            self._check_wanted()
+            self.check_wanted()
 
     def flush(self) -> None:
         if self.pending:
             self.worker.log_event(self.topic, [self.shard, self.attempt, "bytes", self.pending])
             self.pending = 0
 
-    def _check_wanted(self) -> None:
+    def check_wanted(self) -> None:
         task = self.worker.state.tasks.get(self.key) if self.key is not None else None
         if task is None or task.state == "cancelled":
             raise AttemptAbandoned(f"{self.shard}: the scheduler no longer wants this attempt")
@@ -270,6 +327,11 @@ def unpack_members(blob: bytes) -> list[MemberRow]:
 
 class SchedulerLost(Exception):
     pass
+
+
+class OtherCode(Exception):
+    """A worker that joined after the start check runs other code: every shard it takes would be refused,
+    and Dask, seeing it free, would hand it the next one."""
 
 
 class _ClusterBuild:
@@ -300,23 +362,40 @@ class _ClusterBuild:
                     pending[self._submit(job)] = (job, fmt)
                 done = self._wait(list(pending))
                 self._pump()
+                other_code = []
                 for future in done:
                     job, fmt = pending.pop(future)
-                    self._settle(future, job, fmt)
+                    try:
+                        self._settle(future, job, fmt)
+                    except OtherCode as e:
+                        other_code.append(str(e))
+                        waiting.appendleft((job, fmt))  # not built, not failed: planned as it was
+                if other_code:
+                    raise OtherCode(other_code[0])
         except SchedulerLost as e:
-            report = self.coordinator.report
             raise EnvironmentProblem(
-                f"lost the Dask scheduler at {self.address} ({e}); {len(report.built)} shards built in this "
-                f"run are committed, {len(pending) + len(waiting)} not built",
+                f"lost the Dask scheduler at {self.address} ({e}); {self._counts(pending, waiting)}",
                 hint="restart the scheduler (or check the network), then run build again: it continues "
                 "from the committed shards",
+            ) from None
+        except OtherCode as e:
+            raise EnvironmentProblem(
+                f"{e}, so its shards would differ; the build stopped: {self._counts(pending, waiting)}",
+                hint=f"{_SAME_CODE}, or stop that worker; then run build again: it continues from the "
+                "committed shards",
             ) from None
         finally:
             for future in pending:
                 with contextlib.suppress(Exception):
                     future.cancel()
+            for job, _ in pending.values():  # stopped or interrupted: attempts nobody will settle
+                _discard_attempts(job)
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(self.topic)
+
+    def _counts(self, pending: dict, waiting: deque) -> str:
+        built = len(self.coordinator.report.built)
+        return f"{built} shards built in this run are committed, {len(pending) + len(waiting)} not built"
 
     def _submit(self, job: ShardJob):
         members = pack_members(self.coordinator.ws.state.iter_members(job.shard_id))
@@ -350,7 +429,7 @@ class _ClusterBuild:
         except TimeoutError:
             done = []
         except (CancelledError, OSError) as e:
-            raise SchedulerLost(str(e).splitlines()[0]) from None
+            raise SchedulerLost(_why_lost(e)) from None
         if self.client.status in ("closing", "closed"):
             raise SchedulerLost(f"the client is {self.client.status}")
         return [f for f in futures if f in done]
@@ -383,6 +462,10 @@ class _ClusterBuild:
         if raised is not None:
             error = self._attempt_error(job, raised)
         else:
+            if outcome.other_code:
+                self.in_flight.discard(job.name)
+                future.release()
+                raise OtherCode(outcome.refused)
             if outcome.refused is not None:
                 error = ShardBuildError(job.name, outcome.refused, outcome.path)
             else:
@@ -430,6 +513,18 @@ class _ClusterBuild:
         except OSError as e:
             return e
         return None
+
+
+def _why_lost(error: BaseException) -> str:
+    """distributed says "4 Futures cancelled:" and the reasons on later lines; the reasons are the news."""
+    groups = getattr(error, "error_groups", None)
+    if groups:
+        reasons = sorted({str(getattr(g, "reason", "")) for g in groups} - {""})
+        return f"its tasks were cancelled: {', '.join(reasons) or 'no reason given'}"
+    reason = getattr(error, "reason", None)
+    if reason:
+        return f"its tasks were cancelled: {reason}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _discard_attempts(job: ShardJob) -> None:

@@ -60,7 +60,7 @@ class DaskCluster:
             command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder, start_new_session=True
         )
 
-    def start(self, workers: int = 2) -> DaskCluster:
+    def start(self, workers: int = 2, worker_args: tuple[str, ...] = ()) -> DaskCluster:
         self.folder.mkdir(parents=True, exist_ok=True)
         file = self.folder / "scheduler.json"
         file.unlink(missing_ok=True)
@@ -95,6 +95,7 @@ class DaskCluster:
                         "--no-dashboard",
                         "--local-directory",
                         str(self.folder / f"worker{i}"),
+                        *worker_args,
                     ),
                 )
             )
@@ -135,10 +136,10 @@ class DaskCluster:
 
 
 @contextlib.contextmanager
-def dask_cluster(folder: Path, workers: int = 2) -> Iterator[DaskCluster]:
+def dask_cluster(folder: Path, workers: int = 2, worker_args: tuple[str, ...] = ()) -> Iterator[DaskCluster]:
     cluster = DaskCluster(folder)
     try:
-        yield cluster.start(workers)
+        yield cluster.start(workers, worker_args)
     finally:
         cluster.stop()
 
@@ -393,6 +394,16 @@ def test_a_lost_scheduler_stops_the_build_and_the_next_build_continues(tmp_path,
     assert digests(ws) == digests(reference)
 
 
+def rows_of(archive, n: int, size: int = 40_000) -> list[dict]:
+    rows = []
+    for i in range(n):
+        path = f"audio/{i}.ogg"
+        rows.append(
+            {"id": f"x{i}", "path": path, "kind": "audio", "popularity": 70, "size": archive.add(path, size)}
+        )
+    return rows
+
+
 # ---- without a cluster ------------------------------------------------------------------------------------
 
 
@@ -483,3 +494,114 @@ def test_attempt_names_never_pass_for_a_shard_or_its_part():
     assert layout.attempt_part_of(layout.attempt_part_name(name, "h-1-ab")) == name
     with pytest.raises(ValueError):
         layout.attempt_part_name(name, "../x")
+
+
+def test_a_worker_whose_code_changed_after_the_check_stops_the_build_and_fails_no_shard(
+    tmp_path, workspace, archive
+):
+    """A worker that passes the start check but runs other code when it builds (it joined later, or its
+    code was swapped) refused every shard it was given, and Dask, seeing it free at once, gave it the next:
+    one stale machine failed most of the release. Now the first refusal stops the build, naming it."""
+    preload = tmp_path / "stale.py"
+    preload.write_text(
+        "import itertools\n"
+        "import packager.cluster as c\n"
+        "real, calls = c.build_fingerprint(), itertools.count()\n"
+        "# the first call is the start check's; then the code is another\n"
+        "stale = 'packager 0.0.1, libzstd 1.0.0, code 000000000000'\n"
+        "c.build_fingerprint = lambda: real if next(calls) == 0 else stale\n"
+    )
+    rows = rows_of(archive, 6)
+    prepare(workspace, archive, rows)
+    with dask_cluster(tmp_path / "dask", workers=1, worker_args=("--preload", str(preload))) as stale:
+        r = CliRunner().invoke(app, ["build", str(workspace), "--scheduler", stale.address])
+    assert r.exit_code == 3, r.output
+    assert "code 000000000000" in r.output and "the build stopped" in r.output, r.output
+    assert "tcp://127.0.0.1:" in r.output and "Traceback" not in r.output
+    with open_state(workspace) as state:
+        assert {s.state for s in state.shards()} == {"planned"}  # not failed: nothing is wrong with them
+    assert leftovers(workspace) == []
+
+
+def test_an_address_that_is_a_worker_not_the_scheduler(ready, workspace, archive):
+    prepare(workspace, archive, rows_of(archive, 1))
+    from distributed import Client
+
+    with Client(ready.address, timeout=10, set_as_default=False) as client:
+        worker = next(iter(client.scheduler_info()["workers"]))
+    r = CliRunner().invoke(app, ["build", str(workspace), "--scheduler", worker])
+    assert r.exit_code == 3, r.output
+    assert "is a Dask Worker, not a scheduler" in r.output and "Traceback" not in r.output
+
+
+def test_an_interrupted_coordinator_leaves_no_attempt_file(ready, make_workspace, archive):
+    """Ctrl-C: exit 130, and no attempt's file outlives the build, not even one that finished writing just
+    before (its worker saw it unwanted only when it was done, and the coordinator never adopted it)."""
+    ws = slow_workspace(make_workspace, "cluster")
+    prepare(ws, archive, slow_rows(archive, seed=9))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "packager.cli", "build", str(ws), "--scheduler", ready.address],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_until(lambda: proc.poll() is None and built_names(ws) and attempt_files(ws), 60, 0.005)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and b"interrupted" in stderr and b"Traceback" not in stderr
+    assert wait_until(lambda: not attempt_files(ws), 5), attempt_files(ws)
+
+
+@pytest.mark.parametrize("server", ["silent", "http"])
+def test_a_port_that_is_not_a_dask_scheduler_is_refused_in_bounded_time(server, workspace, archive):
+    """distributed.Client's timeout bounds the TCP connect, not the handshake after it: a port that
+    accepts and never answers (a stopped scheduler, a tarpit), or an HTTP server waiting for a request
+    line, held `build` forever."""
+    import http.server
+    import threading
+
+    prepare(workspace, archive, rows_of(archive, 1))
+    cfg = workspace / layout.CONFIG
+    cfg.write_text(cfg.read_text() + "\n[build]\nconnect_timeout = 1\n")
+    if server == "http":
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        port, stop = httpd.server_address[1], httpd.shutdown
+    else:
+        listener = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody ever reads
+        port, stop = listener.getsockname()[1], listener.close
+    try:
+        started = time.monotonic()
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "packager.cli",
+                "build",
+                str(workspace),
+                "--scheduler",
+                f"tcp://127.0.0.1:{port}",
+            ],
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        stop()
+    assert r.returncode == 3, r.stderr
+    assert "did not answer as a Dask server within 1 s" in r.stderr and "Traceback" not in r.stderr
+    assert time.monotonic() - started < 15
+    with open_state(workspace) as state:
+        assert {s.state for s in state.shards()} == {"planned"}
+
+
+def test_tls_and_ucx_addresses_without_their_setup_are_a_message(workspace, archive):
+    prepare(workspace, archive, rows_of(archive, 1))
+    for address in ("tls://127.0.0.1:9", "ucx://127.0.0.1:9"):
+        r = CliRunner().invoke(app, ["build", str(workspace), "--scheduler", address])
+        assert r.exit_code == 3, r.output
+        assert f"cannot reach the Dask scheduler at {address}" in r.output and "Traceback" not in r.output
