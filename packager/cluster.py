@@ -239,8 +239,13 @@ class AttemptOutcome:
     result: ShardResult | None
     refused: str | None = None
     path: str | None = None  # the file a refusal is about
-    other_code: bool = False  # refused because this worker runs other code: no worker like it may build
     seconds: float = 0.0  # spent in write_one
+
+    @property
+    def other_code(self) -> bool:
+        """Refused because the worker runs other code: it refuses before choosing an attempt name. (A
+        property, not a field: an older worker's outcome, unpickled here, must answer it as well.)"""
+        return self.refused is not None and not self.attempt
 
 
 class AttemptAbandoned(Exception):
@@ -255,8 +260,9 @@ def attempt_shard(job: ShardJob, members: bytes, topic: str, fingerprint: str) -
     host = socket.gethostname()
     if fingerprint != build_fingerprint():
         where = f"worker {get_worker().address} on host {host}"
-        why = f"{where} runs {build_fingerprint()}, the coordinator {fingerprint}"
-        return AttemptOutcome(host, "", None, why, other_code=True)
+        return AttemptOutcome(
+            host, "", None, f"{where} runs {build_fingerprint()}, the coordinator {fingerprint}"
+        )
     job = replace(job, attempt=_attempt_id(host))
     progress = _Progress(get_worker(), getattr(thread_state, "key", None), topic, job.name, job.attempt)
     progress.start(job.planned_bytes)
@@ -463,9 +469,13 @@ class _ClusterBuild:
             error = self._attempt_error(job, raised)
         else:
             if outcome.other_code:
+                reason = outcome.refused
+                if "tcp://" not in reason:  # an older worker's message names its host only
+                    with contextlib.suppress(Exception):
+                        reason += f" (worker {', '.join(self.client.who_has([future])[future.key])})"
                 self.in_flight.discard(job.name)
                 future.release()
-                raise OtherCode(outcome.refused)
+                raise OtherCode(reason)
             if outcome.refused is not None:
                 error = ShardBuildError(job.name, outcome.refused, outcome.path)
             else:
