@@ -335,6 +335,10 @@ class SchedulerLost(Exception):
     pass
 
 
+class NoWorkers(Exception):
+    pass
+
+
 class OtherCode(Exception):
     """A worker that joined after the start check runs other code: every shard it takes would be refused,
     and Dask, seeing it free, would hand it the next one."""
@@ -355,6 +359,7 @@ class _ClusterBuild:
         self.in_flight: set[str] = set()
         self.fingerprint = build_fingerprint()
         self._threads = (0.0, 1)
+        self._no_workers_since: float | None = None
 
     def run(self, todo: list[tuple[ShardJob, str]]) -> None:
         self.client.subscribe_topic(self.topic, self.inbox.put)
@@ -383,6 +388,13 @@ class _ClusterBuild:
                 f"lost the Dask scheduler at {self.address} ({e}); {self._counts(pending, waiting)}",
                 hint="restart the scheduler (or check the network), then run build again: it continues "
                 "from the committed shards",
+            ) from None
+        except NoWorkers as e:
+            raise EnvironmentProblem(
+                f"the Dask scheduler at {self.address} lost its workers ({e}); "
+                f"{self._counts(pending, waiting)}",
+                hint=f"start workers (dask worker {self.address} --nworkers N --nthreads 1), then run build "
+                "again: it continues from the committed shards",
             ) from None
         except OtherCode as e:
             raise EnvironmentProblem(
@@ -418,11 +430,25 @@ class _ClusterBuild:
         )
 
     def _thread_count(self) -> int:
+        """The cluster's worker threads (at least 1, for the window); NoWorkers once it has had none for
+        connect_timeout seconds: Dask keeps tasks without a worker waiting forever (a Slurm allocation
+        that ended, every machine lost), and the build would wait with them, silently."""
         asked, count = self._threads
-        if time.monotonic() - asked > _THREADS_TTL:
-            with contextlib.suppress(Exception):
-                count = max(1, sum(self.client.nthreads().values()))
-            self._threads = (time.monotonic(), count)
+        now = time.monotonic()
+        if now - asked > _THREADS_TTL:
+            try:
+                threads = sum(self.client.nthreads().values())
+            except Exception:  # noqa: BLE001 - the scheduler's loss is _wait's to report
+                threads = count
+            if threads:
+                self._no_workers_since = None
+            elif self._no_workers_since is None:
+                self._no_workers_since = now
+            count = max(1, threads)
+            self._threads = (now, count)
+        since = self._no_workers_since
+        if since is not None and now - since > self.settings.connect_timeout:
+            raise NoWorkers(f"none for {now - since:.0f} s")
         return count
 
     def _wait(self, futures: list) -> list:

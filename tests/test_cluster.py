@@ -605,3 +605,34 @@ def test_tls_and_ucx_addresses_without_their_setup_are_a_message(workspace, arch
         r = CliRunner().invoke(app, ["build", str(workspace), "--scheduler", address])
         assert r.exit_code == 3, r.output
         assert f"cannot reach the Dask scheduler at {address}" in r.output and "Traceback" not in r.output
+
+
+def test_a_cluster_that_loses_every_worker_stops_the_build(tmp_path, make_workspace, archive):
+    """Dask keeps a task without a worker waiting forever (a Slurm allocation that ended, every machine
+    down): the build waited with it, silently. Now it stops after connect_timeout, keeping what it built."""
+    ws = slow_workspace(make_workspace, "cluster")
+    cfg = ws / layout.CONFIG
+    cfg.write_text(cfg.read_text().replace("connect_timeout = 5", "connect_timeout = 2"))
+    prepare(ws, archive, slow_rows(archive, seed=10))
+    with dask_cluster(tmp_path / "dask", workers=1) as one:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "packager.cli", "build", str(ws), "--scheduler", one.address],
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert wait_until(
+                lambda: proc.poll() is None and built_names(ws) and attempt_files(ws), 60, 0.005
+            )
+            os.killpg(one.nannies[0].pid, signal.SIGKILL)  # the nanny and its worker: nobody restarts it
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+    assert proc.returncode == 3, stderr
+    committed = built_names(ws)
+    assert (
+        "lost its workers" in stderr and f"{len(committed)} shards built in this run are committed" in stderr
+    )
+    assert committed and attempt_files(ws) == [] and "Traceback" not in stderr
