@@ -87,9 +87,18 @@ def build_on_cluster(
     keeping `jobs` shards per worker thread in flight (0: two, one running and the next one waiting)."""
     distributed = _import_distributed()
     settings = coordinator.ws.config.build
-    with _quiet_dask_logs(), _connect(distributed, address, settings.connect_timeout) as client:
-        _check_workers(client, address, settings.connect_timeout)
-        _ClusterBuild(distributed, client, coordinator, address, jobs or 2).run(todo)
+    cluster_build = None
+    try:
+        with _quiet_dask_logs(), _connect(distributed, address, settings.connect_timeout) as client:
+            _check_workers(client, address, settings.connect_timeout)
+            cluster_build = _ClusterBuild(distributed, client, coordinator, address, jobs or 2)
+            cluster_build.run(todo)
+    finally:
+        # Stopped or interrupted: now that the client is closed, the scheduler has released every task of
+        # this build, so an attempt still running will see itself unwanted and remove its own file; these
+        # are the files of attempts that finished first, or were about to start, and that nobody settles.
+        for job in cluster_build.in_flight.values() if cluster_build is not None else ():
+            _discard_attempts(job)
 
 
 def _import_distributed():
@@ -356,7 +365,7 @@ class _ClusterBuild:
         self.topic = f"packager-build-{self.token}"
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.current: dict[str, str] = {}  # running shard -> the attempt whose events count
-        self.in_flight: set[str] = set()
+        self.in_flight: dict[str, ShardJob] = {}  # submitted and not settled, by name
         self.fingerprint = build_fingerprint()
         self._threads = (0.0, 1)
         self._no_workers_since: float | None = None
@@ -406,8 +415,6 @@ class _ClusterBuild:
             for future in pending:
                 with contextlib.suppress(Exception):
                     future.cancel()
-            for job, _ in pending.values():  # stopped or interrupted: attempts nobody will settle
-                _discard_attempts(job)
             with contextlib.suppress(Exception):
                 self.client.unsubscribe_topic(self.topic)
 
@@ -417,7 +424,7 @@ class _ClusterBuild:
 
     def _submit(self, job: ShardJob):
         members = pack_members(self.coordinator.ws.state.iter_members(job.shard_id))
-        self.in_flight.add(job.name)
+        self.in_flight[job.name] = job
         return self.client.submit(
             attempt_shard,
             job,
@@ -499,7 +506,7 @@ class _ClusterBuild:
                 if "tcp://" not in reason:  # an older worker's message names its host only
                     with contextlib.suppress(Exception):
                         reason += f" (worker {', '.join(self.client.who_has([future])[future.key])})"
-                self.in_flight.discard(job.name)
+                self.in_flight.pop(job.name, None)
                 future.release()
                 raise OtherCode(reason)
             if outcome.refused is not None:
@@ -507,7 +514,7 @@ class _ClusterBuild:
             else:
                 error = self._adopt(job, outcome)
                 result = outcome.result if error is None else None
-        self.in_flight.discard(job.name)
+        self.in_flight.pop(job.name, None)
         self.current.pop(job.name, None)
         try:
             self.coordinator.settle(job, fmt, result, error)

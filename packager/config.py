@@ -150,7 +150,7 @@ class BuildSettings:
     """``[build]``: where shards are built. No scheduler: the local process pool."""
 
     scheduler: str | None = None  # tcp://HOST:PORT of a Dask distributed scheduler
-    connect_timeout: float = 10.0  # seconds to reach the scheduler (and to get it back if lost)
+    connect_timeout: float = 10.0  # seconds to reach the scheduler, and the longest it may have no workers
     retries: int = 2  # extra tries of a shard whose attempt raised (worker deaths: the scheduler's own count)
 
 
