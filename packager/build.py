@@ -179,7 +179,7 @@ def write_one(
                 level=job.level,
                 frame_size=job.frame_size,
                 manifest_mtime=job.default_mtime,
-                sinks=(hasher.update,),
+                sinks=hasher.sinks,
                 on_progress=on_progress,
                 shard_name=job.name,
             )

@@ -9,6 +9,7 @@ core while the first one compresses.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import xxhash
@@ -95,40 +96,31 @@ def merkle_root(layer: list[bytes], width: int, pad: bytes = _ZERO_LEAF) -> byte
     return row[0] if row else pad
 
 
-class ShardHasher:
-    """SHA-1 per v1 piece, SHA-256 of the file, and optionally the BEP 52 merkle tree (16 KiB leaves)."""
+class FileDigest:
+    """SHA-256 of every byte of the shard, and its length."""
 
-    def __init__(self, piece_size: int, v2: bool = False):
-        # BEP 52 makes a piece a whole subtree of 16 KiB leaves; v1 alone would accept any size, but no
-        # client we target makes non-power-of-two pieces, so one rule for both.
-        if piece_size < V2_BLOCK_SIZE or piece_size & (piece_size - 1):
-            raise ValueError(f"piece size {piece_size} is not a power of two >= {V2_BLOCK_SIZE}")
+    def __init__(self) -> None:
+        self.length = 0
+        self._sha256 = hashlib.sha256()
+
+    def update(self, view: memoryview) -> None:
+        self.length += view.nbytes
+        self._sha256.update(view)
+
+    def digest(self) -> bytes:
+        return self._sha256.digest()
+
+
+class V1Pieces:
+    """SHA-1 of every `piece_size` bytes (BEP 3 "pieces"); the last piece may be short."""
+
+    def __init__(self, piece_size: int) -> None:
         self.piece_size = piece_size
-        self.v2 = v2
-        self._length = 0
-        self._file = hashlib.sha256()
         self._piece = hashlib.sha1()
         self._piece_left = piece_size
-        self._v1_pieces = bytearray()
-        self._leaves_per_piece = piece_size // V2_BLOCK_SIZE
-        self._block = bytearray()  # the unfinished 16 KiB block, never longer than one block
-        self._leaves: list[bytes] = []  # leaf hashes of the current piece only
-        self._piece_layer = bytearray()
-        self._finished: ShardHashes | None = None
+        self.digests = bytearray()
 
-    def update(self, data: bytes | memoryview) -> None:
-        if self._finished is not None:
-            raise RuntimeError("ShardHasher.update() after finish()")
-        view = memoryview(data).cast("B")
-        if not view.nbytes:
-            return
-        self._length += view.nbytes
-        self._file.update(view)
-        self._update_v1(view)
-        if self.v2:
-            self._update_v2(view)
-
-    def _update_v1(self, view: memoryview) -> None:
+    def update(self, view: memoryview) -> None:
         pos, end = 0, view.nbytes
         while pos < end:
             take = min(self._piece_left, end - pos)
@@ -136,12 +128,31 @@ class ShardHasher:
             pos += take
             self._piece_left -= take
             if not self._piece_left:
-                self._v1_pieces += self._piece.digest()
+                self.digests += self._piece.digest()
                 self._piece = hashlib.sha1()
                 self._piece_left = self.piece_size
 
-    def _update_v2(self, view: memoryview) -> None:
+    def finish(self) -> bytes:
+        if self._piece_left != self.piece_size:
+            self.digests += self._piece.digest()
+            self._piece_left = self.piece_size
+        return bytes(self.digests)
+
+
+class V2Tree:
+    """BEP 52's merkle tree of 16 KiB blocks, kept as the piece layer plus the current piece's leaves."""
+
+    def __init__(self, piece_size: int) -> None:
+        self.piece_size = piece_size
+        self.length = 0
+        self._leaves_per_piece = piece_size // V2_BLOCK_SIZE
+        self._block = bytearray()  # the unfinished 16 KiB block, never longer than one block
+        self._leaves: list[bytes] = []  # leaf hashes of the current piece only
+        self._piece_layer = bytearray()
+
+    def update(self, view: memoryview) -> None:
         pos, end = 0, view.nbytes
+        self.length += end
         if self._block:
             pos = min(V2_BLOCK_SIZE - len(self._block), end)
             self._block += view[:pos]
@@ -160,31 +171,16 @@ class ShardHasher:
             self._piece_layer += merkle_root(self._leaves, self._leaves_per_piece)
             self._leaves.clear()
 
-    def finish(self) -> ShardHashes:
-        """The hashes of everything fed so far; idempotent, and no update() is accepted afterwards."""
-        if self._finished is None:
-            if self._piece_left != self.piece_size:
-                self._v1_pieces += self._piece.digest()
-            root, layer = self._finish_v2() if self.v2 else (None, None)
-            self._finished = ShardHashes(
-                length=self._length,
-                sha256=self._file.digest(),
-                piece_size=self.piece_size,
-                v1_pieces=bytes(self._v1_pieces),
-                v2_root=root,
-                v2_piece_layer=layer,
-            )
-        return self._finished
-
-    def _finish_v2(self) -> tuple[bytes, bytes]:
+    def finish(self) -> tuple[bytes, bytes]:
+        """(pieces root, piece layer) as BEP 52 defines them for a file of `length` bytes."""
         if self._block:
             # BEP 52: "The last block may be shorter than 16KiB", hashed as it is, not zero-filled.
             self._leaves.append(_sha256(self._block))
             self._block.clear()
-        if not self._length:
+        if not self.length:
             # BEP 52 gives an empty file no "pieces root"; the caller cannot make a v2 torrent of it.
             return b"", b""
-        if self._length <= self.piece_size:
+        if self.length <= self.piece_size:
             # A file of one piece or less has a tree only as wide as its own blocks need (libtorrent and
             # BEP 52 agree); padding it to a whole piece would give a different root.
             if self._piece_layer:
@@ -198,3 +194,61 @@ class ShardHasher:
         # Pieces past the end of the file are whole subtrees of zero leaves: their root pads the piece layer.
         pad = merkle_root([], self._leaves_per_piece)
         return merkle_root(hashes, _next_power_of_two(len(hashes)), pad), layer
+
+
+class ShardHasher:
+    """SHA-1 per v1 piece, SHA-256 of the file, and optionally the BEP 52 merkle tree (16 KiB leaves).
+
+    The three are independent: `sinks` gives their update methods, which the shard writer runs on a thread
+    each (so they use a core each where the work allows), while `update` feeds all of them in turn.
+    """
+
+    def __init__(self, piece_size: int, v2: bool = False):
+        # BEP 52 makes a piece a whole subtree of 16 KiB leaves; v1 alone would accept any size, but no
+        # client we target makes non-power-of-two pieces, so one rule for both.
+        if piece_size < V2_BLOCK_SIZE or piece_size & (piece_size - 1):
+            raise ValueError(f"piece size {piece_size} is not a power of two >= {V2_BLOCK_SIZE}")
+        self.piece_size = piece_size
+        self.v2 = v2
+        self.file = FileDigest()
+        self.pieces = V1Pieces(piece_size)
+        self.tree = V2Tree(piece_size) if v2 else None
+        self._finished: ShardHashes | None = None
+
+    @property
+    def sinks(self) -> tuple[Callable[[memoryview], None], ...]:
+        parts = (self.file, self.pieces) + ((self.tree,) if self.tree is not None else ())
+        return tuple(self._guarded(part.update) for part in parts)
+
+    def _guarded(self, update: Callable[[memoryview], None]) -> Callable[[memoryview], None]:
+        def sink(view: memoryview) -> None:
+            if self._finished is not None:
+                raise RuntimeError("ShardHasher.update() after finish()")
+            update(view)
+
+        return sink
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._finished is not None:
+            raise RuntimeError("ShardHasher.update() after finish()")
+        view = memoryview(data).cast("B")
+        if not view.nbytes:
+            return
+        self.file.update(view)
+        self.pieces.update(view)
+        if self.tree is not None:
+            self.tree.update(view)
+
+    def finish(self) -> ShardHashes:
+        """The hashes of everything fed so far; idempotent, and no update() is accepted afterwards."""
+        if self._finished is None:
+            root, layer = self.tree.finish() if self.tree is not None else (None, None)
+            self._finished = ShardHashes(
+                length=self.file.length,
+                sha256=self.file.digest(),
+                piece_size=self.piece_size,
+                v1_pieces=self.pieces.finish(),
+                v2_root=root,
+                v2_piece_layer=layer,
+            )
+        return self._finished

@@ -159,7 +159,7 @@ def build_big_shard(args: argparse.Namespace, work: Path) -> tuple[Path, dict]:
     start, cpu = time.perf_counter(), cpu_seconds()
     with open(part, "wb") as out:
         written = write_shard(
-            out, pool_members(pool, args.size), level=args.level, manifest_mtime=0, sinks=[hasher.update]
+            out, pool_members(pool, args.size), level=args.level, manifest_mtime=0, sinks=hasher.sinks
         )
         out.flush()
         os.fsync(out.fileno())
@@ -446,7 +446,7 @@ def bench_speed(args: argparse.Namespace) -> dict:
     def build(level: int) -> None:
         hasher = ShardHasher(4 * MiB, v2=args.v2)
         with open(target, "wb") as out:
-            write_shard(out, members, level=level, manifest_mtime=0, sinks=[hasher.update])
+            write_shard(out, members, level=level, manifest_mtime=0, sinks=hasher.sinks)
             out.flush()
             os.fsync(out.fileno())
         hasher.finish()

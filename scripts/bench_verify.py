@@ -108,7 +108,7 @@ def build_mirror(args: argparse.Namespace) -> Path:
 
     hasher = ShardHasher(piece_size_for(args.size))
     with open(shard, "wb") as out:
-        write_shard(out, members(), level=-1, manifest_mtime=1_735_689_600, sinks=(hasher.update,))
+        write_shard(out, members(), level=-1, manifest_mtime=1_735_689_600, sinks=hasher.sinks)
     hashes = hasher.finish()
     spec = TorrentSpec(name=shard.name, hashes=hashes, format="v1")
     metainfo = build_metainfo(spec)

@@ -29,6 +29,7 @@ from packager.container import (
     MemberSource,
     ShardReader,
     ShardWritten,
+    compress,
     manifest_line,
     write_shard,
     writer,
@@ -202,6 +203,61 @@ def test_output_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(writer, "READ_CHUNK", 1000)
     build(tmp_path / "3.tar.zst", sources)
     assert (tmp_path / "1.tar.zst").read_bytes() == (tmp_path / "3.tar.zst").read_bytes()
+
+
+def _frames(data: bytes) -> list[bytes]:
+    count = struct.unpack("<I", data[-9:-5])[0]
+    entries = struct.iter_unpack("<III", data[-9 - 12 * count : -9])
+    frames, offset = [], 0
+    for csize, _, _ in entries:
+        frames.append(data[offset : offset + csize])
+        offset += csize
+    return frames
+
+
+def test_frames_are_python_zstandards_streaming_output(tmp_path: Path) -> None:
+    """The writer drives libzstd itself (zero copy); each frame must be what python-zstandard's own
+    streaming compressor makes of the same bytes, as the shards written before it were."""
+    sources = make_sources(tmp_path, [("a.ogg", 3 * 2**20 + 5), ("b.json", 200_000), ("c", 0)])
+    with open(tmp_path / "s.tar.zst", "wb") as out:
+        write_shard(out, sources, level=3, frame_size=2**20, manifest_mtime=MTIME)
+    frames = _frames((tmp_path / "s.tar.zst").read_bytes())
+    cctx = zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=True, threads=0)
+    for frame in frames:
+        content = pyzstd.decompress(frame)
+        obj = cctx.compressobj(size=len(content))
+        assert obj.compress(content) + obj.flush() == frame
+
+
+@pytest.mark.parametrize("path", ["C backend of zstandard", "page cache", "no file descriptor"])
+def test_every_io_path_writes_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    specs = [("a/one.flac", 3 * FRAME + 5), ("b/ü.ogg", 0), ("c.ogg", 4 * 2**20 + 3), ("d", 9000)]
+    sources = make_sources(tmp_path, specs)
+    build(tmp_path / "fast.tar.zst", sources)
+    if path == "C backend of zstandard":
+        monkeypatch.setattr(compress, "_cffi_zstd", None)
+    elif path == "page cache":
+        monkeypatch.setattr(writer, "DIRECT_READS", False)
+        monkeypatch.setattr(writer, "DIRECT_WRITES", False)
+    if path == "no file descriptor":
+        out = io.BytesIO()
+        write_shard(out, sources, level=3, frame_size=FRAME, manifest_mtime=MTIME)
+        got = out.getvalue()
+    else:
+        build(tmp_path / "slow.tar.zst", sources)
+        got = (tmp_path / "slow.tar.zst").read_bytes()
+    assert got == (tmp_path / "fast.tar.zst").read_bytes()
+
+
+def test_profile_accounts_for_every_thread(tmp_path: Path) -> None:
+    profile: dict = {}
+    sources = make_sources(tmp_path, [("a", 100_000)])
+    build(tmp_path / "s.tar.zst", sources, sinks=[lambda view: None], profile=profile)
+    threads = profile["threads"]
+    assert set(threads) == {"main", "compress", "digest", "sink0", "write"}
+    assert all(stage["cpu"] >= 0 for stage in threads.values())
 
 
 def test_empty_shard_has_only_the_manifest(tmp_path: Path) -> None:

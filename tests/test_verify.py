@@ -722,7 +722,7 @@ def test_memory_stays_flat_whatever_the_shard_size(tmp_path):
     shard = tmp_path / "shards" / "big.tar.zst"
     hasher = ShardHasher(256 * 1024)
     with open(shard, "wb") as out:
-        write_shard(out, sources, level=-1, frame_size=2**20, manifest_mtime=0, sinks=(hasher.update,))
+        write_shard(out, sources, level=-1, frame_size=2**20, manifest_mtime=0, sinks=hasher.sinks)
     hashes = hasher.finish()
     metainfo = build_metainfo(TorrentSpec(name=shard.name, hashes=hashes, format="v1"))
     (tmp_path / "torrents" / "big.tar.zst.torrent").write_bytes(metainfo)

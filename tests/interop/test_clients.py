@@ -81,7 +81,7 @@ def shard(tmp_path: Path, demo_archive: Path) -> Shard:
     hasher = ShardHasher(piece_size_for(sum(m.size for m in members)), v2=True)
     with path.open("wb") as out:
         write_shard(
-            out, members, level=-1, frame_size=256 * 1024, manifest_mtime=1735689600, sinks=(hasher.update,)
+            out, members, level=-1, frame_size=256 * 1024, manifest_mtime=1735689600, sinks=hasher.sinks
         )
     hashes = hasher.finish()
     # Not a multiple of the piece size or the 16 KiB block, so the short last piece and leaf are exercised.
