@@ -10,31 +10,47 @@ finishes a shard in this order, so that a kill at any moment leaves either no tr
 3. rename ``.part`` into place and fsync the folder.
 
 At the next start, a shard that is built but whose file is still ``.part`` (killed between 2 and 3) is
-renamed after a size and SHA-256 check; a planned shard's stale ``.part`` is deleted and the shard rebuilt
-from its first byte. A shard whose final file exists is never written again.
+renamed after a size and SHA-256 check. A planned shard's ``.part`` resumes from the checkpoint saved
+beside it (``.part.checkpoint``, see container/resume.py) once that checkpoint and the ``.part`` pass their
+checks, and is otherwise deleted and the shard rebuilt from its first byte; either way the bytes are those
+of an uninterrupted build. A shard whose final file exists is never written again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import json
 import multiprocessing
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from . import layout
 from .config import Phase, ReleaseConfig
 from .container import MemberRecord, MemberSource, write_shard
+from .container import resume as container_resume
+from .container.resume import (
+    CheckpointRejected,
+    Checkpoints,
+    Resume,
+    check_part,
+    decode_checkpoint,
+    encode_checkpoint,
+    rehash_tail,
+)
+from .container.writer import ResumeMismatch
 from .errors import EnvironmentProblem, PackagerError, ShardBuildError, UsageError, WorkspaceError
-from .fsutil import file_sha256, fsync_dir
+from .fsutil import file_sha256, fsync_dir, write_atomic
 from .hashing import ShardHasher, ShardHashes
 from .state import MemberRow, ShardRow, State
 from .workspace import Workspace
@@ -70,6 +86,20 @@ class ShardJob:
             layout.attempt_part_name(name, self.attempt) if self.attempt else layout.part_name(name)
         )
 
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.part_path.with_name(layout.checkpoint_name(self.part_path.name))
+
+    def key(self) -> str:
+        """What a checkpoint must have been written for: everything the shard's bytes depend on, but the
+        members (the writer checks those itself)."""
+        import zstandard
+
+        from . import __version__
+
+        fields = (self.shard_id, self.name, self.level, self.frame_size, self.piece_size, self.v2)
+        return json.dumps([*fields, self.default_mtime, zstandard.ZSTD_VERSION, __version__])
+
 
 @dataclass(frozen=True)
 class ShardResult:
@@ -79,6 +109,8 @@ class ShardResult:
     records: list[MemberRecord]
     frames: int
     uncompressed: int
+    resumed_from: int = 0  # bytes of the .part kept from an interrupted build
+    resume_rejected: str | None = None  # why a checkpoint found was not used
 
 
 # ---- events: the library never prints; the CLI turns these into progress bars --------------------------
@@ -122,6 +154,8 @@ class BuildReport:
     skipped: int
     recovered: list[str]
     unplanned: tuple[int, int] = (0, 0)  # (items, bytes) ingested but in no shard: `packager plan` first
+    resumed: list[tuple[str, int]] = field(default_factory=list)  # (shard, bytes kept from its .part)
+    restarted: list[tuple[str, str]] = field(default_factory=list)  # (shard, why its checkpoint was refused)
 
     def as_dict(self) -> dict:
         return {
@@ -130,6 +164,8 @@ class BuildReport:
             "already_built": self.skipped,
             "recovered": self.recovered,
             "unplanned": {"items": self.unplanned[0], "bytes": self.unplanned[1]},
+            "resumed": [{"shard": n, "from_byte": b} for n, b in self.resumed],
+            "restarted": [{"shard": n, "reason": r} for n, r in self.restarted],
         }
 
 
@@ -165,35 +201,117 @@ def write_one(
     on_progress: Callable[[int], None] | None = None,
     members: Iterable[MemberRow] | None = None,
 ) -> ShardResult:
-    """Write one shard to its .part file, fsynced, and return its hashes. Removes the .part on failure.
+    """Write one shard to its .part file, fsynced, and return its hashes: from the checkpoint of an
+    interrupted build if one passes its checks, else from byte 0. On a failure the .part and its
+    checkpoint are removed; on an interrupt (KeyboardInterrupt, SystemExit) they stay, for the next build.
 
     The one shard build shared by every executor: job in, result out, input bytes reported to
     `on_progress`. `members` (in plan order) spares a worker on another machine from reading state.sqlite."""
     job.part_path.parent.mkdir(parents=True, exist_ok=True)
-    hasher = ShardHasher(job.piece_size, v2=job.v2)
+    resume, hasher, rejected = _resume_point(job)
     try:
-        with open(job.part_path, "wb") as out:
-            written = write_shard(
-                out,
-                _member_sources(job, members),
-                level=job.level,
-                frame_size=job.frame_size,
-                manifest_mtime=job.default_mtime,
-                sinks=hasher.sinks,
-                on_progress=on_progress,
-                shard_name=job.name,
-            )
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        job.part_path.unlink(missing_ok=True)
+        return _write_part(job, on_progress, members, resume, hasher, rejected)
+    except ResumeMismatch as exc:  # the members differ from those the checkpoint saw: start again
+        _discard(job)
+        return _write_part(job, on_progress, members, None, None, str(exc))
+    except Exception:
+        _discard(job)
         raise
+
+
+def _write_part(
+    job: ShardJob,
+    on_progress: Callable[[int], None] | None,
+    members: Iterable[MemberRow] | None,
+    resume: Resume | None,
+    hasher: ShardHasher | None,
+    rejected: str | None,
+) -> ShardResult:
+    hasher = hasher or ShardHasher(job.piece_size, v2=job.v2)
+    checkpoints = None
+    if hasher.resumable and not job.attempt:  # no later attempt reuses a cluster attempt's own file
+        key = job.key()
+        checkpoints = Checkpoints(
+            save=lambda cp: write_atomic(job.checkpoint_path, encode_checkpoint(key, cp)),
+            snapshots=hasher.snapshots,
+            every_bytes=container_resume.CHECKPOINT_EVERY_BYTES,
+            every_seconds=container_resume.CHECKPOINT_EVERY_SECONDS,
+        )
+    sources = _member_sources(job, members)
+    with contextlib.closing(sources), open(job.part_path, "r+b" if resume else "wb") as out:
+        # closing(): an interrupted generator is closed here, not by whichever thread collects it (its
+        # SQLite connection belongs to this one).
+        if resume is not None:
+            os.ftruncate(out.fileno(), resume.checkpoint.offset)
+        written = write_shard(
+            out,
+            sources,
+            level=job.level,
+            frame_size=job.frame_size,
+            manifest_mtime=job.default_mtime,
+            sinks=hasher.sinks,
+            on_progress=on_progress,
+            shard_name=job.name,
+            checkpoints=checkpoints,
+            resume=resume,
+        )
+        out.flush()
+        os.fsync(out.fileno())
     hashes = hasher.finish()
     if hashes.length != written.compressed_size:
         raise ShardBuildError(job.name, f"wrote {written.compressed_size} bytes but hashed {hashes.length}")
     return ShardResult(
-        job.shard_id, job.name, hashes, written.records, written.frames, written.uncompressed_size
+        job.shard_id,
+        job.name,
+        hashes,
+        written.records,
+        written.frames,
+        written.uncompressed_size,
+        resume.checkpoint.offset if resume else 0,
+        rejected,
     )
+
+
+def _resume_point(job: ShardJob) -> tuple[Resume | None, ShardHasher | None, str | None]:
+    """The checked checkpoint of an interrupted build of `job` and the hasher restored to it; or, if there
+    is none or it fails a check, (None, None, why) with the .part and checkpoint removed."""
+    part, saved = job.part_path, job.checkpoint_path
+    if job.attempt or not saved.exists():
+        part.unlink(missing_ok=True)
+        return None, None, None
+    try:
+        fd = _open_regular(saved)
+        try:
+            data = os.read(fd, container_resume.MAX_CHECKPOINT_BYTES + 1)
+        finally:
+            os.close(fd)
+        cp = decode_checkpoint(data, job.key())
+        fd = _open_regular(part)
+        try:
+            resume = check_part(fd, cp, job.frame_size - job.frame_size % 512)
+            hasher = ShardHasher.resumed(job.piece_size, job.v2, cp.offset, cp.sink_states)
+            rehash_tail(fd, hasher.piece_start(cp.offset), cp.offset, hasher.piece_sinks)
+        finally:
+            os.close(fd)
+    except (CheckpointRejected, ValueError, OSError) as exc:
+        _discard(job)
+        why = str(exc) if isinstance(exc, CheckpointRejected) else f"{type(exc).__name__}: {exc}"
+        return None, None, why
+    return resume, hasher, None
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of `path` if it is a regular file (not a FIFO that blocks, nor a symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointRejected(f"{path.name} is not a regular file")
+    return fd
+
+
+def _discard(job: ShardJob) -> None:
+    job.part_path.unlink(missing_ok=True)
+    job.checkpoint_path.unlink(missing_ok=True)
 
 
 _progress_queue: multiprocessing.Queue | None = None
@@ -305,6 +423,8 @@ def _recover(ws: Workspace) -> list[str]:
     shards_dir = ws.shards_dir
     shards_dir.mkdir(exist_ok=True)
     built = {row[0]: row for row in state.built_files()}
+    for stale in shards_dir.glob(".*.tmp"):  # an atomic write killed midway; nothing else runs here
+        stale.unlink(missing_ok=True)
     for part in sorted(shards_dir.glob(layout.part_name("*" + layout.SHARD_SUFFIX))):
         final = part.with_name(part.name[: -len(layout.PART_SUFFIX)])
         rel = f"{layout.SHARDS}/{final.name}"
@@ -316,10 +436,15 @@ def _recover(ws: Workspace) -> list[str]:
                 recovered.append(final.name)
                 continue
             state.mark_unbuilt(rel)
+        elif rel not in built and part.with_name(layout.checkpoint_name(part.name)).exists():
+            continue  # an interrupted build: write_one resumes it, or starts it again, after its checks
         part.unlink()
     for stale in shards_dir.glob(layout.attempt_part_glob("*" + layout.SHARD_SUFFIX)):
         if layout.attempt_part_of(stale.name):  # a cluster attempt that never settled
             stale.unlink(missing_ok=True)
+    for checkpoint in shards_dir.glob(layout.checkpoint_name("*" + layout.PART_SUFFIX)):
+        if not checkpoint.with_name(checkpoint.name[: -len(layout.CHECKPOINT_SUFFIX)]).exists():
+            checkpoint.unlink()  # its .part is gone (built, or discarded above)
     for rel, _, _ in built.values():
         if not ws.file(rel).exists():
             state.mark_unbuilt(rel)
@@ -446,7 +571,7 @@ class _Coordinator:
                 self.report.built.append(job.name)
                 self.on_event(ShardFinished(job.name, result.hashes.length, ih))
                 return
-        job.part_path.unlink(missing_ok=True)
+        _discard(job)
         self.ws.torrent_path(job.name).unlink(missing_ok=True)  # no finished-looking torrent without data
         if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
             # The output side is full or read-only: every other shard would fail the same way.
@@ -472,6 +597,11 @@ class _Coordinator:
             v1, v2, _ = make_torrent(self.ws, job.shard_id, job.name, fmt, h)
         os.replace(job.part_path, job.final_path)
         fsync_dir(job.final_path.parent)
+        job.checkpoint_path.unlink(missing_ok=True)
+        if result.resumed_from:
+            self.report.resumed.append((job.name, result.resumed_from))
+        if result.resume_rejected:
+            self.report.restarted.append((job.name, result.resume_rejected))
         return v1 or v2
 
 

@@ -8,7 +8,9 @@ core while the first one compresses.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -97,18 +99,121 @@ def merkle_root(layer: list[bytes], width: int, pad: bytes = _ZERO_LEAF) -> byte
 
 
 class FileDigest:
-    """SHA-256 of every byte of the shard, and its length."""
+    """SHA-256 of every byte of the shard, and its length; its state can be saved and restored.
 
-    def __init__(self) -> None:
-        self.length = 0
-        self._sha256 = hashlib.sha256()
+    hashlib's objects cannot be serialised, so a build could not resume a shard's SHA-256 midway. OpenSSL's
+    low-level SHA256_CTX (libcrypto, the library hashlib itself uses) is a plain struct of integers: eight
+    state words, the bit count, one pending 64-byte block and its fill, no pointers. Driven through ctypes
+    it runs the same code at the same speed as hashlib (1 GiB in 4 MiB calls: 0.65 s against 0.74 s here,
+    the GIL released in both), and its bytes are the state. Where libcrypto is missing, hashlib is used and
+    `state()` is None: a shard then restarts from its first byte.
+    """
+
+    def __init__(self, state: bytes | None = None, length: int = 0) -> None:
+        self.length = length
+        self._ctx = _OpenSSLSha256.new(state, length) if _OpenSSLSha256.available() else None
+        if self._ctx is None:
+            if state is not None:
+                raise ValueError("cannot restore a SHA-256 state without libcrypto")
+            self._sha256 = hashlib.sha256()
 
     def update(self, view: memoryview) -> None:
         self.length += view.nbytes
-        self._sha256.update(view)
+        if self._ctx is not None:
+            self._ctx.update(view)
+        else:
+            self._sha256.update(view)
 
     def digest(self) -> bytes:
-        return self._sha256.digest()
+        return self._ctx.digest() if self._ctx is not None else self._sha256.digest()
+
+    def state(self) -> bytes | None:
+        """The state after `length` bytes, for FileDigest(state, length) in another process."""
+        return self._ctx.state() if self._ctx is not None else None
+
+
+class _OpenSSLSha256:
+    SIZE = 112  # sizeof(SHA256_CTX): unsigned int h[8], Nl, Nh, data[16], num, md_len
+    _lib = None
+    _checked: bool | None = None
+
+    def __init__(self, raw: ctypes.Array) -> None:
+        self._raw = raw
+
+    @classmethod
+    def available(cls) -> bool:
+        if cls._checked is None:
+            cls._checked = cls._load()
+        return cls._checked
+
+    @classmethod
+    def _load(cls) -> bool:
+        for name in ("libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.dylib"):
+            try:
+                lib = ctypes.CDLL(name)
+                init, update, final = lib.SHA256_Init, lib.SHA256_Update, lib.SHA256_Final
+            except (OSError, AttributeError):
+                continue
+            init.argtypes = [ctypes.c_void_p]
+            update.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+            final.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            cls._lib = lib
+            try:  # the struct layout is assumed, so it is checked: save midway, restore, finish
+                data = bytes(range(256)) * 3
+                first = cls.new(None, 0)
+                first.update(memoryview(data[:100]))
+                second = cls.new(first.state(), 100)
+                second.update(memoryview(data[100:]))
+                if second.digest() == hashlib.sha256(data).digest():
+                    return True
+            except ValueError:
+                pass
+        cls._lib = None
+        return False
+
+    @classmethod
+    def new(cls, state: bytes | None, length: int) -> _OpenSSLSha256:
+        raw = ctypes.create_string_buffer(cls.SIZE)
+        if state is None:
+            cls._lib.SHA256_Init(raw)
+        else:
+            _check_sha256_state(state, length)
+            ctypes.memmove(raw, state, cls.SIZE)
+        return cls(raw)
+
+    def update(self, view: memoryview) -> None:
+        n = view.nbytes
+        if not n:
+            return
+        if not view.readonly:
+            self._lib.SHA256_Update(self._raw, (ctypes.c_char * n).from_buffer(view), n)
+        elif type(view.obj) is bytes and len(view.obj) == n:
+            self._lib.SHA256_Update(self._raw, view.obj, n)
+        else:  # a slice of read-only memory (not the writer's buffers): copied a bounded piece at a time
+            for pos in range(0, n, 2**16):
+                piece = bytes(view[pos : pos + 2**16])
+                self._lib.SHA256_Update(self._raw, piece, len(piece))
+
+    def digest(self) -> bytes:
+        copy = ctypes.create_string_buffer(self._raw.raw, self.SIZE)
+        out = ctypes.create_string_buffer(32)
+        self._lib.SHA256_Final(out, copy)
+        return out.raw
+
+    def state(self) -> bytes:
+        return self._raw.raw
+
+
+def _check_sha256_state(state: bytes, length: int) -> None:
+    """Refuse a saved SHA256_CTX that does not describe `length` bytes hashed: its fill indexes the pending
+    block inside OpenSSL, so a hostile one could make it write out of bounds."""
+    if len(state) != _OpenSSLSha256.SIZE:
+        raise ValueError(f"a SHA-256 state is {_OpenSSLSha256.SIZE} bytes, not {len(state)}")
+    nl, nh = struct.unpack_from("=II", state, 32)
+    num, md_len = struct.unpack_from("=II", state, 104)
+    bits = length * 8
+    if (nl, nh, num, md_len) != (bits & 0xFFFFFFFF, bits >> 32, length % 64, 32):
+        raise ValueError(f"the SHA-256 state does not describe {length} bytes")
 
 
 class V1Pieces:
@@ -227,6 +332,47 @@ class ShardHasher:
             update(view)
 
         return sink
+
+    @property
+    def resumable(self) -> bool:
+        """Whether `snapshots` can save this hasher's state (it needs libcrypto's SHA256_CTX)."""
+        return self.file.state() is not None
+
+    @property
+    def snapshots(self) -> tuple[Callable[[], bytes], ...]:
+        """One per sink, in the same order: that part's state, taken on the sink's own thread when it has
+        been fed exactly the bytes before a checkpoint. The piece hashers give their finished pieces only;
+        `resumed` has the unfinished piece's bytes fed again."""
+        parts: list[Callable[[], bytes]] = [
+            lambda: self.file.state() or b"",
+            lambda: bytes(self.pieces.digests),
+        ]
+        if self.tree is not None:
+            parts.append(lambda: bytes(self.tree._piece_layer))
+        return tuple(parts)
+
+    @classmethod
+    def resumed(cls, piece_size: int, v2: bool, length: int, states: tuple[bytes, ...]) -> ShardHasher:
+        """A hasher as `snapshots` left it after `length` bytes, except the unfinished piece: feed the bytes
+        from `piece_start(length)` to `length` to `piece_sinks` before anything else. ValueError if the
+        states cannot be that."""
+        hasher = cls(piece_size, v2)
+        done = length // piece_size
+        if len(states) != 2 + v2 or len(states[1]) != 20 * done or (v2 and len(states[2]) != 32 * done):
+            raise ValueError(f"the hasher states do not describe {length} bytes in pieces of {piece_size}")
+        hasher.file = FileDigest(states[0], length)
+        hasher.pieces.digests = bytearray(states[1])
+        if v2:
+            hasher.tree._piece_layer = bytearray(states[2])
+            hasher.tree.length = done * piece_size
+        return hasher
+
+    def piece_start(self, length: int) -> int:
+        return length - length % self.piece_size
+
+    @property
+    def piece_sinks(self) -> tuple[Callable[[memoryview], None], ...]:
+        return (self.pieces.update,) + ((self.tree.update,) if self.tree is not None else ())
 
     def update(self, data: bytes | memoryview) -> None:
         if self._finished is not None:

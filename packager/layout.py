@@ -34,6 +34,7 @@ REJECTS = "rejects.jsonl"
 SHARD_SUFFIX = ".tar.zst"
 TORRENT_SUFFIX = ".torrent"
 PART_SUFFIX = ".part"  # a file being written; renamed into place when complete
+CHECKPOINT_SUFFIX = ".checkpoint"  # beside a shard's .part: where an interrupted build resumes
 RESUME_SUFFIX = ".fastresume"
 SIGNATURE_SUFFIX = ".minisig"
 
@@ -97,6 +98,11 @@ def shard_name(file_name: str) -> str | None:
 
 def part_name(file_name: str) -> str:
     return f"{file_name}{PART_SUFFIX}"
+
+
+def checkpoint_name(part_file_name: str) -> str:
+    """``<name>.tar.zst.part.checkpoint``: the state of the writer of ``<name>.tar.zst.part``."""
+    return f"{part_file_name}{CHECKPOINT_SUFFIX}"
 
 
 # One attempt's own temporary file, ``<name>.tar.zst.<attempt>.part``: a cluster worker writes there, so two

@@ -23,6 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 PAGE = mmap.PAGESIZE
+# How often a waiting producer wakes to report progress: a caller's progress callback is also where a
+# cluster attempt learns that it is no longer wanted (cluster.py), so it must keep coming while work goes on.
+WAKE = 0.1
 
 
 class Failure:
@@ -45,7 +48,7 @@ class Failure:
 class Buffer:
     """One pooled buffer: `view` over its whole capacity, `fill` bytes of it in use."""
 
-    __slots__ = ("view", "address", "capacity", "fill", "skip", "offset", "_refs", "_lock", "_pool")
+    __slots__ = ("view", "address", "capacity", "fill", "skip", "offset", "marks", "_refs", "_lock", "_pool")
 
     def __init__(self, pool: BufferPool, view: memoryview, address: int):
         self.view = view
@@ -54,6 +57,7 @@ class Buffer:
         self.fill = 0
         self.skip = 0  # leading bytes already consumed elsewhere (a resumed shard's partial first block)
         self.offset = 0  # where the buffer's first byte goes in the output file
+        self.marks: list = []  # (position in the buffer, checkpoint) pairs, in order
         self._refs = 0
         self._lock = threading.Lock()
         self._pool = pool
@@ -92,14 +96,22 @@ class BufferPool:
         self._stats = stats
         self._wait_key = f"waiting for a free {name} buffer"
 
-    def get(self) -> Buffer:
-        if self._stats is None:
+    def get(self, on_wait: Callable[[], None] | None = None) -> Buffer:
+        """A free buffer, waiting for one; while it waits, `on_wait()` is called every WAKE seconds."""
+        start = time.perf_counter() if self._stats is not None else 0.0
+        if on_wait is None:
             buf = self._free.get()
         else:
-            start = time.perf_counter()
-            buf = self._free.get()
+            while True:
+                try:
+                    buf = self._free.get(timeout=WAKE)
+                    break
+                except queue.Empty:
+                    on_wait()
+        if self._stats is not None:
             self._stats[self._wait_key] = self._stats.get(self._wait_key, 0.0) + time.perf_counter() - start
         buf.fill = buf.skip = 0
+        buf.marks = []
         return buf
 
     def put_back(self, buf: Buffer) -> None:
@@ -181,7 +193,12 @@ class Stage:
             stats["wall"] = time.perf_counter() - wall0
             stats["idle (waiting for input)"] = idle
 
-    def close(self) -> None:
+    def close(self, on_wait: Callable[[], None] | None = None) -> None:
+        """Wait until every item put has been handled; `on_wait()` every WAKE seconds meanwhile."""
         if self._thread.is_alive():
             self._queue.put(self._STOP)
-            self._thread.join()
+            while True:
+                self._thread.join(None if on_wait is None else WAKE)
+                if not self._thread.is_alive():
+                    break
+                on_wait()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import hashlib
 import io
 import math
 import os
@@ -35,9 +36,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from packager.errors import ShardBuildError
-from packager.hashing import MemberDigest, MemberHasher
+from packager.hashing import MemberDigest
 
-from .compress import FrameCompressor, Space
 from .format import (
     DEFAULT_FRAME_SIZE,
     MAX_FRAME_SIZE,
@@ -46,20 +46,21 @@ from .format import (
     TAR_BLOCK,
     USTAR_MTIME_MAX,
     MemberRecord,
-    encode_seek_table,
     manifest_line,
     tar_header,
     unsafe_name_reason,
 )
-from .pipeline import PAGE, Buffer, BufferPool, Failure, Stage
+from .pipeline import PAGE, WAKE, Buffer, BufferPool, Failure, Stage
+from .resume import Checkpoints, Resume, WriterCheckpoint, members_key_update
+from .stages import BEGIN, END, Compress, Marks, MemberDigests, Output, feed_sink, release
 
 READ_CHUNK = 4 * 2**20  # bytes per read of an input file
-OUT_CHUNK = 4 * 2**20  # bytes per write of the shard (a multiple of the page size, for O_DIRECT)
+OUT_CHUNK = 2**20  # bytes per output buffer (a multiple of the page size, for O_DIRECT); pwritev batches them
 _IN_BUFFERS = 6
-_OUT_BUFFERS = 10
+_OUT_BUFFERS = 24
 PREFETCH_BYTES = 8 * 2**20
 DROP_BEHIND_BYTES = 2**20
-DIRECT_READS = True  # O_DIRECT where the file system takes it (see _ShardPipeline._read, _Output)
+DIRECT_READS = True  # O_DIRECT where the file system takes it (see _ShardPipeline._read, stages.Output)
 DIRECT_WRITES = True
 
 
@@ -84,195 +85,8 @@ class ShardWritten:
     uncompressed_size: int  # the tar stream, end-of-archive blocks included
 
 
-class _Compress:
-    """The compressing stage: cuts runs of tar bytes into frames of at most `limit` bytes (a run always
-    starts a frame), compresses them into output buffers and hands each full buffer to `emit`."""
-
-    def __init__(self, level: int, limit: int, pool: BufferPool, emit: Callable[[Buffer], None]):
-        self._zstd = FrameCompressor(level)
-        self.limit = limit
-        self._pool = pool
-        self._emit = emit
-        self.entries: list[tuple[int, int, int]] = []  # per frame: compressed, decompressed size, checksum
-        self.compressed = 0  # bytes of output so far
-        self._run_left = 0
-        self._frame_left = 0
-        self._frame_size = 0
-        self._buf = pool.get()
-        self._space = self._space_of(self._buf)
-
-    @staticmethod
-    def _space_of(buf: Buffer) -> Space:
-        return (buf.address, buf.view, buf.capacity, buf.fill)
-
-    def _advance(self, fill: int) -> Space:
-        self.compressed += fill - self._buf.fill
-        self._buf.fill = fill
-        if fill == self._buf.capacity:
-            self._emit(self._buf)
-            self._buf = self._pool.get()
-        return self._space_of(self._buf)
-
-    def handle(self, item: Any) -> None:
-        if type(item) is Buffer:
-            try:
-                self._feed(item.data)
-            finally:
-                item.release()
-        elif type(item) is tuple:  # ("run", total bytes) or ("finish", a list for the shard's size)
-            if self._run_left or self._frame_left:
-                raise RuntimeError("the previous run is unfinished")
-            if item[0] == "run":
-                self._run_left = item[1]
-            else:
-                item[1].append(self.finish())
-        else:
-            self._feed(item)
-
-    def _feed(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        pos, end = 0, view.nbytes
-        if end > self._run_left:
-            raise RuntimeError(f"{end} bytes written to a run with {self._run_left} left")
-        zstd = self._zstd
-        while pos < end:
-            if not self._frame_left:
-                # The pledged size goes into the frame header (Frame_Content_Size), and zstd checks that
-                # exactly that many bytes arrive.
-                self._frame_size = self._frame_left = min(self.limit, self._run_left)
-                zstd.begin(self._frame_size)
-            take = min(self._frame_left, end - pos)
-            self._space = zstd.compress(view[pos : pos + take], self._space, self._advance)
-            pos += take
-            self._frame_left -= take
-            self._run_left -= take
-            if not self._frame_left:
-                self._space = zstd.end(self._space, self._advance)
-                # The seek table wants "the least significant 32 bits of the XXH64 digest of the uncompressed
-                # data", which is exactly the zstd frame's own Content_Checksum, its last 4 bytes: taking it
-                # from there saves a hash pass over every byte (the tests check it against XXH64).
-                self.entries.append((zstd.produced, self._frame_size, int.from_bytes(zstd.tail, "little")))
-
-    def finish(self) -> int:
-        """Append the seek table, hand over the last buffer; the shard's size in bytes."""
-        table = memoryview(encode_seek_table(self.entries))
-        pos = 0
-        while pos < table.nbytes:
-            buf = self._buf
-            take = min(buf.capacity - buf.fill, table.nbytes - pos)
-            buf.view[buf.fill : buf.fill + take] = table[pos : pos + take]
-            pos += take
-            self._advance(buf.fill + take)
-        if self._buf.fill:
-            self._emit(self._buf)
-        else:
-            self._buf.share(0)
-        self._buf = None
-        return self.compressed
-
-
-class _Output:
-    """Where the shard's bytes go: the file's descriptor through pwrite, O_DIRECT where the file system takes
-    it, else `out.write` (a file object without a descriptor, as in tests).
-
-    O_DIRECT: measured here, 1 GiB written through the page cache and fsynced took 1.34 s and 0.74 s of
-    system CPU; with O_DIRECT, 0.50 s and 0.07 s. A shard is written once and read by other programs later,
-    so caching its pages only evicts more useful ones; and on two cores the CPU saved is the build's.
-    """
-
-    def __init__(self, out: BinaryIO):
-        self._out = out
-        self._fd: int | None = None
-        self._flags: int | None = None
-        try:
-            fd = out.fileno()
-        except (AttributeError, OSError, io.UnsupportedOperation):
-            return
-        out.flush()
-        self._fd = fd
-        self.base = os.lseek(fd, 0, os.SEEK_CUR)
-        if self.base % PAGE == 0 and DIRECT_WRITES:
-            self._direct(True)
-
-    base = 0
-    used_direct = False
-
-    def _direct(self, on: bool) -> None:
-        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-        if on:
-            try:
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-            except OSError:  # a file system without direct I/O (tmpfs, some FUSE): the page cache it is
-                return
-            self._flags = flags
-            self.used_direct = True
-        elif self._flags is not None:
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, self._flags)
-            self._flags = None
-
-    @property
-    def direct(self) -> bool:
-        return self._flags is not None
-
-    def write(self, bufs: list[Buffer]) -> None:
-        """Write buffers that follow each other in the file. Several at once go out in one pwritev: with
-        O_DIRECT each buffer is one request to the disk, and a lone 4 MiB request at a time left the disk
-        idle between them (1 GB took the writer 1.8 s, with reads going on; in one call, 1.0 s)."""
-        try:
-            if self._fd is None:
-                for buf in bufs:
-                    self._out.write(buf.data)
-                return
-            # A partial last block cannot go through O_DIRECT; it is the file's last write.
-            if self._flags is not None and bufs[-1].fill % PAGE:
-                self._direct(False)
-            views = [buf.view[: buf.fill] for buf in bufs]
-            offset, left = self.base + bufs[0].offset, sum(buf.fill for buf in bufs)
-            while left:
-                try:
-                    n = os.pwritev(self._fd, views, offset)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL or self._flags is None:
-                        raise
-                    self._direct(False)  # the file system took the flag but refuses the writes
-                    continue
-                offset, left = offset + n, left - n
-                views = _after(views, n)
-        finally:
-            for buf in bufs:
-                buf.release()
-
-    def close(self, length: int) -> None:
-        if self._fd is not None:
-            self._direct(False)
-            os.lseek(self._fd, self.base + length, os.SEEK_SET)
-
-
-class _MemberDigests:
-    """The member-hashing stage: xxh3-128 and SHA-256 of each member's content, in member order."""
-
-    def __init__(self) -> None:
-        self.digests: list[MemberDigest] = []
-        self._hasher: MemberHasher | None = None
-
-    def handle(self, item: Any) -> None:
-        if type(item) is Buffer:
-            try:
-                self._hasher.update(item.data)
-            finally:
-                item.release()
-        elif item is _BEGIN:
-            self._hasher = MemberHasher()
-        else:
-            self.digests.append(self._hasher.finish())
-
-
-_BEGIN, _END = "begin", "end"
-
-
-def _release(item: Any) -> None:
-    if type(item) is Buffer:
-        item.release()
+class ResumeMismatch(ValueError):
+    """The members or settings given do not match the checkpoint being resumed; rebuild from 0."""
 
 
 class _ShardPipeline:
@@ -285,6 +99,8 @@ class _ShardPipeline:
         limit: int,
         sinks: Sequence[Callable[[memoryview], None]],
         profile: dict | None,
+        checkpoints: Checkpoints | None,
+        resume: Resume | None,
     ):
         self.limit = limit
         self.failure = Failure()
@@ -294,29 +110,39 @@ class _ShardPipeline:
         compress_stats = None if stats is None else stats.setdefault("compress", {})
         self.in_pool = BufferPool(_IN_BUFFERS, max(READ_CHUNK, 1), self._main_stats, "input")
         self.out_pool = BufferPool(_OUT_BUFFERS, OUT_CHUNK, compress_stats, "output")
-        self.output = _Output(out)
+        cp = resume.checkpoint if resume else None
+        self.digests_list: list[MemberDigest] = list(cp.digests) if cp else []
+        self.marks = Marks(checkpoints, self.digests_list, self.failure) if checkpoints else None
+        self.output = Output(out, DIRECT_WRITES, self.marks)
+        if not self.output.has_fd:
+            self.marks = self.output._marks = None  # checkpoints need a file to fsync
+        if resume is not None and (not self.output.has_fd or self.output.base):
+            raise ValueError("a shard is resumed into its .part, open at its first byte")
         self._stages: list[Stage] = []
         self._outputs: list[Stage] = []
 
-        def stage(name: str, handle: Callable[[Any], None]) -> Stage:
-            s = Stage(name, handle, self.failure, _release, stats)
+        def stage(name: str, handle: Callable[[Any], None], batch: int = 1) -> Stage:
+            s = Stage(name, handle, self.failure, release, stats, batch=batch)
             self._stages.append(s)
             return s
 
-        for i, sink in enumerate(sinks):
-            self._outputs.append(stage(f"sink{i}", functools.partial(_feed_sink, sink)))
-        self._outputs.append(
-            Stage("write", self.output.write, self.failure, _release, stats, batch=_OUT_BUFFERS)
+        snapshots = checkpoints.snapshots if checkpoints else [None] * len(sinks)
+        for i, (sink, snap) in enumerate(zip(sinks, snapshots, strict=True)):
+            self._outputs.append(stage(f"sink{i}", functools.partial(feed_sink, sink, snap, i, self.marks)))
+        self._outputs.append(stage("write", self.output.write, batch=_OUT_BUFFERS))
+        self.digest_stage = stage("digest", MemberDigests(self.digests_list, self.marks).handle)
+        self.member_keys: list[bytes] = []
+        head = resume.head if resume else b""
+        self._compress = Compress(
+            level, limit, self.out_pool, self._emit, self.marks, self.member_keys, cp, head
         )
-        self._stages.append(self._outputs[-1])
-        self._digests = _MemberDigests()
-        self.digest_stage = stage("digest", self._digests.handle)
-        self._compress = _Compress(level, limit, self.out_pool, self._emit)
         self.compress_stage = stage("compress", self._compress.handle)
         self.reads_direct = False  # whether the last member was read with O_DIRECT
-        self.position = 0  # bytes of tar stream submitted
+        self.on_progress: Callable[[int], None] | None = None
+        self._reported = self._content_submitted = 0
+        self.position = 0  # bytes of tar stream submitted (or, resuming, accounted for)
         self.frames = 0  # frames the submitted runs make
-        self._offset = 0  # output bytes handed to the output stages
+        self._offset = cp.offset - len(head) if cp else 0  # where the next buffer handed over starts
 
     def _emit(self, buf: Buffer) -> None:  # on the compressing thread
         buf.offset = self._offset
@@ -325,30 +151,67 @@ class _ShardPipeline:
         for s in self._outputs:
             s.put(buf)
 
-    def begin_run(self, total: int) -> int:
-        """Submit a run of `total` bytes starting at a frame boundary; the index of its first frame."""
+    def begin_run(
+        self, total: int, member: int = -1, header: int = 0, done: int = 0, submit: bool = True
+    ) -> int:
+        """Account for (and unless resuming past it, submit) a run of `total` bytes starting at a frame
+        boundary, `done` of them already written; the index of its first frame."""
         first = self.frames
         self.frames += -(-total // self.limit)
         self.position += total
-        self.compress_stage.put(("run", total))
+        if submit:
+            self.compress_stage.put(("run", total, member, header, done))
         return first
 
-    def member(self, m: MemberSource, shard_name: str, on_progress: Callable[[int], None] | None):
-        """Submit one member; it with its content offset and frame range. Its digest comes later."""
+    def member(
+        self,
+        index: int,
+        m: MemberSource,
+        shard_name: str,
+        resume: Resume | None = None,
+    ):
+        """Submit one member; it with its content offset and frame range. Its digest comes later.
+
+        Resuming, a member wholly before the checkpoint is only accounted for, and the one in progress
+        continues where its bytes in the .part end."""
         header = tar_header(m.path, m.size, m.mtime)
         padding = -m.size % TAR_BLOCK
+        total = len(header) + m.size + padding
         offset = self.position + len(header)
-        first = self.begin_run(len(header) + m.size + padding)
-        self.compress_stage.put(header)
-        self.digest_stage.put(_BEGIN)
-        self._read(m, shard_name, on_progress)
+        cp = resume.checkpoint if resume else None
+        if cp is not None and index < cp.member:
+            first = self.begin_run(total, submit=False)
+            self.report(m.size)
+            return (m, offset, *_content_frames(first, len(header), m.size, self.limit))
+        done = cp.run_done if cp is not None and index == cp.member else 0
+        if cp is not None and index == cp.member:
+            self._check_resume_point(cp, header, total, resume)
+        first = self.begin_run(total, index, len(header), done)
+        if not done:
+            self.compress_stage.put(header)
+            self.digest_stage.put(BEGIN)
+        else:
+            self.digest_stage.put(("begin", resume.member_hasher))
+        skip = max(0, done - len(header))
+        self._read(m, shard_name, skip)
         if padding:
             self.compress_stage.put(bytes(padding))
-        self.digest_stage.put(_END)
+        self.digest_stage.put(END)
         return (m, offset, *_content_frames(first, len(header), m.size, self.limit))
 
-    def _read(self, m: MemberSource, shard_name: str, on_progress: Callable[[int], None] | None) -> None:
-        """Read the file into pooled buffers, exactly `m.size` bytes, or ShardBuildError.
+    def _check_resume_point(self, cp: WriterCheckpoint, header: bytes, total: int, resume: Resume) -> None:
+        key = self.member_keys[cp.member if cp.run_done else cp.member - 1]
+        if key != cp.members_key:
+            raise ResumeMismatch("the members before the checkpoint are not the ones written")
+        if self.position + cp.run_done != cp.position or self.frames + cp.run_done // self.limit != len(
+            cp.entries
+        ):
+            raise ResumeMismatch("the checkpoint's frames do not match the members' sizes")
+        if cp.run_done and (resume.member_header != header or cp.run_done >= total):
+            raise ResumeMismatch("the member in progress is not the one in the .part")
+
+    def _read(self, m: MemberSource, shard_name: str, start: int = 0) -> None:
+        """Read the file from byte `start` into pooled buffers, to exactly `m.size` bytes, or ShardBuildError.
 
         With O_DIRECT where the file system takes it: measured reading this corpus cold, 1 GB through the
         page cache cost 0.36-0.59 s of CPU (copying, filling and dropping the cache), directly 0.11 s, at the
@@ -358,12 +221,14 @@ class _ShardPipeline:
         stats, failure = self._main_stats, self.failure
         with _open_source(m, shard_name) as f:
             fd = f.fileno()
-            direct = READ_CHUNK % PAGE == 0 and DIRECT_READS and _set_direct(fd, True)
+            direct = READ_CHUNK % PAGE == 0 and start % PAGE == 0 and DIRECT_READS and _set_direct(fd, True)
             self.reads_direct = direct
-            pos, size = 0, m.size
+            pos, size = start, m.size
+            if start:
+                self.report(start)
             try:
                 while pos < size:
-                    buf = self.in_pool.get()
+                    buf = self.in_pool.get(self.tick)
                     try:
                         want = min(READ_CHUNK, size - pos, buf.capacity)
                         t = time.perf_counter() if stats is not None else 0.0
@@ -386,12 +251,12 @@ class _ShardPipeline:
                         raise fail(f"expected {size} bytes, found {pos} (it shrank while it was read)")
                     buf.fill = n
                     pos += n
+                    self._content_submitted += n
                     buf.share(2)
                     self.compress_stage.put(buf)
                     self.digest_stage.put(buf)
                     failure.check()
-                    if on_progress is not None:
-                        on_progress(n)
+                    self.tick()
                 if direct:
                     _set_direct(fd, False)
                 if os.pread(fd, 1, size):
@@ -402,10 +267,31 @@ class _ShardPipeline:
                 # The archive is read once: its pages would only push others out of the page cache.
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
+    def report(self, n: int) -> None:
+        """Input bytes done without compressing them (a resumed shard's prefix)."""
+        if self.on_progress is not None and n:
+            self.on_progress(n)
+
+    def tick(self) -> None:
+        """Report the members' bytes compressed since the last tick, in this (the calling) thread: progress
+        follows the work done, not the reads, which run ahead by the input buffers."""
+        done = self._compress.content_done
+        if done > self._reported:
+            n, self._reported = done - self._reported, done
+            self.report(n)
+
     def digests(self) -> list[MemberDigest]:
-        self.digest_stage.close()
+        self.compress_stage_idle()
+        self.digest_stage.close(self.tick)
         self.failure.check()
-        return self._digests.digests
+        return self.digests_list
+
+    def compress_stage_idle(self) -> None:
+        """Wait (ticking) until the compressing stage has taken every member's bytes."""
+        while self._compress.content_done < self._content_submitted and self.failure.error is None:
+            time.sleep(WAKE / 4)
+            self.tick()
+        self.tick()
 
     def write(self, data: bytes) -> None:
         self.compress_stage.put(data)
@@ -414,6 +300,8 @@ class _ShardPipeline:
         """Wait for every byte to be written; (shard size, frame entries)."""
         length: list[int] = []
         self.compress_stage.put(("finish", length))
+        self.compress_stage.close(self.tick)
+        self.tick()
         self.close()
         self.failure.check()
         self.output.close(length[0])
@@ -429,7 +317,7 @@ class _ShardPipeline:
             self.out_pool.close()
             if self.profile is not None:
                 self.profile["O_DIRECT"] = self.output.used_direct
-                self.profile["zero_copy_zstd"] = self._compress._zstd.zero_copy
+                self.profile["zero_copy_zstd"] = self._compress.zero_copy
 
 
 def _set_direct(fd: int, on: bool) -> bool:
@@ -440,21 +328,6 @@ def _set_direct(fd: int, on: bool) -> bool:
     except OSError:
         return False
     return True
-
-
-def _after(views: list[memoryview], n: int) -> list[memoryview]:
-    """What is left of `views` after their first `n` bytes were written."""
-    while n and n >= views[0].nbytes:
-        n -= views[0].nbytes
-        views = views[1:]
-    return [views[0][n:], *views[1:]] if n else views
-
-
-def _feed_sink(sink: Callable[[memoryview], None], buf: Buffer) -> None:
-    try:
-        sink(buf.data)
-    finally:
-        buf.release()
 
 
 def _member_error(m: MemberSource, shard_name: str, reason: str) -> ShardBuildError:
@@ -515,6 +388,8 @@ def write_shard(
     on_progress: Callable[[int], None] | None = None,
     shard_name: str = "",
     profile: dict | None = None,
+    checkpoints: Checkpoints | None = None,
+    resume: Resume | None = None,
 ) -> ShardWritten:
     """Write `members`, in order, as one seekable .tar.zst shard to `out`; see the module docstring.
 
@@ -522,22 +397,30 @@ def write_shard(
     the caller hashes the shard without reading it back. Each sink runs on a thread of its own and sees the
     bytes in order, one call at a time, as read-only views of buffers that are reused once it returns (so
     a sink must not keep them). `on_progress(n)` runs in the calling thread and reports input bytes
-    consumed. Raises ShardBuildError when an input file is missing, unreadable, a symlink, or not `size`
+    compressed, at least every 0.1 s while there is work in flight (so a callback can stop the build by
+    raising). Raises ShardBuildError when an input file is missing, unreadable, a symlink, or not `size`
     bytes; the partial output is then the caller's to discard. Output is byte-identical for identical
     input. With `profile` (a dict), per-thread CPU, busy and waiting times are added to it.
+
+    With `checkpoints`, the writer's state is handed to `checkpoints.save` every so often (resume.py);
+    with `resume` (a checkpoint checked against the .part that `out` is, open at byte 0), writing continues
+    from that checkpoint, given the same members and the sinks restored to it, and the bytes come out as
+    an uninterrupted run would have written them; ResumeMismatch if the members do not match it.
     """
     limit = frame_size - frame_size % TAR_BLOCK
     if not TAR_BLOCK <= limit <= MAX_FRAME_SIZE:
         raise ValueError(f"frame size {frame_size} is outside {TAR_BLOCK}..{MAX_FRAME_SIZE} bytes")
     if not 0 <= manifest_mtime <= USTAR_MTIME_MAX:
         raise ValueError(f"manifest mtime {manifest_mtime} does not fit a ustar header")
-    pipe = _ShardPipeline(out, level, limit, sinks, profile)
+    pipe = _ShardPipeline(out, level, limit, sinks, profile, checkpoints, resume)
+    pipe.on_progress = on_progress
     cpu0 = time.thread_time()
     try:
         placed = []
         ids: set[str] = set()
         paths: set[str] = set()
-        for m, following in _with_next(members):
+        key = hashlib.sha256()
+        for index, (m, following) in enumerate(_with_next(members)):
             if following is not None and PREFETCH_BYTES and not pipe.reads_direct:
                 _prefetch(following)
             _check_member(m, shard_name)
@@ -547,7 +430,11 @@ def write_shard(
                 raise ShardBuildError(shard_name, f"member {m.id}: duplicate {what}", str(m.source))
             ids.add(m.id)
             paths.add(m.path)
-            placed.append(pipe.member(m, shard_name, on_progress))
+            members_key_update(key, (m.id, m.path, m.kind, _json_float(m.popularity), m.size, m.mtime))
+            pipe.member_keys.append(key.digest())
+            placed.append(pipe.member(index, m, shard_name, resume))
+        if resume is not None and len(placed) < resume.checkpoint.member + bool(resume.checkpoint.run_done):
+            raise ResumeMismatch("fewer members than the checkpoint has written")
         digests = pipe.digests()
         records = [_record(m, d, *where) for (m, *where), d in zip(placed, digests, strict=True)]
         _write_manifest(pipe, records, manifest_mtime)
@@ -562,6 +449,11 @@ def write_shard(
     return ShardWritten(
         records=records, frames=len(entries), compressed_size=length, uncompressed_size=pipe.position
     )
+
+
+def _json_float(value: float) -> float | str:
+    number = float(value)
+    return number if math.isfinite(number) else repr(number)
 
 
 def _with_next(items: Iterable[MemberSource]) -> Iterator[tuple[MemberSource, MemberSource | None]]:

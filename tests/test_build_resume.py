@@ -1,0 +1,291 @@
+"""Resuming a shard inside itself: an interrupted build continues from its last checkpoint with the bytes of
+an uninterrupted one, and a damaged or hostile checkpoint or .part is refused, the shard rebuilt from 0."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from packager import layout
+from packager.build import BytesDone, build
+from packager.catalog import IngestOptions, ingest
+from packager.container import MemberSource, resume, write_shard
+from packager.container.resume import Checkpoints
+from packager.container.writer import ResumeMismatch
+from packager.hashing import FileDigest, ShardHasher
+from packager.plan import plan
+from packager.workspace import Workspace
+
+CHECKPOINT_EVERY = 2**20
+
+
+@pytest.fixture(autouse=True)
+def frequent_checkpoints(monkeypatch):
+    monkeypatch.setattr(resume, "CHECKPOINT_EVERY_BYTES", CHECKPOINT_EVERY)
+
+
+def rows(archive, n=14, seed=5) -> list[dict]:
+    """Members of 0.3-3 MB (several frames of 64 KiB each), random bytes: one shard of ~20 MB."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        size = rng.choice([300_000, 1_500_000, 3_000_000]) + rng.randrange(512)
+        path = f"audio/{i % 3}/x{i:02d}.ogg"
+        archive.add(path, rng.randbytes(size))
+        out.append({"id": f"x{i:02d}", "path": path, "kind": "audio", "popularity": 40, "size": size})
+    return out
+
+
+def workspace_for(make_workspace, archive, name: str, fmt: str = "v1") -> Path:
+    ws = make_workspace(name, audio_shard="200MB")
+    if fmt != "v1":
+        config = ws / layout.CONFIG
+        text = config.read_text().replace('name = "audio"\n', f'name = "audio"\nformat = "{fmt}"\n')
+        config.write_text(text)
+    with Workspace.open(ws) as w:
+        ingest(w, [archive.jsonl(rows(archive), f"{name}.jsonl")], IngestOptions())
+        plan(w)
+    return ws
+
+
+def run_build(ws: Path, **kw):
+    with Workspace.open(ws) as w:
+        return build(w, jobs_count=1, **kw)
+
+
+def files(ws: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for d in ("shards", "torrents")
+        for p in sorted((ws / d).iterdir())
+    }
+
+
+def leftovers(ws: Path) -> list[str]:
+    return sorted(
+        p.name
+        for d in ("shards", "torrents")
+        for p in (ws / d).iterdir()
+        if p.name.endswith((".part", ".checkpoint", ".tmp")) or p.name.startswith(".")
+    )
+
+
+def interrupt(ws: Path, after: int) -> None:
+    """Build until `after` input bytes are read and a checkpoint is saved, then interrupt (as Ctrl-C)."""
+    read = [0]
+
+    def on_event(event):
+        if isinstance(event, BytesDone):
+            read[0] += event.n
+            time.sleep(0.01)  # let the writer keep up, so that checkpoints are saved before the stop
+            if read[0] >= after and list((ws / "shards").glob("*.checkpoint")):
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_build(ws, on_event=on_event)
+    assert list((ws / "shards").glob("*.part")) and list((ws / "shards").glob("*.part.checkpoint"))
+
+
+@pytest.fixture
+def reference(make_workspace, archive) -> dict[str, str]:
+    ws = workspace_for(make_workspace, archive, "reference")
+    assert not run_build(ws).failed
+    return files(ws)
+
+
+@pytest.mark.parametrize("fmt", ["v1", "hybrid"])
+def test_an_interrupted_shard_resumes_with_the_bytes_of_an_uninterrupted_build(make_workspace, archive, fmt):
+    clean = workspace_for(make_workspace, archive, "clean", fmt)
+    run_build(clean)
+    ws = workspace_for(make_workspace, archive, "interrupted", fmt)
+    interrupt(ws, after=12_000_000)
+    report = run_build(ws)
+    assert report.built and report.restarted == []
+    [(name, kept)] = report.resumed
+    assert kept >= CHECKPOINT_EVERY, "it resumed from a checkpoint, not from byte 0"
+    assert files(ws) == files(clean)
+    assert leftovers(ws) == []
+
+
+@pytest.mark.slow
+def test_kill_9_mid_shard_at_several_points_then_resume(make_workspace, archive, reference):
+    """A build process killed with SIGKILL while it writes one big shard, three times; each restart goes on
+    from the last checkpoint, and the shard comes out byte for byte as an uninterrupted build's."""
+    ws = workspace_for(make_workspace, archive, "killed")
+    driver = (
+        "import sys, time\n"
+        "from packager.container import resume\n"
+        f"resume.CHECKPOINT_EVERY_BYTES = {CHECKPOINT_EVERY}\n"
+        "from packager.build import build, BytesDone\n"
+        "from packager.workspace import Workspace\n"
+        "slow = lambda e: time.sleep(0.01) if isinstance(e, BytesDone) else None\n"
+        "with Workspace.open(sys.argv[1]) as w:\n"
+        "    build(w, jobs_count=1, on_event=slow)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    part = ws / "shards" / "t-audio-t2-00001.tar.zst.part"
+    kills = []
+    for threshold in (5_000_000, 10_000_000, 15_000_000):
+        proc = subprocess.Popen([sys.executable, "-c", driver, str(ws)], env=env)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if part.exists() and part.stat().st_size >= threshold:
+                proc.send_signal(signal.SIGKILL)
+                kills.append(part.stat().st_size)
+                break
+            time.sleep(0.002)
+        proc.wait(timeout=60)
+    assert len(kills) == 3, "the build finished before it could be killed; make the data bigger"
+    report = run_build(ws)
+    assert report.resumed and report.resumed[0][1] >= 10_000_000 - 4 * CHECKPOINT_EVERY - 64 * 2**20 // 4
+    assert files(ws) == reference
+    assert leftovers(ws) == []
+
+
+# --- damaged and hostile checkpoints and .part files -------------------------------------------------------
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def _rewrite_checkpoint(path: Path, change) -> None:
+    """Edit the checkpoint's JSON and seal it again with a valid trailer: what a hostile file could be."""
+    body = path.read_bytes()[:-32]
+    magic, doc = body.split(b"\n", 1)
+    doc = json.loads(doc)
+    change(doc)
+    body = magic + b"\n" + json.dumps(doc).encode()
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def _bad_sha_state(doc: dict) -> None:
+    state = bytearray(base64.b64decode(doc["sink_states"][0]))
+    state[104] = 200  # the pending-block fill, an index into a 64-byte array inside OpenSSL
+    doc["sink_states"][0] = base64.b64encode(bytes(state)).decode()
+
+
+def _first_frame_size(cp: Path) -> int:
+    body = cp.read_bytes()[:-32]
+    entries = base64.b64decode(json.loads(body.split(b"\n", 1)[1])["entries"])
+    return int.from_bytes(entries[:4], "little")
+
+
+def _checkpoint_offset(cp: Path) -> int:
+    return json.loads(cp.read_bytes()[:-32].split(b"\n", 1)[1])["offset"]
+
+
+TAMPER = {
+    "checkpoint with a flipped byte": lambda part, cp: _flip(cp, len(cp.read_bytes()) // 2),
+    "checkpoint cut short": lambda part, cp: cp.write_bytes(cp.read_bytes()[:100]),
+    "checkpoint with a hostile SHA-256 state": lambda part, cp: _rewrite_checkpoint(cp, _bad_sha_state),
+    "checkpoint for more frames than written": lambda part, cp: _rewrite_checkpoint(
+        cp, lambda d: d.update(offset=d["offset"] + 1)
+    ),
+    "checkpoint is a symlink": lambda part, cp: (cp.unlink(), cp.symlink_to("/dev/zero")),
+    "part shorter than the checkpoint": lambda part, cp: os.truncate(part, _checkpoint_offset(cp) - 1),
+    "part with a frame checksum changed": lambda part, cp: _flip(part, _first_frame_size(cp) - 1),
+    "part changed inside the last frame": lambda part, cp: _flip(part, _checkpoint_offset(cp) - 3000),
+    "part of random bytes": lambda part, cp: part.write_bytes(os.urandom(part.stat().st_size)),
+    "part is a FIFO": lambda part, cp: (part.unlink(), os.mkfifo(part)),
+}
+
+
+@pytest.mark.parametrize("tamper", list(TAMPER))
+def test_a_damaged_or_hostile_checkpoint_or_part_is_refused(make_workspace, archive, reference, tamper):
+    ws = workspace_for(make_workspace, archive, "tampered")
+    interrupt(ws, after=12_000_000)
+    part = next((ws / "shards").glob("*.part"))
+    TAMPER[tamper](part, part.with_name(layout.checkpoint_name(part.name)))
+    report = run_build(ws)
+    assert report.resumed == [] and len(report.restarted) == 1, report.as_dict()
+    assert files(ws) == reference
+    assert leftovers(ws) == []
+
+
+def test_a_checkpoint_of_other_settings_is_refused(make_workspace, archive):
+    ws = workspace_for(make_workspace, archive, "changed")
+    interrupt(ws, after=12_000_000)
+    config = ws / layout.CONFIG
+    config.write_text(config.read_text().replace("level = -1", "level = 1"))
+    report = run_build(ws)
+    assert report.resumed == [] and "another build" in report.restarted[0][1]
+    clean = workspace_for(make_workspace, archive, "clean")
+    (clean / layout.CONFIG).write_text(config.read_text())
+    run_build(clean)
+    assert files(ws) == files(clean)
+
+
+# --- the writer and the hashers on their own --------------------------------------------------------------
+
+
+def test_resuming_with_other_members_is_refused(tmp_path: Path) -> None:
+    sources = []
+    for i in range(4):
+        f = tmp_path / f"{i}.bin"
+        f.write_bytes(random.Random(i).randbytes(600_000))
+        sources.append(MemberSource(f"m{i}", f"a/{i}", "audio", 1.0, 600_000, f, 0))
+    saved = []
+    hasher = ShardHasher(2**16)
+    cps = Checkpoints(save=saved.append, snapshots=hasher.snapshots, every_bytes=2**18)
+    part = tmp_path / "s.part"
+    with open(part, "wb") as out:
+        write_shard(
+            out, sources, level=1, frame_size=2**16, manifest_mtime=0, sinks=hasher.sinks, checkpoints=cps
+        )
+    cp = saved[len(saved) // 2]
+    fd = os.open(part, os.O_RDONLY)
+    try:
+        point = resume.check_part(fd, cp, 2**16)
+    finally:
+        os.close(fd)
+    renamed = [sources[0].__class__(**{**s.__dict__, "path": s.path + "x"}) for s in sources]
+    restored = ShardHasher.resumed(2**16, False, cp.offset, cp.sink_states)
+    with open(part, "r+b") as out, pytest.raises(ResumeMismatch):
+        write_shard(
+            out, renamed, level=1, frame_size=2**16, manifest_mtime=0, sinks=restored.sinks, resume=point
+        )
+
+
+@given(st.binary(min_size=0, max_size=200_000), st.data())
+def test_a_hasher_resumed_from_its_snapshots_gives_the_same_hashes(data: bytes, draw) -> None:
+    piece = draw.draw(st.sampled_from([2**14, 2**15, 2**17]))
+    v2 = draw.draw(st.booleans())
+    cut = draw.draw(st.integers(0, len(data)))
+    whole = ShardHasher(piece, v2)
+    whole.update(data)
+    first = ShardHasher(piece, v2)
+    first.update(data[:cut])
+    states = tuple(snap() for snap in first.snapshots)
+    second = ShardHasher.resumed(piece, v2, cut, states)
+    for sink in second.piece_sinks:
+        sink(memoryview(data[second.piece_start(cut) : cut]))
+    second.update(data[cut:])
+    assert second.finish() == whole.finish()
+
+
+def test_a_sha256_state_that_does_not_fit_its_length_is_refused() -> None:
+    digest = FileDigest()
+    digest.update(memoryview(b"x" * 100))
+    state = digest.state()
+    assert state is not None
+    FileDigest(state, 100)  # fits
+    for length in (99, 101, 2**40):
+        with pytest.raises(ValueError, match="does not describe"):
+            FileDigest(state, length)
+    with pytest.raises(ValueError):
+        FileDigest(state[:-1], 100)
