@@ -103,6 +103,41 @@ def test_every_command_is_in_the_readme_and_has_an_example():
         assert r.exit_code == 0 and "Example:" in r.output, name
 
 
+def test_the_command_table_names_every_command_and_its_module_in_help_order():
+    from packager.cli import COMMANDS
+
+    registered = {(c.name or c.callback.__name__): c.callback.__module__ for c in app.registered_commands}
+    assert list(COMMANDS) == list(registered)
+    assert {name: f"packager.cli.{module}" for name, module in COMMANDS.items()} == registered
+
+
+_IMPORTS = """
+import sys
+from packager.cli import main
+sys.argv = ["packager", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+heavy = ("libtorrent", "minisign", "packager.build", "packager.catalog", "packager.container.writer",
+         "packager.cli.workspace", "packager.cli.shards", "packager.cli.publish", "packager.cli.seed")
+print(" ".join(m for m in heavy if m in sys.modules), file=sys.stderr)
+"""
+
+
+def test_a_command_imports_only_what_it_needs(tmp_path):
+    """Start-up is part of every command's wait: `verify` loads neither the other commands nor the
+    writer, libtorrent (for --help), minisign (without --pubkey) or the catalog engine."""
+
+    def heavy(*args: str) -> set[str]:
+        done = subprocess.run([sys.executable, "-c", _IMPORTS, *args], capture_output=True, text=True)
+        return set(done.stderr.split())
+
+    assert heavy("verify", "--help") == set()
+    assert heavy("verify", str(tmp_path)) <= {"libtorrent"}
+    assert "packager.cli.workspace" in heavy("--help")
+
+
 def test_demo_runs_every_stage_and_is_repeatable(tmp_path):
     r = invoke("demo", tmp_path / "demo", "--files", "40")
     assert r.exit_code == 0, r.output

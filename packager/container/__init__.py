@@ -28,8 +28,25 @@ from .format import (
     manifest_line,
     unsafe_name_reason,
 )
-from .reader import ShardReader
-from .writer import MemberSource, ShardWritten, write_shard
+
+# The writer (its threads, libzstd's cffi binding, the checkpoints) and the reader load on first use: a
+# command that only reads shards, or only their format (verify --pieces), does not wait for the other.
+_LAZY = {
+    "ShardReader": "reader",
+    "MemberSource": "writer",
+    "ShardWritten": "writer",
+    "write_shard": "writer",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "DEFAULT_FRAME_SIZE",
