@@ -4,22 +4,29 @@ Three timings on one corpus of incompressible audio-like files, in one run:
   copy      `cat` of every file into one output file, then fsync: what the disk can write at best
   pipeline  `tar -cf - | zstd -3 -T0`, then `mktorrent` (v1) of the result, then `sha256sum`: three passes
   build     `packager build --jobs N`: shards + torrents + all hashes in one pass
-Targets: build/copy <= 1.2, pipeline/build >= 2.0.
+Targets: build/copy <= 1.4, pipeline/build >= 2.5.
+
+`bench.py resume`: one shard of --size-gb (4) built whole, then built again but killed (SIGKILL) once 75 %
+of it is written, and restarted: the restart's wall time against the whole build's (target <= 40 %), and
+the two shards compared byte for byte.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-TARGET_BUILD_OVER_COPY = 1.2
-TARGET_PIPELINE_OVER_BUILD = 2.0
+TARGET_BUILD_OVER_COPY = 1.4
+TARGET_PIPELINE_OVER_BUILD = 2.5
+TARGET_RESUME_SHARE = 0.40
 
 
 def make_corpus(folder: Path, total: int, seed: int = 7) -> list[tuple[str, int]]:
@@ -134,6 +141,89 @@ def bench_build(args) -> dict:
         "build_over_copy": r1,
         "pipeline_over_build": r2,
         "page_cache_dropped": not cached,
+    }
+
+
+def _workspace(out: Path, name: str, corpus: Path, files: list[tuple[str, int]], shard: int) -> Path:
+    """A workspace over `corpus` whose shards are `shard` bytes, ingested and planned."""
+    ws = out / name
+    exe = [sys.executable, "-m", "packager.cli"]
+    init = ["init", str(ws), "--root", str(corpus), "--name", "bench"]
+    subprocess.run(exe + init, check=True, stdout=subprocess.DEVNULL)
+    cfg = ws / "release.toml"
+    cfg.write_text(cfg.read_text().replace('shard_size = "50GB"', f"shard_size = {shard}"))
+    catalog = out / f"{name}.jsonl"
+    catalog.write_text(
+        "".join(
+            json.dumps({"id": rel, "path": rel, "kind": "audio", "popularity": 50, "size": n}) + "\n"
+            for rel, n in files
+        )
+    )
+    subprocess.run(exe + ["ingest", str(ws), str(catalog)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(exe + ["plan", str(ws)], check=True, stdout=subprocess.DEVNULL)
+    return ws
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def bench_resume(args) -> dict:
+    """One shard built whole, then killed at 75 % and restarted: restart time / whole build (<= 40 %)."""
+    work = Path(args.workdir).resolve() / "resume"
+    corpus = work / "corpus"
+    total = int(args.size_gb * 1e9)
+    print(f"corpus: {total / 1e9:.1f} GB of incompressible files under {corpus}", flush=True)
+    files = make_corpus(corpus, total)
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    exe = [sys.executable, "-m", "packager.cli"]
+    whole_ws = _workspace(out, "whole", corpus, files, 2 * total)
+    whole_s = timed(exe + ["build", str(whole_ws)])
+    [whole] = sorted((whole_ws / "shards").iterdir())
+    expected = whole.stat().st_size
+
+    killed_ws = _workspace(out, "killed", corpus, files, 2 * total)
+    part = killed_ws / "shards" / (whole.name + ".part")
+    drop_caches()
+    started = time.perf_counter()
+    proc = subprocess.Popen(exe + ["build", str(killed_ws)], stdout=subprocess.DEVNULL)
+    while proc.poll() is None and not (part.exists() and part.stat().st_size >= args.kill_at * expected):
+        time.sleep(0.005)
+    killed_after = time.perf_counter() - started
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = part.stat().st_size if part.exists() else expected
+
+    drop_caches()
+    start = time.perf_counter()
+    command = exe + ["build", str(killed_ws), "--json"]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    restart_s = time.perf_counter() - start
+    report = json.loads(done.stdout)
+    kept = report["resumed"][0]["from_byte"] if report["resumed"] else 0
+    [again] = sorted((killed_ws / "shards").iterdir())
+    identical = again.name == whole.name and _sha256(again) == _sha256(whole)
+
+    share = restart_s / whole_s
+    print(f"{'whole build':<34} {whole_s:>7.2f} s   one shard of {expected / 1e9:.2f} GB")
+    print(f"{'killed (SIGKILL) at':<34} {killed_at / expected:>7.0%}     after {killed_after:.2f} s")
+    print(f"{'restart':<34} {restart_s:>7.2f} s   resumed from byte {kept:,} ({kept / expected:.0%})")
+    verdict = "ok" if share <= TARGET_RESUME_SHARE and identical else "MISSED"
+    print(f"restart/whole  {share:5.2f}  (target <= {TARGET_RESUME_SHARE})  {verdict}")
+    print(f"byte-identical {'yes' if identical else 'NO'}")
+    if report["restarted"]:
+        print(f"checkpoint refused: {report['restarted']}")
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "whole_s": whole_s,
+        "killed_at_fraction": killed_at / expected,
+        "restart_s": restart_s,
+        "resumed_from_byte": kept,
+        "restart_over_whole": share,
+        "identical": identical,
     }
 
 

@@ -40,8 +40,10 @@ def build(
 ) -> None:
     """Write every planned shard as a seekable .tar.zst with its .torrent, in one pass over the bytes.
 
-    Interrupted builds resume: finished shards are kept, partial ones are started again. With a Dask
-    scheduler the shards are built by its workers, which see the archive and the workspace at the same paths.
+    Interrupted builds resume: finished shards are kept, and a shard cut short goes on from its last
+    checkpoint (saved every 256 MiB), checked against what was written; with identical bytes either way.
+    With a Dask scheduler the shards are built by its workers, which see the archive and the workspace at the
+    same paths.
 
     Example:
         packager build music-release --jobs 8 --phase metadata
@@ -62,6 +64,11 @@ def build(
     else:
         for name in report.recovered:
             out.print(f"completed the interrupted rename of {name}")
+        for name, kept in report.resumed:
+            out.print(f"resumed {name} from its checkpoint at {format_size(kept)}")
+        for name, why in report.restarted:
+            refused = escape(f"{name}: its checkpoint was refused: {why}")
+            err.print(f"[bold]rebuilt from byte 0:[/] {refused}", markup=True)
         out.print(
             f"built {len(report.built)} shards; {report.skipped} already built; {len(report.failed)} failed"
         )
