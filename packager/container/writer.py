@@ -221,11 +221,12 @@ class _ShardPipeline:
         stats, failure = self._main_stats, self.failure
         with _open_source(m, shard_name) as f:
             fd = f.fileno()
+            cached = _in_page_cache(fd, start, self.in_pool)
             direct = (
                 READ_CHUNK % PAGE == 0
                 and start % PAGE == 0
                 and DIRECT_READS
-                and not _in_page_cache(fd, start, self.in_pool)
+                and not cached
                 and _set_direct(fd, True)
             )
             self.reads_direct = direct
@@ -269,8 +270,9 @@ class _ShardPipeline:
                     raise fail(f"expected {size} bytes, found more (the file grew while it was read)")
             except OSError as exc:
                 raise fail(f"unreadable: {exc.strerror}") from None
-            if not self.reads_direct and size >= DROP_BEHIND_BYTES:
-                # The archive is read once: its pages would only push others out of the page cache.
+            if not self.reads_direct and not cached and size >= DROP_BEHIND_BYTES:
+                # The archive is read once: its pages would only push others out of the page cache (pages
+                # that were cached before are someone else's, and stay).
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def report(self, n: int) -> None:
