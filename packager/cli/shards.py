@@ -41,7 +41,7 @@ def build(
     """Write every planned shard as a seekable .tar.zst with its .torrent, in one pass over the bytes.
 
     Interrupted builds resume: finished shards are kept, and a shard cut short goes on from its last
-    checkpoint (saved every 256 MiB), checked against what was written; with identical bytes either way.
+    checkpoint (saved every 128 MiB or so), checked against what was written; identical bytes either way.
     With a Dask scheduler the shards are built by its workers, which see the archive and the workspace at the
     same paths.
 

@@ -1,10 +1,10 @@
 """Resuming a shard from its last checkpoint: what is saved, how it is stored, and how the `.part` is checked.
 
-While a shard is written, the writer takes a checkpoint at a frame boundary every so often (every 256 MiB
-of output or 15 s, whichever comes first): the frames so far, where the tar stream stands (which member, how
-far into it), the digests of the members already complete, and each output hasher's state at exactly that
-byte. The checkpoint is saved (atomically, beside the `.part`) only after the `.part` is fsynced past that
-byte, so it never claims bytes that a crash could have lost.
+While a shard is written, the writer takes a checkpoint at a frame boundary every so often (every 128 MiB
+of output, 1/16 of the shard so far once that is more, or 15 s, whichever comes first): the frames so far,
+where the tar stream stands (which member, how far into it), the digests of the members already complete,
+and each output hasher's state at exactly that byte. The checkpoint is saved (atomically, beside the
+`.part`) only after the `.part` is fsynced past that byte, so it never claims bytes a crash could lose.
 
 On restart the saved checkpoint is believed only after checks that cost little next to a rebuild:
 
@@ -37,7 +37,11 @@ from packager.hashing import MemberDigest, MemberHasher
 
 from .format import MAX_FRAME_SIZE, SEEK_ENTRY, ZSTD_MAGIC, tar_member
 
-CHECKPOINT_EVERY_BYTES = 256 * 2**20
+# A checkpoint costs a fsync of the .part and an atomic write of the checkpoint: 0.1 ms and 0.7 ms for a
+# 100 KB one on this machine's disk, so every 128 MiB costs nothing a build could measure; past 2 GB the
+# interval is 1/16 of the shard so far (CHECKPOINT_SHARE), as a checkpoint grows with the shard.
+CHECKPOINT_EVERY_BYTES = 128 * 2**20
+CHECKPOINT_SHARE = 16
 CHECKPOINT_EVERY_SECONDS = 15.0
 _MAGIC = b"packager-shard-checkpoint 1\n"
 MAX_CHECKPOINT_BYTES = 64 << 20  # far above any real one (a 100 GB shard's is a few MB)
@@ -177,6 +181,10 @@ def check_part(fd: int, cp: WriterCheckpoint, limit: int, page: int = 4096) -> R
     if size < cp.offset:
         raise CheckpointRejected(f"the .part has {size} bytes, fewer than the {cp.offset} checkpointed")
     starts = []
+    offset = 0
+    for csize, _, _ in cp.entries:  # every boundary's page asked for at once: the disk reads them in parallel
+        os.posix_fadvise(fd, max(0, offset - 4), 4 + _FRAME_HEADER_MAX, os.POSIX_FADV_WILLNEED)
+        offset += csize
     offset = 0
     for index, (csize, dsize, checksum) in enumerate(cp.entries):
         _check_boundary(fd, index, offset, csize, dsize, checksum)

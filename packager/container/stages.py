@@ -22,7 +22,7 @@ from packager.hashing import MemberDigest, MemberHasher
 from .compress import FrameCompressor, Space
 from .format import encode_seek_table
 from .pipeline import PAGE, Buffer, BufferPool, Failure
-from .resume import Checkpoints, WriterCheckpoint
+from .resume import CHECKPOINT_SHARE, Checkpoints, WriterCheckpoint
 
 
 class Mark:
@@ -204,7 +204,10 @@ class Compress:
         every = self._marks.checkpoints
         offset, when = self._last_mark
         now = time.monotonic()
-        if self.compressed - offset < every.every_bytes and now - when < every.every_seconds:
+        # The interval grows with the shard (a checkpoint holds every frame and member so far, so writing
+        # one costs more the further it is): a few dozen per shard at most, each losing at most 1/16 of it.
+        interval = max(every.every_bytes, self.compressed // CHECKPOINT_SHARE)
+        if self.compressed - offset < interval and now - when < every.every_seconds:
             return
         done = self._run_total - self._run_left
         if not self._run_left:
