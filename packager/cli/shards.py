@@ -67,8 +67,7 @@ def build(
         for name, kept in report.resumed:
             out.print(f"resumed {name} from its checkpoint at {format_size(kept)}")
         for name, why in report.restarted:
-            refused = escape(f"{name}: its checkpoint was refused: {why}")
-            err.print(f"[bold]rebuilt from byte 0:[/] {refused}", markup=True)
+            say(err, "rebuilt from byte 0:", f"{name}: its checkpoint was refused: {why}", "bold")
         out.print(
             f"built {len(report.built)} shards; {report.skipped} already built; {len(report.failed)} failed"
         )
