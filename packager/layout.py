@@ -7,7 +7,7 @@ A workspace (``DIR/``)                         A published release (``DIR/publis
   torrents/         <name>.tar.zst.torrent         whitelist.txt               opentracker's access list
   published/        the published release          feed.xml, index.html        RSS and a static page
   seed/             <info-hash>.fastresume         members/index.json          the member index's root
-                                                   members/parts.pack          its parts (read in ranges)
+                                                   members/members.pack          its parts (read in ranges)
                                                    publication.json (+ .minisig)  the signed statement
                                                    publications/               earlier statements
                                                    swarm.json, swarm.html      live stats, unsigned
@@ -53,7 +53,7 @@ STATEMENTS = "publications"
 # chunks it authenticates; both also in the index's own torrent, a multi-file torrent named after the folder.
 MEMBER_INDEX_DIR = "members"
 MEMBER_INDEX = f"{MEMBER_INDEX_DIR}/index.json"
-MEMBER_INDEX_PACK = f"{MEMBER_INDEX_DIR}/parts.pack"
+MEMBER_INDEX_PACK = f"{MEMBER_INDEX_DIR}/members.pack"
 MEMBER_INDEX_TORRENT = f"{TORRENTS}/{MEMBER_INDEX_DIR}.torrent"
 # Live, advisory and unsigned (packager health): beside the publication, never part of it, so nothing may
 # sign or checksum them; they change with every scrape.

@@ -6,7 +6,7 @@ So it is published as two files under ``members/`` (layout.MEMBER_INDEX, layout.
 
     index.json   the root: format, release, counts, the partition rule, and where each directory and
                  each torrent chunk lies in the pack, with its size and SHA-256
-    parts.pack   zstd chunks one after the other: the parts, then the directories, then the torrent chunks
+    members.pack zstd chunks one after the other: the parts, then the directories, then the torrent chunks
 
 Members are partitioned by the top ``bits`` bits of xxh3_64(id): part p holds every id whose hash starts
 with p, as JSON-array lines sorted by (hash, id), where bits is the least that keeps a part at PART_ROWS
@@ -44,6 +44,7 @@ import zstandard
 from . import layout
 from .errors import PublishError, UntrustedManifest, UsageError
 from .fsutil import fsync_file
+from .hashing import ShardHasher, ShardHashes
 
 if TYPE_CHECKING:
     from .manifest import TorrentEntry
@@ -257,6 +258,35 @@ class ChunkRef:
 
 
 @dataclass(frozen=True)
+class IndexTorrent:
+    """The pack's own torrent (layout.MEMBER_INDEX_TORRENT): a single-file v1 torrent of the pack, so the
+    swarm serves the index too. Its info-hash is in the root: the root authenticates the torrent's pieces."""
+
+    file: str  # its .torrent, relative to the published folder
+    name: str  # the pack's file name: what a client saves
+    piece_size: int
+    info_hash_v1: str
+
+
+def index_piece_size(members: int) -> int:
+    """The index torrent's pieces: small, since a lookup through the swarm fetches whole pieces (3-4 of
+    them); at most 2^16 of them for the pack's expected size (128 bytes a member): 16 KiB up to 5*10^5
+    members, 256 KiB at 10^8 (a .torrent of 0.9 MB)."""
+    size = 16 * 1024
+    while members * 128 > size << 16:
+        size *= 2
+    return size
+
+
+def index_info_hash(hashes: ShardHashes, private: bool = False, source: str | None = None) -> str:
+    """The v1 info-hash of the pack's torrent (torrent.py assembles the info dict)."""
+    from .torrent import TorrentSpec, info_bytes  # libtorrent: only where a torrent is made
+
+    spec = TorrentSpec(Path(layout.MEMBER_INDEX_PACK).name, hashes, private=private, source=source)
+    return hashlib.sha1(info_bytes(spec)).hexdigest()
+
+
+@dataclass(frozen=True)
 class Root:
     release: str
     members: int
@@ -266,6 +296,7 @@ class Root:
     pack_sha256: str
     directories: tuple[ChunkRef, ...]
     torrent_chunks: tuple[tuple[ChunkRef, int, int], ...]  # (chunk, first n, count)
+    torrent: IndexTorrent | None = None
 
     def to_json(self) -> bytes:
         """Compact where it is long: one line per directory and per torrent chunk (at 10^8 members 512
@@ -282,6 +313,7 @@ class Root:
                     "size": self.pack_size,
                     "sha256": self.pack_sha256,
                 },
+                **({"torrent": asdict(self.torrent)} if self.torrent else {}),
             }
         )[:-1]
         dirs = ",\n".join(orjson.dumps([c.offset, c.size, c.sha256]).decode() for c in self.directories)
@@ -351,7 +383,31 @@ def parse_root(data: bytes, where: str = layout.MEMBER_INDEX) -> Root:
     release, members, torrents = raw.get("release"), raw.get("members"), raw.get("torrents")
     if not isinstance(release, str) or not _is_count(members) or not _is_count(torrents):
         raise UntrustedManifest(where, "release, members or torrents missing or of the wrong type")
-    return Root(release, members, torrents, bits, size, pack["sha256"], directories, tuple(torrent_chunks))
+    torrent = raw.get("torrent")
+    index_torrent = None
+    if torrent is not None:
+        if (
+            not isinstance(torrent, dict)
+            or torrent.get("file") != layout.MEMBER_INDEX_TORRENT
+            or torrent.get("name") != Path(layout.MEMBER_INDEX_PACK).name
+            or type(torrent.get("piece_size")) is not int
+            or not _is_hex(torrent.get("info_hash_v1"), 40)
+        ):
+            raise UntrustedManifest(
+                where, f"torrent is not {{file, name, piece_size, info_hash_v1}}: {torrent!r:.120}"
+            )
+        index_torrent = IndexTorrent(**torrent)
+    return Root(
+        release,
+        members,
+        torrents,
+        bits,
+        size,
+        pack["sha256"],
+        directories,
+        tuple(torrent_chunks),
+        index_torrent,
+    )
 
 
 # ---- reading --------------------------------------------------------------------------------------------
@@ -418,6 +474,19 @@ def _parse_row(line: bytes, torrent: Callable[[int], IndexedTorrent], where: str
     return Location(row[0], t, *row[2:])
 
 
+def published_folder(path: Path) -> Path:
+    """The published folder that `path` names: itself, the folder above its members/ folder or
+    members/index.json, or a workspace's published/ folder."""
+    path = Path(path)
+    if path.is_file() and path.name == Path(layout.MEMBER_INDEX).name:
+        return path.parent.parent
+    if path.is_dir() and path.name == layout.MEMBER_INDEX_DIR and not (path / layout.MEMBER_INDEX).exists():
+        return path.parent
+    if path.is_dir() and not (path / layout.MEMBER_INDEX).exists() and (path / layout.PUBLISHED).is_dir():
+        return path / layout.PUBLISHED
+    return path
+
+
 class MemberIndex:
     """Reads a published member index through `files`, fetching only the chunks a lookup needs, each
     checked against its SHA-256; the root against `root_sha256` when the caller has it from a signed
@@ -440,22 +509,11 @@ class MemberIndex:
         self.bytes_read = len(data)
 
     @classmethod
-    def open(cls, path: Path) -> MemberIndex:
-        """The index of a local published folder: the folder, its members/ folder or members/index.json."""
-        path = Path(path)
-        if path.is_file() and path.name == Path(layout.MEMBER_INDEX).name:
-            path = path.parent.parent
-        elif (
-            path.is_dir()
-            and path.name == layout.MEMBER_INDEX_DIR
-            and not (path / layout.MEMBER_INDEX).exists()
-        ):
-            path = path.parent
-        elif (
-            path.is_dir() and not (path / layout.MEMBER_INDEX).exists() and (path / layout.PUBLISHED).is_dir()
-        ):
-            path = path / layout.PUBLISHED  # a workspace
-        return cls(FolderFiles(path), where=str(path / layout.MEMBER_INDEX))
+    def open(cls, path: Path, root_sha256: str | None = None) -> MemberIndex:
+        """The index of a local published folder: the folder, its members/ folder or members/index.json,
+        or a workspace (its published/ folder)."""
+        folder = published_folder(path)
+        return cls(FolderFiles(folder), root_sha256, where=str(folder / layout.MEMBER_INDEX))
 
     def close(self) -> None:
         self._chunks.clear()
@@ -683,14 +741,24 @@ class IndexWritten:
     root_size: int
     root_sha256: str
     pack_sha256: str
+    hashes: ShardHashes  # of the pack: what its torrent is made from
+    torrent: IndexTorrent
 
 
 class MemberIndexWriter:
     """Writes a member index into `folder` (its members/ files): the previous index's members and torrents
     (when `previous` is given) plus those added. Nothing is final until finish() returns."""
 
-    def __init__(self, folder: Path, release: str, previous: MemberIndex | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        release: str,
+        previous: MemberIndex | None = None,
+        private: bool = False,
+        source: str | None = None,
+    ):
         self.folder, self.release = Path(folder), release
+        self.private, self.source = private, source  # of the index's torrent: in its info dict
         self.folder.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix=".spill-", dir=self.folder))
         self._spill = _Spill(self._tmp / "rows", 64 - BUCKET_BITS)
@@ -736,7 +804,8 @@ class MemberIndexWriter:
         bits = bits_for(self.members)
         pack_path = self.folder / Path(layout.MEMBER_INDEX_PACK).name
         cctx = zstandard.ZstdCompressor(level=LEVEL)
-        whole = hashlib.sha256()
+        # One pass: the pack's SHA-256 and its v1 pieces, for the index's own torrent, as it is written.
+        whole = ShardHasher(index_piece_size(self.members))
         parts: list[list] = []
         with open(pack_path, "wb") as pack:
 
@@ -782,15 +851,24 @@ class MemberIndexWriter:
             pack.flush()
             os.fsync(pack.fileno())
         shutil.rmtree(self._tmp, ignore_errors=True)
+        hashes = whole.finish()
+        name = Path(layout.MEMBER_INDEX_PACK).name
+        torrent = IndexTorrent(
+            layout.MEMBER_INDEX_TORRENT,
+            name,
+            hashes.piece_size,
+            index_info_hash(hashes, self.private, self.source),
+        )
         root = Root(
             self.release,
             self.members,
             len(ordered),
             bits,
             pack_size,
-            whole.hexdigest(),
+            hashes.sha256.hex(),
             directories,
             tuple(chunks),
+            torrent,
         ).to_json()
         root_path = self.folder / Path(layout.MEMBER_INDEX).name
         root_path.write_bytes(root)
@@ -802,7 +880,9 @@ class MemberIndexWriter:
             pack_size,
             len(root),
             hashlib.sha256(root).hexdigest(),
-            whole.hexdigest(),
+            hashes.sha256.hex(),
+            hashes,
+            torrent,
         )
 
     def _refuse_twice(self, lines: list[bytes]) -> None:

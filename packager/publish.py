@@ -258,14 +258,14 @@ def _write_folder(
         _place_torrent(e, tmp, final, workspace)
     # The member index first: SHA256SUMS (signed) lists its files, so that what a lookup reads is
     # authenticated (the root directly; each chunk through the SHA-256 the root gives for it).
-    index_files = _write_member_index(tmp, final, workspace, state, config.name, everything)
+    index_files, index_hash = _write_member_index(tmp, final, workspace, state, config, everything)
     sums = sha256sums(entries, index_files)
     release = release_json(config.name, __version__, phases, entries)
     files = {
         layout.RELEASE_JSON: release,
         layout.TORRENTS_JSON: torrents_json(listed_torrents(config.name, config.base_url, entries)),
         layout.SHA256SUMS: sums,
-        layout.WHITELIST: whitelist(entries),
+        layout.WHITELIST: whitelist([*entries, IndexSwarm(index_hash)]),
         layout.FEED: feed_xml(config.name, config.base_url, entries),
         layout.INDEX_HTML: index_html(config, phases, entries, signing),
     }
@@ -315,12 +315,24 @@ def _place_torrent(e: TorrentEntry, tmp: Path, final: Path, workspace: Path) -> 
     )
 
 
+@dataclass(frozen=True)
+class IndexSwarm:
+    """The member index's own torrent, as the whitelist sees it."""
+
+    info_hash_v1: str
+    info_hash_v2: str | None = None
+
+
+_INDEX_FILES = (layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK, layout.MEMBER_INDEX_TORRENT)
+
+
 def _write_member_index(
-    tmp: Path, final: Path, workspace: Path, state: State, release: str, everything: list[_Published]
-) -> list[tuple[str, str]]:
-    """Write members/ into `tmp`; (path, SHA-256) of its files. The previous index is linked as it is when
-    it lists the same torrents, and extended when it lists the first ones (its members are read from it,
-    only the new shards' seek tables are read); otherwise it is built anew from every shard."""
+    tmp: Path, final: Path, workspace: Path, state: State, config: ReleaseConfig, everything: list[_Published]
+) -> tuple[list[tuple[str, str]], str]:
+    """Write members/ and the index's torrent into `tmp`: ((path, SHA-256) of those files, the torrent's
+    info-hash). The previous index is linked as it is when it lists the same torrents, and extended when it
+    lists the first ones (its members are read from it, only the new shards' seek tables are read);
+    otherwise it is built anew from every shard."""
     names = [p.entry.name for p in everything]
     previous, known = None, []
     try:
@@ -329,27 +341,61 @@ def _write_member_index(
     except PackagerError:  # none, damaged or from another version: built anew
         previous, known = None, []
     folder = tmp / layout.MEMBER_INDEX_DIR
-    if known and known == names and _link_index(final, tmp):
-        return [(f, file_sha256(tmp / f)) for f in (layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK)]
+    made = previous.root.torrent if previous is not None else None
+    if known and known == names and made is not None and _link_index(final, tmp):
+        return [(f, file_sha256(tmp / f)) for f in _INDEX_FILES], made.info_hash_v1
     base = previous if known and names[: len(known)] == known else None
     start = len(known) if base is not None else 0
-    with MemberIndexWriter(folder, release, base) as writer:
+    with MemberIndexWriter(folder, config.name, base, private=config.private, source=config.source) as writer:
         writer.add_torrents(
             (n, p.entry, _member_rows(workspace, state, p, n))
             for n, p in enumerate(everything[start:], start + 1)
         )
         written = writer.finish()
     fsync_dir(folder)
-    return [(layout.MEMBER_INDEX, written.root_sha256), (layout.MEMBER_INDEX_PACK, written.pack_sha256)]
+    metainfo = _index_metainfo(config, written.hashes)
+    write_durable(tmp / layout.MEMBER_INDEX_TORRENT, metainfo)
+    files = [
+        (layout.MEMBER_INDEX, written.root_sha256),
+        (layout.MEMBER_INDEX_PACK, written.pack_sha256),
+        (layout.MEMBER_INDEX_TORRENT, hashlib.sha256(metainfo).hexdigest()),
+    ]
+    return files, written.torrent.info_hash_v1
+
+
+def _index_metainfo(config: ReleaseConfig, hashes) -> bytes:
+    """The index's .torrent: a single-file v1 torrent of the pack, with the release's trackers, and as web
+    seed the pack's URL beside each web seed folder that serves a mirror's shards/."""
+    from .torrent import TorrentSpec, build_metainfo, web_seed_url
+
+    name = Path(layout.MEMBER_INDEX_PACK).name
+    seeds = tuple(
+        web_seed_url(base.rstrip("/")[: -len(layout.SHARDS)] + layout.MEMBER_INDEX_DIR, name)
+        for base in config.web_seeds
+        if base.rstrip("/").endswith("/" + layout.SHARDS)
+    )
+    spec = TorrentSpec(
+        name=name,
+        hashes=hashes,
+        format="v1",
+        trackers=config.trackers,
+        web_seeds=seeds,
+        private=config.private,
+        source=config.source,
+        created_by=f"packager {__version__}",
+        creation_date=config.creation_date,
+    )
+    return build_metainfo(spec)
 
 
 def _link_index(final: Path, tmp: Path) -> bool:
     (tmp / layout.MEMBER_INDEX_DIR).mkdir()
     try:
-        for name in (layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK):
+        for name in _INDEX_FILES:
             os.link(final / name, tmp / name)
     except OSError:
         shutil.rmtree(tmp / layout.MEMBER_INDEX_DIR)
+        (tmp / layout.MEMBER_INDEX_TORRENT).unlink(missing_ok=True)
         return False
     return True
 

@@ -67,4 +67,4 @@ def test_a_lookup_among_a_million_members_reads_under_the_bound(tmp_path):
             assert cost == index.bytes_read < LOOKUP_BOUND, cost
         assert server.bytes_sent() < written.pack_size / 50
         # Every request after the root is one byte range of the pack.
-        assert all(rng for path, rng, _ in server.requests if path.endswith("parts.pack"))
+        assert all(rng for path, rng, _ in server.requests if path.endswith("members.pack"))

@@ -104,8 +104,8 @@ def test_publish_writes_every_file_and_each_validates(published):
     assert [p["name"] for p in release["phases"]] == ["metadata", "audio"]
     assert [p["torrents"] for p in release["phases"]] == [1, len(names) - 1]
     sums = (pub / "SHA256SUMS").read_text().splitlines()
-    assert sums == sorted(sums, key=lambda line: line.split("  ", 1)[1]) and len(sums) == 2 * len(names) + 2
-    for name in (layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK):  # the member index is authenticated too
+    assert sums == sorted(sums, key=lambda line: line.split("  ", 1)[1]) and len(sums) == 2 * len(names) + 3
+    for name in (layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK, layout.MEMBER_INDEX_TORRENT):  # the index too
         assert f"{hashlib.sha256((pub / name).read_bytes()).hexdigest()}  {name}" in sums
     validate(json.loads((pub / layout.MEMBER_INDEX).read_text()), "member-index")
     for t in release["torrents"]:
@@ -316,6 +316,33 @@ def test_locate_gives_the_pieces_that_hold_each_member(published):
     assert spans, "no member spans several pieces; make the test data bigger"
 
 
+def test_the_member_index_is_seedable_as_its_own_torrent(published):
+    """A single-file v1 torrent of the pack, whose info dict is libtorrent's own for that file, named by the
+    index root (which so authenticates its pieces), whitelisted, seeded by `packager seed`."""
+    import libtorrent as lt
+
+    from packager.seed import published_torrents, whitelist_hashes
+
+    pub = published / layout.PUBLISHED
+    root = json.loads((pub / layout.MEMBER_INDEX).read_text())
+    info = lt.torrent_info(str(pub / layout.MEMBER_INDEX_TORRENT))
+    assert info.num_files() == 1 and info.name() == "members.pack"
+    assert str(info.info_hashes().v1) == root["torrent"]["info_hash_v1"]
+    assert info.piece_length() == root["torrent"]["piece_size"] == 16384
+    files = lt.list_files(str(pub / layout.MEMBER_INDEX_PACK), flags=lt.create_torrent.no_attributes)
+    made = lt.create_torrent(files, info.piece_length(), flags=lt.create_torrent.v1_only)
+    lt.set_piece_hashes(made, str(pub / layout.MEMBER_INDEX_DIR))
+    assert lt.bencode(made.generate()[b"info"]) == info.info_section()
+    assert root["torrent"]["info_hash_v1"] in (pub / "whitelist.txt").read_text().split()
+    with Workspace.open(published) as ws:
+        assert root["torrent"]["info_hash_v1"] in whitelist_hashes(ws)
+        index = published_torrents(ws)[-1]
+        assert (index.info_hash_v1, index.data, index.length) == (
+            root["torrent"]["info_hash_v1"], (pub / layout.MEMBER_INDEX_PACK).resolve(),
+            root["pack"]["size"])  # fmt: skip
+        assert all(t.shard_id for t in published_torrents(ws, ["audio"]))  # a phase: shards only
+
+
 def test_locate_cli(published):
     r = invoke("locate", published / layout.PUBLISHED, "t03", "--json")
     assert r.exit_code == 0, r.output
@@ -393,8 +420,9 @@ def test_the_statement_lists_every_published_file_but_the_live_ones(published):
     assert {"release.json", "torrents.json", "SHA256SUMS", "whitelist.txt", "feed.xml", "index.html",
             layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK,
             layout.statement_file(1)} <= set(statement.files)  # fmt: skip
-    assert sum(rel.startswith("torrents/") for rel in statement.files) == len(json.loads(
-        (pub / "release.json").read_text())["torrents"])  # fmt: skip
+    assert sum(rel.startswith("torrents/") for rel in statement.files) == 1 + len(
+        json.loads((pub / "release.json").read_text())["torrents"]
+    )  # fmt: skip  (and the member index's)
     for rel, digest in statement.files.items():
         assert (digest.size, digest.sha256) == ((pub / rel).stat().st_size, sha256_of(pub / rel))
     assert statement.release == "t" and statement.valid_until is None

@@ -303,7 +303,8 @@ def test_nothing_published_and_unknown_phases_are_usage_errors(make_workspace, a
     with Workspace.open(ws) as w:
         with pytest.raises(UsageError, match="'audio' is not published"):
             published_torrents(w, ["audio"])
-        assert {t.phase for t in published_torrents(w)} == {"metadata"}
+        *shards, index = published_torrents(w)  # and the member index's own torrent, last
+        assert {t.phase for t in shards} == {"metadata"} and index.shard_id == 0
 
 
 def test_whitelist_has_v1_and_truncated_v2_hashes(make_workspace, archive, tmp_path):
@@ -313,10 +314,11 @@ def test_whitelist_has_v1_and_truncated_v2_hashes(make_workspace, archive, tmp_p
         expected = []
         for r in rows:
             expected += [h for h in (r.info_hash_v1, r.info_hash_v2 and r.info_hash_v2[:40]) if h]
-        assert whitelist_hashes(w) == expected
+        index = json.loads((w.published_dir / layout.MEMBER_INDEX).read_text())["torrent"]["info_hash_v1"]
+        assert whitelist_hashes(w) == expected + [index]  # and the member index's own torrent
         assert any(r.info_hash_v2 for r in rows) and all(len(h) == 40 for h in expected)
     result = CliRunner().invoke(app, ["tracker-whitelist", str(ws)])
-    assert result.exit_code == 0 and result.stdout.split() == expected
+    assert result.exit_code == 0 and result.stdout.split() == expected + [index]
     out = tmp_path / "whitelist.txt"
     result = CliRunner().invoke(app, ["tracker-whitelist", str(ws), "-o", str(out), "--phase", "art"])
     assert result.exit_code == 0
@@ -324,7 +326,7 @@ def test_whitelist_has_v1_and_truncated_v2_hashes(make_workspace, archive, tmp_p
     assert out.read_text() == "".join(f"{h}\n" for h in art)
     published = ws / "published" / "whitelist.txt"
     if published.exists():  # written by `packager publish`: the same list
-        assert sorted(published.read_text().split()) == sorted(expected)
+        assert sorted(published.read_text().split()) == sorted(expected + [index])
 
 
 # --- seeding, resume, faults --------------------------------------------------------------------------------
@@ -373,8 +375,11 @@ def test_resumed_torrents_announce_to_the_trackers_of_the_current_torrent_files(
     second.start()
     try:
         assert second.report.resumed == len(torrents)
-        for handle in second.handles().values():
-            assert [a["url"] for a in handle.trackers()] == ["http://127.0.0.1:6970/announce"]
+        shards = {t.key for t in torrents if t.shard_id}
+        for key, handle in second.handles().items():
+            # The member index's torrent is not re-made by `packager torrent`: it keeps its published list.
+            port = 6970 if key in shards else 6969
+            assert [a["url"] for a in handle.trackers()] == [f"http://127.0.0.1:{port}/announce"]
     finally:
         second.close()
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..config import format_size
 from ..errors import UsageError
-from ..member_index import MemberIndex
+from ..member_index import MemberIndex, published_folder
 from ..workspace import Workspace
 from ._app import JsonOpt, TrustFileOpt, WorkspaceArg, app, emit_json, out
 
@@ -204,12 +204,11 @@ def locate(
     from .. import layout, trust
 
     trusted = trust.TrustFile(trust_file)
-    with MemberIndex.open(index) as idx:
-        folder = getattr(idx.files, "folder", None)
-        fs = trust.check_published_file(folder, layout.MEMBER_INDEX, pubkey, trusted) if folder else None
-        if fs is not None and idx.root_sha256 != fs.statement.digest(layout.MEMBER_INDEX).sha256:
-            # The root as parsed must be the one just checked (the parts are checked against the root).
-            raise UsageError(f"{layout.MEMBER_INDEX} changed while it was read", hint="run locate again")
+    folder = published_folder(index)
+    fs = trust.check_published_file(folder, layout.MEMBER_INDEX, pubkey, trusted)
+    # The root as read must be the one just checked, before it is parsed (the parts are checked against it).
+    root = fs.statement.digest(layout.MEMBER_INDEX).sha256 if fs is not None else None
+    with MemberIndex.open(folder, root) as idx:
         found, missing = idx.locate(ids)
     if fs is not None:
         trusted.accept(fs.statement)

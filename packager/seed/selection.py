@@ -50,10 +50,12 @@ class SeedProblem:
 
 
 def published_torrents(ws: Workspace, phases: Sequence[str] | None = None) -> list[SeedTorrent]:
-    """Every published torrent of the given phases (default: all published phases), in release order."""
+    """Every published torrent of the given phases (default: all published phases), in release order;
+    with all phases, the member index's own torrent last."""
     check_published(ws.state, phases)
     folder = ws.path.resolve()
     rows = ws.state.seedable(list(phases) if phases else None)
+    index = [] if phases else [t for t in (index_torrent(ws),) if t is not None]
     return [
         SeedTorrent(
             r.shard_id,
@@ -66,7 +68,32 @@ def published_torrents(ws: Workspace, phases: Sequence[str] | None = None) -> li
             r.info_hash_v2,
         )
         for r in rows
-    ]
+    ] + index
+
+
+INDEX_NAME = "member index"  # how the index's torrent shows among the seeded ones
+
+
+def index_torrent(ws: Workspace) -> SeedTorrent | None:
+    """The member index's torrent as published (published/torrents/members.torrent, its pack in
+    published/members/), or None before the first publish. shard_id 0: it belongs to no shard."""
+    from ..torrent import read_torrent  # libtorrent
+
+    published = ws.published_dir.resolve()
+    path = published / layout.MEMBER_INDEX_TORRENT
+    if not path.is_file():
+        return None
+    info = read_torrent(path)
+    return SeedTorrent(
+        0,
+        INDEX_NAME,
+        INDEX_NAME,
+        published / layout.MEMBER_INDEX_PACK,
+        info.size,
+        path,
+        info.info_hash_v1,
+        None,
+    )
 
 
 def check_published(state: State, phases: Sequence[str] | None) -> None:
@@ -113,7 +140,9 @@ def check_files(torrents: Iterable[SeedTorrent]) -> tuple[list[SeedTorrent], lis
 def whitelist_hashes(ws: Workspace, phases: Sequence[str] | None = None) -> list[str]:
     """opentracker's whitelist: the v1 info-hash and the truncated v2 info-hash of each published torrent."""
     check_published(ws.state, phases)
-    return manifest_whitelist_hashes(ws.state.seedable(list(phases) if phases else None))
+    rows: list = list(ws.state.seedable(list(phases) if phases else None))
+    index = index_torrent(ws) if not phases else None
+    return manifest_whitelist_hashes(rows + ([index] if index is not None else []))
 
 
 def write_whitelist(path: Path, hashes: Iterable[str]) -> int:

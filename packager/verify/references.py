@@ -389,7 +389,8 @@ def _check_statement(
 
 
 def _is_torrent(rel: str) -> bool:
-    return rel.startswith(f"{TORRENTS}/") and rel.endswith(TORRENT_SUFFIX)
+    """A shard's .torrent (checked with its shard); the member index's own is checked as any file."""
+    return rel.startswith(f"{TORRENTS}/") and rel.endswith(SHARD_SUFFIX + TORRENT_SUFFIX)
 
 
 def _publication_of_file(fs: trust.FolderStatement, rel: str, path: Path) -> int | None:

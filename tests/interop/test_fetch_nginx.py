@@ -69,4 +69,4 @@ def test_fetch_over_http_from_nginx(served, tmp_path):
     index_bytes = served_bytes(access_log, r"/music/members/")
     assert 0 < index_bytes == json.loads(result.stdout)["index_bytes"]
     lines = access_log.read_text().splitlines()
-    assert all('" 206 "bytes=' in line for line in lines if "/shards/" in line or "parts.pack" in line)
+    assert all('" 206 "bytes=' in line for line in lines if "/shards/" in line or "members.pack" in line)
