@@ -22,9 +22,10 @@ from pathlib import Path
 
 from .. import layout, trust
 from ..container.reader import check_member_name
-from ..errors import EnvironmentProblem, PackagerError, UntrustedManifest, UsageError
+from ..errors import EnvironmentProblem, PackagerError, RemoteError, UntrustedManifest, UsageError
 from ..member_index import IndexedTorrent, Location, MemberIndex
-from .bittorrent import SwarmSettings, fetch_from_swarm
+from ..torrent import METAINFO_MAX_BYTES
+from .bittorrent import SwarmPack, SwarmSettings, fetch_from_swarm
 from .http import fetch_over_http
 from .source import Source, open_source
 from .work import Clock, Delivered, TorrentTransfer, Work, try_deliver
@@ -59,6 +60,7 @@ class FetchReport:
     authenticated: str | None  # "publication N, key K" when a public key checked everything
     seconds: float
     notes: list[str] = field(default_factory=list)
+    index_swarm_bytes: int | None = None  # payload downloaded through the index's torrent, when it was used
 
     def as_dict(self) -> dict:
         return {
@@ -66,6 +68,7 @@ class FetchReport:
             "out_dir": str(self.out_dir),
             "authenticated": self.authenticated,
             "index_bytes": self.index_bytes,
+            "index_swarm_bytes": self.index_swarm_bytes,
             "seconds": round(self.seconds, 3),
             "items": [
                 {
@@ -129,35 +132,32 @@ def fetch(
     statement = _statement(src, options)
     root = statement.digest(layout.MEMBER_INDEX).sha256 if statement is not None else None
     index = MemberIndex(src.files, root, where=f"{src.label.rstrip('/')}/{layout.MEMBER_INDEX}")
-    wanted = list(dict.fromkeys(ids))
-    found, missing = index.locate(wanted)
-    if missing:
-        raise UsageError(
-            f"{src.label}: not in the member index: {', '.join(missing[:20])}"
-            + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""),
-            hint="ids are the catalog's; only published phases are indexed (packager locate shows what is)",
-        )
-    _check_paths(src, found)
-    groups: dict[int, list[Location]] = {}
-    for loc in found:
-        groups.setdefault(loc.torrent.n, []).append(loc)
     out_dir = Path(out_dir)
-    delivered: list[Delivered] = []
-    transfers: list[TorrentTransfer] = []
-    with Work(out_dir) as work:
-        for_swarm = []
-        for locations in groups.values():
-            transfer = TorrentTransfer(locations[0].torrent)
-            transfers.append(transfer)
-            done, left, metainfo = _without_swarm(
-                src, statement, locations, transfer, work, out_dir, options, note
+    works: list[Work] = []
+
+    def work() -> Work:
+        if not works:
+            works.append(Work(out_dir))
+        return works[0]
+
+    pack = _PackOrSwarm(src, statement, index, options, work, note)
+    index.files = pack
+    try:
+        wanted = list(dict.fromkeys(ids))
+        found, missing = index.locate(wanted)
+        if missing:
+            raise UsageError(
+                f"{src.label}: not in the member index: {', '.join(missing[:20])}"
+                + (f" and {len(missing) - 20} more" if len(missing) > 20 else ""),
+                hint="ids are the catalog's; only published phases are indexed (`packager locate` says)",
             )
-            delivered += done
-            if left:
-                metainfo = metainfo or _torrent(src, statement, transfer.torrent, options)
-                for_swarm.append((transfer, metainfo, left))
-        if for_swarm:
-            delivered += fetch_from_swarm(for_swarm, work, out_dir, options.swarm, note)
+        _check_paths(src, found)
+        delivered, transfers = _fetch_all(src, statement, found, work(), out_dir, options, note)
+        index_swarm = pack.swarm.downloaded() if pack.swarm is not None else None
+    finally:
+        pack.close()
+        for w in works:
+            w.close()
     if statement is not None and statement.authenticated:
         trust.TrustFile(options.trust_file).accept(statement)
     order = {ident: k for k, ident in enumerate(wanted)}
@@ -168,8 +168,74 @@ def fetch(
         else None
     )
     return FetchReport(
-        src.label, out_dir, delivered, transfers, index.bytes_read, authenticated, clock.seconds(), notes
+        src.label,
+        out_dir,
+        delivered,
+        transfers,
+        index.bytes_read,
+        authenticated,
+        clock.seconds(),
+        notes,
+        index_swarm,
     )
+
+
+def _fetch_all(
+    src: Source, statement, found: list[Location], work: Work, out_dir: Path, options: FetchOptions, note
+) -> tuple[list[Delivered], list[TorrentTransfer]]:
+    """Each torrent's items from a local shard or HTTP, then what is left from the swarm, in one session."""
+    groups: dict[int, list[Location]] = {}
+    for loc in found:
+        groups.setdefault(loc.torrent.n, []).append(loc)
+    delivered: list[Delivered] = []
+    transfers: list[TorrentTransfer] = []
+    for_swarm = []
+    for locations in groups.values():
+        transfer = TorrentTransfer(locations[0].torrent)
+        transfers.append(transfer)
+        done, left, metainfo = _without_swarm(
+            src, statement, locations, transfer, work, out_dir, options, note
+        )
+        delivered += done
+        if left:
+            metainfo = metainfo or _torrent(src, statement, transfer.torrent, options)
+            for_swarm.append((transfer, metainfo, left))
+    if for_swarm:
+        delivered += fetch_from_swarm(for_swarm, work, out_dir, options.swarm, note)
+    return delivered, transfers
+
+
+class _PackOrSwarm:
+    """The source's published files; the member index's pack through its own torrent when the source does
+    not have the pack (a folder without members/members.pack, a mirror that does not serve it)."""
+
+    def __init__(self, src: Source, statement, index: MemberIndex, options: FetchOptions, work, note):
+        self.src, self.statement, self.index, self.options, self.work, self.note = (
+            src, statement, index, options, work, note
+        )  # fmt: skip
+        self.swarm: SwarmPack | None = None
+
+    def read_file(self, name: str, limit: int) -> bytes:
+        return self.src.files.read_file(name, limit)
+
+    def read_range(self, name: str, offset: int, size: int) -> bytes:
+        if self.swarm is None:
+            try:
+                return self.src.files.read_range(name, offset, size)
+            except (UsageError, RemoteError) as e:
+                made = self.index.root.torrent
+                if self.options.via == Via.HTTP or made is None:
+                    raise
+                self.note(f"{e.message}; reading the member index through its torrent")
+                data = self.src.files.read_file(made.file, METAINFO_MAX_BYTES)
+                if self.statement is not None:
+                    self.statement.check(made.file, data)
+                self.swarm = SwarmPack(data, made.info_hash_v1, self.work(), self.options.swarm, self.note)
+        return self.swarm.read(offset, size)
+
+    def close(self) -> None:
+        if self.swarm is not None:
+            self.swarm.close()
 
 
 def _statement(src: Source, options: FetchOptions) -> trust.Statement | None:

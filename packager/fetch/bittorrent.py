@@ -19,7 +19,7 @@ from pathlib import Path
 
 import libtorrent as lt
 
-from ..errors import EnvironmentProblem, UsageError
+from ..errors import EnvironmentProblem, UntrustedManifest, UsageError
 from ..member_index import Location
 from ..seed.session import DISK_IO, check_libtorrent_setting
 from .work import Clock, Delivered, TorrentTransfer, Work, try_deliver
@@ -93,6 +93,13 @@ def _settings(s: SwarmSettings) -> dict:
     return pack
 
 
+def _session(settings: SwarmSettings) -> lt.session:
+    params = lt.session_params()
+    params.settings = _settings(settings)
+    params.disk_io_constructor = DISK_IO
+    return lt.session(params)
+
+
 def fetch_from_swarm(
     groups: list[tuple[TorrentTransfer, bytes, list[Location]]],
     work: Work,
@@ -102,10 +109,7 @@ def fetch_from_swarm(
 ) -> list[Delivered]:
     """Fetch the members of every (transfer, .torrent bytes, members) group through one session; each
     .torrent must be authenticated already. NoPeers if some pieces did not come in time."""
-    params = lt.session_params()
-    params.settings = _settings(settings)
-    params.disk_io_constructor = DISK_IO
-    session = lt.session(params)
+    session = _session(settings)
     wanted: list[_Wanted] = []
     delivered: list[Delivered] = []
     try:
@@ -228,3 +232,77 @@ class _Inconsistent(EnvironmentProblem):
             f"({why})",
             hint="the published index and shard disagree; tell the publisher",
         )
+
+
+class SwarmPack:
+    """The member index's pack read through its own torrent, for a source that does not hold the pack: the
+    pieces covering each range asked are fetched (priorities and deadlines, as for a shard) and kept for
+    the next range. The .torrent must have the info-hash the index root names (so its SHA-1s, and the
+    pieces libtorrent checks with them, are those of the published pack)."""
+
+    def __init__(self, metainfo: bytes, info_hash: str, work: Work, settings: SwarmSettings, note):
+        params = lt.load_torrent_buffer(metainfo)
+        got = str(params.ti.info_hashes().v1)
+        if got != info_hash:
+            raise UntrustedManifest(
+                "torrents/members.torrent", f"info-hash {got}, the member index root says {info_hash}"
+            )
+        self.settings, self.note = settings, note
+        self.session = _session(settings)
+        params.url_seeds = []
+        params.save_path = str(work.subfolder("bt-index"))
+        params.storage_mode = lt.storage_mode_t.storage_mode_sparse
+        params.piece_priorities = [0] * params.ti.num_pieces()
+        params.flags &= ~(
+            lt.torrent_flags.auto_managed | lt.torrent_flags.paused | lt.torrent_flags.seed_mode
+        )
+        self.handle = self.session.add_torrent(params)
+        self.piece_size = params.ti.piece_length()
+        self.pieces: dict[int, bytes] = {}
+        self.hash_failures = 0
+        _dial(self.handle, settings)
+
+    def read(self, offset: int, size: int) -> bytes:
+        first, last = offset // self.piece_size, (offset + size - 1) // self.piece_size
+        wanted = [p for p in range(first, last + 1) if p not in self.pieces]
+        for k, piece in enumerate(wanted):
+            self.handle.piece_priority(piece, 7)
+            self.handle.set_piece_deadline(
+                piece, DEADLINE_MS * (k + 1), lt.deadline_flags_t.alert_when_available
+            )
+        deadline = time.monotonic() + self.settings.timeout
+        progress = time.monotonic()
+        while any(p not in self.pieces for p in wanted):
+            now = time.monotonic()
+            if now > deadline:
+                missing = [p for p in wanted if p not in self.pieces]
+                raise NoPeers(
+                    [f"the member index's torrent: pieces {missing[:8]} missing, "
+                     f"{self.handle.status().num_peers} peers connected"],
+                    self.settings.timeout,
+                )  # fmt: skip
+            if now - progress > REANNOUNCE_SECONDS:
+                self.handle.force_reannounce(0, -1, lt.reannounce_flags_t.ignore_min_interval)
+                _dial(self.handle, self.settings)
+                progress = now
+            self.session.wait_for_alert(200)
+            for a in self.session.pop_alerts():
+                if isinstance(a, lt.read_piece_alert) and not a.error.value() and a.piece in wanted:
+                    self.pieces[a.piece] = bytes(a.buffer)
+                    progress = time.monotonic()
+                elif isinstance(a, lt.piece_finished_alert) and a.piece_index in wanted:
+                    self.handle.read_piece(a.piece_index)
+                elif isinstance(a, lt.hash_failed_alert):
+                    self.hash_failures += 1
+                    self.note(f"the member index's torrent: piece {a.piece_index} failed its SHA-1: refused")
+        data = b"".join(self.pieces[p] for p in range(first, last + 1))
+        start = offset - first * self.piece_size
+        return data[start : start + size]
+
+    def downloaded(self) -> int:
+        return self.handle.status().total_payload_download
+
+    def close(self) -> None:
+        self.session.remove_torrent(self.handle, lt.session.delete_files)
+        self.session.pause()
+        del self.session

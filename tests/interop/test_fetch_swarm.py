@@ -82,12 +82,13 @@ def big_release(make_workspace, archive, free_port, opentracker, tmp_path) -> Bi
 
 
 def start_seeder(seeder, ws: Path):
+    """`packager seed`: the shard's torrent and the member index's, both announced."""
     run = seeder(ws)
     seen: list = []
 
     def ready() -> bool:
         seen.append(run.status())
-        return tracker_ready(seen[-1], 1) or run.process.poll() is not None
+        return tracker_ready(seen[-1], 2) or run.process.poll() is not None
 
     assert wait_until(ready, 30, step=0.2) and run.process.poll() is None, f"{seen[-1]}\n{run.output()}"
     return run
@@ -178,6 +179,23 @@ def test_a_lying_peer_is_refused_and_an_honest_one_used(big_release, seeder, fre
     (item,) = result["report"].items
     assert item.file.read_bytes() == big_release.files["t05"]
     assert result["report"].torrents[0].hash_failures >= 1
+    assert not leftovers(tmp_path / "out")
+
+
+def test_the_member_index_comes_through_its_own_torrent(big_release, seeder, tmp_path):
+    """A downloader with the small published files only (no pack, no shard): the index parts a lookup needs
+    come from the index's torrent, the member from the shard's, both seeded by `packager seed`."""
+    (big_release.downloader / layout.MEMBER_INDEX_PACK).unlink()
+    start_seeder(seeder, big_release.ws)
+    notes: list[str] = []
+    options = FetchOptions(via=Via.BITTORRENT, swarm=swarm_settings())
+    report = fetch(str(big_release.downloader), ["t33"], tmp_path / "out", options, notes.append)
+    assert any("reading the member index through its torrent" in n for n in notes), notes
+    (item,) = report.items
+    assert item.file.read_bytes() == big_release.files["t33"]
+    pack = (big_release.ws / layout.PUBLISHED / layout.MEMBER_INDEX_PACK).stat().st_size
+    # 40 members: the pack is one piece; what a lookup costs at scale is measured on 10^6 members (README).
+    assert 0 < report.index_swarm_bytes <= pack
     assert not leftovers(tmp_path / "out")
 
 
