@@ -278,7 +278,7 @@ def test_pick_from_a_mirror_url_writes_checked_torrents(mirror, scraped, tmp_pat
 
 def test_a_tampered_torrent_from_a_mirror_is_refused(mirror, tmp_path):
     served, folder = mirror
-    first, second = sorted((folder / "torrents").iterdir())[:2]
+    first, second = sorted((folder / "torrents").glob("*.tar.zst.torrent"))[:2]  # shards' torrents
     served.tamper[f"/music/torrents/{first.name}"] = second.read_bytes()
     watch = tmp_path / "watch"
     result = invoke("pick", served.url, "--max-size", "1TB", "-f", "torrent", "-o", watch, "--seed", "1")
