@@ -13,18 +13,23 @@ checks each piece when it first serves it), automatic torrent management off, th
 it is given, then seeds; labels need Transmission 3.00 (RPC 16) or later. A torrent the client already has
 (same info-hash, in any of its forms: v1, truncated v2, full v2) is left alone.
 
+The member index's own torrent downloads members.pack, whose folder is members/, not shards/: it is added
+with a save path of its own (index_save_path), so the client finds the pack instead of downloading it again.
+
 The password should not travel in the URL, where `ps` shows it to every user of the machine: push takes it
 from a file or from $PACKAGER_CLIENT_PASSWORD as well, and no message or report ever contains it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
+from . import layout
 from .errors import ClientError, UsageError
 from .hashing import truncated_v2
 from .seed.selection import SeedTorrent
@@ -128,6 +133,7 @@ class PushResult:
     info_hash: str
     result: str  # added | present | failed
     detail: str = ""  # the client's state for the torrent, or why it failed
+    save_path: str = ""  # the folder the client was told holds its data
 
 
 class _Client:
@@ -136,7 +142,7 @@ class _Client:
     def present(self) -> set[str]:  # lowercase info-hashes the client has (v1, and v2 where it knows them)
         raise NotImplementedError
 
-    def add(self, t: SeedTorrent, metainfo: bytes) -> str | None:  # None, or why the client refused
+    def add(self, t: SeedTorrent, metainfo: bytes, save_path: str) -> str | None:  # None, or why refused
         raise NotImplementedError
 
     def states(self, hashes: Iterable[str]) -> dict[str, str]:
@@ -146,11 +152,11 @@ class _Client:
 
 
 class _QBittorrent(_Client):
-    def __init__(self, url: ClientURL, data_path: str, category: str | None, tags: Sequence[str]):
+    def __init__(self, url: ClientURL, category: str | None, tags: Sequence[str]):
         import qbittorrentapi
 
         self.errors = (qbittorrentapi.APIError,)
-        self.url, self.data_path, self.category, self.tags = url, data_path, category, list(tags)
+        self.url, self.category, self.tags = url, category, list(tags)
         host = f"{url.protocol}://{url.host if ':' not in url.host else f'[{url.host}]'}:{url.port}{url.path}"
         self.client = qbittorrentapi.Client(
             host=host,
@@ -196,11 +202,11 @@ class _QBittorrent(_Client):
         except self.errors as e:
             raise ClientError(self.url.display, f"cannot list torrents: {e}") from None
 
-    def add(self, t: SeedTorrent, metainfo: bytes) -> str | None:
+    def add(self, t: SeedTorrent, metainfo: bytes, save_path: str) -> str | None:
         try:
             answer = self.client.torrents_add(
                 torrent_files={t.torrent.name: metainfo},
-                save_path=self.data_path,
+                save_path=save_path,
                 is_skip_checking=True,
                 is_paused=False,
                 use_auto_torrent_management=False,
@@ -228,11 +234,11 @@ class _QBittorrent(_Client):
 
 
 class _Transmission(_Client):
-    def __init__(self, url: ClientURL, data_path: str, labels: Sequence[str]):
+    def __init__(self, url: ClientURL, labels: Sequence[str]):
         import transmission_rpc
 
         self.transmission_rpc = transmission_rpc
-        self.url, self.data_path, self.labels = url, data_path, list(labels)
+        self.url, self.labels = url, list(labels)
         try:
             self.client = transmission_rpc.Client(
                 protocol=url.protocol,
@@ -263,9 +269,9 @@ class _Transmission(_Client):
         except self.transmission_rpc.TransmissionError as e:
             raise ClientError(self.url.display, f"cannot list torrents: {e}") from None
 
-    def add(self, t: SeedTorrent, metainfo: bytes) -> str | None:
+    def add(self, t: SeedTorrent, metainfo: bytes, save_path: str) -> str | None:
         try:
-            added = self.client.add_torrent(metainfo, download_dir=self.data_path, paused=False)
+            added = self.client.add_torrent(metainfo, download_dir=save_path, paused=False)
             if self.labels:
                 # Transmission 3.00 (RPC 16) takes labels in torrent-set only; torrent-add ignores them.
                 self.client.change_torrent(added.id, labels=self.labels)
@@ -286,10 +292,28 @@ class _Transmission(_Client):
         }
 
 
-def connect(url: ClientURL, data_path: str, category: str | None = None, tags: Sequence[str] = ()) -> _Client:
+def connect(url: ClientURL, category: str | None = None, tags: Sequence[str] = ()) -> _Client:
     if url.kind == "qbittorrent":
-        return _QBittorrent(url, data_path, category, tags)
-    return _Transmission(url, data_path, tags)
+        return _QBittorrent(url, category, tags)
+    return _Transmission(url, tags)
+
+
+def index_save_path(data_path: str, torrents: Sequence[SeedTorrent], index_path: str | None = None) -> str:
+    """Where the client finds the member index's pack (members.pack), given `data_path`, the folder of the
+    shard files as the client's machine sees it: `index_path` when given; this workspace's
+    published/members/ when `data_path` is this workspace's own shards/ folder (the client sees our files);
+    the members/ folder beside a folder named shards/ (a mirror's layout, as SHA256SUMS lists it); else
+    `data_path` itself (one download folder holding every torrent's file: their names never collide)."""
+    if index_path:
+        return index_path
+    ours = {os.path.normpath(str(t.data.parent)) for t in torrents if not t.is_index}
+    index = next((t for t in torrents if t.is_index), None)
+    if index is not None and os.path.normpath(data_path) in ours:
+        return str(index.data.parent)
+    folder = PurePosixPath(data_path.rstrip("/") or "/")
+    if folder.name == layout.SHARDS:
+        return str(folder.parent / layout.MEMBER_INDEX_DIR)
+    return data_path
 
 
 def push(
@@ -301,8 +325,10 @@ def push(
     on_result: Callable[[PushResult], None] = lambda r: None,
     settle_seconds: float = APPEAR_SECONDS,
     password: str | None = None,
+    index_path: str | None = None,
 ) -> list[PushResult]:
-    """Add every torrent the client does not have yet, its data at `data_path` on the client's machine.
+    """Add every torrent the client does not have yet, its data at `data_path` on the client's machine
+    (the member index's torrent at index_save_path()).
 
     A torrent is `present` when the client already has its info-hash, `added` when the client took it and
     lists it (the detail is its state), `failed` with the client's reason otherwise. `password` replaces
@@ -313,21 +339,23 @@ def push(
         raise UsageError(
             "--data-path is empty", hint="the folder holding the shard files on the client's machine"
         )
-    client = connect(url, data_path, category, tags)
+    client = connect(url, category, tags)
     have = client.present()
     results: list[PushResult] = []
     added: list[SeedTorrent] = []
+    index_folder = index_save_path(data_path, torrents, index_path)
     for t in torrents:
+        folder = index_folder if t.is_index else data_path
         if any(h in have for h in (*t.swarm_hashes, t.info_hash_v2) if h):
-            result = PushResult(t.name, t.key, "present")
+            result = PushResult(t.name, t.key, "present", save_path=folder)
         else:
             try:
                 metainfo = Path(t.torrent).read_bytes()
             except OSError as e:
-                result = PushResult(t.name, t.key, "failed", f"{t.torrent}: {e.strerror or e}")
+                result = PushResult(t.name, t.key, "failed", f"{t.torrent}: {e.strerror or e}", folder)
             else:
-                reason = client.add(t, metainfo)
-                result = PushResult(t.name, t.key, "failed" if reason else "added", reason or "")
+                reason = client.add(t, metainfo, folder)
+                result = PushResult(t.name, t.key, "failed" if reason else "added", reason or "", folder)
                 if not reason:
                     added.append(t)
         results.append(result)

@@ -5,13 +5,14 @@ A workspace (``DIR/``)                         A published release (``DIR/publis
   state.sqlite      catalog, plan, build state     torrents.json               the list mirrors' scripts read
   shards/           <name>.tar.zst                 SHA256SUMS (+ .minisig)     coreutils checksums
   torrents/         <name>.tar.zst.torrent         whitelist.txt               opentracker's access list
-  published/        the published release          feed.xml, index.html        RSS and a static page
-  seed/             <info-hash>.fastresume         members/index.json          the member index's root
-                                                   members/members.pack          its parts (read in ranges)
+                    members.torrent (`torrent`)    feed.xml, index.html        RSS and a static page
+  published/        the published release          members/index.json          the member index's root
+  seed/             <info-hash>.fastresume         members/members.pack        its parts (read in ranges)
+  rejects.jsonl     rows --skip-invalid refused    torrents/members.torrent    the pack's own torrent
                                                    publication.json (+ .minisig)  the signed statement
                                                    publications/               earlier statements
                                                    swarm.json, swarm.html      live stats, unsigned
-  rejects.jsonl     rows --skip-invalid refused    torrents/, shards/          as in the workspace
+                                                   torrents/, shards/          as in the workspace
 
 Paths recorded in state.sqlite and in release.json are relative POSIX paths built here (``shard_file``,
 ``torrent_file``), so the workspace and a mirror's folder share one shape.
@@ -50,10 +51,12 @@ INDEX_HTML = "index.html"
 STATEMENT = "publication.json"
 STATEMENTS = "publications"
 # The member index (member_index.py): a small root, listed in the signed publication, and the pack of
-# chunks it authenticates; both also in the index's own torrent, a multi-file torrent named after the folder.
+# chunks it authenticates. The pack is also served by its own single-file v1 torrent, whose info-hash the
+# root gives; the torrent's name is MEMBER_INDEX_PACK_NAME, so a client's save folder for it is members/.
 MEMBER_INDEX_DIR = "members"
 MEMBER_INDEX = f"{MEMBER_INDEX_DIR}/index.json"
-MEMBER_INDEX_PACK = f"{MEMBER_INDEX_DIR}/members.pack"
+MEMBER_INDEX_PACK_NAME = "members.pack"
+MEMBER_INDEX_PACK = f"{MEMBER_INDEX_DIR}/{MEMBER_INDEX_PACK_NAME}"
 MEMBER_INDEX_TORRENT = f"{TORRENTS}/{MEMBER_INDEX_DIR}.torrent"
 # Live, advisory and unsigned (packager health): beside the publication, never part of it, so nothing may
 # sign or checksum them; they change with every scrape.

@@ -282,7 +282,7 @@ def index_info_hash(hashes: ShardHashes, private: bool = False, source: str | No
     """The v1 info-hash of the pack's torrent (torrent.py assembles the info dict)."""
     from .torrent import TorrentSpec, info_bytes  # libtorrent: only where a torrent is made
 
-    spec = TorrentSpec(Path(layout.MEMBER_INDEX_PACK).name, hashes, private=private, source=source)
+    spec = TorrentSpec(layout.MEMBER_INDEX_PACK_NAME, hashes, private=private, source=source)
     return hashlib.sha1(info_bytes(spec)).hexdigest()
 
 
@@ -389,7 +389,7 @@ def parse_root(data: bytes, where: str = layout.MEMBER_INDEX) -> Root:
         if (
             not isinstance(torrent, dict)
             or torrent.get("file") != layout.MEMBER_INDEX_TORRENT
-            or torrent.get("name") != Path(layout.MEMBER_INDEX_PACK).name
+            or torrent.get("name") != layout.MEMBER_INDEX_PACK_NAME
             or type(torrent.get("piece_size")) is not int
             or not _is_hex(torrent.get("info_hash_v1"), 40)
         ):
@@ -802,7 +802,7 @@ class MemberIndexWriter:
         """Sort, cut into parts, write the pack and then the root; the spill folder is removed."""
         self._spill.close()
         bits = bits_for(self.members)
-        pack_path = self.folder / Path(layout.MEMBER_INDEX_PACK).name
+        pack_path = self.folder / layout.MEMBER_INDEX_PACK_NAME
         cctx = zstandard.ZstdCompressor(level=LEVEL)
         # One pass: the pack's SHA-256 and its v1 pieces, for the index's own torrent, as it is written.
         whole = ShardHasher(index_piece_size(self.members))
@@ -852,7 +852,7 @@ class MemberIndexWriter:
             os.fsync(pack.fileno())
         shutil.rmtree(self._tmp, ignore_errors=True)
         hashes = whole.finish()
-        name = Path(layout.MEMBER_INDEX_PACK).name
+        name = layout.MEMBER_INDEX_PACK_NAME
         torrent = IndexTorrent(
             layout.MEMBER_INDEX_TORRENT,
             name,

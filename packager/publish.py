@@ -33,6 +33,7 @@ from .config import ReleaseConfig, format_size
 from .container import ShardReader
 from .errors import ContainerError, PackagerError, PublishError
 from .fsutil import file_sha256, fsync_dir, fsync_file, workspace_lock, write_durable
+from .hashing import ShardHashes
 from .manifest import (
     FileEntry,
     PhaseEntry,
@@ -49,7 +50,7 @@ from .manifest import (
 from .member_index import MemberIndex, MemberIndexWriter, member_rows
 from .state import ShardRow, State, TorrentFacts
 from .swarm.live import live_files
-from .swarm.model import swarm_view
+from .swarm.model import published_index, swarm_view
 
 PUBLISHED_DIR = layout.PUBLISHED  # the name tests/test_verify.py imports; to go once it imports layout
 TORRENT_MIME = "application/x-bittorrent"
@@ -279,7 +280,13 @@ def _write_folder(
         write_durable(tmp / name, data)
     # Live and advisory: rendered from the state's scrape history and rewritten by `packager health`; never
     # part of what is signed or checksummed (swarm/live.py).
-    view = swarm_view(state, config.name, [p.name for p in config.phases], entries=_entry_pairs(everything))
+    view = swarm_view(
+        state,
+        config.name,
+        [p.name for p in config.phases],
+        entries=_entry_pairs(everything),
+        index=published_index(tmp),
+    )
     for name, data in live_files(view).items():
         write_durable(tmp / name, data)
     fsync_dir(tmp / layout.TORRENTS)
@@ -353,7 +360,7 @@ def _write_member_index(
         )
         written = writer.finish()
     fsync_dir(folder)
-    metainfo = _index_metainfo(config, written.hashes)
+    metainfo = index_metainfo(config, written.hashes)
     write_durable(tmp / layout.MEMBER_INDEX_TORRENT, metainfo)
     files = [
         (layout.MEMBER_INDEX, written.root_sha256),
@@ -363,12 +370,13 @@ def _write_member_index(
     return files, written.torrent.info_hash_v1
 
 
-def _index_metainfo(config: ReleaseConfig, hashes) -> bytes:
+def index_metainfo(config: ReleaseConfig, hashes: ShardHashes) -> bytes:
     """The index's .torrent: a single-file v1 torrent of the pack, with the release's trackers, and as web
-    seed the pack's URL beside each web seed folder that serves a mirror's shards/."""
+    seed the pack's URL beside each web seed folder that serves a mirror's shards/ (the pack lives in
+    members/, not shards/, so a web seed folder named otherwise gives the index none)."""
     from .torrent import TorrentSpec, build_metainfo, web_seed_url
 
-    name = Path(layout.MEMBER_INDEX_PACK).name
+    name = layout.MEMBER_INDEX_PACK_NAME
     seeds = tuple(
         web_seed_url(base.rstrip("/")[: -len(layout.SHARDS)] + layout.MEMBER_INDEX_DIR, name)
         for base in config.web_seeds
@@ -386,6 +394,46 @@ def _index_metainfo(config: ReleaseConfig, hashes) -> bytes:
         creation_date=config.creation_date,
     )
     return build_metainfo(spec)
+
+
+@dataclass(frozen=True)
+class IndexTorrentRemade:
+    info_hash_v1: str  # of the published pack's torrent
+    written: Path | None  # the workspace's torrents/members.torrent; None when it was not written
+    reason: str = ""  # why not
+
+
+def remake_index_torrent(config: ReleaseConfig, workspace: Path) -> IndexTorrentRemade | None:
+    """`packager torrent` for the member index: write the workspace's torrents/members.torrent for the
+    published pack with release.toml's current trackers and web seeds, from the published .torrent's piece
+    hashes (the pack is not read), so `packager seed` and `push` announce it where the shards now announce.
+    None before the first publish. Not written when the config would change the info-hash (private flag,
+    source tag): the published index keeps its torrent, as a published shard keeps its own."""
+    from .torrent import identity, read_piece_hashes, write_torrent
+
+    folder = Path(workspace) / layout.PUBLISHED
+    published = folder / layout.MEMBER_INDEX_TORRENT
+    if not published.is_file():
+        return None
+    with MemberIndex.open(folder) as index:
+        made, pack_sha256 = index.root.torrent, index.root.pack_sha256
+    if made is None:
+        return None
+    pieces = read_piece_hashes(published.read_bytes(), published, layout.MEMBER_INDEX_PACK_NAME)
+    hashes = ShardHashes(pieces.length, bytes.fromhex(pack_sha256), pieces.piece_size, pieces.v1 or b"")
+    metainfo = index_metainfo(config, hashes)
+    got = identity(metainfo).info_hash_v1
+    target = Path(workspace) / layout.MEMBER_INDEX_TORRENT
+    if got != made.info_hash_v1:
+        target.unlink(missing_ok=True)
+        return IndexTorrentRemade(
+            made.info_hash_v1,
+            None,
+            f"release.toml (private or source) would change its info-hash to {got}: the published "
+            "torrent is seeded as it is",
+        )
+    write_torrent(target, metainfo)
+    return IndexTorrentRemade(made.info_hash_v1, target)
 
 
 def _link_index(final: Path, tmp: Path) -> bool:

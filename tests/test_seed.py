@@ -370,18 +370,23 @@ def test_resumed_torrents_announce_to_the_trackers_of_the_current_torrent_files(
     first.close()
     config = release / layout.CONFIG
     config.write_text(config.read_text().replace("127.0.0.1:6969", "127.0.0.1:6970"))
-    assert CliRunner().invoke(app, ["torrent", str(release)]).exit_code == 0
-    second = Seeder(ResumeStore(release / layout.RESUME), torrents, test_settings())
+    result = CliRunner().invoke(app, ["torrent", str(release)])
+    assert result.exit_code == 0 and "members.pack" in result.stdout, result.output
+    # As `packager seed` restarted: the member index's torrent too is re-made with the new tracker (in the
+    # workspace's torrents/; the published copy stays as published), with its info-hash unchanged.
+    again = torrents_of(release)
+    assert [t.key for t in again] == [t.key for t in torrents] and again[-1].is_index
+    assert again[-1].torrent == (release / layout.MEMBER_INDEX_TORRENT).resolve() != torrents[-1].torrent
+    second = Seeder(ResumeStore(release / layout.RESUME), again, test_settings())
     second.start()
     try:
         assert second.report.resumed == len(torrents)
-        shards = {t.key for t in torrents if t.shard_id}
-        for key, handle in second.handles().items():
-            # The member index's torrent is not re-made by `packager torrent`: it keeps its published list.
-            port = 6970 if key in shards else 6969
-            assert [a["url"] for a in handle.trackers()] == [f"http://127.0.0.1:{port}/announce"]
+        for handle in second.handles().values():
+            assert [a["url"] for a in handle.trackers()] == ["http://127.0.0.1:6970/announce"]
     finally:
         second.close()
+    published = (release / layout.PUBLISHED / layout.MEMBER_INDEX_TORRENT).read_bytes()
+    assert b"6969" in published and b"6970" not in published
 
 
 def test_missing_and_short_shards_are_reported_and_not_added(release):

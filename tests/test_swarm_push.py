@@ -34,7 +34,7 @@ class QbtLike(clients._Client):
     def present(self) -> set[str]:
         return set()
 
-    def add(self, t, metainfo):
+    def add(self, t, metainfo, save_path):
         self.have[(t.info_hash_v2 or "")[:40] or t.info_hash_v1] = t
         return None
 
@@ -57,7 +57,7 @@ def test_a_hybrid_torrent_listed_under_its_v2_hash_is_added(tmp_path, monkeypatc
 
 def test_a_torrent_the_client_never_lists_fails_after_the_bound(tmp_path, monkeypatch):
     fake = QbtLike()
-    fake.add = lambda t, metainfo: None  # accepted, never listed
+    fake.add = lambda t, metainfo, save_path: None  # accepted, never listed
     monkeypatch.setattr(clients, "connect", lambda *a, **k: fake)
     (result,) = push(
         [torrent(tmp_path, "x", V1, None)], "qbittorrent+http://h:1", "/data", settle_seconds=0.5

@@ -224,6 +224,15 @@ def push(
             "--data-path", help="The folder holding the shard files, as the client's machine sees it."
         ),
     ],
+    index_path: Annotated[
+        str | None,
+        typer.Option(
+            "--index-path",
+            help="The folder holding members/members.pack (the member index's torrent), as the client's "
+            "machine sees it. Default: members/ beside a --data-path named shards/ (a mirror's layout), "
+            "this workspace's published/members/ when --data-path is its own shards/, else --data-path.",
+        ),
+    ] = None,
     phase: PhaseOpt = None,
     category: Annotated[str | None, typer.Option(help="qBittorrent category (made if missing).")] = None,
     tags: Annotated[
@@ -242,8 +251,9 @@ def push(
     """Hand the published torrents to a qBittorrent or Transmission seedbox that already has the shards.
 
     qBittorrent skips its hash check (the files are trusted and each piece is checked when first served);
-    Transmission verifies every torrent first. Torrents the client already has are skipped. Exit 3 if the
-    client cannot be reached or refused a torrent.
+    Transmission verifies every torrent first. Torrents the client already has are skipped. The member
+    index's torrent (all phases only) is given --index-path as its folder. Exit 3 if the client cannot be
+    reached or refused a torrent.
 
     Example:
         packager push music-release --client qbittorrent+http://admin@seedbox:8080 \\
@@ -264,7 +274,15 @@ def push(
             "use --password-file or $PACKAGER_CLIENT_PASSWORD",
             "yellow",
         )
-    results = run_push(torrents, client, data_path, category=category, tags=tags or (), password=password)
+    results = run_push(
+        torrents,
+        client,
+        data_path,
+        category=category,
+        tags=tags or (),
+        password=password,
+        index_path=index_path,
+    )
     if as_json:
         emit_json([vars(r) for r in results])
     else:
@@ -273,6 +291,9 @@ def push(
             style = {"failed": "red", "added": "green"}.get(r.result)
             table.add_row(r.name, r.info_hash, r.result, r.detail, style=style)
         out.print(table)
+        for r in results:
+            if r.save_path != data_path:  # the member index's torrent: its pack is in members/
+                out.print(f"{r.name}: its data folder is {r.save_path}")
         counts = {k: sum(r.result == k for r in results) for k in ("added", "present", "failed")}
         out.print(f"{counts['added']} added, {counts['present']} already there, {counts['failed']} failed")
     if any(r.result == "failed" for r in results):

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from .. import layout
 from ..build import BuildPlanned, BytesDone, ShardFailed, ShardFinished, ShardStarted, remake_torrents
 from ..build import build as run_build
 from ..config import check_scheduler_address, format_binary, format_size, parse_size
@@ -143,14 +144,32 @@ def torrent(
     Example:
         packager torrent music-release --phase audio
     """
+    from ..publish import remake_index_torrent
+
     with Workspace.open(workspace) as ws:
         made = remake_torrents(ws, phase)
+        # The member index's torrent announces with the shards' (it has no phase: re-made with every phase).
+        index = remake_index_torrent(ws.config, ws.path) if phase is None else None
     if as_json:
-        emit_json([t.as_dict() for t in made])
+        emit_json([t.as_dict() for t in made] + ([_index_dict(index)] if index is not None else []))
         return
     for t in made:
         out.print(f"{t.shard}  {t.info_hash_v1 or t.info_hash_v2}")
-    out.print(f"wrote {len(made)} torrents")
+    if index is not None:
+        out.print(f"{layout.MEMBER_INDEX_PACK_NAME}  {index.info_hash_v1}  {index.reason}".rstrip())
+    out.print(f"wrote {len(made) + bool(index and index.written)} torrents")
+
+
+def _index_dict(index) -> dict:
+    return {
+        "shard": None,
+        "member_index": True,
+        "format": "v1",
+        "info_hash_v1": index.info_hash_v1,
+        "info_hash_v2": None,
+        "written": index.written is not None,
+        "reason": index.reason or None,
+    }
 
 
 @app.command()

@@ -54,7 +54,7 @@ def health(
         sources.add_row(
             s.source,
             s.protocol,
-            f"{s.answered}/{len(view.torrents)}",
+            f"{s.answered}/{len(view.torrents) + (view.index is not None)}",
             f"{s.seconds:.1f} s",
             s.error or "-",
             style="red" if s.error else None,
@@ -66,6 +66,11 @@ def health(
         f"{s.share_4_or_more:.0%} of {format_size(s.bytes)} in at least 4 places, "
         f"{s.share_over_10:.0%} in more than 10"
     )
+    if view.index is not None:
+        t = view.index
+        seeders = "? (no source answered)" if t.seeders is None else str(t.seeders)
+        leechers = "" if t.leechers is None else f", {t.leechers} leechers"
+        out.print(f"member index ({t.name}, {format_size(t.size)}): {seeders} seeders{leechers}")
     if top > 0:
         out.print(neediest_table(view, top))
     for f in report.live_files:

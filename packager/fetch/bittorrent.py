@@ -19,6 +19,7 @@ from pathlib import Path
 
 import libtorrent as lt
 
+from .. import layout
 from ..errors import EnvironmentProblem, UntrustedManifest, UsageError
 from ..member_index import Location
 from ..seed.session import DISK_IO, check_libtorrent_setting
@@ -245,7 +246,7 @@ class SwarmPack:
         got = str(params.ti.info_hashes().v1)
         if got != info_hash:
             raise UntrustedManifest(
-                "torrents/members.torrent", f"info-hash {got}, the member index root says {info_hash}"
+                layout.MEMBER_INDEX_TORRENT, f"info-hash {got}, the member index root says {info_hash}"
             )
         self.settings, self.note = settings, note
         self.session = _session(settings)

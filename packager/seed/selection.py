@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import layout
-from ..errors import EnvironmentProblem, UsageError
+from ..errors import EnvironmentProblem, TorrentError, UsageError
 from ..fsutil import write_atomic
 from ..hashing import swarm_hashes
 from ..manifest import whitelist_hashes as manifest_whitelist_hashes
@@ -18,7 +18,7 @@ from ..workspace import Workspace
 
 @dataclass(frozen=True)
 class SeedTorrent:
-    """A published torrent and its shard file, with absolute paths."""
+    """A published torrent and its data file (a shard, or the member index's pack), with absolute paths."""
 
     shard_id: int
     name: str
@@ -28,6 +28,11 @@ class SeedTorrent:
     torrent: Path
     info_hash_v1: str | None
     info_hash_v2: str | None  # full 64 hex
+
+    @property
+    def is_index(self) -> bool:
+        """The member index's own torrent (its data is members/members.pack, not a shard)."""
+        return self.shard_id == 0
 
     @property
     def key(self) -> str:
@@ -75,8 +80,10 @@ INDEX_NAME = "member index"  # how the index's torrent shows among the seeded on
 
 
 def index_torrent(ws: Workspace) -> SeedTorrent | None:
-    """The member index's torrent as published (published/torrents/members.torrent, its pack in
-    published/members/), or None before the first publish. shard_id 0: it belongs to no shard."""
+    """The member index's torrent as published (its pack in published/members/), or None before the first
+    publish. Its .torrent is the workspace's torrents/members.torrent when `packager torrent` re-made it
+    for the published pack (same info-hash, the current trackers), else the published copy. shard_id 0:
+    it belongs to no shard."""
     from ..torrent import read_torrent  # libtorrent
 
     published = ws.published_dir.resolve()
@@ -84,6 +91,12 @@ def index_torrent(ws: Workspace) -> SeedTorrent | None:
     if not path.is_file():
         return None
     info = read_torrent(path)
+    remade = ws.path.resolve() / layout.MEMBER_INDEX_TORRENT
+    try:
+        if remade.is_file() and read_torrent(remade).info_hash_v1 == info.info_hash_v1:
+            path = remade
+    except TorrentError:
+        pass  # a damaged copy in the workspace: the published one is used
     return SeedTorrent(
         0,
         INDEX_NAME,

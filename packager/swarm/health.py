@@ -1,6 +1,6 @@
-"""`packager health`: scrape every tracker of the release for every published torrent, add what our own
-seeder's status port says, keep it all in the state (history included) and rewrite the live, unsigned
-published/swarm.json and swarm.html.
+"""`packager health`: scrape every tracker of the release for every published torrent (the member index's
+own included, reported apart from the shards' buckets), add what our own seeder's status port says, keep it
+all in the state (history included) and rewrite the live, unsigned published/swarm.json and swarm.html.
 
 A tracker that fails, is slow or lies is reported and never stops the run. Each source is asked in a thread
 of its own against one deadline, and the run goes on when the deadline passes whatever a thread is still
@@ -22,7 +22,7 @@ from ..errors import RemoteError, UsageError
 from ..manifest import TorrentEntry
 from ..state_scrapes import CountRow, SourceRow, record_run
 from ..workspace import Workspace
-from .model import SwarmView, swarm_view
+from .model import INDEX_ID, IndexEntry, SwarmView, published_index, swarm_view
 from .net import display_url, http_get, safe_text
 from .scrape import ScrapeResult, scrape
 
@@ -76,7 +76,10 @@ def health(
         )
     if timeout <= 0:
         raise UsageError(f"--timeout {timeout:g}: must be a positive number of seconds")
-    hashes = list(dict.fromkeys(h for _, e in entries for h in _swarm_hashes(e)))
+    index = published_index(ws.published_dir)
+    # The index's torrent is asked about like a shard's, under INDEX_ID; it stays out of every summary.
+    targets: list = entries + ([(INDEX_ID, index)] if index is not None else [])
+    hashes = list(dict.fromkeys(h for _, e in targets for h in _swarm_hashes(e)))
     at = now or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     tasks: dict[str, Callable[[], object]] = {url: (lambda u=url: scrape(u, hashes, timeout)) for url in urls}
     if status_port is not None:
@@ -88,20 +91,20 @@ def health(
         result = done.get(url) or ScrapeResult(
             display_url(url), urlsplit(url).scheme.lower(), error=f"no answer within {timeout:g} s"
         )
-        found = _tracker_rows(entries, result)
+        found = _tracker_rows(targets, result)
         sources.append(SourceRow(result.tracker, result.protocol, len(found), result.error, result.seconds))
         rows += found
     if status_port is not None:
-        source, found = _seeder_rows(entries, status_port, done.get(SEEDER), timeout)
+        source, found = _seeder_rows(targets, status_port, done.get(SEEDER), timeout)
         sources.append(source)
         rows += found
     run = record_run(state, at, sources, rows)
-    view = swarm_view(state, config.name, [p.name for p in config.phases])
+    view = swarm_view(state, config.name, [p.name for p in config.phases], index=index)
     written = write_live_files(ws.published_dir, view)
     return HealthReport(view, run, written, round(time.monotonic() - started, 3))
 
 
-def _swarm_hashes(e: TorrentEntry) -> tuple[str, ...]:
+def _swarm_hashes(e: TorrentEntry | IndexEntry) -> tuple[str, ...]:
     return tuple(h for h in (e.info_hash_v1, e.info_hash_v2_truncated) if h)
 
 
@@ -126,7 +129,7 @@ def _run_bounded(tasks: dict[str, Callable[[], object]], timeout: float) -> dict
     return dict(done)
 
 
-def _tracker_rows(entries: list[tuple[int, TorrentEntry]], result: object) -> list[CountRow]:
+def _tracker_rows(entries: list[tuple[int, TorrentEntry | IndexEntry]], result: object) -> list[CountRow]:
     if not isinstance(result, ScrapeResult):
         return []
     rows = []
@@ -165,7 +168,7 @@ def _seeder_states(port: int, timeout: float) -> dict[str, str]:
 
 
 def _seeder_rows(
-    entries: list[tuple[int, TorrentEntry]], port: int, result: object, timeout: float
+    entries: list[tuple[int, TorrentEntry | IndexEntry]], port: int, result: object, timeout: float
 ) -> tuple[SourceRow, list[CountRow]]:
     """Our seeder is one seeder of each torrent it is seeding right now (it sees its peers, not the swarm,
     so it gives no leecher count)."""

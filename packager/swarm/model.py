@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from .. import layout
+from ..errors import PackagerError
 from ..manifest import TorrentEntry
 from ..state import State
 from ..state_scrapes import (
@@ -29,6 +32,38 @@ BUCKETS = (("0", 0, 0), ("1-3", 1, 3), ("4-10", 4, 10), (">10", 11, None))
 UNKNOWN = "unknown"  # no source has ever answered for the torrent
 BUCKET_NAMES = tuple(b[0] for b in BUCKETS) + (UNKNOWN,)
 HISTORY_DAYS = 60
+# The member index's own torrent in the scrape tables (shard ids start at 1). One swarm under one id: a
+# publish that adds shards makes a new pack, whose torrent takes over the id and its history.
+INDEX_ID = 0
+INDEX_PHASE = "member index"  # what stands in its phase: it belongs to none, and is in no summary
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """The member index's torrent as published, as health and the live files need it."""
+
+    info_hash_v1: str
+    size: int  # bytes of members.pack
+    name: str = layout.MEMBER_INDEX_PACK_NAME
+    torrent_file: str = layout.MEMBER_INDEX_TORRENT
+    info_hash_v2: str | None = None
+    info_hash_v2_truncated: str | None = None
+
+    @property
+    def magnet(self) -> str:
+        return f"magnet:?xt=urn:btih:{self.info_hash_v1}&dn={self.name}"
+
+
+def published_index(folder: Path) -> IndexEntry | None:
+    """The index torrent of a published folder (from its members/index.json); None if it has none."""
+    from ..member_index import MemberIndex
+
+    try:
+        with MemberIndex.open(Path(folder)) as index:
+            root = index.root
+    except PackagerError:
+        return None
+    return IndexEntry(root.torrent.info_hash_v1, root.pack_size) if root.torrent is not None else None
 
 
 def bucket_of(seeders: int | None) -> str:
@@ -148,6 +183,7 @@ class SwarmView:
     torrents: tuple[TorrentHealth, ...]  # in release order
     summaries: tuple[Summary, ...]
     history: tuple[tuple[str, Summary], ...]  # (day, the release's buckets that day), oldest first
+    index: TorrentHealth | None = None  # the member index's own torrent: in no summary, no pick
 
     @property
     def release_summary(self) -> Summary:
@@ -162,9 +198,11 @@ def swarm_view(
     today: datetime | None = None,
     entries: Sequence[tuple[int, TorrentEntry]] | None = None,
     history: bool = True,
+    index: IndexEntry | None = None,
 ) -> SwarmView:
     """The published torrents (or `entries`: (shard id, entry), as a publish about to record them) with
-    their newest counts and (unless `history` is False) their daily history, summarized."""
+    their newest counts and (unless `history` is False) their daily history, summarized; and the member
+    index's torrent when `index` is given."""
     if entries is None:
         entries = [(sid, TorrentEntry.from_json(text)) for sid, _, text in state.published_entries()]
     counts = latest_counts(state)
@@ -182,14 +220,45 @@ def swarm_view(
         torrents=torrents,
         summaries=tuple(summarize(torrents, phase_order)),
         history=tuple(_daily_summaries(torrents)),
+        index=_index(index, counts.get(INDEX_ID), days_of.get(INDEX_ID, [])) if index else None,
     )
+
+
+def _index(
+    index: IndexEntry, latest: tuple[str, list[CountRow]] | None, history: list[DayCounts]
+) -> TorrentHealth:
+    return TorrentHealth(
+        shard_id=INDEX_ID,
+        name=index.name,
+        phase=INDEX_PHASE,
+        tier=None,
+        size=index.size,
+        info_hash_v1=index.info_hash_v1,
+        info_hash_v2=None,
+        magnet=index.magnet,
+        torrent_file=index.torrent_file,
+        obsolete=False,
+        **_counts(latest, history),
+    )
+
+
+def _counts(latest: tuple[str, list[CountRow]] | None, history: list[DayCounts]) -> dict:
+    """A torrent's newest counts: the highest any source gave (leechers and completed from trackers)."""
+    at, rows = latest if latest else (None, [])
+    trackers = [r for r in rows if r.leechers is not None]
+    return {
+        "seeders": max((r.seeders for r in rows), default=None),
+        "leechers": max((r.leechers for r in trackers), default=None),
+        "completed": max((r.completed for r in trackers if r.completed is not None), default=None),
+        "scraped_at": at,
+        "sources": tuple(rows),
+        "history": tuple(history),
+    }
 
 
 def _torrent(
     shard_id: int, e: TorrentEntry, latest: tuple[str, list[CountRow]] | None, history: list[DayCounts]
 ) -> TorrentHealth:
-    at, rows = latest if latest else (None, [])
-    trackers = [r for r in rows if r.leechers is not None]
     return TorrentHealth(
         shard_id=shard_id,
         name=e.name,
@@ -201,12 +270,7 @@ def _torrent(
         magnet=e.magnet,
         torrent_file=e.torrent_file,
         obsolete=e.obsolete,
-        seeders=max((r.seeders for r in rows), default=None),
-        leechers=max((r.leechers for r in trackers), default=None),
-        completed=max((r.completed for r in trackers if r.completed is not None), default=None),
-        scraped_at=at,
-        sources=tuple(rows),
-        history=tuple(history),
+        **_counts(latest, history),
     )
 
 

@@ -54,7 +54,9 @@ def test_sha256sum_checks_a_mirror_and_catches_a_flipped_byte(signed, tmp_path):
     folder = mirror(published, tmp_path / "mirror", shards)
     ok = subprocess.run([sha256sum, "-c", "SHA256SUMS"], cwd=folder, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert ok.stdout.count(": OK") == 2 * len(shards) + 2  # and the member index's two files
+    # and the member index's three files: its root, its pack and the pack's own torrent
+    assert ok.stdout.count(": OK") == 2 * len(shards) + 3
+    assert "torrents/members.torrent: OK" in ok.stdout
     # A partial mirror checks what it has.
     (folder / "shards" / shards[0].name).unlink()
     assert subprocess.run([sha256sum, "-c", "SHA256SUMS"], cwd=folder, capture_output=True).returncode == 1
@@ -133,7 +135,10 @@ def test_opentracker_serves_exactly_the_whitelisted_hashes(signed, opentracker):
     published, _ = signed
     hashes = (published / "whitelist.txt").read_text().split()
     release = json.loads((published / "release.json").read_text())
-    assert hashes == [t["info_hash_v1"] for t in release["torrents"]]
+    index = json.loads((published / "members" / "index.json").read_text())["torrent"]["info_hash_v1"]
+    # Every shard's torrent, then the member index's own: its swarm must be open too.
+    assert hashes == [t["info_hash_v1"] for t in release["torrents"]] + [index]
     tracker = opentracker(hashes)
     assert b"8:interval" in tracker.announce(hashes[-1], port=6881)
+    assert b"8:interval" in tracker.announce(hashes[0], port=6881)
     assert b"not authorized" in tracker.announce("f" * 40, port=6881)

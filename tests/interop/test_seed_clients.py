@@ -78,6 +78,11 @@ def build_release(make_workspace, archive) -> Path:
     return ws
 
 
+def index_hash(ws: Path) -> str:
+    """The v1 info-hash of the member index's own torrent, as the published index root gives it."""
+    return json.loads((ws / layout.PUBLISHED / layout.MEMBER_INDEX).read_text())["torrent"]["info_hash_v1"]
+
+
 def shards_of(ws: Path) -> list[Shard]:
     with open_state(ws) as state:
         rows = state.seedable()
@@ -96,8 +101,8 @@ def swarm(make_workspace, archive, opentracker, seeder, tmp_path):
     # Info-hashes do not cover trackers: point the .torrent files at this tracker's port, hashes unchanged.
     config = ws / layout.CONFIG
     config.write_text(config.read_text().replace("http://127.0.0.1:6969/announce", tracker.announce_url))
-    cli("torrent", str(ws))
-    assert [s.info_hash for s in shards_of(ws)] == hashes
+    cli("torrent", str(ws))  # the member index's torrent too
+    assert [s.info_hash for s in shards_of(ws)] + [index_hash(ws)] == hashes
     run = seeder(ws)
     count = len(hashes)
     seen: list = []
@@ -228,6 +233,14 @@ def test_aria2c_and_transmission_download_from_our_seeder_through_opentracker(
     assert result.returncode == 0, f"aria2c exit {result.returncode}: {result.stdout[-1500:]}\n{tail}"
     assert sha256_of(downloads / first.data.name) == sha256_of(first.data)
 
+    # A mirror complete without HTTP: the member index's pack comes from its own torrent, into members/.
+    pack = mirror / layout.MEMBER_INDEX_PACK
+    pack.unlink()
+    log = tmp_path / "aria2-index.log"
+    result = aria2c_download(ws / layout.MEMBER_INDEX_TORRENT, pack.parent, free_port(), log)
+    assert result.returncode == 0, f"aria2c exit {result.returncode}: {result.stdout[-1500:]}"
+    assert sha256_of(pack) == sha256_of(ws / layout.PUBLISHED / layout.MEMBER_INDEX_PACK)
+
     # Transmission drops every 127.0.0.0/8 peer a tracker names ("martian" addresses, libtransmission
     # net.c), so it cannot dial our seeder on loopback; it does accept a connection from it. It announces
     # first; then the seeder restarts (from its resume data), gets Transmission from opentracker and dials it.
@@ -355,7 +368,12 @@ def test_push_to_qbittorrent_seeds_without_a_recheck(published, qbittorrent):
     url = f"qbittorrent+http://admin:adminadmin@127.0.0.1:{qbittorrent.port}"
     results = push_json(ws, url, "--category", "packager-test", "--tag", "phase-1", "--tag", "demo")
     assert {r["result"] for r in results} == {"added"}, results
-    assert {r["info_hash"] for r in results} == {s.info_hash for s in shards}
+    index = index_hash(ws)
+    assert {r["info_hash"] for r in results} == {s.info_hash for s in shards} | {index}
+    # The index's data is the published pack, not a shard: the client is told its own folder.
+    folders = {r["info_hash"]: r["save_path"] for r in results}
+    members = str((ws / layout.PUBLISHED / layout.MEMBER_INDEX_DIR).resolve())
+    assert folders == {**{s.info_hash: str(ws / "shards") for s in shards}, index: members}
 
     client = qbittorrentapi.Client(
         host=f"http://127.0.0.1:{qbittorrent.port}", username="admin", password="adminadmin"
@@ -365,7 +383,7 @@ def test_push_to_qbittorrent_seeds_without_a_recheck(published, qbittorrent):
     def seeding() -> bool:
         info = client.torrents_info(category="packager-test")
         seen.update(t["state"] for t in info)
-        return len(info) == len(shards) and all(t["state"] in QBT_SEEDING for t in info)
+        return len(info) == len(shards) + 1 and all(t["state"] in QBT_SEEDING for t in info)
 
     assert wait_until(seeding, 20, step=0.1), (
         seen,
@@ -373,7 +391,7 @@ def test_push_to_qbittorrent_seeds_without_a_recheck(published, qbittorrent):
     )
     assert not seen & QBT_CHECKING, f"qBittorrent re-checked: states seen {seen}"
     for t in client.torrents_info(category="packager-test"):
-        assert t["progress"] == 1 and t["save_path"].rstrip("/") == str(ws / "shards")
+        assert t["progress"] == 1 and t["save_path"].rstrip("/") == folders[t["hash"]]
         assert set(t["tags"].split(", ")) == {"phase-1", "demo"}
     again = push_json(ws, url)
     assert {r["result"] for r in again} == {"present"}
@@ -442,15 +460,17 @@ def test_push_to_transmission_verifies_then_seeds(published, transmission):
 
     def seeding() -> bool:
         got = client.get_torrents(arguments=["hashString", "status", "percentDone", "labels", "downloadDir"])
-        return len(got) == len(shards) and all(
+        return len(got) == len(shards) + 1 and all(
             t.status.value == "seeding" and t.percent_done == 1 for t in got
         )
 
+    # Transmission verifies each torrent: the member index's finds its pack in published/members/.
     assert wait_until(seeding, 30, step=0.2), [(t.name, t.status) for t in client.get_torrents()]
     got = client.get_torrents(arguments=["hashString", "labels", "downloadDir"])
-    assert {t.hash_string for t in got} == {s.info_hash for s in shards}
-    assert [(t.labels, t.download_dir.rstrip("/")) for t in got] == [(["phase-1"], str(ws / "shards"))] * len(
-        got
-    )
+    index, members = index_hash(ws), str((ws / layout.PUBLISHED / layout.MEMBER_INDEX_DIR).resolve())
+    assert {t.hash_string for t in got} == {s.info_hash for s in shards} | {index}
+    assert {t.hash_string: (t.labels, t.download_dir.rstrip("/")) for t in got} == {
+        t.hash_string: (["phase-1"], members if t.hash_string == index else str(ws / "shards")) for t in got
+    }
     again = push_json(ws, url)
     assert {r["result"] for r in again} == {"present"}

@@ -20,7 +20,7 @@ from packager.cli import app
 from tests.helpers import need
 
 from .conftest import wait_until
-from .test_seed_clients import shards_of, stop, swarm, swarm_ports  # noqa: F401  (fixtures)
+from .test_seed_clients import index_hash, shards_of, stop, swarm, swarm_ports  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.interop
 
@@ -74,17 +74,23 @@ def test_health_counts_our_seeder_and_an_aria2c_leecher_over_http_and_udp(swarm,
         over_http = health_json(ws, "--timeout", "5")  # release.toml's tracker: opentracker's HTTP port
         assert [(s["protocol"], s["error"]) for s in over_http["sources"]] == [("http", None)]
         assert counts(over_http) == expected
+        # The member index's own torrent is a swarm of its own, seeded by `packager seed` too; it is
+        # reported apart, in no bucket (the buckets are the release's shards).
+        index = over_http["member_index"]
+        assert (index["name"], index["btih"], index["seeders"], index["leechers"]) == (
+            "members.pack", index_hash(ws), 1, 0)  # fmt: skip
 
         over_udp = health_json(ws, "--tracker", tracker.udp_url, "--status-port", str(run.status_port))
         assert sorted((s["protocol"], s["error"], s["answered"]) for s in over_udp["sources"]) == [
-            ("seeder", None, len(shards)),
-            ("udp", None, len(shards)),
+            ("seeder", None, len(shards) + 1),
+            ("udp", None, len(shards) + 1),
         ]
-        assert counts(over_udp) == expected
+        assert counts(over_udp) == expected and over_udp["member_index"]["seeders"] == 1
         whole = over_udp["summary"][0]
         assert whole["buckets"]["1-3"]["torrents"] == len(shards) and whole["share_bytes_4_or_more"] == 0
         page = rendered(ws / "published" / "swarm.html")
         assert f"{len(shards)} torrents" in page and all(s.name in page for s in shards)
+        assert "The member index" in page and "members.pack" in page
     finally:
         stop(leecher)
 

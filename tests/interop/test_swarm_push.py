@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from packager.cli import app
 from packager.config import CONFIG_NAME
+from packager.seed.selection import INDEX_NAME
 from tests.helpers import wait_until
 
 from ..test_build import prepare, run_build
-from .test_seed_clients import QBT_SEEDING, qbittorrent, shards_of, transmission  # noqa: F401  (fixtures)
+from .test_seed_clients import QBT_SEEDING, index_hash, qbittorrent, shards_of, transmission  # noqa: F401
 
 pytestmark = pytest.mark.interop
 
@@ -70,12 +71,14 @@ def test_push_v1_hybrid_and_v2_into_qbittorrent(formats_release, qbittorrent, tm
     result, report = push(ws, url, "--password-file", str(secret), "--category", "formats")
     assert result.exit_code == 0, result.output
     assert QBT_PASSWORD not in result.output
-    assert {r["name"]: r["result"] for r in report} == dict.fromkeys(formats, "added")
+    # The shards' torrents in each format, and the member index's own (v1, its data in published/members/).
+    assert {r["name"]: r["result"] for r in report} == dict.fromkeys([*formats, INDEX_NAME], "added")
     assert all(r["detail"] for r in report)  # the state qBittorrent listed each one in
 
     client = qbittorrentapi.Client(host=f"http://127.0.0.1:{qbittorrent.port}", username="admin",
                                    password=QBT_PASSWORD)  # fmt: skip
     release = {t["name"]: t for t in json.loads((ws / "published" / "release.json").read_text())["torrents"]}
+    release[INDEX_NAME] = {"info_hash_v1": index_hash(ws), "info_hash_v2": None}
 
     def listed() -> dict[str, dict]:
         """Our torrent name -> qBittorrent's entry, matched by any hash qBittorrent gives."""
@@ -90,7 +93,7 @@ def test_push_v1_hybrid_and_v2_into_qbittorrent(formats_release, qbittorrent, tm
 
     assert wait_until(lambda: all(t["state"] in QBT_SEEDING for t in listed().values()), 30, step=0.2)
     got = listed()
-    assert set(got) == set(formats)  # push's report is what the client lists ...
+    assert set(got) == {*formats, INDEX_NAME}  # push's report is what the client lists ...
     for name, t in got.items():
         assert t["progress"] == 1 and t["state"] in QBT_SEEDING, (name, t["state"])  # ... and seeds
     hybrid = next(n for n, f in formats.items() if f == "hybrid")
@@ -109,6 +112,7 @@ def test_push_v1_hybrid_and_v2_into_transmission(formats_release, transmission):
     ws = formats_release
     formats = formats_of(ws)
     release = {t["name"]: t for t in json.loads((ws / "published" / "release.json").read_text())["torrents"]}
+    release[INDEX_NAME] = {"info_hash_v1": index_hash(ws), "info_hash_v2": None}
     result, report = push(ws, f"transmission+http://127.0.0.1:{transmission.port}")
     outcome = {r["name"]: r["result"] for r in report}
     client = transmission_rpc.Client(host="127.0.0.1", port=transmission.port, timeout=10)
@@ -123,7 +127,8 @@ def test_push_v1_hybrid_and_v2_into_transmission(formats_release, transmission):
     assert all(t.status.value == "seeding" and t.percent_done == 1 for t in got.values())
     # Transmission 3.00 takes the v1 torrent and refuses the hybrid and v2 ones (any info dict with a file
     # tree); push says so and exits 3.
-    assert outcome == {n: "added" if f == "v1" else "failed" for n, f in formats.items()}
+    expected = {n: "added" if f == "v1" else "failed" for n, f in formats.items()}
+    assert outcome == {**expected, INDEX_NAME: "added"}  # and the member index's torrent (v1)
     assert result.exit_code == 3
     for r in report:
         if r["result"] == "failed":
