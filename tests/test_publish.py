@@ -343,6 +343,35 @@ def test_the_member_index_is_seedable_as_its_own_torrent(published):
         assert all(t.shard_id for t in published_torrents(ws, ["audio"]))  # a phase: shards only
 
 
+def test_torrent_re_makes_the_index_torrent_with_the_new_trackers_and_web_seeds(published):
+    """After a tracker or web seed change, `packager torrent` re-makes the index's torrent beside the shards'
+    (same info-hash, from the published piece hashes); its web seed is the pack beside a mirror's shards/
+    folder (the url-list names the file, BEP 19); the published copy stays as it was published."""
+    from packager.torrent import read_torrent
+
+    pub = published / layout.PUBLISHED
+    before = (pub / layout.MEMBER_INDEX_TORRENT).read_bytes()
+    config = published / layout.CONFIG
+    seeds = 'web_seeds = ["https://a.example/music/shards/", "http://b.example/m/"]'
+    text = config.read_text().replace("[torrents]\n", f"[torrents]\n{seeds}\n")
+    config.write_text(text.replace("127.0.0.1:6969", "127.0.0.1:6970"))
+    result = invoke("torrent", published)
+    assert result.exit_code == 0 and "members.pack" in result.stdout, result.output
+    remade, published_copy = read_torrent(published / layout.MEMBER_INDEX_TORRENT), read_torrent(
+        pub / layout.MEMBER_INDEX_TORRENT)  # fmt: skip
+    assert remade.info_hash_v1 == published_copy.info_hash_v1
+    assert remade.web_seeds == ("https://a.example/music/members/members.pack",)
+    assert remade.trackers == (("http://127.0.0.1:6970/announce",),)
+    assert (pub / layout.MEMBER_INDEX_TORRENT).read_bytes() == before
+    made = json.loads(invoke("torrent", published, "--json").stdout)
+    assert made[-1]["member_index"] and made[-1]["info_hash_v1"] == remade.info_hash_v1
+    # A private flag would change the info-hash: the published torrent is then seeded as it is.
+    config.write_text(config.read_text().replace("[torrents]\n", "[torrents]\nprivate = true\n"))
+    result = invoke("torrent", published)
+    assert result.exit_code == 0 and "would change its info-hash" in result.stdout, result.output
+    assert not (published / layout.MEMBER_INDEX_TORRENT).exists()
+
+
 def test_locate_cli(published):
     r = invoke("locate", published / layout.PUBLISHED, "t03", "--json")
     assert r.exit_code == 0, r.output

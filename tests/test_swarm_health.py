@@ -238,3 +238,27 @@ def test_daily_history_keeps_the_days_highest_counts_and_fills_in_older_runs(pub
         record_run(state, "2026-01-02T00:00:00Z", [tracker], [CountRow(sid, "udp://t/a", 9, 0, 8)])
         days = [(d.day, d.seeders) for d in daily_history(state, "2026-01-01")[sid]]
     assert days == [("2026-01-01", 3), ("2026-01-02", 9)]
+
+
+def test_the_member_index_swarm_is_scraped_and_kept_apart_from_the_buckets(published, trackers):
+    """The index's own torrent is asked about with the shards': its counts are in swarm.json's member_index
+    (and swarm.html), kept by a publish that follows, and in no bucket (the buckets are the shards')."""
+    index = json.loads((published / PUBLISHED_DIR / "members" / "index.json").read_text())["torrent"]
+    udp = trackers(FakeUdpTracker, {index["info_hash_v1"]: (7, 30, 2)})
+    view = run(published, [udp.url], timeout=5, now="2026-01-02T03:04:05Z").view
+    assert (view.index.name, view.index.seeders, view.index.leechers, view.index.completed) == (
+        "members.pack", 7, 2, 30)  # fmt: skip
+    assert view.index.size == (published / PUBLISHED_DIR / "members" / "members.pack").stat().st_size
+    assert view.sources[0].answered == len(entries(published)) + 1  # the shards and the index
+    whole = view.release_summary
+    assert whole.torrents == len(entries(published)) and whole.buckets["4-10"].torrents == 0
+    live = json.loads((published / PUBLISHED_DIR / "swarm.json").read_text())
+    validate(live, "swarm")
+    assert live["member_index"]["btih"] == index["info_hash_v1"] and live["member_index"]["seeders"] == 7
+    assert index["info_hash_v1"] not in {t["btih"] for t in live["torrents"]}
+    assert "The member index" in (published / PUBLISHED_DIR / "swarm.html").read_text()
+    result = invoke("health", published, "--tracker", udp.url, "--timeout", "5")
+    assert result.exit_code == 0 and "member index (members.pack" in result.stdout, result.output
+    assert "7 seeders, 2 leechers" in result.stdout
+    do_publish(published, "audio")  # nothing new: the live files are rendered again from the state
+    assert json.loads((published / PUBLISHED_DIR / "swarm.json").read_text())["member_index"]["seeders"] == 7

@@ -55,6 +55,42 @@ def test_a_hybrid_torrent_listed_under_its_v2_hash_is_added(tmp_path, monkeypatc
     ]
 
 
+class Recording(QbtLike):
+    def __init__(self):
+        super().__init__()
+        self.folders: dict[str, str] = {}
+
+    def add(self, t, metainfo, save_path):
+        self.folders[t.name] = save_path
+        return super().add(t, metainfo, save_path)
+
+
+def test_the_member_index_torrent_gets_the_folder_of_its_pack(tmp_path, monkeypatch):
+    """Its data is members/members.pack: members/ beside a mirror's shards/, the workspace's own
+    published/members/ when the client sees the workspace, one download folder when all is in one."""
+    shards, members = tmp_path / "ws" / "shards", tmp_path / "ws" / "published" / "members"
+    shard = SeedTorrent(1, "s", "audio", shards / "s.tar.zst", 1, tmp_path / "s.torrent", V1, None)
+    index = SeedTorrent(0, "member index", "member index", members / "members.pack", 1,
+                        tmp_path / "members.torrent", "c" * 40, None)  # fmt: skip
+    for t in (shard, index):
+        t.torrent.write_bytes(b"d4:infod4:name1:xee")
+    cases = [
+        ("/srv/music/shards", None, "/srv/music/members"),  # a mirror's layout, as README shows it
+        ("/srv/music/shards/", None, "/srv/music/members"),
+        (str(shards), None, str(members)),  # this workspace, as the client sees it
+        ("/downloads", None, "/downloads"),  # every torrent's file in one folder
+        ("/srv/music/shards", "/elsewhere/idx", "/elsewhere/idx"),  # --index-path
+    ]
+    for data_path, index_path, expected in cases:
+        fake = Recording()
+        monkeypatch.setattr(clients, "connect", lambda *a, fake=fake, **k: fake)
+        results = push([shard, index], "qbittorrent+http://h:1", data_path, settle_seconds=2,
+                       index_path=index_path)  # fmt: skip
+        assert fake.folders == {"s": data_path, "member index": expected}, data_path
+        assert [(r.name, r.result, r.save_path) for r in results] == [
+            ("s", "added", data_path), ("member index", "added", expected)]  # fmt: skip
+
+
 def test_a_torrent_the_client_never_lists_fails_after_the_bound(tmp_path, monkeypatch):
     fake = QbtLike()
     fake.add = lambda t, metainfo, save_path: None  # accepted, never listed
