@@ -3,7 +3,7 @@
 Each shard is one Dask task, :func:`attempt_shard`, which runs :func:`packager.build.write_one` (the same
 call the local pool makes) on a worker and returns the shard's hashes and member records. The coordinating
 process, and it alone, then commits the shard to state.sqlite exactly as a local build does
-(``build._Coordinator.settle``), one transaction per finished shard, so a lost scheduler or a killed
+(``build.Coordinator.settle``), one transaction per finished shard, so a lost scheduler or a killed
 coordinator loses no finished shard: the next ``build`` goes on from the state.
 
 Choices, and why:
@@ -41,6 +41,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import glob
@@ -61,16 +62,9 @@ from typing import Any
 import orjson
 import zstandard
 
-from . import layout
-from .build import (
-    _DISK_FULL_ERRNOS,
-    BytesDone,
-    ShardJob,
-    ShardResult,
-    ShardStarted,
-    _Coordinator,
-    write_one,
-)
+from . import __version__, layout
+from .build.coordinator import DISK_FULL_ERRNOS, Coordinator
+from .build.shard import BytesDone, ShardJob, ShardResult, ShardStarted, write_one
 from .errors import EnvironmentProblem, ShardBuildError
 from .state import MemberRow
 
@@ -81,7 +75,7 @@ _THREADS_TTL = 2.0  # seconds the cluster's thread count is reused before it is 
 
 
 def build_on_cluster(
-    coordinator: _Coordinator, todo: list[tuple[ShardJob, str]], address: str, jobs: int
+    coordinator: Coordinator, todo: list[tuple[ShardJob, str]], address: str, jobs: int
 ) -> None:
     """Build `todo` (jobs in plan order, with their torrent format) on the Dask cluster at `address`,
     keeping `jobs` shards per worker thread in flight (0: two, one running and the next one waiting)."""
@@ -103,7 +97,7 @@ def build_on_cluster(
 
 def _import_distributed():
     try:
-        import distributed
+        import distributed  # 0.5 s to import, an optional extra: only a build given a scheduler needs it
     except ImportError:
         raise EnvironmentProblem(
             "--scheduler needs Dask distributed, which is not installed", hint=INSTALL_HINT
@@ -155,9 +149,7 @@ def _probe(distributed, address: str, timeout: float) -> None:
     """Connect and ask the server what it is, all within `timeout`. distributed.Client's own timeout bounds
     the TCP connect but not the handshake after it, so a port that accepts and never answers (an HTTP
     server, a stopped scheduler, a firewall's tarpit) held the build forever."""
-    import asyncio
-
-    from distributed.comm import connect
+    from distributed.comm import connect  # loaded already: _connect's caller imported distributed
 
     async def ask() -> object:
         args = distributed.Security().get_connection_args("client")  # TLS from the Dask config
@@ -225,8 +217,6 @@ _SAME_CODE = (
 @functools.cache
 def build_fingerprint() -> str:
     """What decides a shard's bytes besides its input: packager's code and libzstd. Short, for messages."""
-    from . import __version__
-
     h = hashlib.sha256(f"{zstandard.ZSTD_VERSION}|{zstandard.__version__}".encode())
     package = Path(__file__).parent
     for path in sorted(package.rglob("*.py")):
@@ -263,6 +253,7 @@ class AttemptAbandoned(Exception):
 
 def attempt_shard(job: ShardJob, members: bytes, topic: str, fingerprint: str) -> AttemptOutcome:
     """One attempt at one shard, on a Dask worker: write it under this attempt's own temporary name."""
+    # On a Dask worker, where distributed is loaded already.
     from distributed import get_worker
     from distributed.worker import thread_state
 
@@ -357,7 +348,7 @@ class _ClusterBuild:
     """Submits shards in plan order within a window, turns worker events into build events, and settles
     each finished shard through the local build's coordinator."""
 
-    def __init__(self, distributed, client, coordinator: _Coordinator, address: str, jobs: int):
+    def __init__(self, distributed, client, coordinator: Coordinator, address: str, jobs: int):
         self.distributed, self.client, self.coordinator = distributed, client, coordinator
         self.address, self.jobs = address, jobs
         self.settings = coordinator.ws.config.build
@@ -529,7 +520,7 @@ class _ClusterBuild:
             return ShardBuildError(
                 job.name, f"the worker running it died on each of {tries} tries (the last one at {last})"
             )
-        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
             return error  # the coordinator stops the build: the output side is full or read-only
         where = "; ".join(getattr(error, "__notes__", ()))
         reason = f"{type(error).__name__}: {error}" + (f" ({where})" if where else "")

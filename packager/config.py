@@ -18,7 +18,6 @@ from typing import Any
 from . import layout
 from .errors import ConfigError, UsageError
 
-CONFIG_NAME = layout.CONFIG  # the name tests/test_verify.py imports; to go once it imports layout
 FORMATS = ("v1", "hybrid", "v2")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 RELEASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*$")
@@ -563,37 +562,3 @@ def default_config_text(name: str, root: Path) -> str:
     template = resources.files("packager").joinpath("release_template.toml").read_text(encoding="utf-8")
     root_text = str(root).replace("\\", "\\\\").replace('"', '\\"')
     return template.replace("{name}", name).replace("{root}", root_text)
-
-
-def init_workspace(workspace: Path, root: Path, name: str | None = None) -> ReleaseConfig:
-    """Create release.toml (commented defaults) and state.sqlite in a new or empty folder."""
-    from .errors import WorkspaceError
-    from .state import State
-
-    workspace = Path(workspace)
-    root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise UsageError(f"{root}: the archive root is not a folder", hint="pass --root ARCHIVE_FOLDER")
-    if workspace.exists() and not workspace.is_dir():
-        raise UsageError(
-            f"{workspace}: exists and is not a folder", hint="choose a new folder for the workspace"
-        )
-    if (workspace / layout.STATE).exists() and not (workspace / layout.CONFIG).exists():
-        raise WorkspaceError(
-            f"{workspace}: has a state.sqlite but no release.toml (an interrupted init, or a deleted config)",
-            hint="restore release.toml, or remove the folder and run init again",
-        )
-    if (workspace / layout.CONFIG).exists() or (workspace / layout.STATE).exists():
-        raise WorkspaceError(
-            f"{workspace}: already a release workspace", hint="edit its release.toml, or choose a new folder"
-        )
-    name = name or root.name or "release"
-    name = re.sub(r"[^A-Za-z0-9._]+", "_", name).strip("._") or "release"
-    text = default_config_text(name, root)
-    workspace.mkdir(parents=True, exist_ok=True)
-    config = parse_config(text, workspace / layout.CONFIG)
-    tmp = workspace / (layout.CONFIG + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    State(workspace / layout.STATE, create=True).close()
-    tmp.replace(workspace / layout.CONFIG)
-    return config

@@ -20,10 +20,14 @@ from .catalog import IngestOptions, ingest
 from .config import SeedSettings, format_size
 from .container import ShardReader
 from .errors import ShardBuildError
-from .manifest import generate_keypair, load_signing_key, public_key_path
+from .fetch import FetchOptions, SwarmSettings, Via, fetch
 from .plan import plan
 from .publish import publish
-from .seed import seed, whitelist_hashes
+from .seed.events import Listening
+from .seed.seeder import seed
+from .seed.selection import whitelist_hashes
+from .signing import generate_keypair, load_signing_key, public_key_path
+from .verify import VerifyOptions, format_ranges, verify
 from .workspace import Workspace
 
 SEED = 20261125
@@ -222,11 +226,7 @@ def run_demo(folder: Path, audio_files: int = 240, say: Callable[[str], None] = 
         if not config.signing_key.exists():
             generate_keypair(config.signing_key, password=None)
         key = lambda: load_signing_key(config.signing_key)  # noqa: E731
-        published = [
-            publish(state, config, workspace, p.name, key=key)
-            for p in config.phases
-            if state.shards(phase=p.name)
-        ]
+        published = [publish(ws, p.name, key=key) for p in config.phases if state.shards(phase=p.name)]
         last = published[-1]
         say(
             f"[bold]6. publish[/]  {last.torrents} torrents of {len(published)} phases in {last.folder}: "
@@ -269,8 +269,6 @@ def _show_fetch(ws: Workspace, folder: Path, say) -> None:
     """One track through the swarm without its shard: this process seeds the release while a downloader
     that has the published files only (no shard) fetches the track's pieces from it, checked by the signed
     publication. The demo's tracker does not run, so the downloader dials the seeder itself (--peer)."""
-    from .fetch import FetchOptions, SwarmSettings, Via, fetch
-    from .seed import Listening
 
     shard = max(ws.state.shards(phase="audio"), key=lambda s: (s.bytes, s.name))
     member = list(ws.state.iter_members(shard.id))[shard.items // 2]
@@ -322,8 +320,6 @@ def _show_fetch(ws: Workspace, folder: Path, say) -> None:
 def _show_verify(ws: Workspace, folder: Path, say) -> None:
     """A downloader's check: the release verifies clean against its signatures; a copy of one shard with
     one byte flipped is caught, down to the member it damaged and the piece to fetch again."""
-    from .verify import VerifyOptions, format_ranges, verify
-
     pub = str(public_key_path(ws.config.signing_key))
     report = verify([ws.path], VerifyOptions(pubkey=pub))
     say(

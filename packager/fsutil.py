@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import EnvironmentProblem
+
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a small or rare file (a .torrent, a shard recovered after a crash); shards being
@@ -78,8 +80,6 @@ def workspace_lock(workspace: Path, what: str) -> Iterator[None]:
 @contextmanager
 def folder_lock(folder: Path, busy: str, hint: str) -> Iterator[None]:
     """An exclusive flock on `folder`, or EnvironmentProblem(`busy`, `hint`) if another process holds it."""
-    from .errors import EnvironmentProblem
-
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:

@@ -1,5 +1,5 @@
 """The published formats, each with its writer and its reader: release.json (and its torrent entries),
-torrents.json, SHA256SUMS, the opentracker whitelist, and minisign signatures.
+torrents.json, SHA256SUMS and the opentracker whitelist. Their minisign signatures are signing.py's.
 
 Formats are stable once published; `manifests/*.schema.json` describes each JSON one, and the tests validate
 what we write against them. Every writer here is a pure function of its input (no clock, no randomness), so
@@ -13,20 +13,16 @@ the entry and the value. The member index has its own module (member_index.py).
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import minisign
-
 from . import layout
 from .config import FORMATS
-from .errors import PublishError, UntrustedManifest, UsageError
-from .fsutil import write_atomic
+from .errors import UntrustedManifest
 from .hashing import swarm_hashes, truncated_v2
 
 FORMAT = 1
@@ -480,127 +476,3 @@ def read_whitelist(data: bytes, where: Path | str = layout.WHITELIST) -> list[st
             raise UntrustedManifest(where, f"line {number} is not a 40-hex info-hash: {line[:80]!r}")
         hashes.append(line.decode())
     return hashes
-
-
-# --- minisign ---------------------------------------------------------------------------------------------
-
-
-def public_key_path(secret_path: Path) -> Path:
-    """keys/release.key -> keys/release.pub (minisign's own pairing); any other name gets `.pub` appended."""
-    secret_path = Path(secret_path)
-    if secret_path.suffix == ".key":
-        return secret_path.with_suffix(".pub")
-    return secret_path.with_name(secret_path.name + ".pub")
-
-
-@dataclass(frozen=True)
-class KeyPairFiles:
-    secret: Path
-    public: Path
-    public_key: str  # the base64 line users pass to `minisign -P`
-    key_id: str
-    encrypted: bool
-
-
-def generate_keypair(secret_path: Path, password: str | None, force: bool = False) -> KeyPairFiles:
-    """Write a minisign Ed25519 key pair: the secret key (mode 0600; scrypt-encrypted unless `password` is
-    None) and the public key beside it. Refuses to overwrite either unless `force`."""
-    secret_path = Path(secret_path)
-    if secret_path.is_dir() or not secret_path.name or secret_path.name in (".", ".."):
-        raise UsageError(
-            f"{secret_path}: is a folder; give the path of the key file to write",
-            hint="e.g. packager keygen keys/release.key",
-        )
-    public_path = public_key_path(secret_path)
-    if not force:
-        for path in (secret_path, public_path):
-            if path.exists():
-                raise UsageError(f"{path}: already exists", hint="choose another path, or pass --force")
-    if password is not None and not password:
-        raise UsageError(
-            "the password is empty", hint="give a password, or pass --unencrypted for automation"
-        )
-    pair = minisign.KeyPair.generate()
-    secret, public = pair.secret_key, pair.public_key
-    if password is not None:
-        secret.encrypt(password)
-    public.untrusted_comment = f"minisign public key {_key_id(public)}"
-    secret_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(secret_path, bytes(secret) + b"\n")
-    public_path.write_bytes(bytes(public) + b"\n")
-    return KeyPairFiles(
-        secret_path, public_path, public.to_base64().decode(), _key_id(public), password is not None
-    )
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    write_atomic(path, data, mode=0o600)
-
-
-def _key_id(public: minisign.PublicKey) -> str:
-    # The public key is "Ed" + 8-byte key id + 32-byte key; minisign prints the id as a little-endian
-    # number in hex (`minisign public key 5A0B...`).
-    raw = base64.b64decode(public.to_base64())
-    return f"{int.from_bytes(raw[2:10], 'little'):X}"
-
-
-@dataclass
-class SigningKey:
-    secret: minisign.SecretKey
-    public_key: str  # base64, as in the .pub file's second line
-    key_id: str
-    path: Path
-
-    def sign(self, data: bytes, file_name: str, timestamp: int) -> bytes:
-        """A minisign signature file for `data` (prehashed, as minisign 0.10+ makes by default).
-
-        Ed25519 is deterministic and the trusted comment takes its timestamp from the publication, not the
-        clock, so the same key signs the same file to the same bytes: re-publishing changes nothing.
-        """
-        trusted = f"timestamp:{timestamp}\tfile:{file_name}\thashed"
-        sig = self.secret.sign(
-            data,
-            prehash=True,
-            trusted_comment=trusted,
-            untrusted_comment="signature from minisign secret key",
-        )
-        return bytes(sig) + b"\n"
-
-
-def load_signing_key(path: Path, password: Callable[[], str] | None = None) -> SigningKey:
-    """Read a minisign secret key; `password()` is called only if the key is encrypted."""
-    path = Path(path)
-    try:
-        secret = minisign.SecretKey.from_file(path)
-    except FileNotFoundError:
-        raise PublishError(
-            path, "no such signing key", hint="create one with `packager keygen KEYFILE`"
-        ) from None
-    except OSError as e:
-        raise PublishError(path, f"cannot read the signing key: {e.strerror}") from None
-    except (minisign.Error, ValueError) as e:
-        raise PublishError(path, f"not a minisign secret key ({e})") from None
-    if secret.is_encrypted():
-        if password is None:
-            raise PublishError(
-                path,
-                "the signing key is encrypted and no password was given",
-                hint="pass --password-file FILE or set PACKAGER_KEY_PASSWORD",
-            )
-        try:
-            secret.decrypt(password())
-        except minisign.Error:
-            raise PublishError(path, "wrong password for this signing key") from None
-    public = secret.get_public_key()
-    return SigningKey(secret, public.to_base64().decode(), _key_id(public), path)
-
-
-def verify_signature(public_key: str | bytes, data: bytes, signature: bytes) -> str:
-    """Check a minisign signature; return its trusted comment. minisign.VerifyError if it does not match."""
-    if isinstance(public_key, bytes) or "\n" in public_key:
-        text = public_key.decode() if isinstance(public_key, bytes) else public_key
-        public_key = [line for line in text.splitlines() if line and not line.startswith("untrusted")][0]
-    pk = minisign.PublicKey.from_base64(public_key)
-    sig = minisign.Signature.from_bytes(signature.rstrip(b"\n"))
-    pk.verify(data, sig)
-    return sig.trusted_comment

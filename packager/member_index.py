@@ -35,7 +35,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import orjson
 import xxhash
@@ -45,9 +45,7 @@ from . import layout
 from .errors import PublishError, UntrustedManifest, UsageError
 from .fsutil import fsync_file
 from .hashing import ShardHasher, ShardHashes
-
-if TYPE_CHECKING:
-    from .manifest import TorrentEntry
+from .manifest import TorrentEntry, safe_relative
 
 FORMAT = 2  # the root's `format`; 1 was members.sqlite (packager 0.1.0)
 PARTITION_HASH = "xxh3_64"
@@ -425,8 +423,6 @@ def _decompress(data: bytes, where: str) -> bytes:
 
 
 def _parse_torrent(raw: object, where: str) -> IndexedTorrent:
-    from .manifest import safe_relative
-
     keys = IndexedTorrent.__dataclass_fields__
     if not isinstance(raw, dict) or set(raw) != set(keys):
         raise UntrustedManifest(where, f"a torrent is not {{{', '.join(keys)}}}: {raw!r:.120}")

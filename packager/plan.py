@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from .config import Phase, Tier
 from .errors import UsageError
-from .state import State
+from .ingest import remove_rows
+from .state import ShardRow, State
 from .workspace import Workspace
 
 MEMBER_BATCH = 50_000
@@ -228,7 +229,75 @@ def _merge(into: dict[str, list[int]], more: dict[str, list[int]]) -> None:
         totals[1] += b
 
 
-def release_status(ws: Workspace) -> dict:
+@dataclass(frozen=True)
+class TierStatus:
+    name: str
+    popularity: str  # the tier's range, e.g. "[50, inf)"
+    shards: int
+    items: int
+    bytes: int
+    pop_min: float | None
+    pop_max: float | None
+    states: dict[str, int]  # shard state -> count
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PhaseStatus:
+    name: str
+    kinds: tuple[str, ...]
+    tiers: tuple[TierStatus, ...]
+    published: bool
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kinds": list(self.kinds),
+            "tiers": [t.as_dict() for t in self.tiers],
+            "published": self.published,
+        }
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    row: ShardRow
+    extras: dict  # state.shard_extras: file, length, sha256 once built; torrent, info-hashes, magnet
+
+    @property
+    def magnet(self) -> str | None:
+        return self.extras.get("magnet")
+
+    @property
+    def info_hash_v1(self) -> str | None:
+        return self.extras.get("info_hash_v1")
+
+    def as_dict(self) -> dict:
+        return vars(self.row) | self.extras
+
+
+@dataclass(frozen=True)
+class ReleaseStatus:
+    release: str
+    root: str
+    items: int
+    phases: tuple[PhaseStatus, ...]
+    shards: tuple[ShardStatus, ...]
+    unassigned: tuple[tuple[str, int, int], ...]  # (kind, items, bytes) of present items in no shard
+
+    def as_dict(self) -> dict:
+        return {
+            "release": self.release,
+            "root": self.root,
+            "items": self.items,
+            "phases": [p.as_dict() for p in self.phases],
+            "shards": [s.as_dict() for s in self.shards],
+            "unassigned": [{"kind": k, "items": n, "bytes": b} for k, n, b in self.unassigned],
+        }
+
+
+def release_status(ws: Workspace) -> ReleaseStatus:
     """Phases, tiers and shards with counts, sizes, popularity ranges and states, for `status`."""
     state, config = ws.state, ws.config
     shards = state.shards()
@@ -241,33 +310,26 @@ def release_status(ws: Workspace) -> dict:
             for s in mine:
                 states[s.state] = states.get(s.state, 0) + 1
             tiers.append(
-                {
-                    "name": tier.name,
-                    "popularity": tier.range_text,
-                    "shards": len(mine),
-                    "items": sum(s.items for s in mine),
-                    "bytes": sum(s.bytes for s in mine),
-                    "pop_min": min((s.pop_min for s in mine), default=None),
-                    "pop_max": max((s.pop_max for s in mine), default=None),
-                    "states": states,
-                }
+                TierStatus(
+                    name=tier.name,
+                    popularity=tier.range_text,
+                    shards=len(mine),
+                    items=sum(s.items for s in mine),
+                    bytes=sum(s.bytes for s in mine),
+                    pop_min=min((s.pop_min for s in mine), default=None),
+                    pop_max=max((s.pop_max for s in mine), default=None),
+                    states=states,
+                )
             )
-        phases.append(
-            {
-                "name": phase.name,
-                "kinds": list(phase.kinds),
-                "tiers": tiers,
-                "published": state.is_published(phase.name),
-            }
-        )
-    return {
-        "release": config.name,
-        "root": str(config.root),
-        "items": state.item_count(),
-        "phases": phases,
-        "shards": [vars(s) | state.shard_extras(s.id) for s in shards],
-        "unassigned": [{"kind": k, "items": n, "bytes": b} for k, n, b in state.unassigned_counts()],
-    }
+        phases.append(PhaseStatus(phase.name, phase.kinds, tuple(tiers), state.is_published(phase.name)))
+    return ReleaseStatus(
+        release=config.name,
+        root=str(config.root),
+        items=state.item_count(),
+        phases=tuple(phases),
+        shards=tuple(ShardStatus(s, state.shard_extras(s.id)) for s in shards),
+        unassigned=tuple(state.unassigned_counts()),
+    )
 
 
 @dataclass(frozen=True)
@@ -275,13 +337,14 @@ class Removal:
     id: str
     outcome: str  # "unplanned" | "dropped from <shard>" | "stays in <shard>" | "already removed"
 
+    def as_dict(self) -> dict:
+        return asdict(self)
+
 
 def remove_items(ws: Workspace, ids: list[str]) -> list[Removal]:
     """Mark items removed from the archive. An item in no shard, or in a shard not yet built, will not be
     packaged; an item in a built shard stays in it (a built shard never changes) and is only marked. Unknown
     ids are refused together, before anything changes."""
-    from .ingest import remove_rows
-
     state = ws.state
     placements = {i: state.item_placement(i) for i in dict.fromkeys(ids)}
     unknown = [i for i, p in placements.items() if p is None]

@@ -17,46 +17,41 @@ import contextlib
 import ctypes
 import errno
 import hashlib
-import html
 import os
 import secrets
 import shutil
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, layout, trust
-from .config import ReleaseConfig, format_size
+from .config import ReleaseConfig
 from .container import ShardReader
 from .errors import ContainerError, PackagerError, PublishError
-from .fsutil import file_sha256, fsync_dir, fsync_file, workspace_lock, write_durable
+from .fsutil import file_sha256, fsync_dir, fsync_file, write_durable
 from .hashing import ShardHashes
 from .manifest import (
     FileEntry,
     PhaseEntry,
-    SigningKey,
     TorrentEntry,
     json_number,
     listed_torrents,
     release_json,
     sha256sums,
-    torrent_url,
     torrents_json,
     whitelist,
 )
 from .member_index import MemberIndex, MemberIndexWriter, member_rows
-from .state import ShardRow, State, TorrentFacts
+from .pages import STAMP, feed_xml, index_html, parse_stamp
+from .state import ShardRow, TorrentFacts
 from .swarm.live import live_files
 from .swarm.model import published_index, swarm_view
+from .workspace import Workspace
 
-PUBLISHED_DIR = layout.PUBLISHED  # the name tests/test_verify.py imports; to go once it imports layout
-TORRENT_MIME = "application/x-bittorrent"
-# ezRSS's torrent namespace: infoHash / magnetURI / contentLength, read by RSS-aware torrent clients.
-TORRENT_NS = "http://xmlns.ezrss.it/0.1/"
-_STAMP = "%Y-%m-%dT%H:%M:%SZ"
+if TYPE_CHECKING:
+    from .signing import SigningKey  # minisign: publish only calls a key its caller loaded
 
 
 @dataclass(frozen=True)
@@ -93,20 +88,14 @@ class _Published:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime(_STAMP)
-
-
-def _parse_stamp(stamp: str) -> datetime:
-    return datetime.strptime(stamp, _STAMP).replace(tzinfo=UTC)
+    return datetime.now(UTC).strftime(STAMP)
 
 
 # ---- the entry point ------------------------------------------------------------------------------------
 
 
 def publish(
-    state: State,
-    config: ReleaseConfig,
-    workspace: Path,
+    ws: Workspace,
     phase: str,
     key: Callable[[], SigningKey] | None = None,
     now: str | None = None,
@@ -118,14 +107,14 @@ def publish(
     refusal). Idempotent: with nothing new, the folder is rewritten to the same bytes, unless `refresh`
     asks for a new statement (a new publication number and `valid_until`) over the same files.
     """
-    workspace = Path(workspace)
-    config.phase(phase)  # ConfigError naming the phases
-    with workspace_lock(workspace, "publish"):
-        _remove_leftovers(workspace)
+    state = ws.state
+    ws.config.phase(phase)  # ConfigError naming the phases
+    with ws.locked("publish"):
+        _remove_leftovers(ws.path)
         existing = [
             _Published(sid, TorrentEntry.from_json(text)) for sid, _, text in state.published_entries()
         ]
-        fresh = _fresh_shards(state, workspace, phase, {p.shard_id for p in existing})
+        fresh = _fresh_shards(ws, phase, {p.shard_id for p in existing})
         signing = key() if key is not None else None
         stamp = now or _now()
         publications = state.publications()
@@ -138,12 +127,12 @@ def publish(
         phases = [
             PhaseEntry(name, at, sum(p.entry.phase == name for p in everything)) for name, at in publications
         ]
-        final = workspace / layout.PUBLISHED
-        tmp = workspace / f"{layout.PUBLISHED_TMP}{secrets.token_hex(4)}"
+        final = ws.published_dir
+        tmp = ws.path / f"{layout.PUBLISHED_TMP}{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
-            _write_folder(tmp, final, workspace, state, config, everything, phases, signing)
-            statement = _write_statement(tmp, state, config, signing, stamp, refresh)
+            _write_folder(tmp, final, ws, everything, phases, signing)
+            statement = _write_statement(tmp, ws, signing, stamp, refresh)
             if added or first_time or statement.new:
                 frozen = [(p.shard_id, phase, p.entry.to_json()) for p in added]
                 with state.transaction():
@@ -166,11 +155,10 @@ def publish(
     )
 
 
-def _fresh_shards(
-    state: State, workspace: Path, phase: str, published: set[int]
-) -> list[tuple[ShardRow, TorrentFacts]]:
+def _fresh_shards(ws: Workspace, phase: str, published: set[int]) -> list[tuple[ShardRow, TorrentFacts]]:
     """The phase's shards not yet published, each with its build facts; PublishError listing every shard
     that stops the phase from being published."""
+    state, workspace = ws.state, ws.path
     shards = state.shards(phase=phase)
     if not shards:
         raise PublishError(
@@ -246,20 +234,19 @@ def _entry(row: ShardRow, facts: TorrentFacts, added: str) -> TorrentEntry:
 def _write_folder(
     tmp: Path,
     final: Path,
-    workspace: Path,
-    state: State,
-    config: ReleaseConfig,
+    ws: Workspace,
     everything: list[_Published],
     phases: list[PhaseEntry],
     signing: SigningKey | None,
 ) -> None:
+    config, state = ws.config, ws.state
     entries = [p.entry for p in everything]
     (tmp / layout.TORRENTS).mkdir()
     for e in entries:
-        _place_torrent(e, tmp, final, workspace)
+        _place_torrent(e, tmp, final, ws.path)
     # The member index first: SHA256SUMS (signed) lists its files, so that what a lookup reads is
     # authenticated (the root directly; each chunk through the SHA-256 the root gives for it).
-    index_files, index_hash = _write_member_index(tmp, final, workspace, state, config, everything)
+    index_files, index_hash = _write_member_index(tmp, final, ws, everything)
     sums = sha256sums(entries, index_files)
     release = release_json(config.name, __version__, phases, entries)
     files = {
@@ -273,7 +260,7 @@ def _write_folder(
     if signing is not None:
         # The newest publication date, not the clock: the same key then signs to the same bytes.
         latest = max([e.added for e in entries] + [p.published_at for p in phases])
-        when = int(_parse_stamp(latest).timestamp())
+        when = int(parse_stamp(latest).timestamp())
         for name in (layout.SHA256SUMS, layout.RELEASE_JSON):
             files[layout.signature_name(name)] = signing.sign(files[name], name, when)
     for name, data in files.items():
@@ -334,7 +321,7 @@ _INDEX_FILES = (layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK, layout.MEMBER_IND
 
 
 def _write_member_index(
-    tmp: Path, final: Path, workspace: Path, state: State, config: ReleaseConfig, everything: list[_Published]
+    tmp: Path, final: Path, ws: Workspace, everything: list[_Published]
 ) -> tuple[list[tuple[str, str]], str]:
     """Write members/ and the index's torrent into `tmp`: ((path, SHA-256) of those files, the torrent's
     info-hash). The previous index is linked as it is when it lists the same torrents, and extended when it
@@ -353,10 +340,10 @@ def _write_member_index(
         return [(f, file_sha256(tmp / f)) for f in _INDEX_FILES], made.info_hash_v1
     base = previous if known and names[: len(known)] == known else None
     start = len(known) if base is not None else 0
+    config = ws.config
     with MemberIndexWriter(folder, config.name, base, private=config.private, source=config.source) as writer:
         writer.add_torrents(
-            (n, p.entry, _member_rows(workspace, state, p, n))
-            for n, p in enumerate(everything[start:], start + 1)
+            (n, p.entry, _member_rows(ws, p, n)) for n, p in enumerate(everything[start:], start + 1)
         )
         written = writer.finish()
     fsync_dir(folder)
@@ -374,7 +361,7 @@ def index_metainfo(config: ReleaseConfig, hashes: ShardHashes) -> bytes:
     """The index's .torrent: a single-file v1 torrent of the pack, with the release's trackers, and as web
     seed the pack's URL beside each web seed folder that serves a mirror's shards/ (the pack lives in
     members/, not shards/, so a web seed folder named otherwise gives the index none)."""
-    from .torrent import TorrentSpec, build_metainfo, web_seed_url
+    from .torrent import TorrentSpec, build_metainfo, web_seed_url  # libtorrent: only where a torrent is made
 
     name = layout.MEMBER_INDEX_PACK_NAME
     seeds = tuple(
@@ -409,7 +396,7 @@ def remake_index_torrent(config: ReleaseConfig, workspace: Path) -> IndexTorrent
     hashes (the pack is not read), so `packager seed` and `push` announce it where the shards now announce.
     None before the first publish. Not written when the config would change the info-hash (private flag,
     source tag): the published index keeps its torrent, as a published shard keeps its own."""
-    from .torrent import identity, read_piece_hashes, write_torrent
+    from .torrent import identity, read_piece_hashes, write_torrent  # libtorrent, as above
 
     folder = Path(workspace) / layout.PUBLISHED
     published = folder / layout.MEMBER_INDEX_TORRENT
@@ -448,8 +435,8 @@ def _link_index(final: Path, tmp: Path) -> bool:
     return True
 
 
-def _member_rows(workspace: Path, state: State, p: _Published, n: int) -> Iterator[tuple]:
-    path = workspace / p.entry.shard.path
+def _member_rows(ws: Workspace, p: _Published, n: int) -> Iterator[tuple]:
+    path = ws.file(p.entry.shard.path)
     try:
         with ShardReader(path) as reader:
             frames = reader.frames
@@ -459,7 +446,7 @@ def _member_rows(workspace: Path, state: State, p: _Published, n: int) -> Iterat
             f"cannot read the shard's seek table for the member index: {e.reason}",
             hint="the index needs each published shard once; put the shard back in shards/",
         ) from None
-    yield from member_rows(state.iter_member_records(p.shard_id), frames, n)
+    yield from member_rows(ws.state.iter_member_records(p.shard_id), frames, n)
 
 
 # ---- the publication statement ---------------------------------------------------------------------------
@@ -472,11 +459,12 @@ class _StatementWritten:
 
 
 def _write_statement(
-    tmp: Path, state: State, config: ReleaseConfig, signing: SigningKey | None, stamp: str, refresh: bool
+    tmp: Path, ws: Workspace, signing: SigningKey | None, stamp: str, refresh: bool
 ) -> _StatementWritten:
     """Write publication.json (+ .minisig) and the earlier statements (publications/) into the finished
     folder `tmp`. The last recorded statement is kept when it lists exactly these files and its validity
     still holds; otherwise the next one is made, chained to it by its SHA-256."""
+    state, config = ws.state, ws.config
     core = trust.folder_digests(tmp)
     recorded = state.statements()
     last = trust.read_statement(recorded[-1][2]) if recorded else None
@@ -493,7 +481,7 @@ def _write_statement(
         if config.valid_for is not None:
             valid_until = _stamp_after(stamp, config.valid_for)
         body = trust.statement_json(config.name, number, stamp, files, previous, valid_until)
-        when = int(_parse_stamp(stamp).timestamp())
+        when = int(parse_stamp(stamp).timestamp())
         signature = signing.sign(body, layout.STATEMENT, when) if signing else None
         current = (number, hashlib.sha256(body).hexdigest(), body, signature)
     write_durable(tmp / layout.STATEMENT, current[2])
@@ -540,191 +528,12 @@ def _fresh(statement: trust.Statement, valid_for: int | None, stamp: str) -> boo
         return statement.valid_until is None
     if statement.valid_until != _stamp_after(statement.published_at, valid_for):
         return False
-    left = _parse_stamp(statement.valid_until) - _parse_stamp(stamp)
+    left = parse_stamp(statement.valid_until) - parse_stamp(stamp)
     return left.total_seconds() > valid_for / 2
 
 
 def _stamp_after(stamp: str, seconds: int) -> str:
-    return datetime.fromtimestamp(_parse_stamp(stamp).timestamp() + seconds, UTC).strftime(_STAMP)
-
-
-# ---- feed.xml -------------------------------------------------------------------------------------------
-
-
-def feed_xml(release: str, base_url: str, entries: Sequence[TorrentEntry]) -> bytes:
-    """RSS 2.0, one item per torrent with its .torrent as enclosure, newest first (so a client's RSS rule
-    downloads each new phase as it appears)."""
-    ET.register_namespace("torrent", TORRENT_NS)
-    rss = ET.Element("rss", {"version": "2.0"})
-    channel = ET.SubElement(rss, "channel")
-    newest = max((e.added for e in entries), default=None)
-    _text(channel, "title", f"{release}: torrents")
-    _text(channel, "link", base_url or layout.INDEX_HTML)
-    _text(channel, "description", f"Every torrent of the {release} release, newest phase first.")
-    _text(channel, "generator", f"packager {__version__}")
-    if newest:
-        _text(channel, "lastBuildDate", format_datetime(_parse_stamp(newest), usegmt=True))
-    for e in _newest_first(entries):
-        url = torrent_url(base_url, e)
-        item = ET.SubElement(channel, "item")
-        _text(item, "title", e.name)
-        _text(item, "link", url)
-        _text(item, "description", _summary(e))
-        _text(item, "category", e.phase)
-        _text(item, "guid", e.info_hash_v1 or e.info_hash_v2 or e.name, isPermaLink="false")
-        _text(item, "pubDate", format_datetime(_parse_stamp(e.added), usegmt=True))
-        ET.SubElement(item, "enclosure", {"url": url, "length": str(e.torrent.size), "type": TORRENT_MIME})
-        _text(item, f"{{{TORRENT_NS}}}fileName", e.torrent_file.rsplit("/", 1)[-1])
-        _text(item, f"{{{TORRENT_NS}}}contentLength", str(e.shard.size))
-        _text(item, f"{{{TORRENT_NS}}}infoHash", e.info_hash_v1 or e.info_hash_v2_truncated or "")
-        _text(item, f"{{{TORRENT_NS}}}magnetURI", e.magnet)
-    ET.indent(rss)
-    return ET.tostring(rss, encoding="utf-8", xml_declaration=True) + b"\n"
-
-
-def _newest_first(entries: Sequence[TorrentEntry]) -> list[TorrentEntry]:
-    """The torrents of each publication in release order, the latest publication first. Release order is
-    append-only, so a publication's torrents are a contiguous run (also two in the same second)."""
-    runs: list[list[TorrentEntry]] = []
-    for e in entries:
-        if runs and (runs[-1][0].phase, runs[-1][0].added) == (e.phase, e.added):
-            runs[-1].append(e)
-        else:
-            runs.append([e])
-    return [e for run in reversed(runs) for e in run]
-
-
-def _text(parent: ET.Element, tag: str, text: str, **attrs: str) -> ET.Element:
-    el = ET.SubElement(parent, tag, attrs)
-    el.text = text
-    return el
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _popularity(e: TorrentEntry) -> str:
-    return f"{e.popularity_max:g} .. {e.popularity_min:g}"
-
-
-def _summary(e: TorrentEntry) -> str:
-    tier = f", tier {e.tier}" if e.tier else ""
-    return (
-        f"phase {e.phase}{tier}: {_count(e.items, 'item')}, {format_size(e.data_size)} of content in a "
-        f"{format_size(e.shard.size)} shard; popularity {_popularity(e)}"
-    )
-
-
-# ---- index.html -----------------------------------------------------------------------------------------
-
-_CSS = """
-:root { color-scheme: light dark; --muted: #6a6a6a; --line: #8884; }
-body { font: 16px/1.5 system-ui, sans-serif; margin: 0 auto; max-width: 60rem; padding: 1rem; }
-h1 { font-size: 1.6rem; margin: 0 0 .5rem; } h2 { font-size: 1.25rem; margin: 2rem 0 .5rem; }
-.muted, small { color: var(--muted); font-weight: normal; }
-ul.torrents { list-style: none; padding: 0; margin: 0; }
-li.torrent { border-top: 1px solid var(--line); padding: .6rem 0; }
-.name { font-family: ui-monospace, monospace; font-weight: 600; overflow-wrap: anywhere; }
-.facts { display: flex; flex-wrap: wrap; gap: .2rem 1.2rem; margin: .2rem 0; font-size: .92rem; }
-.links a { display: inline-block; margin-right: 1rem; padding: .2rem 0; }
-code { overflow-wrap: anywhere; font-size: .9rem; }
-table.phases { border-collapse: collapse; } table.phases td { padding: .1rem 1rem .1rem 0; }
-"""
-
-
-def index_html(
-    config: ReleaseConfig,
-    phases: Sequence[PhaseEntry],
-    entries: Sequence[TorrentEntry],
-    signing: SigningKey | None,
-) -> bytes:
-    """A static page, no scripts, no external resources: phases in order with their state, and per torrent
-    its size, popularity range, item count, magnet and .torrent links."""
-    esc = html.escape
-    published = {p.name: p for p in phases}
-    order = [p.name for p in config.phases] + [
-        p.name for p in phases if p.name not in {c.name for c in config.phases}
-    ]
-    total = sum(e.shard.size for e in entries)
-    parts = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(config.name)}: torrents</title>",
-        f'<link rel="alternate" type="application/rss+xml" title="{esc(config.name)}" href="{layout.FEED}">',
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{esc(config.name)}</h1>",
-        f"<p>{_count(len(entries), 'torrent')}, {format_size(total)}, "
-        f"in {len(phases)} of {len(order)} phases. "
-        f'Machine-readable: <a href="{layout.STATEMENT}">{layout.STATEMENT}</a> (the publication statement: '
-        "size and SHA-256 of every other file here), "
-        f'<a href="{layout.RELEASE_JSON}">{layout.RELEASE_JSON}</a>, '
-        f'<a href="{layout.TORRENTS_JSON}">{layout.TORRENTS_JSON}</a>, '
-        f'<a href="{layout.FEED}">RSS feed</a>, <a href="{layout.SHA256SUMS}">{layout.SHA256SUMS}</a>, '
-        f'<a href="{layout.MEMBER_INDEX}">{layout.MEMBER_INDEX}</a> (which torrent and pieces hold an item: '
-        f"<code>packager locate . ID</code>; one item without its torrent: "
-        "<code>packager fetch URL ID</code>).</p>",
-        # A link only: live numbers would unfreeze this page, which is part of the publication.
-        f'<p>How well each torrent is seeded: <a href="{layout.SWARM_HTML}">{layout.SWARM_HTML}</a> '
-        f'(<a href="{layout.SWARM_JSON}">{layout.SWARM_JSON}</a>), updated by tracker scrapes; advisory and '
-        "not signed.</p>",
-    ]
-    if signing is not None:
-        parts.append(
-            "<p>publication.json, SHA256SUMS and release.json are signed with the minisign key "
-            f"<code>{esc(signing.public_key)}</code> "
-            f"(id {esc(signing.key_id)}); compare it with one published elsewhere, then "
-            f"<code>packager verify FOLDER --pubkey KEY.pub</code> (every file against publication.json; an "
-            "older or mixed copy is refused), or "
-            f"<code>minisign -Vm publication.json -P {esc(signing.public_key)}</code>.</p>"
-        )
-    parts.append('<table class="phases"><tbody>')
-    for name in order:
-        p = published.get(name)
-        state = (
-            f"published {esc(p.published_at[:10])}, {_count(p.torrents, 'torrent')}"
-            if p
-            else "not yet published"
-        )
-        link = f'<a href="#phase-{esc(name)}">{esc(name)}</a>' if p else esc(name)
-        parts.append(f"<tr><td>{link}</td><td class=muted>{state}</td></tr>")
-    parts.append("</tbody></table>")
-    for name in order:
-        p = published.get(name)
-        if p is None:
-            continue
-        parts.append(
-            f'<section id="phase-{esc(name)}"><h2>{esc(name)} '
-            f"<small>published {esc(p.published_at)}</small></h2>"
-        )
-        parts.append('<ul class="torrents">')
-        for e in (e for e in entries if e.phase == name):
-            parts.append(_torrent_item(e))
-        parts.append("</ul></section>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts).encode("utf-8")
-
-
-def _torrent_item(e: TorrentEntry) -> str:
-    esc = html.escape
-    ih = e.info_hash_v1 or e.info_hash_v2 or ""
-    facts = (
-        [
-            f"{format_size(e.shard.size)}",
-            f"{_count(e.items, 'item')} ({format_size(e.data_size)})",
-            f"popularity {_popularity(e)}",
-        ]
-        + ([f"tier {e.tier}"] if e.tier else [])
-        + [f"added {e.added[:10]}"]
-    )
-    return (
-        f'<li class="torrent" id="{esc(e.name)}"><div class="name">{esc(e.name)}</div>'
-        f'<div class="facts">{"".join(f"<span>{esc(f)}</span>" for f in facts)}</div>'
-        f'<div class="links"><a class="magnet" href="{esc(e.magnet)}">magnet</a>'
-        f'<a class="torrent-file" href="{esc(e.torrent_file)}">.torrent</a>'
-        f'<code class="muted">{esc(ih)}</code></div></li>'
-    )
+    return datetime.fromtimestamp(parse_stamp(stamp).timestamp() + seconds, UTC).strftime(STAMP)
 
 
 # ---- files, the lock and the swap -----------------------------------------------------------------------

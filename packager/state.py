@@ -1,4 +1,6 @@
-"""state.sqlite: the catalog, the plan, and build and publish state. Nothing else in packager speaks SQL.
+"""state.sqlite: the catalog, the plan, and build and publish state. Nothing else in packager speaks SQL
+(but ingest.py's bulk catalog queries and state_scrapes.py's swarm history); the schema and the row types
+are state_schema.py's.
 
 The items table is sized for 10^8 rows: reads stream through cursors, bulk writes go through
 ``executemany`` inside one transaction, and the planner works from a temporary table that SQLite sorts.
@@ -11,7 +13,6 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -19,168 +20,17 @@ import xxhash
 
 from . import layout
 from .errors import EnvironmentProblem, WorkspaceError
-
-SCHEMA_VERSION = 2
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS catalog_files (n INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS items (
-    n INTEGER PRIMARY KEY,      -- the item's rowid: members point at it (explicit, so VACUUM keeps it)
-    id TEXT NOT NULL,
-    path TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    popularity REAL NOT NULL,
-    size INTEGER NOT NULL,
-    mtime INTEGER,
-    extra TEXT,                 -- the catalog row's other fields, as JSON
-    source INTEGER NOT NULL,    -- catalog_files.n of the file the row came from
-    line INTEGER NOT NULL,      -- its line (or row number) there
-    removed INTEGER NOT NULL DEFAULT 0,
-    fp INTEGER NOT NULL         -- row_fingerprint(): a re-ingest compares it, not the columns
-);
--- Indexes are created apart from the table so that a bulk ingest can drop and rebuild them in one sort.
--- (id, fp) covers the re-ingest merge: a catalog row is matched and compared without reading the item.
--- Ingest keeps ids unique (a sort of every ingest's rows); paths are unique here too.
-CREATE INDEX IF NOT EXISTS items_id ON items (id, fp);
-CREATE UNIQUE INDEX IF NOT EXISTS items_path ON items (path);
-CREATE INDEX IF NOT EXISTS items_removed ON items (id) WHERE removed = 1;
--- Kept as ingest, plan and remove change items, so status never counts 10^8 rows.
-CREATE TABLE IF NOT EXISTS catalog_totals (
-    kind TEXT PRIMARY KEY,
-    items INTEGER NOT NULL,     -- every row of the kind, removed ones included
-    removed INTEGER NOT NULL,
-    unplanned INTEGER NOT NULL, -- present items in no shard
-    unplanned_bytes INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS shards (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    phase TEXT NOT NULL,
-    tier TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    items INTEGER NOT NULL,
-    bytes INTEGER NOT NULL,     -- sum of member sizes (uncompressed content)
-    pop_min REAL NOT NULL,
-    pop_max REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'planned',   -- planned | built | failed
-    error TEXT,
-    planned_at TEXT NOT NULL,
-    UNIQUE (phase, tier, seq)
-);
-CREATE TABLE IF NOT EXISTS members (
-    shard_id INTEGER NOT NULL REFERENCES shards(id),
-    ord INTEGER NOT NULL,       -- position in the shard: plan order
-    item_rowid INTEGER NOT NULL,
-    PRIMARY KEY (shard_id, ord)
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS members_item ON members (item_rowid);
--- The popularity a planned item had when it was planned, kept when a later catalog gives it a new one:
--- items holds the new figure, while its shard is built (and rebuilt, byte-identical) from this one.
-CREATE TABLE IF NOT EXISTS planned_popularity (
-    item_rowid INTEGER PRIMARY KEY,
-    popularity REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS builds (
-    shard_id INTEGER PRIMARY KEY REFERENCES shards(id),
-    file TEXT NOT NULL,         -- path relative to the workspace
-    length INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    piece_size INTEGER NOT NULL,
-    v1_pieces BLOB NOT NULL,
-    v2_root BLOB,
-    v2_piece_layer BLOB,
-    frames INTEGER NOT NULL,
-    uncompressed INTEGER NOT NULL,
-    built_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS member_builds (
-    shard_id INTEGER NOT NULL,
-    ord INTEGER NOT NULL,
-    xxh3_128 TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    offset INTEGER NOT NULL,
-    first_frame INTEGER NOT NULL,
-    last_frame INTEGER NOT NULL,
-    PRIMARY KEY (shard_id, ord)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS torrents (
-    shard_id INTEGER PRIMARY KEY REFERENCES shards(id),
-    file TEXT NOT NULL,
-    format TEXT NOT NULL,
-    info_hash_v1 TEXT,
-    info_hash_v2 TEXT,
-    magnet TEXT NOT NULL,
-    torrent_sha256 TEXT NOT NULL,
-    torrent_size INTEGER NOT NULL,
-    made_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS seed_torrents (
-    info_hash TEXT PRIMARY KEY, -- v1 hex, or the full v2 hex of a v2-only torrent
-    shard_id INTEGER NOT NULL,
-    state TEXT NOT NULL,        -- seeding | paused | error | not added | ... as the seeder last saw it
-    uploaded INTEGER NOT NULL DEFAULT 0,     -- all-time payload bytes uploaded by our seeder
-    peers INTEGER NOT NULL DEFAULT 0,
-    tracker_replies INTEGER NOT NULL DEFAULT 0,
-    last_reply_at TEXT,
-    last_reply_peers INTEGER,
-    tracker_error TEXT,
-    tracker_error_at TEXT,
-    error TEXT,
-    error_at TEXT,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS publications (
-    phase TEXT PRIMARY KEY,
-    published_at TEXT NOT NULL
-);
--- Swarm health (packager health): one run per scrape, what each source (a tracker, our seeder's status
--- port) said, and its counts per torrent; history is kept. Queries in state_scrapes.py.
-CREATE TABLE IF NOT EXISTS scrape_runs (
-    id INTEGER PRIMARY KEY,
-    at TEXT NOT NULL            -- ISO 8601 UTC
-);
-CREATE TABLE IF NOT EXISTS scrape_sources (
-    run_id INTEGER NOT NULL REFERENCES scrape_runs(id),
-    source TEXT NOT NULL,       -- a tracker's announce URL, or "seeder 127.0.0.1:PORT"
-    protocol TEXT NOT NULL,     -- udp | http | https | seeder
-    answered INTEGER NOT NULL,  -- torrents it gave counts for
-    error TEXT,
-    seconds REAL NOT NULL,
-    PRIMARY KEY (run_id, source)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS scrapes (
-    shard_id INTEGER NOT NULL,
-    run_id INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    seeders INTEGER NOT NULL,
-    leechers INTEGER,           -- NULL from our seeder, which sees peers, not the swarm
-    completed INTEGER,
-    PRIMARY KEY (shard_id, run_id, source)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS scrape_days (   -- kept as runs are recorded: each day's highest counts
-    shard_id INTEGER NOT NULL,
-    day TEXT NOT NULL,          -- YYYY-MM-DD (UTC)
-    seeders INTEGER NOT NULL,
-    leechers INTEGER,
-    completed INTEGER,
-    PRIMARY KEY (shard_id, day)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS published_torrents (
-    n INTEGER PRIMARY KEY,      -- release order: only ever appended to
-    shard_id INTEGER NOT NULL UNIQUE REFERENCES shards(id),
-    phase TEXT NOT NULL,
-    entry TEXT NOT NULL         -- the torrent's release.json entry (JSON), frozen when first published
-);
--- Publication statements (trust.py): one per publish that changed the published folder, numbered from 1 and
--- only appended; the signature is kept so that publications/<n>.json.minisig is written back unchanged.
-CREATE TABLE IF NOT EXISTS statements (
-    n INTEGER PRIMARY KEY,
-    sha256 TEXT NOT NULL,
-    body BLOB NOT NULL,
-    signature BLOB
-);
-"""
+from .hashing import ShardHashes
+from .state_schema import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    MemberRow,
+    SeedableRow,
+    SeedStatusRow,
+    ShardRow,
+    TorrentFacts,
+    schema_statements,
+)
 
 
 def _open_error(path: Path, e: sqlite3.DatabaseError, how: str) -> WorkspaceError:
@@ -193,91 +43,6 @@ def _open_error(path: Path, e: sqlite3.DatabaseError, how: str) -> WorkspaceErro
         f"{path}: cannot open the state database{' ' + how if how else ''} ({e})",
         hint="check the permissions of the workspace folder and its state.sqlite* files",
     )
-
-
-def schema_statements() -> list[str]:
-    """SCHEMA as single statements, for use inside a transaction (executescript would commit it)."""
-    lines = [line.split("--", 1)[0] for line in SCHEMA.splitlines()]
-    return [q.strip() for q in "\n".join(lines).split(";") if q.strip()]
-
-
-@dataclass(frozen=True)
-class ShardRow:
-    id: int
-    name: str
-    phase: str
-    tier: str
-    seq: int
-    items: int
-    bytes: int
-    pop_min: float
-    pop_max: float
-    state: str
-    error: str | None
-
-
-@dataclass(frozen=True)
-class MemberRow:
-    """A shard member in plan order, with what the container writer needs."""
-
-    ord: int
-    id: str
-    path: str
-    kind: str
-    popularity: float
-    size: int
-    mtime: int | None
-
-
-@dataclass(frozen=True)
-class TorrentFacts:
-    """What publishing needs of a built shard and its torrent."""
-
-    file: str  # shards/<name>.tar.zst, relative to the workspace
-    length: int
-    sha256: str
-    piece_size: int
-    torrent_file: str  # torrents/<name>.tar.zst.torrent
-    format: str
-    info_hash_v1: str | None
-    info_hash_v2: str | None
-    magnet: str
-    torrent_sha256: str
-    torrent_size: int
-
-
-@dataclass(frozen=True)
-class SeedableRow:
-    """A published torrent: what the seeder and the tracker whitelist need."""
-
-    shard_id: int
-    name: str
-    phase: str
-    file: str | None  # shards/<name>.tar.zst, relative to the workspace; None if no longer built
-    length: int | None
-    torrent_file: str  # torrents/<name>.tar.zst.torrent
-    info_hash_v1: str | None
-    info_hash_v2: str | None  # full 64 hex
-
-
-@dataclass(frozen=True)
-class SeedStatusRow:
-    """The seeder's record of one torrent in seed_torrents. Written, tracker_replies is a count to add; read,
-    it is the total."""
-
-    info_hash: str
-    shard_id: int
-    state: str
-    uploaded: int
-    peers: int
-    tracker_replies: int = 0
-    last_reply_at: str | None = None
-    last_reply_peers: int | None = None
-    tracker_error: str | None = None
-    tracker_error_at: str | None = None
-    error: str | None = None
-    error_at: str | None = None
-    updated_at: str = ""
 
 
 class State:
@@ -686,8 +451,6 @@ class State:
 
     def build_hashes(self, shard_id: int):
         """The ShardHashes recorded when the shard was built, or None."""
-        from .hashing import ShardHashes
-
         row = self.db.execute(
             "SELECT length, sha256, piece_size, v1_pieces, v2_root, v2_piece_layer FROM builds "
             "WHERE shard_id = ?",

@@ -396,14 +396,11 @@ def public_key_text(pubkey: str) -> str:
 
 def key_id_of(pubkey: str) -> str:
     """The minisign key id (as `minisign` prints it) of a public key's text; UsageError if it is not one."""
-    import minisign
+    from .signing import NotMinisign, public_key_id  # minisign, 75 ms to import: only where a key is read
 
-    from .manifest import _key_id
-
-    line = _key_line(pubkey)
     try:
-        return _key_id(minisign.PublicKey.from_base64(line))
-    except (minisign.Error, ValueError) as e:
+        return public_key_id(_key_line(pubkey))
+    except NotMinisign as e:
         raise UsageError(f"not a minisign public key ({e})", hint="pass the publisher's .pub file") from None
 
 
@@ -419,9 +416,8 @@ def authenticate(
 ) -> str:
     """The key id, if `signature` (a .minisig file's bytes) is `pubkey`'s signature of `data`;
     PublicationRefused otherwise. `pubkey` is a .pub file's text or its base64 line."""
-    import minisign
-
-    from .manifest import verify_signature
+    # minisign, 75 ms to import: only where a signature is checked
+    from .signing import NotMinisign, SignatureMismatch, verify_signature
 
     sig_name = layout.signature_name(Path(str(where)).name)
     name = Path(str(where)).name
@@ -437,9 +433,9 @@ def authenticate(
     key_id = key_id_of(pubkey)
     try:
         verify_signature(_key_line(pubkey), data, signature)
-    except minisign.VerifyError as e:
+    except SignatureMismatch as e:
         raise PublicationRefused(where, f"does not match its signature {sig_name} ({e})", hint=hint) from None
-    except (minisign.Error, ValueError, IndexError, UnicodeDecodeError) as e:
+    except NotMinisign as e:
         raise PublicationRefused(where, f"{sig_name} is not a minisign signature ({e})", hint=hint) from None
     return key_id
 

@@ -8,11 +8,13 @@ stop them, and the config is still loaded if asked for.
 
 from __future__ import annotations
 
+import re
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 from . import layout
-from .config import ReleaseConfig, init_workspace, load_config
+from .config import ReleaseConfig, default_config_text, load_config, parse_config
+from .errors import UsageError, WorkspaceError
 from .fsutil import folder_lock, workspace_lock
 from .state import State, open_state
 
@@ -33,9 +35,34 @@ class Workspace:
 
     @classmethod
     def init(cls, path: Path, root: Path, name: str | None = None) -> Workspace:
-        """Create release.toml (commented defaults) and state.sqlite in a new or empty folder, and open it."""
-        config = init_workspace(path, root, name)
-        return cls(Path(path), open_state(path), config)
+        """Create release.toml (commented defaults) and state.sqlite in a new or empty folder, and open it.
+        release.toml is renamed into place last: a folder with both files is a finished init."""
+        path, root = Path(path), Path(root).expanduser().resolve()
+        if not root.is_dir():
+            raise UsageError(f"{root}: the archive root is not a folder", hint="pass --root ARCHIVE_FOLDER")
+        if path.exists() and not path.is_dir():
+            raise UsageError(
+                f"{path}: exists and is not a folder", hint="choose a new folder for the workspace"
+            )
+        config_file, state_file = path / layout.CONFIG, path / layout.STATE
+        if state_file.exists() and not config_file.exists():
+            raise WorkspaceError(
+                f"{path}: has a state.sqlite but no release.toml (an interrupted init, or a deleted config)",
+                hint="restore release.toml, or remove the folder and run init again",
+            )
+        if config_file.exists() or state_file.exists():
+            raise WorkspaceError(
+                f"{path}: already a release workspace", hint="edit its release.toml, or choose a new folder"
+            )
+        name = re.sub(r"[^A-Za-z0-9._]+", "_", name or root.name or "release").strip("._") or "release"
+        text = default_config_text(name, root)
+        path.mkdir(parents=True, exist_ok=True)
+        config = parse_config(text, config_file)
+        tmp = path / layout.part_name(layout.CONFIG)
+        tmp.write_text(text, encoding="utf-8")
+        State(state_file, create=True).close()
+        tmp.replace(config_file)
+        return cls(path, open_state(path), config)
 
     @property
     def config(self) -> ReleaseConfig:

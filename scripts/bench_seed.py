@@ -272,7 +272,8 @@ def small_shards(ws: Path, count: int, size: int) -> list[tuple[str, object]]:
 def child_start(ws: Path, expect: int, announce: bool, limit: float) -> dict:
     """Seed until every torrent seeds (and has a tracker reply when `announce`), then stop; the figures."""
     from packager.config import SeedSettings
-    from packager.seed import Stopped, TorrentsLoaded, seed
+    from packager.seed.events import Stopped, TorrentsLoaded
+    from packager.seed.seeder import seed
     from packager.workspace import Workspace
 
     t0 = time.monotonic()
@@ -507,7 +508,7 @@ def bench_upload(args: argparse.Namespace) -> dict:
     aria2c, opentracker = shutil.which("aria2c"), shutil.which("opentracker")
     if not aria2c or not opentracker:
         return {"skipped": f"needs aria2c and opentracker (found aria2c={aria2c}, opentracker={opentracker})"}
-    from packager.seed import read_status
+    from packager.seed.status import read_status
 
     ws = (args.workdir / "seed-upload").resolve()
     shards = big_shards(ws, args.clients, args.size, args.piece_size)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from packager.build import build
 from packager.catalog import IngestOptions, ingest
 from packager.cli import app
 from packager.container import ShardReader
@@ -21,47 +20,7 @@ from packager.errors import CatalogError
 from packager.plan import plan
 from packager.state import open_state
 from packager.workspace import Workspace
-
-
-def prepare(ws: Path, archive, rows, name="c.jsonl"):
-    with Workspace.open(ws) as w:
-        ingest(w, [archive.jsonl(rows, name)], IngestOptions())
-        plan(w)
-
-
-def run_build(ws: Path, jobs=1, **kw):
-    with Workspace.open(ws) as w:
-        return build(w, jobs_count=jobs, **kw)
-
-
-def rows_for(archive, n=12, seed=3, size=(0, 40_000)):
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        body = rng.randbytes(rng.randint(*size))
-        path = f"audio/{i % 3}/tr {i:02d} é.ogg"
-        archive.add(path, body)
-        rows.append(
-            {
-                "id": f"t{i:02d}",
-                "path": path,
-                "kind": "audio",
-                "popularity": rng.choice([5, 20, 70, 90]),
-                "size": len(body),
-            }
-        )
-    meta = b"".join(json.dumps({"n": i, "title": "x" * 50}).encode() + b"\n" for i in range(2000))
-    archive.add("meta/all.jsonl", meta)
-    rows.append({"id": "m", "path": "meta/all.jsonl", "kind": "metadata", "popularity": 0, "size": len(meta)})
-    return rows
-
-
-def digests(ws: Path) -> dict[str, str]:
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for d in ("shards", "torrents")
-        for p in sorted((ws / d).iterdir())
-    }
+from tests.helpers import digests, prepare, rows_for, run_build
 
 
 def test_build_writes_shards_torrents_and_state(workspace, archive):
@@ -87,10 +46,10 @@ def test_build_writes_shards_torrents_and_state(workspace, archive):
 
 
 def test_each_torrent_names_its_own_file_under_every_web_seed(workspace, archive):
-    from packager.config import CONFIG_NAME
+    from packager import layout
     from packager.torrent import read_torrent
 
-    config = workspace / CONFIG_NAME
+    config = workspace / layout.CONFIG
     seeds = 'web_seeds = ["https://a.example/music/shards", "http://b.example/m/"]'
     config.write_text(config.read_text().replace("[torrents]\n", f"[torrents]\n{seeds}\n"))
     prepare(workspace, archive, rows_for(archive, n=4))
@@ -225,7 +184,7 @@ def test_kill_at_any_moment_then_resume_gives_identical_bytes(make_workspace, ar
 @pytest.mark.parametrize("fmt", ["v1", "hybrid", "v2"])
 def test_built_torrents_match_libtorrent_hashing_the_shards_itself(make_workspace, archive, fmt):
     """The .torrent made from one-pass hashes equals what libtorrent makes by reading each finished shard."""
-    from tests.test_torrent import info_section, libtorrent_torrent
+    from tests.helpers import info_section, libtorrent_torrent
 
     ws = make_workspace(f"ws-{fmt}")
     cfg = ws / "release.toml"
@@ -314,7 +273,7 @@ def test_remove_items_before_and_after_their_shard_is_built(workspace, archive):
 def test_a_full_disk_stops_the_build_without_failing_shards(workspace, archive, monkeypatch):
     import errno
 
-    import packager.build
+    import packager.build.local
     from packager.errors import EnvironmentProblem
 
     prepare(workspace, archive, rows_for(archive))
@@ -322,7 +281,7 @@ def test_a_full_disk_stops_the_build_without_failing_shards(workspace, archive, 
     def full(job, on_progress=None):
         raise OSError(errno.ENOSPC, "No space left on device", str(job.part_path))
 
-    monkeypatch.setattr(packager.build, "write_one", full)
+    monkeypatch.setattr(packager.build.local, "write_one", full)  # the inline executor's shard build
     with pytest.raises(EnvironmentProblem, match="No space left"):
         run_build(workspace)
     with open_state(workspace) as state:

@@ -460,7 +460,7 @@ def test_reingest_reports_new_changed_unchanged_and_absent(workspace, archive):
 
 
 def test_mark_absent_follows_the_rules_of_remove(workspace, archive):
-    from tests.conftest import shard_members
+    from tests.helpers import shard_members
 
     run(workspace, archive.jsonl([trusted(i, pop=60.0 - i) for i in range(6)]), trust_sizes=True)
     with Workspace.open(workspace) as w:

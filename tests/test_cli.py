@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from packager import layout
 from packager.cli import app
+from tests.helpers import prepare, run_build
 
 runner = CliRunner()
 
@@ -187,8 +188,6 @@ HOSTILE = "[live] take [b]1[/b] [/x] [bold red]"
 
 
 def test_brackets_in_member_paths_and_ids_are_printed_as_they_are(workspace, archive):
-    from tests.test_build import prepare, run_build
-
     path = f"audio/{HOSTILE}.ogg"
     rows = [{"id": "[id]", "path": path, "kind": "audio", "popularity": 5, "size": archive.add(path, 999)}]
     prepare(workspace, archive, rows)

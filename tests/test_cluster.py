@@ -32,8 +32,7 @@ from packager.demo import DEMO_CONFIG, generate_archive
 from packager.errors import EnvironmentProblem
 from packager.state import MemberRow, open_state
 from packager.workspace import Workspace
-from tests.helpers import wait_until
-from tests.test_build import digests, prepare
+from tests.helpers import digests, prepare, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.interop

@@ -20,12 +20,12 @@ from packager.cli import app
 from packager.errors import RemoteError, UntrustedManifest, UsageError
 from packager.fetch import FetchOptions, Via, fetch
 from packager.fetch.work import WORK_PREFIX
-from packager.manifest import generate_keypair, load_signing_key
 from packager.member_index import MemberIndex
 from packager.publish import publish
+from packager.signing import generate_keypair, load_signing_key
 from packager.workspace import Workspace
+from tests.helpers import prepare, run_build
 from tests.range_server import RangeServer
-from tests.test_build import prepare, run_build
 
 
 @dataclass
@@ -74,7 +74,7 @@ def release(make_workspace, archive, tmp_path, monkeypatch) -> Release:
         prepare(ws, archive, catalog)
         assert not run_build(ws).failed
         with Workspace.open(ws) as w:
-            publish(w.state, w.config, ws, "audio", key=lambda: load_signing_key(key))
+            publish(w, "audio", key=lambda: load_signing_key(key))
         shutil.rmtree(mirror)
         shutil.copytree(ws / layout.PUBLISHED, mirror)
         shutil.copytree(ws / layout.SHARDS, mirror / layout.SHARDS)

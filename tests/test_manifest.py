@@ -7,21 +7,17 @@ import json
 from pathlib import Path
 
 import jsonschema
-import minisign
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from packager.errors import PublishError, UntrustedManifest, UsageError
+from packager.errors import UntrustedManifest
 from packager.manifest import (
     ListedTorrent,
     PhaseEntry,
     Release,
     TorrentEntry,
-    generate_keypair,
     listed_torrents,
-    load_signing_key,
-    public_key_path,
     read_release_json,
     read_sha256sums,
     read_torrents_json,
@@ -29,7 +25,6 @@ from packager.manifest import (
     release_json,
     sha256sums,
     torrents_json,
-    verify_signature,
     whitelist,
     whitelist_hashes,
 )
@@ -83,43 +78,6 @@ def test_whitelist_has_v1_and_truncated_v2_hashes_once():
         torrent_entry("r-x-00001", v1="a" * 40),
     ]
     assert whitelist(entries).decode().splitlines() == ["a" * 40, "b" * 40, "c" * 40]
-
-
-def test_keys_sign_deterministically_and_verify(tmp_path):
-    pair = generate_keypair(tmp_path / "k.key", None)
-    assert pair.public == tmp_path / "k.pub" and not pair.encrypted
-    public = pair.public.read_text()
-    assert public.startswith(f"untrusted comment: minisign public key {pair.key_id}\n")
-    assert public.splitlines()[1] == pair.public_key
-    key = load_signing_key(tmp_path / "k.key")
-    assert key.key_id == pair.key_id
-    sig = key.sign(b"hello\n", "SHA256SUMS", 1735689600)
-    assert sig == key.sign(b"hello\n", "SHA256SUMS", 1735689600)
-    assert verify_signature(public, b"hello\n", sig) == "timestamp:1735689600\tfile:SHA256SUMS\thashed"
-    with pytest.raises(minisign.VerifyError):
-        verify_signature(pair.public_key, b"hellO\n", sig)
-    with pytest.raises(UsageError, match="already exists"):
-        generate_keypair(tmp_path / "k.key", None)
-
-
-def test_encrypted_keys_need_the_right_password(tmp_path):
-    generate_keypair(tmp_path / "enc.key", "s3cret")
-    with pytest.raises(PublishError, match="no password was given"):
-        load_signing_key(tmp_path / "enc.key")
-    with pytest.raises(PublishError, match="wrong password"):
-        load_signing_key(tmp_path / "enc.key", lambda: "guess")
-    assert load_signing_key(tmp_path / "enc.key", lambda: "s3cret").public_key
-    (tmp_path / "junk.key").write_text("not a key\n")
-    with pytest.raises(PublishError, match="not a minisign secret key"):
-        load_signing_key(tmp_path / "junk.key")
-    with pytest.raises(PublishError, match="no such signing key"):
-        load_signing_key(tmp_path / "missing.key")
-
-
-def test_public_key_path():
-    assert public_key_path(Path("keys/release.key")) == Path("keys/release.pub")
-    assert public_key_path(Path("keys/release")) == Path("keys/release.pub")
-    assert public_key_path(Path("keys/release.sec")) == Path("keys/release.sec.pub")
 
 
 # --- every format reads back what was written, and refuses what it did not write ----------------------------
@@ -226,3 +184,14 @@ def test_hostile_bytes_are_read_or_refused_never_a_crash(data):
     for read in (read_release_json, read_sha256sums, read_torrents_json, read_whitelist):
         with contextlib.suppress(UntrustedManifest):
             read(data)
+
+
+def test_sha256sums_reads_binary_markers_and_refuses_unsafe_paths():
+    digest = "ab" * 32
+    assert read_sha256sums(f"{digest}  shards/a.tar.zst\n{digest} *torrents/b\n".encode(), Path("S")) == {
+        "shards/a.tar.zst": digest,
+        "torrents/b": digest,
+    }
+    for bad in (f"{digest} shards/a", "xyz  a", f"{digest}  ../a", f"{digest}  /etc/passwd"):
+        with pytest.raises(UntrustedManifest):
+            read_sha256sums(bad.encode(), Path("S"))

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from packager.catalog import IngestOptions, ingest
 from packager.plan import plan
 from packager.workspace import Workspace
-from tests.conftest import shard_members
+from tests.helpers import shard_members
 
 
 def load(ws, archive, rows, name="c.jsonl", **opts):

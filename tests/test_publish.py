@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import random
 import shutil
 from pathlib import Path
 
 import feedparser
-import jsonschema
 import pytest
 import zstandard
 from typer.testing import CliRunner
@@ -20,75 +18,20 @@ from packager import publish as publish_module
 from packager.cli import app
 from packager.container import ShardReader, manifest_line
 from packager.errors import ConfigError, PublishError
-from packager.manifest import TorrentEntry, generate_keypair, load_signing_key, verify_signature
+from packager.manifest import TorrentEntry
 from packager.member_index import MemberIndex
-from packager.publish import publish
+from packager.signing import generate_keypair, load_signing_key, verify_signature
 from packager.state import open_state
 from packager.workspace import Workspace
-from tests.helpers import sha256_of
-from tests.test_build import prepare, run_build
+from tests.helpers import catalog, do_publish, folder_digests, prepare, run_build, sha256_of, validate
 
-MANIFESTS = Path(__file__).parent.parent / "manifests"
 PUBLISHED_FILES = {"release.json", "torrents.json", "SHA256SUMS", "feed.xml", "index.html", "whitelist.txt",
                    "members", "torrents", "swarm.json", "swarm.html", "publication.json",
                    "publications"}  # fmt: skip
 
 
-def schema(name: str) -> dict:
-    return json.loads((MANIFESTS / f"{name}.schema.json").read_text())
-
-
-def validate(data, name: str) -> None:
-    jsonschema.validate(data, schema(name), cls=jsonschema.Draft202012Validator)
-
-
-def catalog(archive, n: int = 14, seed: int = 5, prefix: str = "t") -> list[dict]:
-    """Audio files of 0-60 KB over both tiers (several shards of 100 kB, members spanning 16 KiB pieces and
-    64 KiB frames), plus one metadata file."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        body = rng.randbytes(rng.choice([0, 700, 20_000, 45_000, 60_000, 90_000]))
-        path = f"audio/{prefix}{i:02d}.ogg"
-        archive.add(path, body)
-        popularity = rng.choice([10, 45.5, 70])
-        rows.append({"id": f"{prefix}{i:02d}", "path": path, "kind": "audio", "popularity": popularity,
-                     "size": len(body)})  # fmt: skip
-    if prefix == "t":
-        meta = b"".join(json.dumps({"n": i, "title": "y" * 40}).encode() + b"\n" for i in range(1500))
-        archive.add("meta/all.jsonl", meta)
-        rows.append(
-            {"id": "m", "path": "meta/all.jsonl", "kind": "metadata", "popularity": 0, "size": len(meta)}
-        )
-    return rows
-
-
-def do_publish(ws: Path, phase: str, **kw):
-    with Workspace.open(ws) as w:
-        return publish(w.state, w.config, ws, phase, **kw)
-
-
-def folder_digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
-
-
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture
-def built(workspace, archive) -> Path:
-    prepare(workspace, archive, catalog(archive))
-    assert not run_build(workspace).failed
-    return workspace
-
-
-@pytest.fixture
-def published(built) -> Path:
-    do_publish(built, "metadata")
-    do_publish(built, "audio")
-    return built
 
 
 def test_publish_writes_every_file_and_each_validates(published):

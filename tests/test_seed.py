@@ -27,25 +27,16 @@ from packager.cli import app
 from packager.clients import parse_client_url, push
 from packager.config import SeedSettings, load_config
 from packager.errors import ClientError, ConfigError, EnvironmentProblem, ListenError, UsageError
-from packager.seed import (
-    DISK_IO,
-    ResumeStore,
-    Seeder,
-    SeedSnapshot,
-    TorrentFault,
-    parse_libtorrent_flag,
-    published_torrents,
-    read_status,
-    seed,
-    session_settings,
-    whitelist_hashes,
-)
+from packager.seed.events import SeedSnapshot, TorrentFault
+from packager.seed.resume import ResumeStore
+from packager.seed.seeder import Seeder, seed
+from packager.seed.selection import published_torrents, whitelist_hashes
+from packager.seed.session import DISK_IO, parse_libtorrent_flag, session_settings
+from packager.seed.status import read_status
 from packager.state import open_state
 from packager.workspace import Workspace
 from tests import helpers
-from tests.helpers import sha256_of
-
-from .test_build import prepare, rows_for, run_build
+from tests.helpers import prepare, rows_for, run_build, sha256_of
 
 LOOPBACK = "127.0.0.1"
 # Every peer in these tests is 127.0.0.1: libtorrent otherwise keeps one connection per address.
@@ -75,7 +66,7 @@ def publish(ws: Path, phases: tuple[str, ...] | None = None) -> None:
     with Workspace.open(ws) as w:
         every = tuple(p.name for p in w.config.phases if w.state.shards(phase=p.name, state="built"))
         for phase in every if phases is None else phases:
-            publish_phase(w.state, w.config, ws, phase)
+            publish_phase(w, phase)
 
 
 def make_release(make_workspace, archive, art_format: str = "v1", publish_phases=None, big: int = 0) -> Path:

@@ -10,31 +10,28 @@ import time
 import pytest
 from typer.testing import CliRunner
 
+from packager import layout
 from packager.cli import app
-from packager.publish import PUBLISHED_DIR
 from packager.state import open_state
 from packager.state_scrapes import daily_history
-from packager.swarm.health import health
 from packager.swarm.model import bucket_of
-from packager.workspace import Workspace
 from tests.fake_tracker import FakeHttpTracker, FakeUdpTracker, SilentTcpServer, unused_port
-from tests.test_build import prepare, run_build
-from tests.test_publish import catalog, do_publish, folder_digests, validate
+from tests.helpers import (
+    catalog,
+    do_publish,
+    folder_digests,
+    prepare,
+    published_entries,
+    run_build,
+    run_health,
+    validate,
+)
 
 LIVE = {"swarm.json", "swarm.html"}
 
 
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture
-def published(workspace, archive):
-    prepare(workspace, archive, catalog(archive))
-    assert not run_build(workspace).failed
-    do_publish(workspace, "metadata")
-    do_publish(workspace, "audio")
-    return workspace
 
 
 @pytest.fixture
@@ -50,30 +47,19 @@ def trackers():
         t.close()
 
 
-def entries(ws):
-    with open_state(ws) as state:
-        rows = state.published_entries()
-    return [(sid, json.loads(text)) for sid, _, text in rows]
-
-
-def run(ws, urls, **kw):
-    with Workspace.open(ws) as workspace:
-        return health(workspace, urls, **kw)
-
-
 def signed_digests(ws):
     """Everything of the publication except the live files."""
-    return {k: v for k, v in folder_digests(ws / PUBLISHED_DIR).items() if k not in LIVE}
+    return {k: v for k, v in folder_digests(ws / layout.PUBLISHED).items() if k not in LIVE}
 
 
 def test_health_combines_trackers_and_writes_history_buckets_and_live_files(published, trackers):
-    torrents = entries(published)
+    torrents = published_entries(published)
     hashes = [e["info_hash_v1"] for _, e in torrents]
     # UDP: (seeders, completed, leechers); HTTP: (complete, downloaded, incomplete).
     udp = trackers(FakeUdpTracker, {hashes[0]: (2, 9, 1), hashes[1]: (12, 40, 0), hashes[2]: (5, 1, 3)})
     web = trackers(FakeHttpTracker, {hashes[0]: (3, 8, 0), hashes[2]: (1, 2, 7)})
     before = signed_digests(published)
-    report = run(published, [udp.url, web.url], timeout=5, now="2026-01-02T03:04:05Z")
+    report = run_health(published, [udp.url, web.url], timeout=5, now="2026-01-02T03:04:05Z")
     view = report.view
     assert [(s.source, s.error) for s in view.sources] == sorted([(udp.url, None), (web.url, None)])
     by_name = {t.name: t for t in view.torrents}
@@ -97,7 +83,7 @@ def test_health_combines_trackers_and_writes_history_buckets_and_live_files(publ
     assert phases[:3] == [(None, None), ("metadata", None), ("audio", None)]
     assert ("audio", "t1") in phases and ("audio", "t2") in phases
 
-    pub = published / PUBLISHED_DIR
+    pub = published / layout.PUBLISHED
     live = json.loads((pub / "swarm.json").read_text())
     validate(live, "swarm")
     assert live["generated_at"] == "2026-01-02T03:04:05Z"
@@ -108,7 +94,7 @@ def test_health_combines_trackers_and_writes_history_buckets_and_live_files(publ
 
     # A second run the next day: history kept per run and per day.
     udp.counts[hashes[0]] = (6, 10, 0)
-    run(published, [udp.url, web.url], timeout=5, now="2026-01-03T00:00:00Z")
+    run_health(published, [udp.url, web.url], timeout=5, now="2026-01-03T00:00:00Z")
     with open_state(published) as state:
         days = daily_history(state, "2026-01-01")
         runs = state.db.execute("SELECT COUNT(*) FROM scrape_runs").fetchone()[0]
@@ -117,7 +103,7 @@ def test_health_combines_trackers_and_writes_history_buckets_and_live_files(publ
 
 
 def test_failing_trackers_are_named_and_never_fatal_within_the_bound(published, trackers):
-    hashes = [e["info_hash_v1"] for _, e in entries(published)]
+    hashes = [e["info_hash_v1"] for _, e in published_entries(published)]
     good = trackers(FakeHttpTracker, {hashes[0]: (4, 0, 0)})
     silent_udp = trackers(FakeUdpTracker)
     silent_udp.silent = True
@@ -141,19 +127,20 @@ def test_failing_trackers_are_named_and_never_fatal_within_the_bound(published, 
 
 
 def test_a_run_where_every_tracker_fails_keeps_the_previous_counts(published, trackers):
-    hashes = [e["info_hash_v1"] for _, e in entries(published)]
+    hashes = [e["info_hash_v1"] for _, e in published_entries(published)]
     udp = trackers(FakeUdpTracker, {hashes[0]: (7, 0, 2)})
-    run(published, [udp.url], timeout=3, now="2026-01-02T00:00:00Z")
+    run_health(published, [udp.url], timeout=3, now="2026-01-02T00:00:00Z")
     udp.silent = True
-    view = run(published, [udp.url], timeout=1, now="2026-01-03T00:00:00Z").view
+    view = run_health(published, [udp.url], timeout=1, now="2026-01-03T00:00:00Z").view
     assert view.sources[0].error and view.at == "2026-01-03T00:00:00Z"
     assert (view.torrents[0].seeders, view.torrents[0].scraped_at) == (7, "2026-01-02T00:00:00Z")
 
 
 def test_our_seeders_status_port_counts_as_one_seeder(published, trackers, tmp_path):
-    from packager.seed import SeedSnapshot, StatusServer, TorrentView
+    from packager.seed.events import SeedSnapshot, TorrentView
+    from packager.seed.status import StatusServer
 
-    torrents = entries(published)
+    torrents = published_entries(published)
     views = tuple(
         TorrentView(e["name"], e["phase"], e["info_hash_v1"], "seeding" if i else "paused", 3, 0, 0)
         for i, (_, e) in enumerate(torrents)
@@ -162,7 +149,7 @@ def test_our_seeders_status_port_counts_as_one_seeder(published, trackers, tmp_p
     server = StatusServer(0, lambda: snap)
     try:
         dead = f"udp://127.0.0.1:{unused_port(2)}/announce"
-        report = run(published, [dead], status_port=server.port, timeout=2)
+        report = run_health(published, [dead], status_port=server.port, timeout=2)
     finally:
         server.close()
     view = report.view
@@ -179,8 +166,10 @@ def test_status_port_that_is_closed_or_something_else_is_reported(published, tra
     def ours(report):
         return next(s for s in report.view.sources if s.protocol == "seeder")
 
-    assert "connection refused" in ours(run(published, None, status_port=unused_port(), timeout=2)).error
-    assert "HTTP 404" in ours(run(published, None, status_port=web.port, timeout=2)).error
+    assert (
+        "connection refused" in ours(run_health(published, None, status_port=unused_port(), timeout=2)).error
+    )
+    assert "HTTP 404" in ours(run_health(published, None, status_port=web.port, timeout=2)).error
 
 
 def test_publish_after_health_keeps_the_live_files_and_adds_new_torrents_as_unknown(
@@ -189,15 +178,15 @@ def test_publish_after_health_keeps_the_live_files_and_adds_new_torrents_as_unkn
     prepare(workspace, archive, catalog(archive))
     assert not run_build(workspace).failed
     do_publish(workspace, "metadata")
-    first = entries(workspace)[0][1]["info_hash_v1"]
+    first = published_entries(workspace)[0][1]["info_hash_v1"]
     udp = trackers(FakeUdpTracker, {first: (11, 3, 1)})
-    run(workspace, [udp.url], timeout=3, now="2026-01-02T00:00:00Z")
+    run_health(workspace, [udp.url], timeout=3, now="2026-01-02T00:00:00Z")
     do_publish(workspace, "audio")
-    live = json.loads((workspace / PUBLISHED_DIR / "swarm.json").read_text())
+    live = json.loads((workspace / layout.PUBLISHED / "swarm.json").read_text())
     validate(live, "swarm")
     assert live["torrents"][0]["seeders"] == 11 and live["torrents"][0]["bucket"] == ">10"
     assert {t["bucket"] for t in live["torrents"][1:]} == {"unknown"}
-    index = (workspace / PUBLISHED_DIR / "index.html").read_text()
+    index = (workspace / layout.PUBLISHED / "index.html").read_text()
     assert 'href="swarm.html"' in index and "11" not in index.split("swarm.html")[1][:200]
 
 
@@ -224,7 +213,7 @@ def test_bucket_edges(seeders, bucket):
 def test_daily_history_keeps_the_days_highest_counts_and_fills_in_older_runs(published):
     from packager.state_scrapes import CountRow, SourceRow, record_run
 
-    sid = entries(published)[0][0]
+    sid = published_entries(published)[0][0]
     tracker, seeder = SourceRow("udp://t/a", "udp", 1, None, 0.1), SourceRow("seeder x", "seeder", 1, None, 0)
     with open_state(published) as state:
         record_run(state, "2026-01-01T01:00:00Z", [tracker], [CountRow(sid, "udp://t/a", 2, 5, 7)])
@@ -243,22 +232,24 @@ def test_daily_history_keeps_the_days_highest_counts_and_fills_in_older_runs(pub
 def test_the_member_index_swarm_is_scraped_and_kept_apart_from_the_buckets(published, trackers):
     """The index's own torrent is asked about with the shards': its counts are in swarm.json's member_index
     (and swarm.html), kept by a publish that follows, and in no bucket (the buckets are the shards')."""
-    index = json.loads((published / PUBLISHED_DIR / "members" / "index.json").read_text())["torrent"]
+    index = json.loads((published / layout.PUBLISHED / "members" / "index.json").read_text())["torrent"]
     udp = trackers(FakeUdpTracker, {index["info_hash_v1"]: (7, 30, 2)})
-    view = run(published, [udp.url], timeout=5, now="2026-01-02T03:04:05Z").view
+    view = run_health(published, [udp.url], timeout=5, now="2026-01-02T03:04:05Z").view
     assert (view.index.name, view.index.seeders, view.index.leechers, view.index.completed) == (
         "members.pack", 7, 2, 30)  # fmt: skip
-    assert view.index.size == (published / PUBLISHED_DIR / "members" / "members.pack").stat().st_size
-    assert view.sources[0].answered == len(entries(published)) + 1  # the shards and the index
+    assert view.index.size == (published / layout.PUBLISHED / "members" / "members.pack").stat().st_size
+    assert view.sources[0].answered == len(published_entries(published)) + 1  # the shards and the index
     whole = view.release_summary
-    assert whole.torrents == len(entries(published)) and whole.buckets["4-10"].torrents == 0
-    live = json.loads((published / PUBLISHED_DIR / "swarm.json").read_text())
+    assert whole.torrents == len(published_entries(published)) and whole.buckets["4-10"].torrents == 0
+    live = json.loads((published / layout.PUBLISHED / "swarm.json").read_text())
     validate(live, "swarm")
     assert live["member_index"]["btih"] == index["info_hash_v1"] and live["member_index"]["seeders"] == 7
     assert index["info_hash_v1"] not in {t["btih"] for t in live["torrents"]}
-    assert "The member index" in (published / PUBLISHED_DIR / "swarm.html").read_text()
+    assert "The member index" in (published / layout.PUBLISHED / "swarm.html").read_text()
     result = invoke("health", published, "--tracker", udp.url, "--timeout", "5")
     assert result.exit_code == 0 and "member index (members.pack" in result.stdout, result.output
     assert "7 seeders, 2 leechers" in result.stdout
     do_publish(published, "audio")  # nothing new: the live files are rendered again from the state
-    assert json.loads((published / PUBLISHED_DIR / "swarm.json").read_text())["member_index"]["seeders"] == 7
+    assert (
+        json.loads((published / layout.PUBLISHED / "swarm.json").read_text())["member_index"]["seeders"] == 7
+    )

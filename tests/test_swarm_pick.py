@@ -18,12 +18,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from packager import layout
 from packager.cli import app
-from packager.publish import PUBLISHED_DIR
 from packager.swarm import pick as pick_module
 from packager.swarm.pick import SPREAD, Candidate, fill, pick, rank
 from tests.fake_tracker import FakeUdpTracker, SilentTcpServer
-from tests.test_swarm_health import entries, published, run  # noqa: F401  (the published fixture)
+from tests.helpers import published_entries, run_health
 
 TB = 10**12
 
@@ -107,20 +107,20 @@ def test_the_random_term_spreads_equal_torrents_between_volunteers():
 
 
 @pytest.fixture
-def scraped(published):  # noqa: F811
+def scraped(published):
     """The published workspace after one health run: the first torrent well seeded, the second with 2."""
-    torrents = entries(published)
+    torrents = published_entries(published)
     counts = {torrents[0][1]["info_hash_v1"]: (20, 0, 0), torrents[1][1]["info_hash_v1"]: (2, 0, 5)}
     tracker = FakeUdpTracker(counts)
     try:
-        run(published, [tracker.url], timeout=3, now="2026-01-02T00:00:00Z")
+        run_health(published, [tracker.url], timeout=3, now="2026-01-02T00:00:00Z")
     finally:
         tracker.close()
     return published
 
 
 def test_pick_from_a_workspace_uses_its_newest_health_run(scraped):
-    torrents = entries(scraped)
+    torrents = published_entries(scraped)
     everything = sum(e["files"][0]["size"] for _, e in torrents)
     result = pick(str(scraped), everything, seed=1)
     picked = names(result.picked)
@@ -132,7 +132,7 @@ def test_pick_from_a_workspace_uses_its_newest_health_run(scraped):
 
 def test_pick_from_a_published_folder_reads_swarm_json(scraped, tmp_path):
     mirror = tmp_path / "mirror"
-    shutil.copytree(scraped / PUBLISHED_DIR, mirror)
+    shutil.copytree(scraped / layout.PUBLISHED, mirror)
     via_folder = pick(str(mirror), TB, seed=4)
     via_workspace = pick(str(scraped), TB, seed=4)
     assert names(via_folder.picked) == names(via_workspace.picked)
@@ -141,12 +141,12 @@ def test_pick_from_a_published_folder_reads_swarm_json(scraped, tmp_path):
     assert via_folder.picked[0].candidate.torrent.startswith(str(mirror / "torrents"))
     (mirror / "swarm.json").unlink()
     result = pick(str(mirror / "torrents.json"), TB, seed=4)
-    assert result.counts_known == 0 and len(result.picked) == len(entries(scraped))
+    assert result.counts_known == 0 and len(result.picked) == len(published_entries(scraped))
 
 
 def test_obsolete_and_embargoed_torrents_are_skipped(scraped, tmp_path):
     mirror = tmp_path / "mirror"
-    shutil.copytree(scraped / PUBLISHED_DIR, mirror)
+    shutil.copytree(scraped / layout.PUBLISHED, mirror)
     listing = json.loads((mirror / "torrents.json").read_text())
     listing[0]["obsolete"] = True
     listing[1]["embargo"] = True
@@ -181,7 +181,7 @@ def test_nothing_fits_says_so(scraped):
 
 
 def test_cli_formats(scraped, tmp_path):
-    torrents = entries(scraped)
+    torrents = published_entries(scraped)
     magnets = invoke("pick", scraped, "--max-size", "1TB", "--seed", "7").stdout.split()
     assert sorted(magnets) == sorted(e["magnet"] for _, e in torrents)
     aria2 = invoke("pick", scraped, "--max-size", "1TB", "--seed", "7", "--format", "aria2").stdout.split()
@@ -253,7 +253,7 @@ class Mirror:
 @pytest.fixture
 def mirror(scraped, tmp_path):
     root = tmp_path / "www"
-    shutil.copytree(scraped / PUBLISHED_DIR, root / "music")
+    shutil.copytree(scraped / layout.PUBLISHED, root / "music")
     # As a mirror publishes it: the .torrent URLs under the mirror's own base.
     listing = json.loads((root / "music" / "torrents.json").read_text())
     (root / "music" / "torrents.json").write_text(json.dumps(listing))

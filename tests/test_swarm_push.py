@@ -13,7 +13,6 @@ from packager.clients import PASSWORD_ENV, client_password, parse_client_url, pu
 from packager.errors import UsageError
 from packager.seed.selection import SeedTorrent
 from tests.fake_tracker import unused_port
-from tests.test_swarm_health import published  # noqa: F401  (the published fixture)
 
 V1 = "a" * 40
 V2 = "b" * 64
@@ -123,7 +122,7 @@ def test_a_bad_client_url_is_never_echoed_with_its_password():
         assert "hunter2" not in str(e.value) and "admin:***@" in str(e.value)
 
 
-def test_cli_warns_about_a_password_in_the_url_and_never_prints_it(published):  # noqa: F811
+def test_cli_warns_about_a_password_in_the_url_and_never_prints_it(published):
     port = unused_port()
     for scheme in ("qbittorrent+http", "transmission+http"):
         result = CliRunner().invoke(

@@ -32,10 +32,10 @@ from packager.torrent import (
     read_torrent,
     write_torrent,
 )
+from tests.helpers import info_section, libtorrent_torrent
 
 KiB, MiB, GiB, TiB = 2**10, 2**20, 2**30, 2**40
 BLOCK = 16 * KiB
-LT_FLAGS = {"v1": lt.create_torrent.v1_only, "hybrid": 0, "v2": lt.create_torrent.v2_only}
 NAME = "music-audio-t1-00001.tar.zst"
 
 
@@ -133,29 +133,6 @@ def hash_file(path: Path, piece_size: int, v2: bool = True, chunk: int = 100_003
         while data := f.read(chunk):
             hasher.update(data)
     return hasher.finish()
-
-
-def libtorrent_torrent(path: Path, piece_size: int, fmt: str, **extra) -> bytes:
-    # no_attributes: keep `attr` out even if the file happens to be executable; our info dict never has it.
-    files = lt.list_files(str(path), flags=lt.create_torrent.no_attributes)
-    creator = lt.create_torrent(files, piece_size, flags=LT_FLAGS[fmt])
-    for tier, urls in enumerate(extra.get("trackers", ())):
-        for url in urls:
-            creator.add_tracker(url, tier)
-    for url in extra.get("web_seeds", ()):
-        creator.add_url_seed(url)
-    creator.set_priv(extra.get("private", False))
-    if "created_by" in extra:
-        creator.set_creator(extra["created_by"])
-    if "comment" in extra:
-        creator.set_comment(extra["comment"])
-    creator.set_creation_date(extra.get("creation_date", 0))
-    lt.set_piece_hashes(creator, str(path.parent))
-    return lt.bencode(creator.generate())
-
-
-def info_section(metainfo: bytes) -> bytes:
-    return lt.torrent_info(metainfo).info_section()
 
 
 def write_random(path: Path, size: int, seed: int = 0) -> Path:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from packager import layout, trust
 from packager.errors import FileNotAuthenticated, PublicationRefused, UntrustedManifest
-from packager.manifest import generate_keypair, load_signing_key
+from packager.signing import generate_keypair, load_signing_key
 from tests.helpers import HEX64
 
 MANIFESTS = Path(__file__).parent.parent / "manifests"

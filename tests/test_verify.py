@@ -21,13 +21,12 @@ import pytest
 import zstandard
 from typer.testing import CliRunner
 
+from packager import layout
 from packager.cli import app
-from packager.config import CONFIG_NAME, init_workspace, load_config
 from packager.container import RESERVED_MANIFEST_NAME, Frame, MemberRecord, ShardReader
 from packager.errors import MixedPublication, PublicationRefused, UntrustedManifest, UsageError
-from packager.manifest import generate_keypair, load_signing_key
-from packager.publish import PUBLISHED_DIR, publish
-from packager.state import open_state
+from packager.publish import publish
+from packager.signing import generate_keypair, load_signing_key
 from packager.verify import (
     BytesRead,
     Check,
@@ -38,12 +37,11 @@ from packager.verify import (
     Severity,
     Status,
     VerifyOptions,
-    parse_sha256sums,
     ranges,
     verify,
 )
-from tests.conftest import SMALL_CONFIG, Archive
-from tests.test_build import prepare, run_build
+from packager.workspace import Workspace
+from tests.helpers import SMALL_CONFIG, Archive, prepare, run_build
 
 FAULT_CASES = 240
 
@@ -106,19 +104,19 @@ def release(tmp_path_factory) -> Release:
     base = tmp_path_factory.mktemp("release")
     archive = Archive(base)
     ws = base / "ws"
-    init_workspace(ws, archive.root, "t")
+    Workspace.init(ws, archive.root, "t").close()
     config = SMALL_CONFIG.replace("{root}", str(archive.root)).replace("{audio_shard}", "400kB")
     config = config.replace('name = "art"\nkinds = ["art"]', 'name = "art"\nkinds = ["art"]\nformat = "v2"')
     config = config.replace('kinds = ["metadata"]', 'kinds = ["metadata"]\nformat = "hybrid"')
-    (ws / CONFIG_NAME).write_text(config, encoding="utf-8")
+    (ws / layout.CONFIG).write_text(config, encoding="utf-8")
     prepare(ws, archive, _rows(archive))
     assert not run_build(ws).failed
     keys = generate_keypair(base / "keys" / "release.key", password=None)
-    with open_state(ws) as state:
+    with Workspace.open(ws) as w:
         for phase in ("metadata", "audio", "art"):
-            publish(state, load_config(ws), ws, phase, key=lambda: load_signing_key(keys.secret))
+            publish(w, phase, key=lambda: load_signing_key(keys.secret))
     mirror = base / "mirror"
-    shutil.copytree(ws / PUBLISHED_DIR, mirror)
+    shutil.copytree(ws / layout.PUBLISHED, mirror)
     shutil.copytree(ws / "shards", mirror / "shards")
     doc = json.loads((mirror / "release.json").read_text())
     shards = {}
@@ -531,7 +529,7 @@ def test_shards_folder_and_single_files_find_the_release(release, tmp_path):
 
 
 def test_a_workspace_and_its_published_folder_verify_in_place(release):
-    for target in (release.workspace, release.workspace / PUBLISHED_DIR, release.workspace / "shards"):
+    for target in (release.workspace, release.workspace / layout.PUBLISHED, release.workspace / "shards"):
         report = check(target, pubkey=str(release.pub_file))
         files = by_path(report)
         assert report.exit_code() == 0, (target, [f.message for f in report.all_findings()])
@@ -738,17 +736,6 @@ def test_memory_stays_flat_whatever_the_shard_size(tmp_path):
         tracemalloc.stop()
     assert report.exit_code() == 0 and report.files[0].members == 6
     assert hashes.length > 96 * 10**6 and peak < 40 * 2**20, peak
-
-
-def test_sha256sums_parsing():
-    digest = "ab" * 32
-    assert parse_sha256sums(f"{digest}  shards/a.tar.zst\n{digest} *torrents/b\n".encode(), Path("S")) == {
-        "shards/a.tar.zst": digest,
-        "torrents/b": digest,
-    }
-    for bad in (f"{digest} shards/a", "xyz  a", f"{digest}  ../a", f"{digest}  /etc/passwd"):
-        with pytest.raises(UntrustedManifest):
-            parse_sha256sums(bad.encode(), Path("S"))
 
 
 def test_ranges():

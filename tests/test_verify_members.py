@@ -168,8 +168,7 @@ def test_nothing_to_verify_is_bad_input(tmp_path, workspace, archive):
     for target in (empty, workspace):
         r = CliRunner().invoke(app, ["verify", str(target)])
         assert r.exit_code == 2 and f"no shard found under {target}" in r.output, r.output
-    from tests.test_build import prepare
-    from tests.test_publish import catalog
+    from tests.helpers import catalog, prepare
 
     prepare(workspace, archive, catalog(archive))  # ingested and planned, nothing built
     (workspace / "shards").mkdir(exist_ok=True)

@@ -21,12 +21,10 @@ from typer.testing import CliRunner
 from packager import layout, trust
 from packager.cli import app
 from packager.errors import MixedPublication, PackagerError
-from packager.manifest import generate_keypair, load_signing_key
+from packager.signing import generate_keypair, load_signing_key
 from packager.verify import VerifyOptions, verify
 from packager.workspace import Workspace
-from tests.conftest import SMALL_CONFIG, Archive
-from tests.test_build import prepare, run_build
-from tests.test_publish import catalog, do_publish
+from tests.helpers import SMALL_CONFIG, Archive, catalog, do_publish, prepare, run_build
 
 
 class Pubs:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from . import _app
+
 # Every command, in help order, with the module that defines it (tests/test_cli.py checks it is complete).
 COMMANDS = {
     "init": "workspace",
@@ -44,9 +46,7 @@ __all__ = ["app", "main"]
 def _load(modules: tuple[str, ...]):
     for module in modules:
         importlib.import_module(f"{__name__}.{module}")
-    from ._app import app
-
-    return app
+    return _app.app
 
 
 def _command(argv: list[str]) -> str | None:

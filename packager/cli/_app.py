@@ -6,6 +6,7 @@ printed as `error: ...` / `hint: ...` and turned into the exit code (2 bad input
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import sys
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 from typer.core import TyperGroup
 
@@ -82,8 +84,19 @@ TrustFileOpt = Annotated[
 ]
 
 
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+def emit_json(report: Any) -> None:
+    """The --json branch of every command: a report (its as_dict()), a dataclass, a list of them, or data."""
+    sys.stdout.write(json.dumps(_plain(report), indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _plain(data: Any) -> Any:
+    if hasattr(data, "as_dict"):
+        return data.as_dict()
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return dataclasses.asdict(data)
+    if isinstance(data, list | tuple):
+        return [_plain(item) for item in data]
+    return data
 
 
 def _version(value: bool) -> None:
@@ -111,8 +124,6 @@ class count_progress:
     def __enter__(self) -> Callable[[int], None]:
         if self.quiet:
             return lambda n: None
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.completed:,} " + self.label),

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import format_size
+from ..errors import UsageError
 from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out
 
 
@@ -63,7 +64,7 @@ def fetch(
         packager fetch ~/mirror/torrents.json 4uLU6hMCjMI75M1A2tKUQC --via bittorrent --json
         packager fetch music-release trk-000042 -o /tmp/one
     """
-    from ..errors import UsageError
+    # libtorrent (0.3 s to import): only for this command
     from ..fetch import FetchOptions, SwarmSettings, Via
     from ..fetch import fetch as run_fetch
     from ..fetch.bittorrent import parse_peer
@@ -95,7 +96,7 @@ def fetch(
         with err.status(f"fetching {len(ids)} item(s) from {escape(source)} ..."):
             report = run_fetch(source, ids, out_dir, options, note)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json(report)
         return
     table = Table("id", "file", "size", "torrent", "via", "fetched", box=None)
     for d in report.items:

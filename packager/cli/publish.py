@@ -11,9 +11,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from .. import layout, trust
 from ..config import format_size
 from ..errors import UsageError
 from ..member_index import MemberIndex, published_folder
+from ..publish import publish as run_publish
 from ..workspace import Workspace
 from ._app import JsonOpt, TrustFileOpt, WorkspaceArg, app, emit_json, out
 
@@ -68,7 +70,7 @@ def keygen(
         packager keygen music-release/keys/release.key
         packager keygen ci/release.key --unencrypted
     """
-    from ..manifest import generate_keypair
+    from ..signing import generate_keypair  # minisign (75 ms to import): only for keygen and publish
 
     password = None
     if not unencrypted:
@@ -85,16 +87,7 @@ def keygen(
             )
     pair = generate_keypair(keyfile, password, force=force)
     if as_json:
-        emit_json(
-            {
-                "secret_key": str(pair.secret),
-                "signing_key": str(pair.secret.resolve()),  # for release.toml, from any folder
-                "public_key_file": str(pair.public),
-                "public_key": pair.public_key,
-                "key_id": pair.key_id,
-                "encrypted": pair.encrypted,
-            }
-        )
+        emit_json(pair)
         return
     out.print(
         f"secret key: {pair.secret} ({'encrypted' if pair.encrypted else 'NOT encrypted'}; keep it private)"
@@ -150,8 +143,7 @@ def publish(
         packager publish music-release --phase metadata
         packager publish music-release --phase audio --key keys/release.key --password-file pw.txt
     """
-    from ..manifest import load_signing_key
-    from ..publish import publish as run_publish
+    from ..signing import load_signing_key  # minisign (75 ms to import): only for keygen and publish
 
     with Workspace.open(workspace) as ws:
         key_path = key or ws.config.signing_key
@@ -160,9 +152,9 @@ def publish(
                 f"{password_file}: no such password file", hint="give the file whose first line is it"
             )
         loader = (lambda: load_signing_key(key_path, _password_source(password_file))) if key_path else None
-        report = run_publish(ws.state, ws.config, ws.path, phase, key=loader, refresh=refresh)
+        report = run_publish(ws, phase, key=loader, refresh=refresh)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json(report)
         return
     what = f"{len(report.added)} new torrents" if report.added else "no new torrents (already published)"
     out.print(
@@ -201,8 +193,6 @@ def locate(
         packager locate music-release/published trk-000042 trk-000043
         packager locate mirror-copy/ trk-000042 --pubkey music.pub --json
     """
-    from .. import layout, trust
-
     trusted = trust.TrustFile(trust_file)
     folder = published_folder(index)
     fs = trust.check_published_file(folder, layout.MEMBER_INDEX, pubkey, trusted)

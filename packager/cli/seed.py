@@ -11,10 +11,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from ..clients import client_password, url_has_password
+from ..clients import push as run_push
 from ..config import format_size, parse_size
 from ..errors import UsageError
+from ..seed.events import Listening, Notice, Stopped, TorrentFault, TorrentsLoaded
+from ..seed.selection import published_torrents, whitelist_hashes, write_whitelist
 from ..workspace import Workspace
 from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out, say
 
@@ -61,8 +68,8 @@ def seed(
     Example:
         packager seed music-release --listen 0.0.0.0:6881 --upload-limit 100MB --status-port 8181
     """
-    from ..seed import parse_libtorrent_flag  # libtorrent (0.3 s): only for the commands that seed
-    from ..seed import seed as run_seed
+    from ..seed.seeder import seed as run_seed  # libtorrent (0.3 s to import): only for this command
+    from ..seed.session import parse_libtorrent_flag  # libtorrent
 
     try:
         limit = parse_size(upload_limit) if upload_limit is not None else None
@@ -100,7 +107,7 @@ def seed(
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json(report)
         return
     out.print(
         f"seeded {report.torrents} torrents for {report.seconds:.0f} s, "
@@ -124,8 +131,6 @@ class _SeedDisplay:
 
     def __enter__(self) -> _SeedDisplay:
         if not self.quiet and out.is_terminal:
-            from rich.live import Live
-
             self.live = Live(console=out, auto_refresh=False, transient=False)
             self.live.start()
         return self
@@ -135,8 +140,6 @@ class _SeedDisplay:
             self.live.stop()
 
     def on_event(self, event) -> None:
-        from ..seed import Listening, Notice, Stopped, TorrentFault, TorrentsLoaded
-
         if self.quiet:
             return
         console = self.live.console if self.live is not None else err
@@ -183,9 +186,6 @@ def summary_line(snap) -> str:
 
 def snapshot_view(snap, top: int):
     """The live view: a summary line, the busiest torrents (those in error first), and where to look."""
-    from rich.console import Group
-    from rich.text import Text
-
     busy = sorted(snap.torrents, key=lambda t: (t.state != "error", -t.upload_rate, -t.peers, t.name))
     table = Table("torrent", "peers", "upload rate", "uploaded", "state", "tracker", box=None)
     for t in busy[:top]:
@@ -259,10 +259,6 @@ def push(
         packager push music-release --client qbittorrent+http://admin@seedbox:8080 \\
             --password-file ~/.seedbox-pw --data-path /srv/music
     """
-    from ..clients import client_password, url_has_password
-    from ..clients import push as run_push  # with ..seed: libtorrent (0.3 s), only for this command
-    from ..seed import published_torrents
-
     with Workspace.open(workspace, config=False) as ws:
         torrents = published_torrents(ws, phase)
     password = client_password(password_file, dict(os.environ))
@@ -284,7 +280,7 @@ def push(
         index_path=index_path,
     )
     if as_json:
-        emit_json([vars(r) for r in results])
+        emit_json(results)
     else:
         table = Table("torrent", "info-hash", "result", "detail", box=None)
         for r in results:
@@ -317,8 +313,6 @@ def tracker_whitelist(
         packager tracker-whitelist music-release -o /etc/opentracker/whitelist.txt
         kill -HUP "$(pidof opentracker)"
     """
-    from ..seed import whitelist_hashes, write_whitelist  # libtorrent (0.3 s): only for this command
-
     with Workspace.open(workspace, config=False) as ws:
         hashes = whitelist_hashes(ws, phase)
     if output is None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from .. import layout
@@ -61,7 +68,7 @@ def build(
         address = None if local else scheduler or ws.config.build.scheduler
         report = run_build(ws, jobs_count=jobs, phase=phase, on_event=on_event, scheduler=address)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json(report)
     else:
         for name in report.recovered:
             out.print(f"completed the interrupted rename of {name}")
@@ -113,7 +120,7 @@ def extract(
         if list_members or not keys:
             records = reader.manifest()
             if as_json:
-                emit_json([vars(r) for r in records])
+                emit_json(records)
                 return
             table = Table("id", "path", "size", "popularity", "frames", box=None)
             for r in records:
@@ -151,7 +158,7 @@ def torrent(
         # The member index's torrent announces with the shards' (it has no phase: re-made with every phase).
         index = remake_index_torrent(ws.config, ws.path) if phase is None else None
     if as_json:
-        emit_json([t.as_dict() for t in made] + ([_index_dict(index)] if index is not None else []))
+        emit_json([*made, *([_index_dict(index)] if index is not None else [])])
         return
     for t in made:
         out.print(f"{t.shard}  {t.info_hash_v1 or t.info_hash_v2}")
@@ -186,7 +193,7 @@ def show(
 
     info = read_torrent(torrent_file)
     if as_json:
-        emit_json(asdict(info))
+        emit_json(info)
         return
     table = Table(show_header=False, box=None)
     table.add_column(style="bold", no_wrap=True)
@@ -222,15 +229,6 @@ class _BuildProgress:
     def __enter__(self):
         if self.quiet:
             return lambda event: None
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
         self.progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),

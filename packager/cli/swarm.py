@@ -11,6 +11,10 @@ from rich.table import Table
 
 from ..config import format_size, parse_size
 from ..errors import UsageError
+from ..swarm.health import health as run_health
+from ..swarm.model import BUCKET_NAMES
+from ..swarm.pick import FORMATS, aria2_input, write_torrents
+from ..swarm.pick import pick as run_pick
 from ..workspace import Workspace
 from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out, say
 
@@ -40,12 +44,10 @@ def health(
         packager health music-release --status-port 8181
         packager health music-release --tracker udp://tracker.example.org:1337/announce --json
     """
-    from ..swarm.health import health as run_health
-
     with Workspace.open(workspace) as ws:
         report = run_health(ws, tracker, status_port, timeout)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json(report)
         return
     view = report.view
     out.print(f"swarm health of {view.release} at {view.at} ({report.seconds:.1f} s)")
@@ -81,8 +83,6 @@ def health(
 
 
 def summary_table(view) -> Table:
-    from ..swarm.model import BUCKET_NAMES
-
     buckets = (f"{n} seeders" for n in BUCKET_NAMES)
     table = Table("phase / tier", "torrents", *buckets, "bytes in ≥ 4", "> 10", box=None)
     for s in view.summaries:
@@ -148,9 +148,6 @@ def pick(
         packager pick https://mirror.example.org/music/ --max-size 2TB --format torrent -o ~/watch
         packager pick music-release --max-size 500GB --phase audio --format aria2 > list.txt
     """
-    from ..swarm.pick import FORMATS, aria2_input, write_torrents
-    from ..swarm.pick import pick as run_pick
-
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: not one of {', '.join(FORMATS)}")
     if fmt == "torrent" and output is None:
@@ -161,7 +158,7 @@ def pick(
         raise UsageError(f"--max-size {max_size!r}: not a size", hint="e.g. 2TB or 500GB") from None
     result = run_pick(source, budget, phase or (), seed, spread)
     if fmt == "json":
-        emit_json(result.as_dict())
+        emit_json(result)
     elif fmt == "aria2":
         sys.stdout.write(aria2_input(result))
     elif fmt == "magnet":

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 
 from ..config import format_size
+from ..verify import BytesRead, Level, PassStarted, Severity, Status, VerifyOptions, format_ranges
+from ..verify import verify as run_verify
 from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out
 
 _SHOWN = 20  # damaged members listed per file before "... and N more"
@@ -57,9 +60,6 @@ def verify(
         packager verify ~/mirror/shards/music-audio-t1-00001.tar.zst --deep
         packager verify ~/mirror --pieces --partial --json
     """
-    from ..verify import VerifyOptions
-    from ..verify import verify as run_verify
-
     options = VerifyOptions(
         pieces=pieces, deep=deep, jobs=jobs, pubkey=pubkey, trust_file=trust_file, partial=partial
     )
@@ -73,8 +73,6 @@ def verify(
 
 
 def _render(report, partial: bool) -> None:
-    from ..verify import Level, Severity, Status, format_ranges
-
     table = Table("file", "size", "status", "checked", "details", box=None)
     style = {
         Status.OK: "green",
@@ -164,8 +162,6 @@ class _VerifyProgress:
     def __enter__(self):
         if self.quiet:
             return lambda event: None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
         self.progress = Progress(
             TextColumn("verify {task.description}", markup=False),
             BarColumn(),
@@ -181,8 +177,6 @@ class _VerifyProgress:
         return self.on_event
 
     def on_event(self, event) -> None:
-        from ..verify import BytesRead, PassStarted
-
         if isinstance(event, BytesRead):
             self.done += event.n
         elif isinstance(event, PassStarted):

@@ -13,8 +13,8 @@ from .. import layout
 from ..catalog import IngestOptions
 from ..catalog import ingest as run_ingest
 from ..config import format_size
+from ..plan import ReleaseStatus, release_status, remove_items
 from ..plan import plan as run_plan
-from ..plan import release_status, remove_items
 from ..workspace import Workspace
 from ._app import JsonOpt, WorkspaceArg, app, count_progress, emit_json, out
 
@@ -88,7 +88,7 @@ def ingest(
         )
         report = run_ingest(ws, catalogs, options, on_rows=tick)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json(report)
         return
     out.print(
         f"{report.rows} rows: {report.added} added, {report.changed} changed, "
@@ -130,7 +130,7 @@ def plan(
     with Workspace.open(workspace) as ws, count_progress("items planned", as_json) as tick:
         report = run_plan(ws, dry_run=dry_run, on_items=tick)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json(report)
         return
     verb = "would add" if dry_run else "added"
     out.print(
@@ -172,49 +172,50 @@ def status(
     # A workspace we may not write (a mirror's copy, a read-only mount) is read without a write lock.
     writable = os.access(workspace, os.W_OK) and os.access(workspace / layout.STATE, os.W_OK)
     with Workspace.open(workspace, readonly=not writable) as ws:
-        data = release_status(ws)
+        status = release_status(ws)
     if as_json:
-        emit_json(data)
+        emit_json(status)
         return
     if magnets:
-        for s in data["shards"]:
-            if s.get("magnet"):
-                out.print(f"{s['name']}  {s['magnet']}", soft_wrap=True)
+        for s in status.shards:
+            if s.magnet:
+                out.print(f"{s.row.name}  {s.magnet}", soft_wrap=True)
         return
-    render_status(data, shards)
+    render_status(status, shards)
 
 
-def render_status(data: dict, show_shards: bool) -> None:
-    table = Table(title=f"release {data['release']} · {data['items']} items", title_justify="left")
+def render_status(status: ReleaseStatus, show_shards: bool) -> None:
+    table = Table(title=f"release {status.release} · {status.items} items", title_justify="left")
     for col in ("phase", "tier", "popularity", "shards", "items", "size", "state"):
         table.add_column(col, justify="right" if col in ("shards", "items", "size") else "left")
-    for phase in data["phases"]:
-        for tier in phase["tiers"]:
-            states = ", ".join(f"{n} {s}" for s, n in sorted(tier["states"].items())) or "-"
-            if phase["published"]:
+    for phase in status.phases:
+        for tier in phase.tiers:
+            states = ", ".join(f"{n} {s}" for s, n in sorted(tier.states.items())) or "-"
+            if phase.published:
                 states += " · published"
             table.add_row(
-                phase["name"],
-                tier["name"] or "-",
-                tier["popularity"],
-                str(tier["shards"]),
-                str(tier["items"]),
-                format_size(tier["bytes"]),
+                phase.name,
+                tier.name or "-",
+                tier.popularity,
+                str(tier.shards),
+                str(tier.items),
+                format_size(tier.bytes),
                 states,
             )
     out.print(table)
-    for u in data["unassigned"]:
-        out.print(f"unplanned: {u['items']} {u['kind']} items ({format_size(u['bytes'])})")
-    if show_shards and data["shards"]:
+    for kind, items, size in status.unassigned:
+        out.print(f"unplanned: {items} {kind} items ({format_size(size)})")
+    if show_shards and status.shards:
         st = Table("shard", "items", "size", "popularity", "state", "info-hash (v1)", box=None)
-        for s in data["shards"]:
+        for s in status.shards:
+            r = s.row
             st.add_row(
-                s["name"],
-                str(s["items"]),
-                format_size(s["bytes"]),
-                f"{s['pop_max']:g} .. {s['pop_min']:g}",
-                s["state"] + (f": {s['error']}" if s["error"] else ""),
-                s.get("info_hash_v1") or "-",
+                r.name,
+                str(r.items),
+                format_size(r.bytes),
+                f"{r.pop_max:g} .. {r.pop_min:g}",
+                r.state + (f": {r.error}" if r.error else ""),
+                s.info_hash_v1 or "-",
             )
         out.print(st)
 
@@ -234,7 +235,7 @@ def remove(
     with Workspace.open(workspace, config=False) as ws:
         done = remove_items(ws, ids)
     if as_json:
-        emit_json([vars(r) for r in done])
+        emit_json(done)
         return
     for r in done:
         out.print(f"{r.id}: {r.outcome}")

@@ -16,6 +16,8 @@ Modules: `format` (constants, seek table, tar headers, manifest lines), `writer`
 (ShardReader), `scan` (the damage scan: frames and members of a shard that may be damaged).
 """
 
+import importlib
+
 from .format import (
     DEFAULT_FRAME_SIZE,
     MAX_FRAME_SIZE,
@@ -43,8 +45,6 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 

@@ -327,50 +327,6 @@ def content_of(
             pos += len(chunk)
 
 
-def content_from_frames(
-    fd: int, start: int, end: int, tar_offset: int, offset: int, size: int, source: Path | str
-) -> Iterator[bytes]:
-    """Bytes [offset, offset + size) of a shard's tar stream from file bytes [start, end) of `fd`, which
-    must be whole zstd frames decompressing to the tar stream from `tar_offset` on: a member's frames as
-    the member index gives them, fetched without the rest of the shard (and so without its seek table).
-    The frames are found by their headers (scan_frames) and streamed with bounded memory (stream_frame);
-    ContainerError naming `source` as soon as the bytes are not such frames. The caller checks the
-    member's hashes (write_member) before trusting anything it was handed."""
-    from .scan import scan_frames  # scan imports this module
-
-    found = scan_frames(fd, end, start, tar_offset)
-    if found.partial is not None or found.stop != end or not found.frames:
-        raise ContainerError(source, f"file bytes {start}-{end} are not whole zstd frames: {found.why}")
-    last = found.frames[-1]
-    # A member's frames hold its run exactly: its headers, its content, the padding to a tar block (the
-    # writer starts a frame at every run). Checked on the frame headers, before anything is decompressed.
-    run_end = offset + size + -size % TAR_BLOCK
-    if not tar_offset <= offset or last.decompressed_offset + last.decompressed_size != run_end:
-        raise ContainerError(
-            source, f"file bytes {start}-{end} are not the frames of tar bytes {offset}-{offset + size}"
-        )
-    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-
-    def stream(frame: Frame) -> Iterator[bytes]:
-        position = frame.compressed_offset
-
-        def read(n: int) -> bytes:
-            nonlocal position
-            data = os.pread(fd, n, position)
-            position += len(data)
-            return data
-
-        try:
-            yield from stream_frame(read, frame, dctx)
-        except FrameError as exc:
-            at = frame.compressed_offset
-            raise ContainerError(
-                source, f"the frame at file bytes {at}-{at + frame.compressed_size} {exc}"
-            ) from None
-
-    yield from content_of(found.frames, stream, offset, size)
-
-
 def check_member_name(source: Path | str, name: str) -> None:
     """UnsafeMemberName if `name` must not be written under an output folder (absolute, '..', ...)."""
     reason = unsafe_name_reason(name)

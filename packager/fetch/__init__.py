@@ -15,6 +15,8 @@ every byte a member is made of is checked against the signed publication before 
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -277,8 +279,6 @@ def _check_paths(src: Source, found: list[Location]) -> None:
 
 def _torrent(src: Source, statement, torrent: IndexedTorrent, options: FetchOptions) -> bytes:
     """The torrent's .torrent, checked against the index (and the statement, when there is one)."""
-    import hashlib
-
     data = src.torrent_file(torrent.torrent_file, options.http_timeout)
     digest = hashlib.sha256(data).hexdigest()
     if digest != torrent.torrent_sha256 or len(data) != torrent.torrent_size:
@@ -295,7 +295,7 @@ def _torrent(src: Source, statement, torrent: IndexedTorrent, options: FetchOpti
 
 def _web_seeds(metainfo: bytes) -> list[str]:
     """The torrent's web seed URLs for its one file (BEP 19: a URL ending in / names a folder)."""
-    import libtorrent as lt
+    import libtorrent as lt  # 0.3 s to import: only where a torrent is read
 
     params = lt.load_torrent_buffer(metainfo)
     name = params.ti.name()
@@ -319,8 +319,6 @@ def _without_swarm(
     metainfo = None
     local = src.local_shard(torrent.shard_file, torrent.shard_size) if options.via == Via.AUTO else None
     if local is not None:
-        import os
-
         fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
         try:
             still = []

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..container.reader import content_from_frames, write_member
+from ..container.reader import write_member
+from ..container.scan import content_from_frames
 from ..errors import ContainerError, ShardDamaged
 from ..member_index import IndexedTorrent, Location
 

@@ -7,6 +7,9 @@
 - status.py: the status port (JSON on 127.0.0.1) and its client;
 - seeder.py: the Seeder, driven by alerts, and seed(), the one call for the CLI.
 
+Only session.py and seeder.py import libtorrent, and this file imports none of them: what to seed, the
+whitelist, the events and the status port are there for `push`, `tracker-whitelist` and `health` without it.
+
 Adding. Every published torrent whose shard file exists with its recorded length is added; the others are
 reported and left out. A torrent with fast-resume data under ``DIR/seed/`` resumes from it; one without is
 added in seed mode (we built the file and recorded its hashes; libtorrent checks each piece lazily the first
@@ -20,56 +23,3 @@ shutdown. Per-torrent upload totals, tracker replies and errors go to ``seed_tor
 
 The library never prints: it reports through ``on_event`` and ``on_snapshot`` callbacks.
 """
-
-from .events import (
-    Listening,
-    Notice,
-    SeedEvent,
-    SeedReport,
-    SeedSnapshot,
-    Stopped,
-    TorrentFault,
-    TorrentsLoaded,
-    TorrentView,
-)
-from .resume import ResumeStore
-from .seeder import Seeder, seed
-from .selection import (
-    SeedProblem,
-    SeedTorrent,
-    check_files,
-    check_published,
-    published_torrents,
-    whitelist_hashes,
-    write_whitelist,
-)
-from .session import DISK_IO, check_libtorrent_setting, parse_libtorrent_flag, session_settings
-from .status import StatusServer, read_status
-
-__all__ = [
-    "DISK_IO",
-    "Listening",
-    "Notice",
-    "ResumeStore",
-    "SeedEvent",
-    "SeedProblem",
-    "SeedReport",
-    "SeedSnapshot",
-    "SeedTorrent",
-    "Seeder",
-    "StatusServer",
-    "Stopped",
-    "TorrentFault",
-    "TorrentView",
-    "TorrentsLoaded",
-    "check_files",
-    "check_libtorrent_setting",
-    "check_published",
-    "parse_libtorrent_flag",
-    "published_torrents",
-    "read_status",
-    "seed",
-    "session_settings",
-    "whitelist_hashes",
-    "write_whitelist",
-]

@@ -22,6 +22,7 @@ from ..errors import RemoteError, UsageError
 from ..manifest import TorrentEntry
 from ..state_scrapes import CountRow, SourceRow, record_run
 from ..workspace import Workspace
+from .live import swarm_dict, write_live_files
 from .model import INDEX_ID, IndexEntry, SwarmView, published_index, swarm_view
 from .net import display_url, http_get, safe_text
 from .scrape import ScrapeResult, scrape
@@ -42,8 +43,6 @@ class HealthReport:
     seconds: float
 
     def as_dict(self) -> dict:
-        from .live import swarm_dict
-
         return {**swarm_dict(self.view), "live_files": [str(p) for p in self.live_files]}
 
 
@@ -55,8 +54,6 @@ def health(
     now: str | None = None,
 ) -> HealthReport:
     """Scrape, record one run in the state, rewrite the live files; see the module's docstring."""
-    from .live import write_live_files
-
     started = time.monotonic()
     state, config, workspace = ws.state, ws.config, ws.path
     entries = [(sid, TorrentEntry.from_json(text)) for sid, _, text in state.published_entries()]

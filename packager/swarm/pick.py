@@ -28,6 +28,7 @@ from ..fsutil import write_atomic
 from ..layout import CONFIG, PUBLISHED, STATE, SWARM_JSON, TORRENTS, TORRENTS_JSON
 from ..workspace import Workspace
 from .live import LiveCounts, read_swarm_counts
+from .model import swarm_view
 from .net import display_url, http_get
 
 LIST_MAX_BYTES = 64 * 1024 * 1024
@@ -211,8 +212,6 @@ def load_candidates(source: str) -> tuple[list[Candidate], int, str]:
 
 
 def _from_workspace(workspace: Path) -> list[Candidate]:
-    from .model import swarm_view
-
     with Workspace.open(workspace) as ws:
         order = [p.name for p in ws.config.phases]
         view = swarm_view(ws.state, ws.config.name, order, history=False)
@@ -391,7 +390,7 @@ def aria2_input(result: PickResult) -> str:
 def write_torrents(result: PickResult, folder: Path) -> list[Path]:
     """Write each picked torrent's .torrent into `folder` (a client's watched folder), atomically, after
     checking its info-hash against the list. A file already there with the same bytes is left alone."""
-    from ..torrent import identity
+    from ..torrent import identity  # libtorrent (0.3 s to import): only when .torrent files are written
 
     folder = Path(folder)
     try:

@@ -32,7 +32,6 @@ wording), `check` (the whole check).
 """
 
 from .check import verify
-from .references import parse_sha256sums
 from .report import (
     BytesRead,
     Check,
@@ -68,7 +67,6 @@ __all__ = [
     "VerifyOptions",
     "VerifyReport",
     "format_ranges",
-    "parse_sha256sums",
     "ranges",
     "verify",
 ]

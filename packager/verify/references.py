@@ -13,7 +13,6 @@ no key) release.json and SHA256SUMS stand on their own signatures, as before.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,8 +35,9 @@ from packager.layout import (
     TORRENT_SUFFIX,
     TORRENTS,
 )
+from packager.manifest import read_release_json, read_sha256sums
+from packager.member_index import FolderFiles, MemberIndex
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 # release.json of 3000 torrents is ~3 MB: a hostile mirror's "release.json" of gigabytes is refused unread.
 MAX_MANIFEST_BYTES = 256 * 2**20
 
@@ -75,8 +75,6 @@ class References:
         PackagerError (UntrustedManifest) for an index that is not the published one."""
         if self.root is None or not (self.root / layout.MEMBER_INDEX).is_file():
             return None
-        from packager.member_index import FolderFiles, MemberIndex
-
         digest = None
         if self.statement is not None:
             listed = self.statement.statement.files.get(layout.MEMBER_INDEX)
@@ -119,96 +117,24 @@ def find_release_root(start: Path) -> Path | None:
     return None
 
 
-def _safe_relative(text: object, where: Path, what: str) -> str:
-    if not isinstance(text, str) or not text or text.startswith("/") or "\\" in text or "\0" in text:
-        raise UntrustedManifest(where, f"{what} {text!r} is not a relative path")
-    if any(part in ("", ".", "..") for part in text.split("/")):
-        raise UntrustedManifest(where, f"{what} {text!r} is not a plain relative path")
-    return text
-
-
-def parse_sha256sums(data: bytes, where: Path) -> dict[str, str]:
-    """coreutils `sha256sum` lines -> {path: hex}. UntrustedManifest naming the line if one is malformed."""
-    sums: dict[str, str] = {}
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UntrustedManifest(where, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        escaped = line.startswith("\\")  # coreutils escapes names holding a backslash or a newline
-        digest, sep, name = line[escaped:].partition(" ")
-        if not sep or name[:1] not in (" ", "*") or not _HEX64.fullmatch(digest.lower()):
-            raise UntrustedManifest(where, f"line {number} is not `<sha256 hex>  <path>`: {line[:80]!r}")
-        name = name[1:]
-        if escaped:
-            name = name.replace("\\\\", "\0").replace("\\n", "\n").replace("\0", "\\")
-        path = _safe_relative(name, where, f"line {number}: path")
-        if path in sums and sums[path] != digest.lower():
-            raise UntrustedManifest(where, f"line {number}: {path} is listed twice with different hashes")
-        sums[path] = digest.lower()
-    return sums
-
-
-def _field(entry: dict, key: str, kind: type | tuple[type, ...], where: Path, n: int, optional=False):
-    value = entry.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise UntrustedManifest(
-            where, f"torrents[{n}].{key} is {value!r}, expected {getattr(kind, '__name__', kind)}"
-        )
-    return value
-
-
 def parse_release_json(data: bytes, where: Path) -> list[ShardRef]:
-    """The shards release.json lists, with their .torrent files, sizes and SHA-256s."""
-    try:
-        doc = json.loads(data)
-    except ValueError as e:
-        raise UntrustedManifest(where, f"not JSON: {e}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("torrents"), list):
-        raise UntrustedManifest(where, "no `torrents` list: not a packager release.json")
-    if doc.get("format") != 1:
-        raise UntrustedManifest(
-            where, f"format {doc.get('format')!r} is not one this packager reads (1)", hint="update packager"
+    """The shards release.json lists, with their .torrent files, sizes and SHA-256s (manifest.py reads it and
+    refuses whatever is malformed)."""
+    return [
+        ShardRef(
+            name=e.name,
+            path=e.shard.path,
+            size=e.shard.size,
+            sha256=e.shard.sha256,
+            torrent_path=e.torrent.path,
+            torrent_size=e.torrent.size,
+            torrent_sha256=e.torrent.sha256,
+            info_hash_v1=e.info_hash_v1,
+            info_hash_v2=e.info_hash_v2,
+            obsolete=e.obsolete,
         )
-    refs = []
-    for n, entry in enumerate(doc["torrents"]):
-        if not isinstance(entry, dict):
-            raise UntrustedManifest(where, f"torrents[{n}] is not an object")
-        name = _field(entry, "name", str, where, n)
-        files = _field(entry, "files", list, where, n)
-        by_kind: dict[str, tuple[str, int, str]] = {}
-        for f in files:
-            if not isinstance(f, dict):
-                raise UntrustedManifest(where, f"torrents[{n}].files holds {f!r}, not an object")
-            path = _safe_relative(f.get("path"), where, f"torrents[{n}].files path")
-            size, digest = f.get("size"), f.get("sha256")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise UntrustedManifest(where, f"torrents[{n}]: {path}: size {size!r} is not a byte count")
-            if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-                raise UntrustedManifest(where, f"torrents[{n}]: {path}: sha256 {digest!r} is not 64 hex")
-            by_kind["torrent" if path.endswith(TORRENT_SUFFIX) else "shard"] = (path, size, digest)
-        if "shard" not in by_kind:
-            raise UntrustedManifest(where, f"torrents[{n}] ({name}) lists no shard file")
-        shard, torrent = by_kind["shard"], by_kind.get("torrent")
-        refs.append(
-            ShardRef(
-                name=name,
-                path=shard[0],
-                size=shard[1],
-                sha256=shard[2],
-                torrent_path=torrent[0] if torrent else _field(entry, "torrent_file", str, where, n, True),
-                torrent_size=torrent[1] if torrent else None,
-                torrent_sha256=torrent[2] if torrent else None,
-                info_hash_v1=_field(entry, "info_hash_v1", str, where, n, True),
-                info_hash_v2=_field(entry, "info_hash_v2", str, where, n, True),
-                obsolete=bool(entry.get("obsolete", False)),
-            )
-        )
-    return refs
+        for e in read_release_json(data, where).torrents
+    ]
 
 
 def _refs_from_sums(sums: dict[str, str]) -> list[ShardRef]:
@@ -245,10 +171,8 @@ def _public_key(pubkey: str) -> str:
 
 def _authenticate(path: Path, data: bytes, pubkey: str) -> str:
     """The trusted comment of `path`'s minisign signature; UntrustedManifest if it is missing or wrong."""
-    # Lazily: minisign (manifest imports it) costs 50 ms, and only a verify given --pubkey needs it.
-    import minisign
-
-    from packager.manifest import verify_signature
+    # minisign costs 75 ms to import, and only a verify given --pubkey needs it.
+    from packager.signing import NotMinisign, SignatureMismatch, verify_signature
 
     sig_path = path.with_name(layout.signature_name(path.name))
     hint = (
@@ -263,11 +187,11 @@ def _authenticate(path: Path, data: bytes, pubkey: str) -> str:
         ) from None
     try:
         return verify_signature(pubkey, data, signature)
-    except minisign.VerifyError as e:
+    except SignatureMismatch as e:
         raise UntrustedManifest(
             path, f"does not match its signature {sig_path.name} ({e})", hint=hint
         ) from None
-    except (minisign.Error, ValueError, IndexError) as e:
+    except NotMinisign as e:
         raise UntrustedManifest(
             sig_path,
             f"not a minisign signature, or the key is not a minisign public key ({e})",
@@ -333,7 +257,7 @@ def load_references(
             sources.append(f"{name} (signature good: {comment})")
     else:
         sources += [f"{name} (unauthenticated)" for name in found]
-    sums = parse_sha256sums(found[SHA256SUMS], root / SHA256SUMS) if SHA256SUMS in found else None
+    sums = read_sha256sums(found[SHA256SUMS], root / SHA256SUMS) if SHA256SUMS in found else None
     if RELEASE_JSON in found:
         refs = parse_release_json(found[RELEASE_JSON], root / RELEASE_JSON)
         if sums is not None:

@@ -23,7 +23,7 @@ from urllib.parse import quote_from_bytes
 import libtorrent as lt
 import pytest
 
-from packager.seed import read_status
+from packager.seed.status import read_status
 from tests.helpers import need, seed_command, wait_until
 
 LOOPBACK = "127.0.0.1"

@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 from packager import layout
 from packager.cli import app
 from packager.member_index import MemberIndex
-from tests.helpers import sha256_of
+from tests.helpers import prepare, run_build, sha256_of
 
-from ..test_build import prepare, run_build
 from .conftest import LOOPBACK, served_bytes
 from .test_seed_clients import cli
 

@@ -20,9 +20,8 @@ from packager.cli import app
 from packager.fetch import FetchOptions, SwarmSettings, Via, fetch
 from packager.fetch.work import WORK_PREFIX
 from packager.member_index import Location, MemberIndex
-from tests.helpers import wait_until
+from tests.helpers import prepare, run_build, wait_until
 
-from ..test_build import prepare, run_build
 from .conftest import LOOPBACK, LT_SETTINGS, tracker_ready
 from .test_seed_clients import cli
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from packager import layout
-from packager.manifest import generate_keypair, load_signing_key
-from tests.test_build import prepare, run_build
-from tests.test_publish import catalog, do_publish
+from packager.signing import generate_keypair, load_signing_key
+from tests.helpers import catalog, do_publish, prepare, run_build
 
 pytestmark = pytest.mark.interop
 

@@ -24,9 +24,8 @@ from typer.testing import CliRunner
 from packager import layout
 from packager.cli import app
 from packager.state import open_state
-from tests.helpers import need, sha256_of
+from tests.helpers import need, prepare, run_build, sha256_of
 
-from ..test_build import prepare, run_build
 from .conftest import LOOPBACK, tracker_ready, wait_until
 
 pytestmark = pytest.mark.interop

@@ -10,12 +10,11 @@ import os
 import pytest
 from typer.testing import CliRunner
 
+from packager import layout
 from packager.cli import app
-from packager.config import CONFIG_NAME
 from packager.seed.selection import INDEX_NAME
-from tests.helpers import wait_until
+from tests.helpers import prepare, run_build, wait_until
 
-from ..test_build import prepare, run_build
 from .test_seed_clients import QBT_SEEDING, index_hash, qbittorrent, shards_of, transmission  # noqa: F401
 
 pytestmark = pytest.mark.interop
@@ -27,7 +26,7 @@ QBT_PASSWORD = "adminadmin"  # qbittorrent-nox 4.5's default Web UI password
 def formats_release(make_workspace, archive):
     """Published: metadata as v1, audio as hybrid (two tiers), art as v2."""
     ws = make_workspace(audio_shard="400kB")
-    config = ws / CONFIG_NAME
+    config = ws / layout.CONFIG
     text = config.read_text()
     text = text.replace('name = "audio"\n', 'name = "audio"\nformat = "hybrid"\n')
     text = text.replace('name = "art"\n', 'name = "art"\nformat = "v2"\n')

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from packager import layout
 from packager.cli import app
-from packager.config import CONFIG_NAME
 from packager.torrent import read_torrent
-from tests.helpers import need, sha256_of
+from tests.helpers import need, prepare, run_build, sha256_of
 
-from ..test_build import prepare, run_build
 from .conftest import LOOPBACK, add_torrent, wait_until
 from .test_seed_clients import cli, mirror_of, shards_of
 
@@ -32,7 +31,7 @@ def web_seeded(make_workspace, archive, free_port, nginx):
     """A published release whose torrents name the nginx web seed and no tracker, and that nginx."""
     port = free_port()
     ws = make_workspace(audio_shard="1MB")
-    config = ws / CONFIG_NAME
+    config = ws / layout.CONFIG
     base = f"http://{LOOPBACK}:{port}/music/shards/"
     config.write_text(
         config.read_text().replace(

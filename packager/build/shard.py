@@ -1,0 +1,297 @@
+"""One shard end to end, the part every executor shares: a ShardJob in, the shard written to its ``.part``
+file in one pass over the input bytes, its hashes out (ShardResult); and the events of a build.
+
+A worker streams the shard's members from state.sqlite (its own read-only connection), writes
+``shards/<name>.tar.zst.part`` through the container writer while ShardHasher hashes every output byte,
+fsyncs it and returns the hashes. It never writes state.sqlite: coordinator.py does, for every executor.
+
+An interrupted build resumes: the writer saves a checkpoint beside the ``.part`` (``.part.checkpoint``, see
+container/resume.py); the next write_one continues from it once the checkpoint and the ``.part`` pass their
+checks, and otherwise deletes both and starts from the first byte; either way the bytes are those of an
+uninterrupted build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from .. import __version__, layout
+from ..container import MemberRecord, MemberSource, write_shard
+from ..container import resume as container_resume
+from ..container.resume import (
+    CheckpointRejected,
+    Checkpoints,
+    Resume,
+    check_part,
+    decode_checkpoint,
+    encode_checkpoint,
+    rehash_tail,
+)
+from ..container.writer import ResumeMismatch
+from ..errors import ShardBuildError
+from ..fsutil import write_atomic
+from ..hashing import ShardHasher, ShardHashes
+from ..state import MemberRow, State
+
+# torrent.py (and so libtorrent, 0.3 s to import) is imported only on the coordinator's side, so that the
+# spawned build workers start fast.
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs to write one shard; small and picklable."""
+
+    shard_id: int
+    name: str
+    workspace: str
+    root: str
+    level: int
+    frame_size: int
+    piece_size: int
+    v2: bool
+    default_mtime: int
+    planned_bytes: int
+    attempt: str = ""  # a cluster attempt writes its own temporary file; see cluster.py
+
+    @property
+    def final_path(self) -> Path:
+        return Path(self.workspace) / layout.shard_file(self.name)
+
+    @property
+    def part_path(self) -> Path:
+        name = self.final_path.name
+        return self.final_path.with_name(
+            layout.attempt_part_name(name, self.attempt) if self.attempt else layout.part_name(name)
+        )
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.part_path.with_name(layout.checkpoint_name(self.part_path.name))
+
+    def key(self) -> str:
+        """What a checkpoint must have been written for: everything the shard's bytes depend on, but the
+        members (the writer checks those itself)."""
+        fields = (self.shard_id, self.name, self.level, self.frame_size, self.piece_size, self.v2)
+        return json.dumps([*fields, self.default_mtime, zstandard.ZSTD_VERSION, __version__])
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard_id: int
+    name: str
+    hashes: ShardHashes
+    records: list[MemberRecord]
+    frames: int
+    uncompressed: int
+    resumed_from: int = 0  # bytes of the .part kept from an interrupted build
+    resume_rejected: str | None = None  # why a checkpoint found was not used
+
+
+# ---- events: the library never prints; the CLI turns these into progress bars --------------------------
+
+
+@dataclass(frozen=True)
+class BuildPlanned:
+    shards: int
+    total: int  # planned content bytes of every shard to build
+
+
+@dataclass(frozen=True)
+class ShardStarted:
+    name: str
+    total: int
+
+
+@dataclass(frozen=True)
+class BytesDone:
+    name: str
+    n: int
+
+
+@dataclass(frozen=True)
+class ShardFinished:
+    name: str
+    length: int
+    info_hash: str | None
+
+
+@dataclass(frozen=True)
+class ShardFailed:
+    name: str
+    reason: str
+
+
+@dataclass
+class BuildReport:
+    built: list[str]
+    failed: list[tuple[str, str]]
+    skipped: int
+    recovered: list[str]
+    unplanned: tuple[int, int] = (0, 0)  # (items, bytes) ingested but in no shard: `packager plan` first
+    resumed: list[tuple[str, int]] = field(default_factory=list)  # (shard, bytes kept from its .part)
+    restarted: list[tuple[str, str]] = field(default_factory=list)  # (shard, why its checkpoint was refused)
+
+    def as_dict(self) -> dict:
+        return {
+            "built": self.built,
+            "failed": [{"shard": n, "reason": r} for n, r in self.failed],
+            "already_built": self.skipped,
+            "recovered": self.recovered,
+            "unplanned": {"items": self.unplanned[0], "bytes": self.unplanned[1]},
+            "resumed": [{"shard": n, "from_byte": b} for n, b in self.resumed],
+            "restarted": [{"shard": n, "reason": r} for n, r in self.restarted],
+        }
+
+
+Event = BuildPlanned | ShardStarted | BytesDone | ShardFinished | ShardFailed
+
+
+# ---- the shard build -------------------------------------------------------------------------------------
+
+
+def _member_sources(job: ShardJob, members: Iterable[MemberRow] | None) -> Iterator[MemberSource]:
+    """The shard's members in plan order: the given rows, or streamed from state.sqlite (without holding
+    them all) when none are given."""
+    state = None if members is not None else State(Path(job.workspace) / layout.STATE, readonly=True)
+    try:
+        root = Path(job.root)
+        for m in members if state is None else state.iter_members(job.shard_id):
+            yield MemberSource(
+                id=m.id,
+                path=m.path,
+                kind=m.kind,
+                popularity=m.popularity,
+                size=m.size,
+                source=root / m.path,
+                mtime=job.default_mtime if m.mtime is None else m.mtime,
+            )
+    finally:
+        if state is not None:
+            state.close()
+
+
+def write_one(
+    job: ShardJob,
+    on_progress: Callable[[int], None] | None = None,
+    members: Iterable[MemberRow] | None = None,
+) -> ShardResult:
+    """Write one shard to its .part file, fsynced, and return its hashes: from the checkpoint of an
+    interrupted build if one passes its checks, else from byte 0. On a failure the .part and its
+    checkpoint are removed; on an interrupt (KeyboardInterrupt, SystemExit) they stay, for the next build.
+
+    The one shard build shared by every executor: job in, result out, input bytes reported to
+    `on_progress`. `members` (in plan order) spares a worker on another machine from reading state.sqlite."""
+    job.part_path.parent.mkdir(parents=True, exist_ok=True)
+    resume, hasher, rejected = _resume_point(job)
+    try:
+        return _write_part(job, on_progress, members, resume, hasher, rejected)
+    except ResumeMismatch as exc:  # the members differ from those the checkpoint saw: start again
+        discard(job)
+        return _write_part(job, on_progress, members, None, None, str(exc))
+    except Exception:
+        discard(job)
+        raise
+
+
+def _write_part(
+    job: ShardJob,
+    on_progress: Callable[[int], None] | None,
+    members: Iterable[MemberRow] | None,
+    resume: Resume | None,
+    hasher: ShardHasher | None,
+    rejected: str | None,
+) -> ShardResult:
+    hasher = hasher or ShardHasher(job.piece_size, v2=job.v2)
+    checkpoints = None
+    if hasher.resumable and not job.attempt:  # no later attempt reuses a cluster attempt's own file
+        key = job.key()
+        checkpoints = Checkpoints(
+            save=lambda cp: write_atomic(job.checkpoint_path, encode_checkpoint(key, cp)),
+            snapshots=hasher.snapshots,
+            every_bytes=container_resume.CHECKPOINT_EVERY_BYTES,
+            every_seconds=container_resume.CHECKPOINT_EVERY_SECONDS,
+        )
+    sources = _member_sources(job, members)
+    with contextlib.closing(sources), open(job.part_path, "r+b" if resume else "wb") as out:
+        # closing(): an interrupted generator is closed here, not by whichever thread collects it (its
+        # SQLite connection belongs to this one).
+        if resume is not None:
+            os.ftruncate(out.fileno(), resume.checkpoint.offset)
+        written = write_shard(
+            out,
+            sources,
+            level=job.level,
+            frame_size=job.frame_size,
+            manifest_mtime=job.default_mtime,
+            sinks=hasher.sinks,
+            on_progress=on_progress,
+            shard_name=job.name,
+            checkpoints=checkpoints,
+            resume=resume,
+        )
+        out.flush()
+        os.fsync(out.fileno())
+    hashes = hasher.finish()
+    if hashes.length != written.compressed_size:
+        raise ShardBuildError(job.name, f"wrote {written.compressed_size} bytes but hashed {hashes.length}")
+    return ShardResult(
+        job.shard_id,
+        job.name,
+        hashes,
+        written.records,
+        written.frames,
+        written.uncompressed_size,
+        resume.checkpoint.offset if resume else 0,
+        rejected,
+    )
+
+
+def _resume_point(job: ShardJob) -> tuple[Resume | None, ShardHasher | None, str | None]:
+    """The checked checkpoint of an interrupted build of `job` and the hasher restored to it; or, if there
+    is none or it fails a check, (None, None, why) with the .part and checkpoint removed."""
+    part, saved = job.part_path, job.checkpoint_path
+    if job.attempt or not saved.exists():
+        part.unlink(missing_ok=True)
+        return None, None, None
+    try:
+        fd = _open_regular(saved)
+        try:
+            data = os.read(fd, container_resume.MAX_CHECKPOINT_BYTES + 1)
+        finally:
+            os.close(fd)
+        cp = decode_checkpoint(data, job.key())
+        fd = _open_regular(part)
+        try:
+            resume = check_part(fd, cp, job.frame_size - job.frame_size % 512)
+            hasher = ShardHasher.resumed(job.piece_size, job.v2, cp.offset, cp.sink_states)
+            rehash_tail(fd, hasher.piece_start(cp.offset), cp.offset, hasher.piece_sinks)
+        finally:
+            os.close(fd)
+    except (CheckpointRejected, ValueError, OSError) as exc:
+        discard(job)
+        why = str(exc) if isinstance(exc, CheckpointRejected) else f"{type(exc).__name__}: {exc}"
+        return None, None, why
+    return resume, hasher, None
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of `path` if it is a regular file (not a FIFO that blocks, nor a symlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointRejected(f"{path.name} is not a regular file")
+    return fd
+
+
+def discard(job: ShardJob) -> None:
+    """Remove the shard's .part and its checkpoint (a failed shard, or a checkpoint that failed a check)."""
+    job.part_path.unlink(missing_ok=True)
+    job.checkpoint_path.unlink(missing_ok=True)

@@ -1,0 +1,170 @@
+"""The shape of the package: no import circle, and a lazy import only for what is heavy, with its reason.
+
+Imports are read with ast, so an import inside a function counts as much as one at the top of a module.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "packager"
+# Slow to import or native, and needed by few commands: the only things a module may import lazily.
+HEAVY = {"libtorrent", "minisign", "distributed", "pyarrow", "qbittorrentapi", "transmission_rpc"}
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # the importing module
+    target: str  # an absolute module name
+    line: int
+    lazy: bool  # inside a function (or a class body), so it runs only when called, not at import
+    reason: bool  # a comment on its line or the line above
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    lines: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in ast.walk(node):
+                lines.add(getattr(child, "lineno", 0))
+    return lines
+
+
+def imports_of(path: Path, modules: set[str]) -> list[Import]:
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    source = path.read_text(encoding="utf-8")
+    text = source.splitlines()
+    tree = ast.parse(source)
+    deferred = _inside_definitions(tree)
+    skipped = _type_checking_lines(tree)
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Import | ast.ImportFrom) or node.lineno in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            origin = ".".join(base + ([node.module] if node.module else []))
+            # `from . import layout` imports a submodule (its package is already being imported); a name
+            # that is no submodule is a value of `origin` itself, so `origin` must have run first.
+            submodules = [f"{origin}.{a.name}" for a in node.names if f"{origin}.{a.name}" in modules]
+            values = len(submodules) < len(node.names)
+            targets = submodules + ([origin] if values or not submodules else [])
+        comment = _has_reason(text, node.lineno)
+        for target in targets:
+            found.append(Import(name, target, node.lineno, id(node) in deferred, comment))
+    return found
+
+
+def _inside_definitions(tree: ast.Module) -> set[int]:
+    """The ids of the nodes inside a function or a class: they run later, or not at all. An import under a
+    module-level `try:` or `if` runs at import time like any other top-level one."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            inside.update(id(child) for child in ast.walk(node) if child is not node)
+    return inside
+
+
+def _has_reason(text: list[str], line: int) -> bool:
+    """A comment on the import's line, or above the run of import lines it belongs to."""
+    if "#" in text[line - 1]:
+        return True
+    above = line - 2
+    while above >= 0 and text[above].strip().startswith(("import ", "from ")):
+        above -= 1
+    return above >= 0 and text[above].strip().startswith("#")
+
+
+def package_imports() -> dict[str, list[Import]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(f) for f in files}
+    return {module_name(f): imports_of(f, modules) for f in files}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each as a list of modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle_in_the_package():
+    found = package_imports()
+    graph = {m: {i.target for i in imps if i.target in found and i.target != m} for m, imps in found.items()}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_circle_through_a_lazy_import():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _heavy_modules(found: dict[str, list[Import]]) -> set[str]:
+    """Package modules whose import runs a heavy import: through their top-level imports, transitively, and
+    the package __init__ that importing a submodule runs first."""
+    heavy: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for module, imps in found.items():
+            if module in heavy:
+                continue
+            parents = {module.rsplit(".", k)[0] for k in range(1, module.count(".") + 1)} - {"packager"}
+            needs = {i.target for i in imps if not i.lazy} | parents
+            if any(t.split(".")[0] in HEAVY or t in heavy for t in needs):
+                heavy.add(module)
+                changed = True
+    return heavy
+
+
+def test_lazy_imports_are_for_heavy_modules_and_say_why():
+    found = package_imports()
+    heavy = _heavy_modules(found)
+    wrong = []
+    for imps in found.values():
+        for i in imps:
+            if not i.lazy:
+                continue
+            if i.target.split(".")[0] not in HEAVY and i.target not in heavy:
+                wrong.append(f"{i.module}:{i.line}: {i.target} is not heavy: import it at the top")
+            elif not i.reason:
+                wrong.append(f"{i.module}:{i.line}: lazy import of {i.target} without a comment saying why")
+    assert wrong == []
