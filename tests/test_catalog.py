@@ -250,7 +250,7 @@ def test_new_popularity_of_a_planned_or_built_item_is_recorded_and_the_item_stay
     """The monthly refresh brings new listening figures for items already in shards: they are taken (they
     steer the planning of items not planned yet), while each item stays in its shard and the shard is
     built from the popularity it was planned with. A size change of a built item is still refused."""
-    from tests.conftest import shard_members
+    from tests.helpers import shard_members
 
     rows = [trusted(i, pop=90.0 - i) for i in range(4)]
     run(workspace, archive.jsonl(rows), trust_sizes=True)
