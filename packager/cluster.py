@@ -41,7 +41,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import glob
@@ -149,7 +148,9 @@ def _probe(distributed, address: str, timeout: float) -> None:
     """Connect and ask the server what it is, all within `timeout`. distributed.Client's own timeout bounds
     the TCP connect but not the handshake after it, so a port that accepts and never answers (an HTTP
     server, a stopped scheduler, a firewall's tarpit) held the build forever."""
-    from distributed.comm import connect  # loaded already: _connect's caller imported distributed
+    import asyncio  # 50 ms to import; a local build (which imports this module too) never needs it
+
+    from distributed.comm import connect  # the caller imported distributed (and so asyncio) already
 
     async def ask() -> object:
         args = distributed.Security().get_connection_args("client")  # TLS from the Dask config

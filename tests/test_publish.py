@@ -264,7 +264,7 @@ def test_the_member_index_is_seedable_as_its_own_torrent(published):
     index root (which so authenticates its pieces), whitelisted, seeded by `packager seed`."""
     import libtorrent as lt
 
-    from packager.seed import published_torrents, whitelist_hashes
+    from packager.seed.selection import published_torrents, whitelist_hashes
 
     pub = published / layout.PUBLISHED
     root = json.loads((pub / layout.MEMBER_INDEX).read_text())

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 from typer.core import TyperGroup
 
@@ -124,6 +123,9 @@ class count_progress:
     def __enter__(self) -> Callable[[int], None]:
         if self.quiet:
             return lambda n: None
+        # rich.progress (14 ms to import): only a terminal gets a bar
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.completed:,} " + self.label),

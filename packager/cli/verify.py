@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -162,6 +161,9 @@ class _VerifyProgress:
     def __enter__(self):
         if self.quiet:
             return lambda event: None
+        # rich.progress (14 ms to import): only a terminal gets a bar
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
         self.progress = Progress(
             TextColumn("verify {task.description}", markup=False),
             BarColumn(),

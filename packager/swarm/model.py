@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import layout
 from ..errors import PackagerError
 from ..manifest import TorrentEntry
+from ..member_index import MemberIndex
 from ..state import State
 from ..state_scrapes import (
     CountRow,
@@ -56,8 +57,6 @@ class IndexEntry:
 
 def published_index(folder: Path) -> IndexEntry | None:
     """The index torrent of a published folder (from its members/index.json); None if it has none."""
-    from ..member_index import MemberIndex
-
     try:
         with MemberIndex.open(Path(folder)) as index:
             root = index.root

@@ -36,7 +36,6 @@ from packager.layout import (
     TORRENTS,
 )
 from packager.manifest import read_release_json, read_sha256sums
-from packager.member_index import FolderFiles, MemberIndex
 
 # release.json of 3000 torrents is ~3 MB: a hostile mirror's "release.json" of gigabytes is refused unread.
 MAX_MANIFEST_BYTES = 256 * 2**20
@@ -75,6 +74,9 @@ class References:
         PackagerError (UntrustedManifest) for an index that is not the published one."""
         if self.root is None or not (self.root / layout.MEMBER_INDEX).is_file():
             return None
+        # 10 ms to import (orjson, the index's readers): only a shard whose own manifest is lost needs it
+        from packager.member_index import FolderFiles, MemberIndex
+
         digest = None
         if self.statement is not None:
             listed = self.statement.statement.files.get(layout.MEMBER_INDEX)
