@@ -46,7 +46,7 @@ SHA256SUMS = "SHA256SUMS"
 WHITELIST = "whitelist.txt"
 FEED = "feed.xml"
 INDEX_HTML = "index.html"
-# The signed publication statement (trust.py): size and SHA-256 of every other published file, a number that
+# The signed publication statement (trust/): size and SHA-256 of every other published file, a number that
 # only grows, the SHA-256 of the previous statement; earlier statements stay published under STATEMENTS/.
 STATEMENT = "publication.json"
 STATEMENTS = "publications"

@@ -1,6 +1,6 @@
 """Publish a phase: release.json, torrents.json, SHA256SUMS (+ minisign), feed.xml, index.html, the
 opentracker whitelist, the member index and the phase's .torrent files, under ``DIR/published/``, and the
-signed publication statement that lists every one of them (trust.py).
+signed publication statement that lists every one of them (trust/).
 
 A phase is published only when every one of its shards is built. Each newly published torrent's release.json
 entry is frozen in state.sqlite (``published_torrents``) in the same transaction that records the

@@ -131,10 +131,10 @@ def test_hostile_statements_are_refused_naming_what_is_wrong(data, reason):
 
 
 def test_counts_and_sizes_are_bounded(monkeypatch):
-    monkeypatch.setattr(trust, "MAX_FILES", 3)
+    monkeypatch.setattr(trust.statement, "MAX_FILES", 3)
     with pytest.raises(UntrustedManifest, match="lists 4 files, more than 3"):
         trust.read_statement(chain(1)[0])
-    monkeypatch.setattr(trust, "MAX_STATEMENT_BYTES", 100)
+    monkeypatch.setattr(trust.statement, "MAX_STATEMENT_BYTES", 100)
     with pytest.raises(UntrustedManifest, match="more than a statement may hold"):
         trust.read_statement(chain(1)[0])
 

@@ -7,7 +7,7 @@ Range requests (``http``, and ``auto`` when one answers), or the swarm (``bittor
 otherwise). The frames are decompressed by the container reader with bounded memory, the content checked
 for size, xxh3-128 and SHA-256 and written atomically under DIR by its path, with extract's rules.
 
-Authentication: with a public key, the signed publication statement (trust.py) must verify and be no older
+Authentication: with a public key, the signed publication statement (trust/) must verify and be no older
 than what the trust file accepted; the index root must be the file it lists, every other index chunk is
 checked against the SHA-256 the root chain gives, each .torrent against the statement and the index, and so
 every byte a member is made of is checked against the signed publication before it is written.

@@ -2,7 +2,7 @@
 
 Trust order, highest first:
 
-0. ``publication.json``, the signed publication statement (trust.py): size and SHA-256 of every other
+0. ``publication.json``, the signed publication statement (trust/): size and SHA-256 of every other
    published file; with a public key its signature must verify, it must not be expired nor older than the
    trust file's publication, and every manifest read below is checked against it (references.py);
 1. ``release.json`` and ``SHA256SUMS``: size and SHA-256 of every shard and .torrent; authenticated through

@@ -2,7 +2,7 @@
 SHA256SUMS, found beside or above the files, authenticated when a public key is given, merged and
 cross-checked.
 
-With a statement (trust.py) every manifest read is checked against it before use, and for a whole release
+With a statement (trust/) every manifest read is checked against it before use, and for a whole release
 folder every file it lists; files of an earlier publication are named as such (MixedPublication). With a
 public key the statement is required, its signature checked, and its number checked against the trust file
 (an older publication is refused): release.json and SHA256SUMS are then authenticated through it, their own

@@ -62,7 +62,7 @@ class VerifyOptions:
     deep: bool = False  # decompress every frame and check every member
     jobs: int = 0  # files checked at once; 0: one per core
     pubkey: str | None = None  # minisign public key file, or its base64 line
-    trust_file: Path | None = None  # the downloader's trust file (trust.py); None: its default location
+    trust_file: Path | None = None  # the downloader's trust file (trust/); None: its default location
     partial: bool = False  # missing files are not failures: with the rest good, the trust file is updated
 
 
