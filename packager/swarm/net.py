@@ -62,10 +62,7 @@ def http_get(url: str, max_bytes: int, timeout: float, redirects: int = 0) -> Re
         if status == 200:
             return Reply(url, body, content_type)
         if status in _REDIRECTS and location and redirects:
-            target = urljoin(url, location)
-            if urlsplit(target).scheme.lower() not in ("http", "https"):
-                raise RemoteError(display_url(url), f"redirects to a non-HTTP URL {safe_text(target)!r}")
-            url = target
+            url = _redirect_target(url, location)
             continue
         raise RemoteError(display_url(url), f"HTTP {status}")
     raise RemoteError(display_url(url), f"more than {redirects} redirects")
@@ -177,6 +174,7 @@ def _exchange(
     timer, fired = None, threading.Event()
     try:
         conn.connect()
+        # The socket itself, not conn.sock: http.client lets go of that once a reply says it will close.
         timer = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (conn.sock, fired))
         timer.daemon = True
         timer.start()
@@ -207,57 +205,20 @@ def _exchange(
 
 def _get_once(url: str, max_bytes: int, deadline: float, timeout: float) -> tuple[int, str, bytes, str]:
     shown = display_url(url)
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        raise RemoteError(shown, "not a valid URL (bad port)") from None
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise RemoteError(shown, "not an http:// or https:// URL")
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise RemoteError(shown, f"no complete reply within {timeout:.3g} s")
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-    conn = kind(parts.hostname, port, timeout=remaining)
-    timer, fired = None, threading.Event()
-    try:
-        conn.connect()
-        # The socket itself, not conn.sock: http.client lets go of that once a reply says it will close.
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (conn.sock, fired))
-        timer.daemon = True
-        timer.start()
-        conn.request(
-            "GET",
-            target,
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Connection": "close"},
-        )
-        reply = conn.getresponse()
+    with _exchange(url, deadline, timeout, {}) as reply:
         if reply.status != 200:
             return reply.status, reply.getheader("Location", ""), b"", ""
-        encoding = (reply.getheader("Content-Encoding") or "identity").strip().lower()
-        if encoding != "identity":
-            raise RemoteError(shown, f"sent a {safe_text(encoding, 40)!r}-encoded body, not asked for")
+        _identity_only(reply, shown)
         claimed = reply.getheader("Content-Length")
-        if claimed is not None and claimed.strip().isdigit() and int(claimed) > max_bytes:
-            raise RemoteError(shown, f"the reply claims {int(claimed):,} bytes, over {max_bytes:,}")
+        length = int(claimed) if claimed is not None and claimed.strip().isdigit() else None
+        if length is not None and length > max_bytes:
+            raise RemoteError(shown, f"the reply claims {length:,} bytes, over {max_bytes:,}")
         body = _read_body(reply, max_bytes, shown)
-        if fired.is_set():
-            raise RemoteError(shown, f"no complete reply within {timeout:.3g} s")
-        if claimed is not None and claimed.strip().isdigit() and len(body) != int(claimed):
-            raise RemoteError(shown, f"the reply was cut short: {len(body):,} of {int(claimed):,} bytes")
+        if length is not None and len(body) != length:
+            if time.monotonic() >= deadline - 0.01:  # the deadline's timer cut it
+                raise RemoteError(shown, f"no complete reply within {timeout:.3g} s")
+            raise RemoteError(shown, f"the reply was cut short: {len(body):,} of {length:,} bytes")
         return 200, "", body, reply.getheader("Content-Type", "")
-    except RemoteError:
-        raise
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        if fired.is_set() or time.monotonic() >= deadline - 0.01:
-            raise RemoteError(shown, f"no complete reply within {timeout:.3g} s") from None
-        raise RemoteError(shown, _describe(e)) from None
-    finally:
-        if timer is not None:
-            timer.cancel()
-        conn.close()
 
 
 def _read_body(reply: http.client.HTTPResponse, max_bytes: int, shown: str) -> bytes:
