@@ -6,6 +6,7 @@ Every fixture is a factory; whatever it starts is stopped in its teardown, and e
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -22,9 +23,13 @@ from urllib.parse import quote_from_bytes
 
 import libtorrent as lt
 import pytest
+from typer.testing import CliRunner
 
+from packager import layout
+from packager.cli import app
 from packager.seed.status import read_status
-from tests.helpers import need, seed_command, wait_until
+from packager.state import open_state
+from tests.helpers import need, prepare, run_build, seed_command, wait_until
 
 LOOPBACK = "127.0.0.1"
 # A swarm of its own, so the readiness probe never shows up as a peer of a torrent under test.
@@ -88,7 +93,7 @@ def _opentracker_user() -> list[str]:
     return ["-u", pwd.getpwuid(os.geteuid()).pw_name]
 
 
-def _stop(process: subprocess.Popen, seconds: float = 5) -> None:
+def stop(process: subprocess.Popen, seconds: float = 5) -> None:
     if process.poll() is None:
         process.terminate()
         try:
@@ -135,7 +140,7 @@ def opentracker(free_port) -> Iterator[Callable[[Iterable[str]], Tracker]]:
 
     yield start
     for tracker in started:
-        _stop(tracker.process)
+        stop(tracker.process)
     for home in dirs:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -157,7 +162,7 @@ def _wait_ready(tracker: Tracker, seconds: float = 10) -> None:
 
     wait_until(answered, seconds)
     if tracker.process.poll() is not None or b"8:interval" not in reply:
-        _stop(tracker.process)
+        stop(tracker.process)
         pytest.fail(
             f"opentracker on port {tracker.port} not serving its whitelist:"
             f" exit {tracker.process.returncode}, reply {reply[:200]!r},"
@@ -306,7 +311,7 @@ def seeder(free_port, tmp_path) -> Iterator:
 
     yield start
     for run in started:
-        _stop(run.process, 60)
+        stop(run.process, 60)
 
 
 def tracker_ready(body: dict | None, count: int) -> bool:
@@ -389,7 +394,7 @@ def nginx(tmp_path, free_port):
 
     yield start
     for process in started:
-        _stop(process)
+        stop(process)
 
 
 def served_bytes(access_log: Path, pattern: str) -> int:
@@ -399,3 +404,212 @@ def served_bytes(access_log: Path, pattern: str) -> int:
         if re.search(pattern, line):
             total += int(line.rsplit(" ", 1)[1])
     return total
+
+
+# ---- a published release seeded by `packager seed`, and the seedbox clients `push` hands torrents to -------
+
+START_SECONDS = 30
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, f"packager {' '.join(args)}: exit {result.exit_code}\n{result.output}"
+    return result.stdout
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    data: Path
+    torrent: Path
+    info_hash: str
+    length: int
+
+
+def build_release(make_workspace, archive) -> Path:
+    """A published release of a metadata shard and audio shards of about 1 MB (several pieces each)."""
+    ws = make_workspace(audio_shard="1MB")
+    rows = []
+    for i in range(6):
+        path = f"audio/track {i}.ogg"
+        size = archive.add(path, os.urandom(350_000 + 7919 * i))
+        rows.append({"id": f"t{i}", "path": path, "kind": "audio", "popularity": 90 - i, "size": size})
+    meta = b"".join(json.dumps({"n": i, "title": "x" * 40}).encode() + b"\n" for i in range(3000))
+    archive.add("meta/all.jsonl", meta)
+    rows.append({"id": "m", "path": "meta/all.jsonl", "kind": "metadata", "popularity": 0, "size": len(meta)})
+    prepare(ws, archive, rows)
+    assert not run_build(ws).failed
+    for phase in ("metadata", "audio"):
+        cli("publish", str(ws), "--phase", phase)
+    return ws
+
+
+def index_hash(ws: Path) -> str:
+    """The v1 info-hash of the member index's own torrent, as the published index root gives it."""
+    return json.loads((ws / layout.PUBLISHED / layout.MEMBER_INDEX).read_text())["torrent"]["info_hash_v1"]
+
+
+def shards_of(ws: Path) -> list[Shard]:
+    with open_state(ws) as state:
+        rows = state.seedable()
+    return [Shard(r.name, ws / r.file, ws / r.torrent_file, r.info_hash_v1, r.length) for r in rows]
+
+
+@pytest.fixture
+def swarm(make_workspace, archive, opentracker, seeder, tmp_path):
+    """A published release, opentracker allowing just our whitelist, and `packager seed` announcing to it."""
+    ws = build_release(make_workspace, archive)
+    whitelist = tmp_path / "whitelist.txt"
+    cli("tracker-whitelist", str(ws), "-o", str(whitelist))
+    hashes = whitelist.read_text().split()
+    assert hashes == (ws / "published" / "whitelist.txt").read_text().split()
+    tracker = opentracker(hashes)
+    # Info-hashes do not cover trackers: point the .torrent files at this tracker's port, hashes unchanged.
+    config = ws / layout.CONFIG
+    config.write_text(config.read_text().replace("http://127.0.0.1:6969/announce", tracker.announce_url))
+    cli("torrent", str(ws))  # the member index's torrent too
+    assert [s.info_hash for s in shards_of(ws)] + [index_hash(ws)] == hashes
+    run = seeder(ws)
+    count = len(hashes)
+    seen: list = []
+
+    def ready() -> bool:
+        seen.append(run.status())
+        return tracker_ready(seen[-1], count) or run.process.poll() is not None
+
+    assert wait_until(ready, START_SECONDS, step=0.2), f"{seen[-1]}\n{run.output()}"
+    assert run.process.poll() is None, run.output()
+    return ws, tracker, run
+
+
+def mirror_of(ws: Path, tmp_path: Path) -> Path:
+    """What a downloader has: the published folder, then the shards it fetches into mirror/shards/."""
+    mirror = tmp_path / "mirror"
+    shutil.copytree(ws / "published", mirror)
+    (mirror / "shards").mkdir(exist_ok=True)
+    return mirror
+
+
+def swarm_ports(tracker, info_hash: str) -> set[int]:
+    """The peer ports opentracker hands out for a swarm (asked by a probe that leaves again at once)."""
+    import libtorrent as lt
+
+    reply = lt.bdecode(tracker.announce(info_hash, port=1, left=1))
+    tracker.announce(info_hash, port=1, event="stopped")
+    peers = reply.get(b"peers", b"") if isinstance(reply, dict) else b""
+    return {int.from_bytes(peers[i + 4 : i + 6], "big") for i in range(0, len(peers) - 5, 6)}
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen
+    port: int
+    home: Path
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+@pytest.fixture
+def qbittorrent(free_port) -> Iterator[Daemon]:
+    """qbittorrent-nox with its own profile, Web UI and peer port on 127.0.0.1 only, discovery off."""
+    binary = need("qbittorrent-nox")
+    home = Path(tempfile.mkdtemp(prefix="packager-qbt-"))
+    config = home / "qBittorrent" / "config"
+    config.mkdir(parents=True)
+    web, peer = free_port(), free_port()
+    # 4.5 reads the legal notice from its config (else it asks on stdin); admin/adminadmin is its default
+    # login.
+    (config / "qBittorrent.conf").write_text(
+        "[LegalNotice]\nAccepted=true\n\n"
+        f"[BitTorrent]\nSession\\Port={peer}\nSession\\DHTEnabled=false\nSession\\LSDEnabled=false\n"
+        "Session\\PeXEnabled=false\nSession\\Interface=lo\nSession\\InterfaceName=lo\n"
+        "Session\\InterfaceAddress=127.0.0.1\n\n"
+        f"[Preferences]\nWebUI\\Address=127.0.0.1\nWebUI\\Port={web}\nWebUI\\LocalHostAuth=true\n"
+        "Connection\\UPnP=false\nGeneral\\Locale=en\n"
+    )
+    log = home / "qbittorrent.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [binary, f"--profile={home}", f"--webui-port={web}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    daemon = Daemon(process, web, home, log)
+    try:
+        import qbittorrentapi
+
+        def up() -> bool:
+            if process.poll() is not None:
+                return True
+            try:
+                qbittorrentapi.Client(
+                    host=f"http://127.0.0.1:{web}", username="admin", password="adminadmin"
+                ).auth_log_in()
+            except qbittorrentapi.APIError:
+                return False
+            return True
+
+        assert wait_until(up, 30, step=0.2) and process.poll() is None, daemon.output()
+        yield daemon
+    finally:
+        stop(process, 10)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# qBittorrent's states for a complete torrent that is seeding (or ready to, with no peer asking).
+QBT_SEEDING = {"uploading", "stalledUP", "queuedUP", "forcedUP"}
+QBT_CHECKING = {"checkingUP", "checkingDL", "checkingResumeData", "allocating"}
+
+
+@pytest.fixture
+def transmission(free_port) -> Iterator[Daemon]:
+    """transmission-daemon with its own config folder, RPC and peers on 127.0.0.1, discovery off."""
+    binary = need("transmission-daemon")
+    home = Path(tempfile.mkdtemp(prefix="packager-transmission-"))
+    rpc, peer = free_port(), free_port()
+    settings = {
+        "rpc-bind-address": LOOPBACK,
+        "rpc-port": rpc,
+        "rpc-authentication-required": False,
+        "rpc-whitelist": LOOPBACK,
+        "rpc-whitelist-enabled": True,
+        "rpc-host-whitelist-enabled": False,
+        "bind-address-ipv4": LOOPBACK,
+        "bind-address-ipv6": "::1",
+        "peer-port": peer,
+        "peer-port-random-on-start": False,
+        "dht-enabled": False,
+        "lpd-enabled": False,
+        "pex-enabled": False,
+        "utp-enabled": False,
+        "port-forwarding-enabled": False,
+        "download-dir": str(home / "downloads"),
+        "incomplete-dir-enabled": False,
+    }
+    (home / "settings.json").write_text(json.dumps(settings))
+    log = home / "transmission.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [binary, "-f", "-g", str(home)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    daemon = Daemon(process, rpc, home, log)
+    try:
+        import transmission_rpc
+
+        def up() -> bool:
+            if process.poll() is not None:
+                return True
+            try:
+                transmission_rpc.Client(host=LOOPBACK, port=rpc, timeout=2)
+            except transmission_rpc.TransmissionError:
+                return False
+            return True
+
+        assert wait_until(up, 30, step=0.2) and process.poll() is None, daemon.output()
+        yield daemon
+    finally:
+        stop(process, 10)
+        shutil.rmtree(home, ignore_errors=True)

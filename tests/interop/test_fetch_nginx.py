@@ -17,8 +17,7 @@ from packager.cli import app
 from packager.member_index import MemberIndex
 from tests.helpers import prepare, run_build, sha256_of
 
-from .conftest import LOOPBACK, served_bytes
-from .test_seed_clients import cli
+from .conftest import LOOPBACK, cli, served_bytes
 
 pytestmark = pytest.mark.interop
 

@@ -22,8 +22,7 @@ from packager.fetch.work import WORK_PREFIX
 from packager.member_index import Location, MemberIndex
 from tests.helpers import prepare, run_build, wait_until
 
-from .conftest import LOOPBACK, LT_SETTINGS, tracker_ready
-from .test_seed_clients import cli
+from .conftest import LOOPBACK, LT_SETTINGS, cli, tracker_ready
 
 pytestmark = pytest.mark.interop
 

@@ -9,13 +9,8 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,103 +19,24 @@ from typer.testing import CliRunner
 from packager import layout
 from packager.cli import app
 from packager.state import open_state
-from tests.helpers import need, prepare, run_build, sha256_of
+from tests.helpers import need, sha256_of
 
-from .conftest import LOOPBACK, tracker_ready, wait_until
+from .conftest import (
+    LOOPBACK,
+    QBT_CHECKING,
+    QBT_SEEDING,
+    build_release,
+    index_hash,
+    mirror_of,
+    shards_of,
+    stop,
+    swarm_ports,
+    wait_until,
+)
 
 pytestmark = pytest.mark.interop
 
 DOWNLOAD_SECONDS = 60
-START_SECONDS = 30
-
-
-def cli(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, f"packager {' '.join(args)}: exit {result.exit_code}\n{result.output}"
-    return result.stdout
-
-
-def stop(process: subprocess.Popen, seconds: float = 10) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-@dataclass(frozen=True)
-class Shard:
-    name: str
-    data: Path
-    torrent: Path
-    info_hash: str
-    length: int
-
-
-def build_release(make_workspace, archive) -> Path:
-    """A published release of a metadata shard and audio shards of about 1 MB (several pieces each)."""
-    ws = make_workspace(audio_shard="1MB")
-    rows = []
-    for i in range(6):
-        path = f"audio/track {i}.ogg"
-        size = archive.add(path, os.urandom(350_000 + 7919 * i))
-        rows.append({"id": f"t{i}", "path": path, "kind": "audio", "popularity": 90 - i, "size": size})
-    meta = b"".join(json.dumps({"n": i, "title": "x" * 40}).encode() + b"\n" for i in range(3000))
-    archive.add("meta/all.jsonl", meta)
-    rows.append({"id": "m", "path": "meta/all.jsonl", "kind": "metadata", "popularity": 0, "size": len(meta)})
-    prepare(ws, archive, rows)
-    assert not run_build(ws).failed
-    for phase in ("metadata", "audio"):
-        cli("publish", str(ws), "--phase", phase)
-    return ws
-
-
-def index_hash(ws: Path) -> str:
-    """The v1 info-hash of the member index's own torrent, as the published index root gives it."""
-    return json.loads((ws / layout.PUBLISHED / layout.MEMBER_INDEX).read_text())["torrent"]["info_hash_v1"]
-
-
-def shards_of(ws: Path) -> list[Shard]:
-    with open_state(ws) as state:
-        rows = state.seedable()
-    return [Shard(r.name, ws / r.file, ws / r.torrent_file, r.info_hash_v1, r.length) for r in rows]
-
-
-@pytest.fixture
-def swarm(make_workspace, archive, opentracker, seeder, tmp_path):
-    """A published release, opentracker allowing just our whitelist, and `packager seed` announcing to it."""
-    ws = build_release(make_workspace, archive)
-    whitelist = tmp_path / "whitelist.txt"
-    cli("tracker-whitelist", str(ws), "-o", str(whitelist))
-    hashes = whitelist.read_text().split()
-    assert hashes == (ws / "published" / "whitelist.txt").read_text().split()
-    tracker = opentracker(hashes)
-    # Info-hashes do not cover trackers: point the .torrent files at this tracker's port, hashes unchanged.
-    config = ws / layout.CONFIG
-    config.write_text(config.read_text().replace("http://127.0.0.1:6969/announce", tracker.announce_url))
-    cli("torrent", str(ws))  # the member index's torrent too
-    assert [s.info_hash for s in shards_of(ws)] + [index_hash(ws)] == hashes
-    run = seeder(ws)
-    count = len(hashes)
-    seen: list = []
-
-    def ready() -> bool:
-        seen.append(run.status())
-        return tracker_ready(seen[-1], count) or run.process.poll() is not None
-
-    assert wait_until(ready, START_SECONDS, step=0.2), f"{seen[-1]}\n{run.output()}"
-    assert run.process.poll() is None, run.output()
-    return ws, tracker, run
-
-
-def mirror_of(ws: Path, tmp_path: Path) -> Path:
-    """What a downloader has: the published folder, then the shards it fetches into mirror/shards/."""
-    mirror = tmp_path / "mirror"
-    shutil.copytree(ws / "published", mirror)
-    (mirror / "shards").mkdir(exist_ok=True)
-    return mirror
 
 
 def aria2c_download(torrent: Path, out: Path, port: int, log: Path) -> subprocess.CompletedProcess:
@@ -206,16 +122,6 @@ class TransmissionCli:
         return self.log.read_text(errors="replace")[-1500:]
 
 
-def swarm_ports(tracker, info_hash: str) -> set[int]:
-    """The peer ports opentracker hands out for a swarm (asked by a probe that leaves again at once)."""
-    import libtorrent as lt
-
-    reply = lt.bdecode(tracker.announce(info_hash, port=1, left=1))
-    tracker.announce(info_hash, port=1, event="stopped")
-    peers = reply.get(b"peers", b"") if isinstance(reply, dict) else b""
-    return {int.from_bytes(peers[i + 4 : i + 6], "big") for i in range(0, len(peers) - 5, 6)}
-
-
 def test_aria2c_and_transmission_download_from_our_seeder_through_opentracker(
     swarm, seeder, free_port, tmp_path
 ):
@@ -255,7 +161,7 @@ def test_aria2c_and_transmission_download_from_our_seeder_through_opentracker(
         run = seeder(ws)
         assert wait_until(leecher.finished, DOWNLOAD_SECONDS, step=0.2), f"{leecher.output()}\n{run.status()}"
     finally:
-        stop(leecher.process)
+        stop(leecher.process, 10)
     assert sha256_of(downloads / second.data.name) == sha256_of(second.data)
 
     # Our own check of what the two clients wrote, against the published release.json and SHA256SUMS.
@@ -295,70 +201,6 @@ def push_json(ws: Path, url: str, *extra: str) -> list[dict]:
     return json.loads(result.stdout)
 
 
-@dataclass
-class Daemon:
-    process: subprocess.Popen
-    port: int
-    home: Path
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-
-@pytest.fixture
-def qbittorrent(free_port) -> Iterator[Daemon]:
-    """qbittorrent-nox with its own profile, Web UI and peer port on 127.0.0.1 only, discovery off."""
-    binary = need("qbittorrent-nox")
-    home = Path(tempfile.mkdtemp(prefix="packager-qbt-"))
-    config = home / "qBittorrent" / "config"
-    config.mkdir(parents=True)
-    web, peer = free_port(), free_port()
-    # 4.5 reads the legal notice from its config (else it asks on stdin); admin/adminadmin is its default
-    # login.
-    (config / "qBittorrent.conf").write_text(
-        "[LegalNotice]\nAccepted=true\n\n"
-        f"[BitTorrent]\nSession\\Port={peer}\nSession\\DHTEnabled=false\nSession\\LSDEnabled=false\n"
-        "Session\\PeXEnabled=false\nSession\\Interface=lo\nSession\\InterfaceName=lo\n"
-        "Session\\InterfaceAddress=127.0.0.1\n\n"
-        f"[Preferences]\nWebUI\\Address=127.0.0.1\nWebUI\\Port={web}\nWebUI\\LocalHostAuth=true\n"
-        "Connection\\UPnP=false\nGeneral\\Locale=en\n"
-    )
-    log = home / "qbittorrent.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [binary, f"--profile={home}", f"--webui-port={web}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    daemon = Daemon(process, web, home, log)
-    try:
-        import qbittorrentapi
-
-        def up() -> bool:
-            if process.poll() is not None:
-                return True
-            try:
-                qbittorrentapi.Client(
-                    host=f"http://127.0.0.1:{web}", username="admin", password="adminadmin"
-                ).auth_log_in()
-            except qbittorrentapi.APIError:
-                return False
-            return True
-
-        assert wait_until(up, 30, step=0.2) and process.poll() is None, daemon.output()
-        yield daemon
-    finally:
-        stop(process)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-# qBittorrent's states for a complete torrent that is seeding (or ready to, with no peer asking).
-QBT_SEEDING = {"uploading", "stalledUP", "queuedUP", "forcedUP"}
-QBT_CHECKING = {"checkingUP", "checkingDL", "checkingResumeData", "allocating"}
-
-
 def test_push_to_qbittorrent_seeds_without_a_recheck(published, qbittorrent):
     import qbittorrentapi
 
@@ -394,57 +236,6 @@ def test_push_to_qbittorrent_seeds_without_a_recheck(published, qbittorrent):
         assert set(t["tags"].split(", ")) == {"phase-1", "demo"}
     again = push_json(ws, url)
     assert {r["result"] for r in again} == {"present"}
-
-
-@pytest.fixture
-def transmission(free_port) -> Iterator[Daemon]:
-    """transmission-daemon with its own config folder, RPC and peers on 127.0.0.1, discovery off."""
-    binary = need("transmission-daemon")
-    home = Path(tempfile.mkdtemp(prefix="packager-transmission-"))
-    rpc, peer = free_port(), free_port()
-    settings = {
-        "rpc-bind-address": LOOPBACK,
-        "rpc-port": rpc,
-        "rpc-authentication-required": False,
-        "rpc-whitelist": LOOPBACK,
-        "rpc-whitelist-enabled": True,
-        "rpc-host-whitelist-enabled": False,
-        "bind-address-ipv4": LOOPBACK,
-        "bind-address-ipv6": "::1",
-        "peer-port": peer,
-        "peer-port-random-on-start": False,
-        "dht-enabled": False,
-        "lpd-enabled": False,
-        "pex-enabled": False,
-        "utp-enabled": False,
-        "port-forwarding-enabled": False,
-        "download-dir": str(home / "downloads"),
-        "incomplete-dir-enabled": False,
-    }
-    (home / "settings.json").write_text(json.dumps(settings))
-    log = home / "transmission.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [binary, "-f", "-g", str(home)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    daemon = Daemon(process, rpc, home, log)
-    try:
-        import transmission_rpc
-
-        def up() -> bool:
-            if process.poll() is not None:
-                return True
-            try:
-                transmission_rpc.Client(host=LOOPBACK, port=rpc, timeout=2)
-            except transmission_rpc.TransmissionError:
-                return False
-            return True
-
-        assert wait_until(up, 30, step=0.2) and process.poll() is None, daemon.output()
-        yield daemon
-    finally:
-        stop(process)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_push_to_transmission_verifies_then_seeds(published, transmission):

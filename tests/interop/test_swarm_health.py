@@ -19,8 +19,7 @@ from typer.testing import CliRunner
 from packager.cli import app
 from tests.helpers import need
 
-from .conftest import wait_until
-from .test_seed_clients import index_hash, shards_of, stop, swarm, swarm_ports  # noqa: F401  (fixtures)
+from .conftest import index_hash, shards_of, stop, swarm_ports, wait_until
 
 pytestmark = pytest.mark.interop
 

@@ -15,7 +15,7 @@ from packager.cli import app
 from packager.seed.selection import INDEX_NAME
 from tests.helpers import prepare, run_build, wait_until
 
-from .test_seed_clients import QBT_SEEDING, index_hash, qbittorrent, shards_of, transmission  # noqa: F401
+from .conftest import QBT_SEEDING, index_hash, shards_of
 
 pytestmark = pytest.mark.interop
 

@@ -17,8 +17,7 @@ from packager.cli import app
 from packager.torrent import read_torrent
 from tests.helpers import need, prepare, run_build, sha256_of
 
-from .conftest import LOOPBACK, add_torrent, wait_until
-from .test_seed_clients import cli, mirror_of, shards_of
+from .conftest import LOOPBACK, add_torrent, cli, mirror_of, shards_of, wait_until
 
 pytestmark = pytest.mark.interop
 
