@@ -267,8 +267,7 @@ def release_json(
     )
 
 
-def read_release_json(data: bytes, where: Path | str = layout.RELEASE_JSON) -> Release:
-    """The inverse of release_json(); UntrustedManifest naming the entry and key of anything malformed."""
+def _release_doc(data: bytes, where: Path | str) -> dict:
     doc = _load_json(data, where)
     if not isinstance(doc, dict) or not isinstance(doc.get("torrents"), list):
         raise UntrustedManifest(where, "no `torrents` list: not a packager release.json")
@@ -278,6 +277,12 @@ def read_release_json(data: bytes, where: Path | str = layout.RELEASE_JSON) -> R
             f"format {doc.get('format')!r} is not one this packager reads ({FORMAT})",
             hint="update packager",
         )
+    return doc
+
+
+def read_release_json(data: bytes, where: Path | str = layout.RELEASE_JSON) -> Release:
+    """The inverse of release_json(); UntrustedManifest naming the entry and key of anything malformed."""
+    doc = _release_doc(data, where)
     release, version, phases = doc.get("release"), doc.get("packager_version"), doc.get("phases")
     if not isinstance(release, str) or not isinstance(version, str) or not isinstance(phases, list):
         raise UntrustedManifest(where, "`release`, `packager_version` or `phases` is missing or mistyped")
@@ -296,6 +301,67 @@ def _read_phase(raw: object, where: Path | str, i: int) -> PhaseEntry:
     if not isinstance(name, str) or not isinstance(at, str) or type(count) is not int or count < 0:
         raise UntrustedManifest(where, f"phases[{i}] is not {{name, published_at, torrents}}: {raw!r:.200}")
     return PhaseEntry(name, at, count)
+
+
+@dataclass(frozen=True)
+class ListedFiles:
+    """What a downloader checks of one release.json entry: its shard file, its .torrent and info-hashes."""
+
+    name: str
+    shard: FileEntry
+    torrent: FileEntry | None  # None for an entry that lists its shard only
+    torrent_file: str | None
+    info_hash_v1: str | None
+    info_hash_v2: str | None
+    obsolete: bool
+
+
+def read_release_files(data: bytes, where: Path | str = layout.RELEASE_JSON) -> list[ListedFiles]:
+    """The files each entry of release.json lists, for verify: it asks of an entry only what it checks
+    (name, files, info-hashes), so a release.json with fewer fields than release_json() writes (an older
+    packager's, a mirror's own) is still read; anything malformed is UntrustedManifest naming the entry."""
+    doc = _release_doc(data, where)
+    return [_listed_files(entry, where, n) for n, entry in enumerate(doc["torrents"])]
+
+
+def _listed_files(entry: object, where: Path | str, n: int) -> ListedFiles:
+    if not isinstance(entry, dict):
+        raise UntrustedManifest(where, f"torrents[{n}] is not an object")
+
+    def field(key: str, kind: type, optional: bool = False) -> Any:
+        value = entry.get(key)
+        if value is None and optional:
+            return None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise UntrustedManifest(where, f"torrents[{n}].{key} is {value!r}, expected {kind.__name__}")
+        return value
+
+    name = field("name", str)
+    by_kind: dict[str, FileEntry] = {}
+    for f in field("files", list):
+        if not isinstance(f, dict):
+            raise UntrustedManifest(where, f"torrents[{n}].files holds {f!r}, not an object")
+        path = safe_relative(f.get("path"), where, f"torrents[{n}].files path")
+        size, digest = f.get("size"), f.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise UntrustedManifest(where, f"torrents[{n}]: {path}: size {size!r} is not a byte count")
+        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+            raise UntrustedManifest(where, f"torrents[{n}]: {path}: sha256 {digest!r} is not 64 hex")
+        by_kind["torrent" if path.endswith(layout.TORRENT_SUFFIX) else "shard"] = FileEntry(
+            path, size, digest
+        )
+    if "shard" not in by_kind:
+        raise UntrustedManifest(where, f"torrents[{n}] ({name}) lists no shard file")
+    torrent = by_kind.get("torrent")
+    return ListedFiles(
+        name,
+        by_kind["shard"],
+        torrent,
+        torrent.path if torrent else field("torrent_file", str, optional=True),
+        field("info_hash_v1", str, optional=True),
+        field("info_hash_v2", str, optional=True),
+        bool(entry.get("obsolete", False)),
+    )
 
 
 # --- torrents.json ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from packager.manifest import (
     Release,
     TorrentEntry,
     listed_torrents,
+    read_release_files,
     read_release_json,
     read_sha256sums,
     read_torrents_json,
@@ -91,6 +92,32 @@ def test_release_json_reads_back_what_was_written(release, version, phases, torr
     assert read_release_json(data) == Release(release, version, tuple(phases), tuple(torrents))
     for e in torrents:
         assert TorrentEntry.from_json(e.to_json()) == e
+    listed = read_release_files(data)
+    assert [(f.name, f.shard, f.torrent, f.info_hash_v1, f.obsolete) for f in listed] == [
+        (e.name, e.shard, e.torrent, e.info_hash_v1, e.obsolete) for e in torrents
+    ]
+
+
+def test_verify_reads_the_files_of_an_entry_with_fewer_fields_than_packager_writes():
+    """An entry of name and files alone (an older packager's, a mirror's own) is read for its files; one
+    without a shard file, or with a path outside the folder, is refused naming the entry."""
+    shard = {"path": "shards/a.tar.zst", "size": 5, "sha256": "ab" * 32}
+    doc = {"format": 1, "torrents": [{"name": "a", "files": [shard]}]}
+    (listed,) = read_release_files(json.dumps(doc).encode())
+    assert (listed.name, listed.shard.path, listed.torrent, listed.torrent_file) == (
+        "a",
+        shard["path"],
+        None,
+        None,
+    )
+    with pytest.raises(UntrustedManifest):
+        read_release_json(json.dumps(doc).encode())  # the whole format wants every field
+    doc["torrents"][0]["files"] = [{**shard, "path": "torrents/a.torrent"}]
+    with pytest.raises(UntrustedManifest, match=r"torrents\[0\] \(a\) lists no shard file"):
+        read_release_files(json.dumps(doc).encode())
+    doc["torrents"][0]["files"] = [{**shard, "path": "../a.tar.zst"}]
+    with pytest.raises(UntrustedManifest, match="not a plain relative path"):
+        read_release_files(json.dumps(doc).encode())
 
 
 @given(st.text(max_size=20), st.sampled_from(["", "https://m.example/t", "https://m.example/t/"]),
@@ -181,7 +208,7 @@ def test_sha256sums_reads_coreutils_escapes_and_binary_markers():
 
 @given(st.binary(max_size=300))
 def test_hostile_bytes_are_read_or_refused_never_a_crash(data):
-    for read in (read_release_json, read_sha256sums, read_torrents_json, read_whitelist):
+    for read in (read_release_json, read_release_files, read_sha256sums, read_torrents_json, read_whitelist):
         with contextlib.suppress(UntrustedManifest):
             read(data)
 

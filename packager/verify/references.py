@@ -35,7 +35,7 @@ from packager.layout import (
     TORRENT_SUFFIX,
     TORRENTS,
 )
-from packager.manifest import read_release_json, read_sha256sums
+from packager.manifest import read_release_files, read_sha256sums
 
 # release.json of 3000 torrents is ~3 MB: a hostile mirror's "release.json" of gigabytes is refused unread.
 MAX_MANIFEST_BYTES = 256 * 2**20
@@ -128,14 +128,14 @@ def parse_release_json(data: bytes, where: Path) -> list[ShardRef]:
             path=e.shard.path,
             size=e.shard.size,
             sha256=e.shard.sha256,
-            torrent_path=e.torrent.path,
-            torrent_size=e.torrent.size,
-            torrent_sha256=e.torrent.sha256,
+            torrent_path=e.torrent_file,
+            torrent_size=e.torrent.size if e.torrent else None,
+            torrent_sha256=e.torrent.sha256 if e.torrent else None,
             info_hash_v1=e.info_hash_v1,
             info_hash_v2=e.info_hash_v2,
             obsolete=e.obsolete,
         )
-        for e in read_release_json(data, where).torrents
+        for e in read_release_files(data, where)
     ]
 
 
