@@ -144,6 +144,23 @@ def _unreachable(address: str, why: str) -> EnvironmentProblem:
     )
 
 
+def _accepts(address: str, timeout: float) -> bool:
+    """Whether HOST:PORT of a tcp:// or tls:// address takes a TCP connection: Dask's handshake timing out
+    says nothing of it (a name that never resolves, a black-holed address or a silent port all time out)."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, loc = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return True  # ucx, inproc: no plain TCP to try; keep the old wording
+        with socket.create_connection(parse_host_port(loc), timeout=min(timeout, 5)):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def _probe(distributed, address: str, timeout: float) -> None:
     """Connect and ask the server what it is, all within `timeout`. distributed.Client's own timeout bounds
     the TCP connect but not the handshake after it, so a port that accepts and never answers (an HTTP
@@ -168,9 +185,12 @@ def _probe(distributed, address: str, timeout: float) -> None:
     try:
         reply = asyncio.run(asyncio.wait_for(ask(), timeout))
     except TimeoutError:
-        raise _unreachable(
-            address, f"it accepted the connection but did not answer as a Dask server within {timeout:g} s"
-        ) from None
+        why = (
+            f"it accepted the connection but did not answer as a Dask server within {timeout:g} s"
+            if _accepts(address, timeout)
+            else f"no connection within {timeout:g} s (is the host name right and the machine up?)"
+        )
+        raise _unreachable(address, why) from None
     except Exception as e:  # noqa: BLE001 - refused, unresolvable, TLS not configured, no UCX: all "cannot"
         why = str(e).splitlines()[0] if str(e) else ""
         raise _unreachable(address, f"{type(e).__name__}: {why}" if why else type(e).__name__) from None

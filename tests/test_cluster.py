@@ -635,3 +635,29 @@ def test_a_cluster_that_loses_every_worker_stops_the_build(tmp_path, make_worksp
         "lost its workers" in stderr and f"{len(committed)} shards built in this run are committed" in stderr
     )
     assert committed and attempt_files(ws) == [] and "Traceback" not in stderr
+
+
+def test_a_scheduler_that_never_connects_is_not_said_to_have_accepted(workspace, archive):
+    """A host that does not resolve or a black-holed address never accepts a connection: the message said
+    "it accepted the connection but did not answer", sending the operator to look for the wrong server."""
+    prepare(workspace, archive, rows_of(archive, 1))
+    cfg = workspace / layout.CONFIG
+    cfg.write_text(cfg.read_text() + "\n[build]\nconnect_timeout = 1\n")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "packager.cli",
+            "build",
+            str(workspace),
+            "--scheduler",
+            "tcp://nowhere.invalid:8786",
+        ],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 3, r.stderr
+    assert "cannot reach the Dask scheduler at tcp://nowhere.invalid:8786" in r.stderr
+    assert "accepted the connection" not in r.stderr and "Traceback" not in r.stderr
