@@ -519,6 +519,22 @@ def catalog_suffix(path: Path) -> tuple[str, str | None]:
     return Path(path.stem).suffix.lower(), compression
 
 
+def _compression_of(path: Path) -> str | None:
+    """The compression a file's first bytes announce (zstd, gzip, bzip2), or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None  # read_catalog's readers say why
+    if head == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:3] == b"BZh" and head[3:4].isdigit():
+        return "bzip2"
+    return None
+
+
 def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
     """Rows of a catalog file, chosen by extension (.jsonl/.ndjson, .csv/.tsv, .parquet, .sqlite/.db)."""
     path = Path(path)
@@ -532,6 +548,15 @@ def read_catalog(path: Path, table: str | None = None) -> Iterator[RawRow]:
             f"{path}: unknown catalog format {suffix + path.suffix.lower()!r}",
             hint="compressed catalogs are JSON Lines, CSV or TSV (.jsonl.zst, .csv.gz, .tsv.bz2, ...); "
             "Parquet and SQLite are read uncompressed",
+        )
+    sniffed = _compression_of(path) if suffix in TEXT_SUFFIXES else None
+    if sniffed is not None and sniffed != compression:
+        right = path.name[: -len(path.suffix)] if compression else path.name
+        ext = {v: k for k, v in reversed(COMPRESSED_SUFFIXES.items())}[sniffed]
+        raise UsageError(
+            f"{path}: is a {sniffed} stream, but its name says "
+            + (f"{compression}" if compression else "uncompressed"),
+            hint=f"rename it {right}{ext}: a catalog's compression is read from its name",
         )
     if table is not None and suffix not in SQLITE_SUFFIXES:
         raise UsageError(

@@ -953,3 +953,19 @@ def test_compressed_parquet_or_sqlite_is_one_clear_error(workspace, archive):
     with pytest.raises(UsageError, match="unknown catalog format '.parquet.zst'") as e:
         run(workspace, cat, trust_sizes=True)
     assert "compressed catalogs are JSON Lines, CSV or TSV" in e.value.hint
+
+
+@pytest.mark.parametrize("how", ["zstd", "gzip", "bzip2"])
+@pytest.mark.parametrize("name", ["cat.jsonl", "cat.csv", "cat.jsonl.gz", "cat.tsv.zst"])
+def test_a_compressed_catalog_under_a_name_that_says_otherwise_is_named_so(workspace, archive, how, name):
+    """A dump saved without its .zst (or as .gz when it is zstd) gave a wall of 'not valid UTF-8' or 'bad
+    CSV header' problems, one per line: its first bytes say what it is, and the error says how to name it."""
+    packed = compressed(archive.jsonl([trusted(0)], "x.jsonl"), how)
+    target = archive.base / name
+    suffix = {"zstd": ".zst", "gzip": ".gz", "bzip2": ".bz2"}[how]
+    if target.name.endswith(suffix):
+        return  # the right name: read as such elsewhere
+    packed.rename(target)
+    with pytest.raises(UsageError, match=f"is a {how} stream") as e:
+        run(workspace, target, trust_sizes=True)
+    assert suffix in e.value.hint and count(workspace) == 0

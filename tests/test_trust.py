@@ -278,3 +278,13 @@ def test_default_trust_file_location(monkeypatch, tmp_path):
     assert trust.default_trust_file() == Path.home() / ".local" / "share" / "packager" / "trust.json"
     monkeypatch.setenv(trust.TRUST_FILE_ENV, str(tmp_path / "t.json"))
     assert trust.default_trust_file() == tmp_path / "t.json"
+
+
+def test_a_trust_file_too_big_says_so_in_a_sentence(key, tmp_path):
+    """The message read 'the trust file more than 16777216 bytes'."""
+    tf = trust.TrustFile(tmp_path / "trust.json")
+    tf.path.write_bytes(b" " * (trust.MAX_TRUST_FILE_BYTES + 1))
+    body = chain(1)[0]
+    with pytest.raises(UntrustedManifest) as e:
+        trust.load_statement(body, sign(key, body), key[0].public.read_text(), tf)
+    assert f"the trust file is more than {trust.MAX_TRUST_FILE_BYTES:,} bytes" in e.value.reason

@@ -376,7 +376,7 @@ def read_bounded(path: Path, limit: int, where: Path | str) -> bytes:
         # read(n) allocates n bytes up front: ask for what the file holds (one more to see it grew).
         data = f.read(min(limit, info.st_size) + 1)
     if len(data) > limit:
-        raise UntrustedManifest(where, f"more than {limit} bytes: not what it claims to be")
+        raise UntrustedManifest(where, f"is more than {limit:,} bytes: not what it claims to be")
     return data
 
 
