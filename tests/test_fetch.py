@@ -269,3 +269,12 @@ def test_errors_are_raised_not_printed(release, tmp_path):
         fetch(str(tmp_path), ["id01"], tmp_path / "o")
     with pytest.raises(RemoteError):
         fetch("http://127.0.0.1:9/music/", ["id01"], tmp_path / "o", FetchOptions(http_timeout=2))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused(tmp_path, value):
+    """--timeout nan compared False with every deadline: the fetch waited for the swarm forever."""
+    result = CliRunner().invoke(
+        app, ["fetch", str(tmp_path), "id01", "-o", str(tmp_path / "o"), "--timeout", value]
+    )
+    assert result.exit_code == 2 and f"--timeout {value}" in result.output, result.output

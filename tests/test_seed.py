@@ -597,3 +597,10 @@ def test_a_second_seed_on_the_same_workspace_is_refused(release):
         first.wait(30)
     with Workspace.open(release) as w, w.seed_locked():  # released when the seeder stops
         pass
+
+
+@pytest.mark.parametrize("value", ["nan", "-1"])
+def test_a_duration_that_is_no_number_of_seconds_is_refused(tmp_path, value):
+    """--duration -1 or nan stopped the seeder at once, as if it had been asked to."""
+    result = CliRunner().invoke(app, ["seed", str(tmp_path), "--duration", value])
+    assert result.exit_code == 2 and f"--duration {value}" in result.output, result.output

@@ -253,3 +253,10 @@ def test_the_member_index_swarm_is_scraped_and_kept_apart_from_the_buckets(publi
     assert (
         json.loads((published / layout.PUBLISHED / "swarm.json").read_text())["member_index"]["seeders"] == 7
     )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_timeout_that_is_no_number_of_seconds_is_refused(published, value):
+    """--timeout inf was a traceback (OverflowError in Thread.join); nan reported every tracker silent."""
+    result = invoke("health", published, "--tracker", "udp://127.0.0.1:1/announce", "--timeout", value)
+    assert result.exit_code == 2 and f"--timeout {value}" in result.output, result.output

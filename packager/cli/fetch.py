@@ -74,7 +74,7 @@ def fetch(
         chosen = Via(via)
     except ValueError:
         raise UsageError(f"--via {via!r}: expected bittorrent, http or auto") from None
-    if timeout <= 0:
+    if not 0 < timeout < float("inf"):  # nan, inf: a deadline never reached
         raise UsageError(f"--timeout {timeout:g}: expected a number of seconds above 0")
     swarm = SwarmSettings(
         listen,

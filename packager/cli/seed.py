@@ -71,6 +71,11 @@ def seed(
     from ..seed.seeder import seed as run_seed  # libtorrent (0.3 s to import): only for this command
     from ..seed.session import parse_libtorrent_flag  # libtorrent
 
+    if duration is not None and not duration >= 0:  # -1 or nan stopped at once
+        raise UsageError(
+            f"--duration {duration:g}: expected a number of seconds, 0 or more",
+            hint="leave it out to seed until SIGINT or SIGTERM",
+        )
     try:
         limit = parse_size(upload_limit) if upload_limit is not None else None
     except ValueError:

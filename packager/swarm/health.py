@@ -71,7 +71,7 @@ def health(
             "no tracker to scrape: release.toml's [torrents] trackers is empty",
             hint="add trackers there, or pass --tracker URL (or --status-port of our seeder)",
         )
-    if timeout <= 0:
+    if not 0 < timeout < float("inf"):  # inf overflows a thread join; nan times every tracker out
         raise UsageError(f"--timeout {timeout:g}: must be a positive number of seconds")
     index = published_index(ws.published_dir)
     # The index's torrent is asked about like a shard's, under INDEX_ID; it stays out of every summary.
