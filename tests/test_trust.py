@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from packager import layout, trust
 from packager.errors import FileNotAuthenticated, PublicationRefused, UntrustedManifest
 from packager.signing import generate_keypair, load_signing_key
+from packager.trust import trustfile
 from tests.helpers import HEX64
 
 MANIFESTS = Path(__file__).parent.parent / "manifests"
@@ -283,8 +284,8 @@ def test_default_trust_file_location(monkeypatch, tmp_path):
 def test_a_trust_file_too_big_says_so_in_a_sentence(key, tmp_path):
     """The message read 'the trust file more than 16777216 bytes'."""
     tf = trust.TrustFile(tmp_path / "trust.json")
-    tf.path.write_bytes(b" " * (trust.MAX_TRUST_FILE_BYTES + 1))
+    tf.path.write_bytes(b" " * (trustfile.MAX_TRUST_FILE_BYTES + 1))
     body = chain(1)[0]
     with pytest.raises(UntrustedManifest) as e:
         trust.load_statement(body, sign(key, body), key[0].public.read_text(), tf)
-    assert f"the trust file is more than {trust.MAX_TRUST_FILE_BYTES:,} bytes" in e.value.reason
+    assert f"the trust file is more than {trustfile.MAX_TRUST_FILE_BYTES:,} bytes" in e.value.reason
