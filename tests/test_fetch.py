@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,3 +279,17 @@ def test_a_timeout_that_is_no_number_of_seconds_is_refused(tmp_path, value):
         app, ["fetch", str(tmp_path), "id01", "-o", str(tmp_path / "o"), "--timeout", value]
     )
     assert result.exit_code == 2 and f"--timeout {value}" in result.output, result.output
+
+
+def test_a_swarm_fetch_that_cannot_listen_says_so_at_once(release, tmp_path):
+    """--listen with no usable interface: no connection can be made, and fetch waited its whole --timeout
+    to say that no peer sent the pieces (try later, more seeders), the wrong advice."""
+    from packager.errors import ListenError
+    from packager.fetch.bittorrent import SwarmSettings
+
+    swarm = SwarmSettings(listen="nonsense", dht=False, timeout=60)
+    started = time.monotonic()
+    with pytest.raises(ListenError, match="cannot listen on nonsense"):
+        fetch(str(release.mirror), ["id04"], tmp_path / "out", FetchOptions(via=Via.BITTORRENT, swarm=swarm))
+    assert time.monotonic() - started < 20
+    assert not leftovers(tmp_path / "out")

@@ -20,7 +20,7 @@ from pathlib import Path
 import libtorrent as lt
 
 from .. import layout
-from ..errors import EnvironmentProblem, UntrustedManifest, UsageError
+from ..errors import EnvironmentProblem, ListenError, UntrustedManifest, UsageError
 from ..member_index import Location
 from ..seed.session import DISK_IO, check_libtorrent_setting
 from .work import Clock, Delivered, TorrentTransfer, Work, try_deliver
@@ -95,10 +95,27 @@ def _settings(s: SwarmSettings) -> dict:
 
 
 def _session(settings: SwarmSettings) -> lt.session:
+    """A session that listens on some interface (every connection, outgoing too, goes through one): a
+    --listen that opens none is ListenError at once, not --timeout seconds of "no peer sent the pieces"."""
     params = lt.session_params()
     params.settings = _settings(settings)
     params.disk_io_constructor = DISK_IO
-    return lt.session(params)
+    session = lt.session(params)
+    failed: list[str] = []
+    deadline = time.monotonic() + 5
+    settle = None
+    while time.monotonic() < deadline and (settle is None or time.monotonic() < settle):
+        session.wait_for_alert(100)
+        for a in session.pop_alerts():  # no torrent yet: only the session's own alerts are dropped
+            if isinstance(a, lt.listen_succeeded_alert):
+                return session
+            if isinstance(a, lt.listen_failed_alert):
+                failed.append(f"{a.listen_interface()}: {a.error.message()}")
+                settle = settle or time.monotonic() + 0.3  # the other interfaces report within moments
+    if failed:
+        del session  # the destructor joins libtorrent's threads
+        raise ListenError(settings.listen, failed)
+    return session
 
 
 def fetch_from_swarm(
