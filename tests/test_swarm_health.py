@@ -260,3 +260,13 @@ def test_a_timeout_that_is_no_number_of_seconds_is_refused(published, value):
     """--timeout inf was a traceback (OverflowError in Thread.join); nan reported every tracker silent."""
     result = invoke("health", published, "--tracker", "udp://127.0.0.1:1/announce", "--timeout", value)
     assert result.exit_code == 2 and f"--timeout {value}" in result.output, result.output
+
+
+def test_the_member_index_line_reads_as_a_sentence_when_no_tracker_answered(published):
+    """It read 'member index (members.pack, 26.2 kB): ? (no source answered) seeders'."""
+    result = invoke(
+        "health", published, "--tracker", f"udp://127.0.0.1:{unused_port(2)}/announce", "--timeout", "1"
+    )
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("member index ("))
+    assert line.endswith("seeders unknown (no source answered)"), line

@@ -70,9 +70,11 @@ def health(
     )
     if view.index is not None:
         t = view.index
-        seeders = "? (no source answered)" if t.seeders is None else str(t.seeders)
         leechers = "" if t.leechers is None else f", {t.leechers} leechers"
-        out.print(f"member index ({t.name}, {format_size(t.size)}): {seeders} seeders{leechers}")
+        counts = (
+            "seeders unknown (no source answered)" if t.seeders is None else f"{t.seeders} seeders{leechers}"
+        )
+        out.print(f"member index ({t.name}, {format_size(t.size)}): {counts}")
     if top > 0:
         out.print(neediest_table(view, top))
     for f in report.live_files:
