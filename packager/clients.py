@@ -102,8 +102,12 @@ def _redacted(url: str) -> str:
 def parse_client_url(url: str, password: str | None = None) -> ClientURL:
     """The client URL, its password replaced by `password` when one is given (from a file or the
     environment)."""
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in SCHEMES or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # an unclosed or misplaced [ of an IPv6 address
+        hostname = None
+    if hostname is None or parts.scheme.lower() not in SCHEMES:
         raise UsageError(
             f"--client {_redacted(url)!r}: not a client URL",
             hint="e.g. qbittorrent+http://admin:secret@127.0.0.1:8080 or transmission+http://127.0.0.1:9091",
@@ -119,7 +123,7 @@ def parse_client_url(url: str, password: str | None = None) -> ClientURL:
     return ClientURL(
         kind,
         protocol,
-        parts.hostname,
+        hostname,
         port,
         path,
         unquote(parts.username) if parts.username else None,

@@ -148,3 +148,14 @@ def test_cli_warns_about_a_password_in_the_url_and_never_prints_it(published):
             and "visible to every user" not in quiet.output
             and "hunter2" not in quiet.output
         )
+
+
+def test_a_client_url_with_a_broken_ipv6_host_is_a_usage_error():
+    """urlsplit's 'Invalid IPv6 URL' ValueError was a traceback (exit 1)."""
+    for url in (
+        "qbittorrent+http://admin:hunter2@[::1:8080",
+        "transmission+http://[::1:9091/transmission/rpc",
+    ):
+        with pytest.raises(UsageError) as e:
+            parse_client_url(url)
+        assert "hunter2" not in str(e.value) and "not a client URL" in str(e.value)
