@@ -425,6 +425,18 @@ def _phase(file: Path, table: Any, index: int) -> Phase:
     )
 
 
+def _url_parses(url: str) -> bool:
+    """Whether urlsplit takes it, host and port too: an unclosed [ or a port over 65535 is its ValueError
+    (a traceback in build, torrent and health)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return parts.hostname is not None and (parts.port is None or parts.port > 0)
+    except ValueError:
+        return False
+
+
 def _trackers(r: _Reader) -> tuple[tuple[str, ...], ...]:
     raw = r.get("trackers", list, [])
     tiers = []
@@ -433,7 +445,7 @@ def _trackers(r: _Reader) -> tuple[tuple[str, ...], ...]:
         if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
             raise r.fail("trackers", f"{tier!r} is not a tracker URL or a list of them")
         for url in urls:
-            if not re.match(r"^(https?|udp)://[^/\s]+", url):
+            if not re.match(r"^(https?|udp)://[^/\s]+", url) or not _url_parses(url):
                 raise r.fail("trackers", f"{url!r} is not a tracker URL", "http://, https:// or udp:// URLs")
         if urls:
             tiers.append(tuple(urls))
@@ -444,7 +456,11 @@ def _web_seeds(r: _Reader) -> tuple[str, ...]:
     seeds = r.get("web_seeds", list, [])
     for url in seeds:
         # Each torrent's url-list entry is this folder URL + its shard's file name (torrent.web_seed_url).
-        if not isinstance(url, str) or not re.match(r"^https?://[^/\s?#]+[^\s?#]*$", url):
+        if (
+            not isinstance(url, str)
+            or not re.match(r"^https?://[^/\s?#]+[^\s?#]*$", url)
+            or not _url_parses(url)
+        ):
             raise r.fail(
                 "web_seeds",
                 f"{url!r} is not a web seed URL",

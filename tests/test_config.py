@@ -51,6 +51,10 @@ def _with(tmp_path: Path, old: str, new: str) -> str:
         ("private = false", 'private = "no"', "torrents.private", None),
         ("trackers = []", 'trackers = ["ftp://x"]', "torrents.trackers", "udp://"),
         ("web_seeds = []", 'web_seeds = ["https://w.example/s/?t=1"]', "torrents.web_seeds", "without ?"),
+        # urlsplit refuses these (ValueError): build, torrent and health were tracebacks
+        ("trackers = []", 'trackers = ["udp://[::1:80/announce"]', "torrents.trackers", "udp://"),
+        ("trackers = []", 'trackers = ["http://t.example:99999/announce"]', "torrents.trackers", "udp://"),
+        ("web_seeds = []", 'web_seeds = ["http://[::1/shards/"]', "torrents.web_seeds", "http://"),
         (
             "web_seeds = []",
             'web_seeds = ["file:///srv/shards/"]',

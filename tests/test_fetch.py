@@ -293,3 +293,8 @@ def test_a_swarm_fetch_that_cannot_listen_says_so_at_once(release, tmp_path):
         fetch(str(release.mirror), ["id04"], tmp_path / "out", FetchOptions(via=Via.BITTORRENT, swarm=swarm))
     assert time.monotonic() - started < 20
     assert not leftovers(tmp_path / "out")
+
+
+def test_a_source_url_with_a_broken_ipv6_host_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(app, ["fetch", "http://[::1:80/", "id01", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "not a valid URL" in result.output, result.output

@@ -270,3 +270,8 @@ def test_the_member_index_line_reads_as_a_sentence_when_no_tracker_answered(publ
     assert result.exit_code == 0, result.output
     line = next(x for x in result.stdout.splitlines() if x.startswith("member index ("))
     assert line.endswith("seeders unknown (no source answered)"), line
+
+
+def test_a_tracker_url_with_a_broken_ipv6_host_is_a_usage_error(published):
+    result = invoke("health", published, "--tracker", "udp://[::1:80/announce", "--timeout", "1")
+    assert result.exit_code == 2 and "udp://[::1:80/announce" in result.output, result.output

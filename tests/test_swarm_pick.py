@@ -319,3 +319,8 @@ def test_oversized_and_slow_mirrors_are_cut(mirror, monkeypatch):
     finally:
         silent.close()
     assert result.exit_code == 3 and "no complete reply within 1 s" in result.output
+
+
+def test_a_mirror_url_with_a_broken_ipv6_host_is_a_usage_error():
+    result = invoke("pick", "http://[::1:80/", "--max-size", "1GB")
+    assert result.exit_code == 2 and "not a valid URL" in result.output, result.output

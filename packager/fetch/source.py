@@ -74,7 +74,11 @@ class Source:
 def open_source(text: str, timeout: float) -> Source:
     """The release at `text`: an http(s) URL of a published folder or of its torrents.json, or a local
     workspace, published folder or torrents.json. UsageError (exit 2) if it is none of those."""
-    if urlsplit(text).scheme in ("http", "https"):
+    try:
+        scheme = urlsplit(text).scheme
+    except ValueError as e:  # an unclosed [ of an IPv6 host
+        raise UsageError(f"{text}: not a valid URL ({e})") from None
+    if scheme in ("http", "https"):
         return _url_source(text, timeout)
     return _folder_source(Path(text))
 

@@ -64,7 +64,11 @@ def health(
         )
     urls = list(dict.fromkeys(trackers or [u for tier in config.trackers for u in tier]))
     for url in urls:
-        if urlsplit(url).scheme.lower() not in ("udp", "http", "https"):
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError:  # an unclosed [ of an IPv6 host
+            scheme = ""
+        if scheme not in ("udp", "http", "https"):
             raise UsageError(f"--tracker {url!r}: not a udp://, http:// or https:// tracker URL")
     if not urls and status_port is None:
         raise UsageError(

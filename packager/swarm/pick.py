@@ -275,6 +275,10 @@ def _from_folder(folder: Path) -> tuple[list[Candidate], int, str]:
 
 
 def _from_mirror(url: str) -> tuple[list[Candidate], int, str]:
+    try:
+        _ = urlsplit(url).port  # a ValueError for a bad host or port
+    except ValueError as e:  # an unclosed [ of an IPv6 host, a port over 65535
+        raise UsageError(f"{url}: not a valid URL ({e})") from None
     listing_url = url if urlsplit(url).path.endswith(".json") else url.rstrip("/") + "/" + TORRENTS_JSON
     listing = http_get(listing_url, LIST_MAX_BYTES, FETCH_TIMEOUT, redirects=3)
     swarm_url = urljoin(listing.url, SWARM_JSON)
