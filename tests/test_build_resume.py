@@ -289,3 +289,10 @@ def test_a_sha256_state_that_does_not_fit_its_length_is_refused() -> None:
             FileDigest(state, length)
     with pytest.raises(ValueError):
         FileDigest(state[:-1], 100)
+
+
+def test_a_huge_checkpoint_is_refused_by_its_bound_not_a_made_up_size():
+    """A 5 GB checkpoint was refused as '67108865 bytes' (what was read: the bound plus one)."""
+    with pytest.raises(resume.CheckpointRejected) as e:
+        resume.decode_checkpoint(b"\0" * (resume.MAX_CHECKPOINT_BYTES + 1), "job")
+    assert f"more than {resume.MAX_CHECKPOINT_BYTES:,} bytes" in str(e.value)

@@ -117,7 +117,7 @@ def encode_checkpoint(job: str, cp: WriterCheckpoint) -> bytes:
 def decode_checkpoint(data: bytes, job: str) -> WriterCheckpoint:
     """The checkpoint in `data` if it is whole and is for `job`; CheckpointRejected otherwise."""
     if len(data) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointRejected(f"{len(data)} bytes: too big for a checkpoint")
+        raise CheckpointRejected(f"more than {MAX_CHECKPOINT_BYTES:,} bytes: too big for a checkpoint")
     body, trailer = data[:-32], data[-32:]
     if not body.startswith(_MAGIC) or hashlib.sha256(body).digest() != trailer:
         raise CheckpointRejected("not a checkpoint, or damaged (its checksum does not match)")
