@@ -326,3 +326,12 @@ def test_a_shard_lost_after_new_listening_figures_is_rebuilt_byte_identical(work
         p.unlink()
     assert run_build(workspace).built
     assert {p.name: p.read_bytes() for p in sorted((workspace / "shards").glob("*.tar.zst"))} == first
+
+
+def test_a_negative_jobs_count_is_refused_with_the_default_build_help_gives(workspace):
+    """The error said '0 (one per core)' while --help (and the pool) say 0 is one per two cores."""
+    from packager.errors import UsageError
+
+    with pytest.raises(UsageError) as e:
+        run_build(workspace, jobs=-1)
+    assert "0 (one per two cores)" in str(e.value)

@@ -71,7 +71,7 @@ def build(
     if not ws.config.root.is_dir():
         raise WorkspaceError(f"{ws.config.root}: the archive root is not there", hint="check release.root")
     if jobs_count < 0:
-        raise UsageError(f"--jobs {jobs_count}: must be 0 (one per core) or more")
+        raise UsageError(f"--jobs {jobs_count}: must be 0 (one per two cores) or more")
     with ws.locked("build"):
         return _build_locked(ws, jobs_count, phase, on_event, scheduler)
 
