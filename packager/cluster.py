@@ -147,9 +147,7 @@ def _unreachable(address: str, why: str) -> EnvironmentProblem:
 def _accepts(address: str, timeout: float) -> bool:
     """Whether HOST:PORT of a tcp:// or tls:// address takes a TCP connection: Dask's handshake timing out
     says nothing of it (a name that never resolves, a black-holed address or a silent port all time out)."""
-    import socket
-
-    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.addressing import parse_address, parse_host_port  # the caller imported distributed
 
     try:
         scheme, loc = parse_address(address)

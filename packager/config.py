@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import layout
 from .errors import ConfigError, UsageError
@@ -428,8 +429,6 @@ def _phase(file: Path, table: Any, index: int) -> Phase:
 def _url_parses(url: str) -> bool:
     """Whether urlsplit takes it, host and port too: an unclosed [ or a port over 65535 is its ValueError
     (a traceback in build, torrent and health)."""
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(url)
         return parts.hostname is not None and (parts.port is None or parts.port > 0)
