@@ -400,3 +400,17 @@ def test_a_manifest_that_never_ends_is_refused_unread(pubs, tmp_path):
     (folder / "release.json").write_bytes(b" " * (10 * 2**20))
     r = run(pubs, folder, pubs.trust_file(tmp_path / "trust2.json"))
     assert r.exit_code == 2 and "release.json: listed by no publication" in r.output
+
+
+@pytest.mark.parametrize("command", [["verify"], ["locate", "t03"], ["fetch", "t03"]])
+@pytest.mark.parametrize("key", ["", "  "])
+def test_an_empty_pubkey_is_refused_not_read_as_no_key(pubs, tmp_path, command, key):
+    """`--pubkey "$KEY"` with KEY unset: verify said 'all good' (exit 0) and locate answered, both without
+    authenticating anything; fetch blamed the mirror for a missing signature."""
+    name, *ids = command
+    args = [name, str(pubs.folders[2]), *ids, "--pubkey", key, "--trust-file", str(tmp_path / "t.json")]
+    if name == "fetch":
+        args += ["-o", str(tmp_path / "out")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "--pubkey" in r.output and "empty" in r.output, r.output
+    assert not (tmp_path / "out").exists()

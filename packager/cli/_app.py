@@ -72,6 +72,18 @@ app = typer.Typer(
 
 WorkspaceArg = Annotated[Path, typer.Argument(help="The release workspace folder (made by `packager init`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+def pubkey_given(value: str | None) -> str | None:
+    """--pubkey's callback: an empty key (`--pubkey "$KEY"` with KEY unset) would read as no key at all, so
+    nothing would be authenticated and the check would still pass."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter(
+            "empty: give the publisher's .pub file or its base64 line", param_hint="--pubkey"
+        )
+    return value
+
+
 TrustFileOpt = Annotated[
     Path | None,
     typer.Option(

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..config import format_size
 from ..errors import UsageError
-from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out
+from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out, pubkey_given
 
 
 @app.command()
@@ -33,8 +33,9 @@ def fetch(
     pubkey: Annotated[
         str | None,
         typer.Option(
+            callback=pubkey_given,
             help="The publisher's minisign public key (.pub file or its base64 line): every byte used is "
-            "checked against the signed publication."
+            "checked against the signed publication.",
         ),
     ] = None,
     trust_file: TrustFileOpt = None,

@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..member_index import MemberIndex, published_folder
 from ..publish import publish as run_publish
 from ..workspace import Workspace
-from ._app import JsonOpt, TrustFileOpt, WorkspaceArg, app, emit_json, out
+from ._app import JsonOpt, TrustFileOpt, WorkspaceArg, app, emit_json, out, pubkey_given
 
 PASSWORD_ENV = "PACKAGER_KEY_PASSWORD"
 
@@ -176,7 +176,10 @@ def locate(
     ids: Annotated[list[str], typer.Argument(help="Item ids to look up.")],
     pubkey: Annotated[
         str | None,
-        typer.Option(help="The publisher's minisign public key: authenticate the index first (see verify)."),
+        typer.Option(
+            callback=pubkey_given,
+            help="The publisher's minisign public key: authenticate the index first (see verify).",
+        ),
     ] = None,
     trust_file: TrustFileOpt = None,
     as_json: JsonOpt = False,

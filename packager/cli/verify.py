@@ -13,7 +13,7 @@ from rich.text import Text
 from ..config import format_size
 from ..verify import BytesRead, Level, PassStarted, Severity, Status, VerifyOptions, format_ranges
 from ..verify import verify as run_verify
-from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out
+from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out, pubkey_given
 
 _SHOWN = 20  # damaged members listed per file before "... and N more"
 
@@ -26,8 +26,9 @@ def verify(
     pubkey: Annotated[
         str | None,
         typer.Option(
+            callback=pubkey_given,
             help="The publisher's minisign public key (.pub file or its base64 line): check the signed "
-            "publication statement, every file against it, and refuse an older or mixed publication."
+            "publication statement, every file against it, and refuse an older or mixed publication.",
         ),
     ] = None,
     trust_file: TrustFileOpt = None,
