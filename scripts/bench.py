@@ -25,6 +25,7 @@ import random
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -419,7 +420,12 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", type=parse_levels, default=[-1, 1, 3])
     p.add_argument("--repeat", type=int, default=3, help="best of N runs (shared machines are noisy)")
     p.add_argument("--v2", action="store_true", help="also hash the BEP 52 merkle tree (hybrid/v2)")
-    p.add_argument("--profile", action="store_true", help="then one run per level with per-thread figures")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="then one run per level with per-thread figures (and, with py-spy installed, each thread's "
+        "share of the GIL)",
+    )
 
 
 def bench_speed(args: argparse.Namespace) -> dict:
@@ -474,16 +480,52 @@ def bench_speed(args: argparse.Namespace) -> dict:
     print(f"target          build/copy <= {BUILD_COPY_TARGET} (with v2={args.v2}, {os.cpu_count()} cores)")
     for level in args.levels if args.profile else ():
         profile: dict = {}
-        build(level, profile)
+        gil = gil_shares(lambda level=level, profile=profile: build(level, profile), work)
         print(
             f"level {level}: per thread, seconds (O_DIRECT {profile['O_DIRECT']}, zero-copy zstd "
-            f"{profile['zero_copy_zstd']})"
+            f"{profile['zero_copy_zstd']})" + ("; GIL: share of the wall time holding it" if gil else "")
         )
         for name, figures in profile["threads"].items():
-            print(f"  {name:<9}" + "  ".join(f"{k} {v:.2f}" for k, v in sorted(figures.items())))
+            thread = "MainThread" if name == "main" else f"shard-{name}"
+            held = f"  GIL {gil.get(thread, 0.0):.0%}" if gil else ""
+            print(f"  {name:<9}" + "  ".join(f"{k} {v:.2f}" for k, v in sorted(figures.items())) + held)
+        if gil is None:
+            print("  (install py-spy to see each thread's share of the GIL)")
         results["levels"][level]["profile"] = profile
+        results["levels"][level]["gil_share"] = gil
     target.unlink(missing_ok=True)
     return results
+
+
+def gil_shares(run: Callable[[], None], work: Path) -> dict[str, float] | None:
+    """run(), sampled by py-spy with --gil (only the thread holding the GIL is recorded): each thread's
+    share of the samples, by thread name; None without py-spy."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
+        run()
+        return None
+    raw = work / "gil.txt"
+    rate = 250
+    cmd = [spy, "record", "--pid", str(os.getpid()), "--gil", "--nonblocking", "--threads"]
+    cmd += ["-r", str(rate), "--format", "raw", "-o", str(raw)]
+    spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached and sampling
+    start = time.perf_counter()
+    try:
+        run()
+    finally:
+        wall = time.perf_counter() - start
+        spy_proc.send_signal(signal.SIGINT)
+        spy_proc.wait()
+    samples: dict[str, int] = {}
+    for line in raw.read_text().splitlines() if raw.exists() else ():
+        stack, _, count = line.rpartition(" ")
+        name = stack.split(";", 1)[0].partition("): ")[2] or "?"
+        samples[name] = samples.get(name, 0) + int(count)
+    raw.unlink(missing_ok=True)
+    # Samples before and after run() (the sleep above, the wait) are the main thread's; a share is of
+    # run()'s wall time, so that one is an upper bound.
+    return {name: n / (wall * rate) for name, n in samples.items()}
 
 
 # --- dispatch -----------------------------------------------------------------------------------------------
