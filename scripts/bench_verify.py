@@ -79,11 +79,12 @@ def build_mirror(args: argparse.Namespace) -> Path:
     """mirror/ with one shard of about --size, its .torrent, SHA256SUMS and release.json."""
     from packager.container import MemberSource, write_shard
     from packager.hashing import ShardHasher
+    from packager.manifest import FileEntry, TorrentEntry, release_json, sha256sums
     from packager.torrent import TorrentSpec, build_metainfo, identity, piece_size_for
 
     mirror = Path(args.workdir) / "verify" / f"mirror-{args.size}"
     shard = mirror / "shards" / f"{NAME}.tar.zst"
-    if shard.exists() and (mirror / "release.json").exists() and not args.rebuild:
+    if shard.exists() and _readable(mirror / "release.json") and not args.rebuild:
         return mirror
     (mirror / "shards").mkdir(parents=True, exist_ok=True)
     (mirror / "torrents").mkdir(exist_ok=True)
@@ -114,36 +115,42 @@ def build_mirror(args: argparse.Namespace) -> Path:
     metainfo = build_metainfo(spec)
     torrent = mirror / "torrents" / f"{shard.name}.torrent"
     torrent.write_bytes(metainfo)
-    files = [
-        {"path": f"shards/{shard.name}", "size": hashes.length, "sha256": hashes.sha256.hex()},
-        {
-            "path": f"torrents/{torrent.name}",
-            "size": len(metainfo),
-            "sha256": hashlib.sha256(metainfo).hexdigest(),
-        },
-    ]
     ident = identity(spec)
-    entry = {
-        "name": NAME,
-        "phase": "audio",
-        "tier": None,
-        "items": 0,
-        "data_size": args.size,
-        "format": "v1",
-        "piece_size": hashes.piece_size,
-        "info_hash_v1": ident.info_hash_v1,
-        "info_hash_v2": None,
-        "magnet": ident.magnet,
-        "torrent_file": files[1]["path"],
-        "files": files,
-        "obsolete": False,
-    }
-    doc = {"format": 1, "release": "bench", "packager_version": "bench", "phases": [], "torrents": [entry]}
-    (mirror / "release.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (mirror / "SHA256SUMS").write_text(
-        "".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(files, key=str))
+    entry = TorrentEntry(
+        name=NAME,
+        phase="audio",
+        tier=None,
+        popularity_min=0,
+        popularity_max=100,
+        items=0,
+        data_size=args.size,
+        format="v1",
+        piece_size=hashes.piece_size,
+        info_hash_v1=ident.info_hash_v1,
+        info_hash_v2=None,
+        magnet=ident.magnet,
+        files=(
+            FileEntry(f"shards/{shard.name}", hashes.length, hashes.sha256.hex()),
+            FileEntry(f"torrents/{torrent.name}", len(metainfo), hashlib.sha256(metainfo).hexdigest()),
+        ),
+        added="2025-01-01T00:00:00Z",
     )
+    # Through the manifest module's own writers, so the mirror follows the published format as it changes.
+    (mirror / "release.json").write_bytes(release_json("bench", "bench", [], [entry]))
+    (mirror / "SHA256SUMS").write_bytes(sha256sums([entry]))
     return mirror
+
+
+def _readable(release: Path) -> bool:
+    """Whether a kept mirror's release.json is one this packager reads (else the mirror is made again)."""
+    from packager.errors import PackagerError
+    from packager.manifest import read_release_json
+
+    try:
+        read_release_json(release.read_bytes(), release)
+    except (OSError, PackagerError):
+        return False
+    return True
 
 
 def evict(path: Path) -> None:
