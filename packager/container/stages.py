@@ -205,7 +205,7 @@ class Compress:
         offset, when = self._last_mark
         now = time.monotonic()
         # The interval grows with the shard (a checkpoint holds every frame and member so far, so writing
-        # one costs more the further it is): a few dozen per shard at most, each losing at most 1/16 of it.
+        # one costs more the further it is): about 130 for a 100 GB shard, each losing at most 1/32 of it.
         interval = max(every.every_bytes, self.compressed // CHECKPOINT_SHARE)
         if self.compressed - offset < interval and now - when < every.every_seconds:
             return
