@@ -208,3 +208,11 @@ def test_brackets_in_seed_and_swarm_messages_are_printed_as_they_are(capsys):
     printed = capsys.readouterr().err
     assert f"note: tracker said {HOSTILE}" in printed
     assert f"error: rel-[x]-00001: file error: {HOSTILE} (paused" in printed
+
+
+def test_demo_with_too_few_files_is_refused_not_a_traceback(tmp_path):
+    """--files 0 was StopIteration, --files 1 an IndexError (the demo extracts one, damages another)."""
+    for n in ("0", "1", "-5"):
+        r = invoke("demo", tmp_path / f"demo{n}", "--files", n)
+        assert r.exit_code == 2 and "--files" in r.output and "at least 2" in r.output, r.output
+        assert not (tmp_path / f"demo{n}").exists()

@@ -13,6 +13,7 @@ from .. import layout
 from ..catalog import IngestOptions
 from ..catalog import ingest as run_ingest
 from ..config import format_size
+from ..errors import UsageError
 from ..plan import ReleaseStatus, release_status, remove_items
 from ..plan import plan as run_plan
 from ..workspace import Workspace
@@ -253,6 +254,8 @@ def demo(
     Example:
         packager demo /tmp/packager-demo
     """
+    if files < 2:  # the demo extracts one audio member and damages another
+        raise UsageError(f"--files {files}: at least 2 audio files", hint="the default is 240")
     from ..demo import run_demo  # it seeds, so it imports libtorrent (0.3 s): only for this command
 
     run_demo(workspace, audio_files=files, say=lambda text: out.print(text, markup=True))
