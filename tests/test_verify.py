@@ -803,3 +803,11 @@ def test_cli_prints_member_paths_literally(tmp_path):
     shard.write_bytes(data)
     result = CliRunner().invoke(app, ["verify", str(shard)])
     assert result.exit_code == 1 and "member i[1] (audio/[live] [bold]x.ogg)" in result.output
+
+
+def test_a_public_key_that_is_a_fifo_is_named_so(release, tmp_path):
+    """It was 'no such public key file', for a file that is there (and was never read: it never ends)."""
+    fifo = tmp_path / "key.pub"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="not a regular file"):
+        check(release.mirror, pubkey=str(fifo))

@@ -29,6 +29,8 @@ def public_key_text(pubkey: str) -> str:
     try:
         if path.is_file():
             return read_bounded(path, MAX_SIGNATURE_BYTES, pubkey).decode("utf-8")
+        if path.exists():  # a FIFO or a device: never read (it may never end)
+            raise UsageError(f"{pubkey}: not a regular file", hint="pass the .pub file or its base64 line")
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{pubkey}: cannot read the public key: {e}") from None
     if not re.fullmatch(r"[A-Za-z0-9+/]{40,}={0,2}", pubkey.strip()):

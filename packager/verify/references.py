@@ -13,7 +13,6 @@ no key) release.json and SHA256SUMS stand on their own signatures, as before.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +23,6 @@ from packager.errors import (
     MixedPublication,
     PublicationRefused,
     UntrustedManifest,
-    UsageError,
 )
 from packager.layout import (
     PUBLISHED,
@@ -159,16 +157,8 @@ def _refs_from_torrents(root: Path) -> list[ShardRef]:
 
 
 def _public_key(pubkey: str) -> str:
-    """The key text: a .pub file's content, or the base64 line given as it is."""
-    path = Path(pubkey)
-    try:
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{pubkey}: cannot read the public key: {e}") from None
-    if not re.fullmatch(r"[A-Za-z0-9+/]{40,}={0,2}", pubkey.strip()):
-        raise UsageError(f"{pubkey}: no such public key file", hint="pass the .pub file or its base64 line")
-    return pubkey.strip()
+    """The key text: a .pub file's content (read bounded), or the base64 line given as it is."""
+    return trust.public_key_text(pubkey)
 
 
 def _authenticate(path: Path, data: bytes, pubkey: str) -> str:
