@@ -9,10 +9,12 @@ so memory stays flat whatever the catalog size (the real one has 10^8 rows).
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 
 from .config import Phase, Tier
 from .errors import UsageError
@@ -98,38 +100,63 @@ def _bounds(phase: Phase, tier: Tier) -> tuple[float | None, float | None]:
 class _ShardCutter:
     """Accumulates candidates into shards, writing members in batches as it goes."""
 
-    def __init__(self, state: State, release: str, phase: Phase, tier: Tier, now: str, report: PlanReport):
-        self.state, self.release, self.phase, self.tier = state, release, phase, tier
+    def __init__(
+        self,
+        state: State,
+        release: str,
+        phase: Phase,
+        tier: Tier,
+        now: str,
+        report: PlanReport,
+        staged: bool,
+    ):
+        self.state, self.release, self.phase, self.tier, self.staged = state, release, phase, tier, staged
         self.now, self.report = now, report
         self.seq = state.next_seq(phase.name, tier.name)
         self.shard_id: int | None = None
         self.count = self.bytes = 0
         self.pop_min = self.pop_max = 0.0
-        self.batch: list[tuple[int, int, int]] = []
+        self.batch: list[int] = []  # item rowids of the open shard from position count - len(batch) on
         self.names: dict[str, tuple[str, int]] = {}  # folded path -> (path, item rowid), in this shard
         self.by_kind: dict[str, list[int]] = {}  # kind -> [items, bytes] planned
 
-    def add(self, rowid: int, size: int, popularity: float, kind: str, path: str) -> None:
-        if self.shard_id is not None and self.bytes + size > self.phase.shard_size:
-            self.close()
-        if self.shard_id is None:
-            self._open(popularity)
-        self.batch.append((self.shard_id, self.count, rowid))
-        self.count += 1
-        self.bytes += size
-        self.pop_min = popularity  # candidates arrive in descending popularity
-        totals = self.by_kind.setdefault(kind, [0, 0])
-        totals[0] += 1
-        totals[1] += size
-        folded = folded_path(path)
-        other = self.names.setdefault(folded, (path, rowid))
-        if other[1] != rowid:
-            self._collision(path, rowid, *other)
-        if len(self.batch) >= MEMBER_BATCH:
-            self.state.add_members(self.batch)
-            self.batch.clear()
-        if size > self.phase.shard_size:
-            self.close()
+    def take(self, rows: Iterable[tuple], on_items: Callable[[int], None] | None = None) -> None:
+        """Cut this group's candidates, (group, rowid, size, popularity, kind, path) in plan order, into
+        shards. The loop of 10^8 rows, written out for speed: the open shard's counts live in locals and
+        go back to self only when it closes."""
+        limit = self.phase.shard_size
+        batch, names, by_kind = self.batch, self.names, self.by_kind
+        shard_id, count, nbytes, pop_min = self.shard_id, self.count, self.bytes, self.pop_min
+        for _, rowid, size, popularity, kind, path in rows:
+            if shard_id is not None and nbytes + size > limit:
+                self.count, self.bytes, self.pop_min = count, nbytes, pop_min
+                self.close()
+                shard_id = None
+            if shard_id is None:
+                self._open(popularity)
+                shard_id, count, nbytes = self.shard_id, 0, 0
+            batch.append(rowid)
+            count += 1
+            nbytes += size
+            pop_min = popularity  # candidates arrive in descending popularity
+            totals = by_kind.get(kind)
+            if totals is None:
+                totals = by_kind[kind] = [0, 0]
+            totals[0] += 1
+            totals[1] += size
+            other = names.setdefault(path.lower() if path.isascii() else folded_path(path), (path, rowid))
+            if other[1] != rowid:
+                self._collision(path, rowid, *other)
+            if len(batch) >= MEMBER_BATCH:
+                self.state.add_member_run(shard_id, count - len(batch), batch, self.staged)
+                batch.clear()
+                if on_items:
+                    on_items(self.report.items + count)
+            if size > limit:
+                self.count, self.bytes, self.pop_min = count, nbytes, pop_min
+                self.close()
+                shard_id = None
+        self.count, self.bytes, self.pop_min = count, nbytes, pop_min
 
     def _collision(self, path: str, rowid: int, other_path: str, other_rowid: int) -> None:
         self.report.collision_count += 1
@@ -150,8 +177,9 @@ class _ShardCutter:
     def close(self) -> None:
         if self.shard_id is None:
             return
-        self.state.add_members(self.batch)
-        self.batch.clear()
+        if self.batch:
+            self.state.add_member_run(self.shard_id, self.count - len(self.batch), self.batch, self.staged)
+            self.batch.clear()
         self.state.set_shard_totals(self.shard_id, self.count, self.bytes, self.pop_min, self.pop_max)
         name = self.phase.shard_name(self.release, self.tier.name, self.seq)
         self.report.shards.append(
@@ -188,26 +216,24 @@ def plan(ws: Workspace, dry_run: bool = False, on_items: Callable[[int], None] |
     groups = [(phase, tier) for phase in config.phases for tier in phase.tiers]
     try:
         with state.transaction():
-            planned_before = state.member_count()
-            total = state.load_candidates([(p.kinds, *_bounds(p, t)) for p, t in groups])
-            if total and total > REBUILD_FRACTION * planned_before:
+            # The members' item index answers the candidates' NOT EXISTS, so it can go before them only
+            # when there are no members; when many are added to many, they are staged and appended after.
+            first = state.member_count() == 0
+            if first:
                 state.drop_member_index()
-            cutter: _ShardCutter | None = None
+            many = not first and sum(n for _, n, _ in state.unassigned_counts()) > (
+                REBUILD_FRACTION * state.member_count()
+            )
             by_kind: dict[str, list[int]] = {}
-            current = None
-            for n, (group, rowid, size, popularity, kind, path) in enumerate(state.iter_candidates(), 1):
-                if group != current:
-                    if cutter is not None:
-                        cutter.close()
-                        _merge(by_kind, cutter.by_kind)
-                    current = group
-                    cutter = _ShardCutter(state, config.name, *groups[group], now, report)
-                cutter.add(rowid, size, popularity, kind, path)
-                if on_items and n % MEMBER_BATCH == 0:
-                    on_items(report.items + cutter.count)
-            if cutter is not None:
+            candidates = state.candidates([(p.kinds, *_bounds(p, t)) for p, t in groups])
+            for group, rows in itertools.groupby(candidates, key=itemgetter(0)):
+                cutter = _ShardCutter(state, config.name, *groups[group], now, report, many)
+                cutter.take(rows, on_items)
                 cutter.close()
                 _merge(by_kind, cutter.by_kind)
+            if many:
+                state.drop_member_index()
+                state.add_staged_members()
             state.restore_member_index()
             state.add_totals((k, 0, 0, -n, -b) for k, (n, b) in by_kind.items())
             report.unassigned = state.unassigned_counts()
@@ -215,8 +241,6 @@ def plan(ws: Workspace, dry_run: bool = False, on_items: Callable[[int], None] |
                 raise _DryRun
     except _DryRun:
         pass
-    finally:
-        state.db.execute("DROP TABLE IF EXISTS temp.cand")
     if on_items:
         on_items(report.items)
     return report

@@ -20,7 +20,7 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from .container import ShardReader
 from .errors import ContainerError, PackagerError, PublishError
 from .fsutil import file_sha256, fsync_dir, fsync_file, write_durable
 from .hashing import ShardHashes
+from .index_rows import add_built_members
 from .manifest import (
     FileEntry,
     PhaseEntry,
@@ -43,7 +44,7 @@ from .manifest import (
     torrents_json,
     whitelist,
 )
-from .member_index import MemberIndex, MemberIndexWriter, member_rows
+from .member_index import MemberIndex, MemberIndexWriter
 from .pages import STAMP, feed_xml, index_html, parse_stamp
 from .state import ShardRow, TorrentFacts
 from .swarm.live import live_files
@@ -342,8 +343,14 @@ def _write_member_index(
     start = len(known) if base is not None else 0
     config = ws.config
     with MemberIndexWriter(folder, config.name, base, private=config.private, source=config.source) as writer:
-        writer.add_torrents(
-            (n, p.entry, _member_rows(ws, p, n)) for n, p in enumerate(everything[start:], start + 1)
+        add_built_members(
+            writer,
+            ws.state.path,
+            [
+                (n, p.entry, p.shard_id, (str(ws.file(p.entry.shard.path)), p.entry.name))
+                for n, p in enumerate(everything[start:], start + 1)
+            ],
+            _shard_frames,
         )
         written = writer.finish()
     fsync_dir(folder)
@@ -435,18 +442,19 @@ def _link_index(final: Path, tmp: Path) -> bool:
     return True
 
 
-def _member_rows(ws: Workspace, p: _Published, n: int) -> Iterator[tuple]:
-    path = ws.file(p.entry.shard.path)
+def _shard_frames(shard: tuple) -> list:
+    """The seek table of a published shard, (its path on this machine, its name): what its members'
+    frames are. Run by the index's worker processes too, so it takes names, not objects."""
+    path, name = shard
     try:
-        with ShardReader(path) as reader:
-            frames = reader.frames
+        with ShardReader(Path(path)) as reader:
+            return reader.frames
     except ContainerError as e:
         raise PublishError(
-            p.entry.name,
+            name,
             f"cannot read the shard's seek table for the member index: {e.reason}",
             hint="the index needs each published shard once; put the shard back in shards/",
         ) from None
-    yield from member_rows(ws.state.iter_member_records(p.shard_id), frames, n)
 
 
 # ---- the publication statement ---------------------------------------------------------------------------

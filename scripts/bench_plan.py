@@ -9,7 +9,6 @@ and the member-index write for every planned member, with wall time, peak RSS an
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -36,6 +35,16 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
         "--steps",
         default="ingest,re-ingest,plan,status,member index,locate",
         help="comma-separated steps to run (later steps need the earlier ones)",
+    )
+    p.add_argument(
+        "--from-state",
+        metavar="FILE",
+        help="start from a copy of this state.sqlite (e.g. one saved after ingest) instead of a new "
+        "workspace; the catalogs are then generated only for the ingest steps",
+    )
+    p.add_argument("--save-state", metavar="FILE", help="copy the state here once the steps are done")
+    p.add_argument(
+        "--reuse", action="store_true", help="run the steps on the workspace the last run left (no copy)"
     )
 
 
@@ -69,14 +78,17 @@ def _row(rng: random.Random, n: int) -> dict:
     }
 
 
-def write_catalogs(work: Path, rows: int, seed: int = 1) -> tuple[Path, Path]:
+def write_catalogs(work: Path, rows: int, seed: int = 1, refresh_too: bool = True) -> tuple[Path, Path]:
     """The first catalog, and its refresh: 0.5 % changed, 0.5 % new, 0.1 % gone (same order otherwise)."""
     base, refresh = work / f"catalog-{rows}.jsonl", work / f"refresh-{rows}.jsonl"
     done = work / f"catalog-{rows}.done"
-    if done.exists() and base.exists() and refresh.exists():
+    if done.exists() and base.exists() and (refresh.exists() or not refresh_too):
         return base, refresh
+    if not refresh_too:
+        refresh = Path(os.devnull)
     rng, change = random.Random(seed), random.Random(seed + 1)
-    with open(base.with_suffix(".part"), "wb") as b, open(refresh.with_suffix(".part"), "wb") as r:
+    refresh_part = refresh.with_suffix(".part") if refresh_too else refresh
+    with open(base.with_suffix(".part"), "wb") as b, open(refresh_part, "wb") as r:
         for n in range(rows):
             row = _row(rng, n)
             line = orjson.dumps(row) + b"\n"
@@ -92,7 +104,8 @@ def write_catalogs(work: Path, rows: int, seed: int = 1) -> tuple[Path, Path]:
             if x > 0.995:
                 r.write(orjson.dumps(_row(change, rows + n)) + b"\n")
     base.with_suffix(".part").replace(base)
-    refresh.with_suffix(".part").replace(refresh)
+    if refresh_too:
+        refresh.with_suffix(".part").replace(refresh)
     done.write_text(str(rows))
     return base, refresh
 
@@ -106,26 +119,34 @@ def bench_plan(args) -> dict:
     work = Path(args.workdir) / "plan"
     work.mkdir(parents=True, exist_ok=True)
     steps = [s.strip() for s in args.steps.split(",")]
-    print(f"generating {args.rows:,} catalog rows and their refresh ...", flush=True)
-    t0 = time.perf_counter()
-    base, refresh = write_catalogs(work, args.rows)
-    print(f"  ({time.perf_counter() - t0:.0f} s; {base.stat().st_size / 1e9:.2f} GB)", flush=True)
+    base = refresh = None
+    if not (args.from_state or args.reuse) or {"ingest", "re-ingest"} & set(steps):
+        print(f"generating {args.rows:,} catalog rows and their refresh ...", flush=True)
+        t0 = time.perf_counter()
+        base, refresh = write_catalogs(work, args.rows, refresh_too="re-ingest" in steps)
+        print(f"  ({time.perf_counter() - t0:.0f} s; {base.stat().st_size / 1e9:.2f} GB)", flush=True)
     root = work / "archive"
     root.mkdir(exist_ok=True)
     ws = work / "ws"
-    shutil.rmtree(ws / "member-index", ignore_errors=True)
-    for name in ("release.toml", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
-        (ws / name).unlink(missing_ok=True)
     exe = [sys.executable, "-m", "packager.cli"]
-    subprocess.run(
-        exe + ["init", str(ws), "--root", str(root), "--name", "bench"], check=True, stdout=subprocess.DEVNULL
-    )
+    if not args.reuse:
+        shutil.rmtree(ws / "member-index", ignore_errors=True)
+        for name in ("release.toml", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
+            (ws / name).unlink(missing_ok=True)
+        subprocess.run(
+            exe + ["init", str(ws), "--root", str(root), "--name", "bench"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    if args.from_state:
+        shutil.copyfile(args.from_state, ws / "state.sqlite")
     commands = {
         "ingest": exe + ["ingest", str(ws), str(base), "--trust-sizes"],
         "re-ingest": exe + ["ingest", str(ws), str(refresh), "--trust-sizes"],
         "plan": exe + ["plan", str(ws)],
         "status": exe + ["status", str(ws)],
         "member index": [sys.executable, __file__, "_index", str(ws), str(ws / "member-index")],
+        "fake builds": [sys.executable, __file__, "_builds", str(ws)],
     }
     figures: dict = {"rows": args.rows, "steps": {}}
     print(f"{'rows':<14}{args.rows:>14,}")
@@ -133,7 +154,7 @@ def bench_plan(args) -> dict:
     for step in steps:
         if step == "locate":
             out = subprocess.run(
-                [sys.executable, __file__, "_locate", str(ws / "member-index"), str(refresh)],
+                [sys.executable, __file__, "_locate", str(ws / "member-index"), str(ws)],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -142,6 +163,8 @@ def bench_plan(args) -> dict:
             figures["steps"]["locate"] = {"ms_per_lookup": ms}
             print(f"{'locate':<14}{ms:>10.3f} ms per id (cold process, 100 random ids)")
             continue
+        if step == "member index":  # as if every shard were built: not measured
+            subprocess.run(commands["fake builds"], check=True)
         wall, cpu, rss = run_measured(commands[step])
         size = state_size(ws)
         figures["steps"][step] = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss, "state_bytes": size}
@@ -154,72 +177,119 @@ def bench_plan(args) -> dict:
             f"{step:<14}{wall:>10.2f}{per_row:>9.2f}{cpu:>9.1f}{rss:>13.0f}{size / 1e9:>10.2f}   {target}",
             flush=True,
         )
-    if not args.keep:
+    if args.save_state:
+        shutil.copyfile(ws / "state.sqlite", args.save_state)
+    if not args.keep and base is not None:
         for p in (base, refresh, work / f"catalog-{args.rows}.done"):
-            p.unlink(missing_ok=True)
+            if p != Path(os.devnull):
+                p.unlink(missing_ok=True)
     return figures
 
 
-def _write_index(ws: Path, target: Path) -> None:
-    """The member index of every planned shard as if each were built: one frame per member, 16 MiB pieces.
-    Reads the members from the state as publish does, so the figure is the index write at this size."""
-    from packager import layout
+FRAME_BYTES = 1500  # the synthetic seek table: one frame a member
+
+
+def _fake_builds(ws: Path) -> None:
+    """Record every planned shard as built, as `packager build` would: each member's hashes, its offset
+    and its frame (random hashes: real ones do not compress either)."""
+    import sqlite3
+
+    db = sqlite3.connect(ws / "state.sqlite", isolation_level=None)
+    db.execute("BEGIN")
+    db.execute("DELETE FROM member_builds")
+    db.execute(
+        "INSERT INTO member_builds (shard_id, ord, xxh3_128, sha256, offset, first_frame, last_frame) "
+        "SELECT shard_id, ord, lower(hex(randomblob(16))), lower(hex(randomblob(32))), ord * 2048 + 1024, "
+        "ord, ord FROM members"
+    )
+    db.execute("UPDATE shards SET state = 'built'")
+    db.execute("COMMIT")
+    db.close()
+
+
+def _bench_frames(items: int) -> list:
+    """A synthetic seek table of one frame a member (publish reads each shard's: a few kB). Module level:
+    the index's workers run it."""
     from packager.container import Frame
+
+    return [Frame(k, k * FRAME_BYTES, FRAME_BYTES, k * 2048, 2048, None) for k in range(items)]
+
+
+def _bench_rows(source: tuple, n: int):
+    """packager before the two-pass reader: the rows of one shard as it read them (for before/after)."""
+    from packager.member_index import member_rows
+    from packager.state import State
+
+    state_path, shard_id, items = source
+    state = State(Path(state_path), readonly=True)
+    try:
+        yield from member_rows(state.iter_member_records(shard_id), _bench_frames(items), n)
+    finally:
+        state.close()
+
+
+def _write_index(ws: Path, target: Path) -> None:
+    """The member index of every built shard, as publish writes it."""
+    from packager import layout
     from packager.manifest import FileEntry, TorrentEntry
-    from packager.member_index import MemberIndexWriter, member_rows
+    from packager.member_index import MemberIndexWriter
     from packager.state import State
 
     state = State(ws / "state.sqlite", readonly=True)
     piece = 16 * 2**20
-
-    def shards():
-        for n, s in enumerate(state.shards(), 1):
-            records, frames, offset = [], [], 0
-            for m in state.iter_members(s.id):
-                offset += 1024  # pax + ustar headers
-                frames.append(Frame(len(frames), offset, m.size, offset, m.size, None))
-                k = len(frames) - 1
-                digest = hashlib.sha256(m.id.encode()).hexdigest()  # as random as the real hashes
-                records.append((m.id, m.path, m.size, offset, k, k, digest[:32], digest))
-                offset += m.size + (-m.size % 512)
-            entry = TorrentEntry(
-                s.name, s.phase, s.tier, s.pop_min, s.pop_max, s.items, s.bytes, "v1", piece, "0" * 40, None,
-                f"magnet:?xt=urn:btih:{'0' * 40}",
-                (FileEntry(f"shards/{s.name}.tar.zst", offset, "0" * 64),
-                 FileEntry(f"torrents/{s.name}.tar.zst.torrent", 1000, "0" * 64)),
-                "2026-01-01T00:00:00Z",
-            )  # fmt: skip
-            yield n, entry, member_rows(records, frames, n)
-
+    torrents = []
+    for n, s in enumerate(state.shards(), 1):
+        entry = TorrentEntry(
+            s.name, s.phase, s.tier, s.pop_min, s.pop_max, s.items, s.bytes, "v1", piece, "0" * 40, None,
+            f"magnet:?xt=urn:btih:{'0' * 40}",
+            (FileEntry(f"shards/{s.name}.tar.zst", s.items * FRAME_BYTES + 1000, "0" * 64),
+             FileEntry(f"torrents/{s.name}.tar.zst.torrent", 1000, "0" * 64)),
+            "2026-01-01T00:00:00Z",
+        )  # fmt: skip
+        torrents.append((n, entry, s.id, s.items))
+    state.close()
     shutil.rmtree(target, ignore_errors=True)
     with MemberIndexWriter(target / layout.MEMBER_INDEX_DIR, "bench") as index:
-        index.add_torrents(shards())
+        try:
+            from packager.index_rows import add_built_members
+        except (
+            ImportError
+        ):  # packager before it (for before/after figures): one process, rows joined at random
+            index.add_torrents((n, e, _bench_rows((str(state.path), i, k), n)) for n, e, i, k in torrents)
+        else:
+            add_built_members(index, state.path, torrents, _bench_frames)
         index.finish()
 
 
-def _locate(index: Path, catalog: Path) -> None:
+def _locate(index: Path, ws: Path) -> None:
+    """100 ids at random from the state, looked up one by one."""
+    import sqlite3
+
     from packager.member_index import MemberIndex
 
-    rng = random.Random(5)
-    size = catalog.stat().st_size
-    ids = []
-    with open(catalog, "rb") as f:
-        while len(ids) < 100:
-            f.seek(rng.randrange(size))
-            f.readline()
-            line = f.readline()
-            if line:
-                ids.append(orjson.loads(line)["id"])
+    db = sqlite3.connect(f"file:{ws / 'state.sqlite'}?mode=ro", uri=True)
+    top = db.execute("SELECT MAX(n) FROM items").fetchone()[0]
+    rng, ids = random.Random(5), []
+    while len(ids) < 100:
+        row = db.execute(
+            "SELECT i.id FROM items i JOIN members m ON m.item_rowid = i.n WHERE i.n = ?",
+            (rng.randint(1, top),),
+        ).fetchone()
+        if row:
+            ids.append(row[0])
     start = time.perf_counter()
     with MemberIndex.open(index) as idx:
         for i in ids:
-            idx.locate([i])
+            (loc,), _ = idx.locate([i])
+            assert loc.id == i
     print(json.dumps({"ms_per_lookup": (time.perf_counter() - start) * 1000 / len(ids)}))
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_index"]:
         _write_index(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1:2] == ["_builds"]:
+        _fake_builds(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["_locate"]:
         _locate(Path(sys.argv[2]), Path(sys.argv[3]))
     else:

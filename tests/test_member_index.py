@@ -166,6 +166,53 @@ def test_the_bytes_depend_on_the_members_only(tmp_path, monkeypatch):
     assert len(root["directories"]) == 16 and root["torrent_chunks"][0][3:] == [1, 3]
 
 
+def test_the_bucket_sort_in_worker_processes_gives_the_same_bytes(tmp_path, monkeypatch):
+    """From 2^BUCKET_BITS parts on, each bucket is cut into its parts alone, in worker processes: the
+    same files as inline, also when a worker splits a bucket again (a part then spans sub-buckets)."""
+    monkeypatch.setattr(member_index, "PART_ROWS", 2)
+    release = big_release(3000)
+    write(tmp_path / "inline", release)
+    monkeypatch.setattr(member_index, "POOL_MEMBERS", 0)
+    monkeypatch.setattr(member_index, "WORKERS", 2)
+    write(tmp_path / "pool", release)
+    monkeypatch.setattr(member_index, "SORT_BYTES", 300)  # ~3 members a bucket: every one split
+    write(tmp_path / "split", release)
+    assert digests(tmp_path / "inline") == digests(tmp_path / "pool") == digests(tmp_path / "split")
+    root = json.loads((tmp_path / "pool" / layout.MEMBER_INDEX).read_text())
+    assert root["partition"]["bits"] == 11 >= member_index.BUCKET_BITS
+    expected = expected_locations(release)
+    with MemberIndex.open(tmp_path / "split") as index:
+        found, missing = index.locate(expected)
+    assert found == list(expected.values()) and not missing
+
+
+def rows_of_release(job: tuple):
+    """add_rows_in_workers' reader for big_release torrents (module level: it runs in workers)."""
+    n, frames, records = job
+    return member_rows(records, frames, n)
+
+
+def test_rows_read_in_worker_processes_give_the_same_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(member_index, "PART_ROWS", 2)
+    release = big_release(3000, torrents=5)
+    write(tmp_path / "one", release)
+    monkeypatch.setattr(member_index, "POOL_MEMBERS", 0)
+    monkeypatch.setattr(member_index, "WORKERS", 2)
+    torrents = [(n, e) for n, (e, _, _) in enumerate(release, 1)]
+    jobs = [((n, f, r), len(r)) for n, (_, f, r) in enumerate(release, 1)]
+    with MemberIndexWriter(tmp_path / "two" / layout.MEMBER_INDEX_DIR, "r") as w:
+        w.add_rows_in_workers(torrents, jobs, rows_of_release)
+        assert w.finish().members == 3000
+    write(tmp_path / "first", release[:2])
+    with (
+        MemberIndex.open(tmp_path / "first") as previous,
+        MemberIndexWriter(tmp_path / "three" / layout.MEMBER_INDEX_DIR, "r", previous) as w,
+    ):
+        w.add_rows_in_workers(torrents[2:], jobs[2:], rows_of_release)
+        w.finish()
+    assert digests(tmp_path / "one") == digests(tmp_path / "two") == digests(tmp_path / "three")
+
+
 def test_a_lookup_reads_one_directory_one_part_and_one_torrent_chunk(tmp_path, monkeypatch):
     monkeypatch.setattr(member_index, "PART_ROWS", 16)
     written = write(tmp_path, big_release(3000))
@@ -176,12 +223,19 @@ def test_a_lookup_reads_one_directory_one_part_and_one_torrent_chunk(tmp_path, m
     assert index.bytes_read < written.root_size + 3 * written.pack_size / 64
 
 
-def test_an_id_indexed_twice_is_refused(tmp_path):
+@pytest.mark.parametrize("pool", [False, True])
+def test_an_id_indexed_twice_is_refused(tmp_path, monkeypatch, pool):
     e, other = torrent_entry(), torrent_entry("r-audio-t1-00002")
     frames = frames_of([100])
+    filler = [record(f"f{i}", 1, 512, 0, 0) for i in range(3000)]
+    if pool:  # 2^11 parts, cut in worker processes
+        monkeypatch.setattr(member_index, "PART_ROWS", 2)
+        monkeypatch.setattr(member_index, "POOL_MEMBERS", 0)
+        monkeypatch.setattr(member_index, "WORKERS", 2)
     with pytest.raises(PublishError, match="'a' is indexed twice, in r-audio-t1-00001 and r-audio-t1-00002"):
         write(
-            tmp_path, [(e, frames, [record("a", 1, 512, 0, 0)]), (other, frames, [record("a", 1, 512, 0, 0)])]
+            tmp_path,
+            [(e, frames, [record("a", 1, 512, 0, 0), *filler]), (other, frames, [record("a", 1, 512, 0, 0)])],
         )
     assert not list((tmp_path / layout.MEMBER_INDEX_DIR).glob(".spill-*"))  # the spill folder is gone
 

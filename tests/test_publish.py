@@ -13,7 +13,7 @@ import pytest
 import zstandard
 from typer.testing import CliRunner
 
-from packager import layout, trust
+from packager import index_rows, layout, member_index, trust
 from packager import publish as publish_module
 from packager.cli import app
 from packager.container import ShardReader, manifest_line
@@ -485,3 +485,28 @@ def test_keygen_hints_work_as_printed(built, tmp_path, monkeypatch):
     r = invoke("publish", built, "--phase", "audio", "--key", key_flag)
     assert r.exit_code == 0 and "signed by minisign key" in r.output, r.output
     assert (built / layout.PUBLISHED / f"{layout.STATEMENT}.minisig").is_file()
+
+
+def test_the_member_index_is_the_same_however_its_rows_are_read(make_workspace, archive, monkeypatch):
+    """At scale the members' rows are read in two passes (by item rowid range), by two processes each with
+    its own state connection and seek tables; a sparse range is read item by item: the same index, byte
+    for byte, as the plain read."""
+    rows = catalog(archive)
+    digests = []
+    modules = {"POOL_MEMBERS": member_index, "WORKERS": member_index, "RANGE_MEMBERS": index_rows}
+    modules["SPARSE"] = index_rows
+    defaults = {key: getattr(module, key) for key, module in modules.items()}
+    for name, settings in (
+        ("inline", {}),
+        ("workers", {"POOL_MEMBERS": 0, "WORKERS": 2, "RANGE_MEMBERS": 3}),
+        ("sparse", {"RANGE_MEMBERS": 3, "SPARSE": 10**6}),
+    ):
+        ws = make_workspace(name)
+        prepare(ws, archive, rows)
+        assert not run_build(ws).failed
+        for key, module in modules.items():
+            monkeypatch.setattr(module, key, settings.get(key, defaults[key]))
+        do_publish(ws, "metadata")
+        do_publish(ws, "audio")
+        digests.append(folder_digests(ws / layout.PUBLISHED / layout.MEMBER_INDEX_DIR))
+    assert digests[0] == digests[1] == digests[2] and len(digests[0]) == 2
