@@ -81,12 +81,14 @@ def add_built_members(
             for r in range(ranges)
         ],
         _range_rows,
+        formatted=True,
     )
 
 
 def _spill_records(job: tuple) -> None:
-    """Pass 1 over a share of the shards: each member's row (its item's rowid in place of the id, no path
-    or size yet) appended to the file of its rowid range, in compressed blocks."""
+    """Pass 1 over a share of the shards: each member's row, as "<item rowid> <torrent n> <the row's JSON
+    after the size>" (the JSON writer's own bytes, joined in pass 2), appended to the file of its rowid
+    range in compressed blocks."""
     state_path, share, frames_of, folder, width, ranges = job
     buffers: list[list[bytes]] = [[] for _ in range(ranges)]
     sizes = [0] * ranges
@@ -104,7 +106,7 @@ def _spill_records(job: tuple) -> None:
         for n, shard_id, shard in share:
             for row in member_rows(state.iter_member_builds(shard_id), frames_of(shard), n):
                 r = row[0] // width
-                line = dumps(row) + b"\n"
+                line = b"%d %d %b\n" % (row[0], n, dumps(row[4:])[1:-1])
                 buffers[r].append(line)
                 sizes[r] += len(line)
                 if sizes[r] >= BLOCK:
@@ -116,26 +118,29 @@ def _spill_records(job: tuple) -> None:
             files[r].close()
 
 
-def _range_rows(job: tuple) -> Iterator[tuple]:
-    """Pass 2 over one rowid range: its members' rows, completed with their items' id, path and size."""
+def _range_rows(job: tuple) -> Iterator[tuple[str, bytes]]:
+    """Pass 2 over one rowid range: its members' (id, index row JSON), completed with their items' id,
+    path and size. The JSON is orjson's for the whole row: its parts are orjson's, joined by commas."""
     state_path, paths, lo, hi = job
-    records: dict[int, list] = {}
+    records: dict[int, list[bytes]] = {}
     for path in map(Path, paths):
         if not path.exists():
             continue
         with (
             path.open("rb") as f,
-            zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as r,
+            zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as z,
         ):
-            data = r.read()
+            data = z.read()
         path.unlink()
         for line in data.split(b"\n")[:-1]:
-            row = orjson.loads(line)
-            if row[0] in records:
-                raise PublishError(state_path, f"item rowid {row[0]} is a member of two built shards")
-            records[row[0]] = row
+            rowid, n, rest = line.split(b" ", 2)
+            key = int(rowid)
+            if key in records:
+                raise PublishError(state_path, f"item rowid {key} is a member of two built shards")
+            records[key] = [n, rest]
     if not records:
         return
+    dumps = orjson.dumps
     with State(Path(state_path), readonly=True) as state:
         if len(records) * SPARSE >= hi - lo:
             items = state.iter_item_facts(lo, hi)
@@ -144,9 +149,12 @@ def _range_rows(job: tuple) -> Iterator[tuple]:
         for item in items:
             if item is None:
                 continue
-            row = records.pop(item[0], None)
-            if row is not None:
-                yield (item[1], row[1], item[2], item[3], *row[4:])
+            record = records.pop(item[0], None)
+            if record is not None:
+                yield (
+                    item[1],
+                    b"[%b,%b,%b,%d,%b]" % (dumps(item[1]), record[0], dumps(item[2]), item[3], record[1]),
+                )
     if records:
         raise PublishError(
             state_path, f"{len(records)} built member(s) have no item, e.g. rowid {min(records)}"

@@ -696,6 +696,22 @@ class _Spill:
             count += 1
         return count
 
+    def add_lines(self, lines: Iterable[tuple[str, bytes]]) -> int:
+        """Spill (id, its row as _row_line writes it, without the newline) pairs; how many there were."""
+        shift, mask, buffers, sizes, flush = self.shift, self._mask, self._buffers, self._sizes, self._flush
+        digest = xxhash.xxh3_64_intdigest
+        count = 0
+        for ident, row in lines:
+            h = digest(ident.encode("utf-8", "surrogatepass"))
+            line = b"%016x%b\n" % (h, row)
+            b = (h >> shift) & mask
+            buffers[b].append(line)
+            sizes[b] += len(line)
+            if sizes[b] >= SPILL_BLOCK:
+                flush(b)
+            count += 1
+        return count
+
     def _flush(self, b: int) -> None:
         if not self._buffers[b]:
             return
@@ -790,9 +806,10 @@ def share_out(jobs: Sequence[tuple[object, int]], workers: int) -> list[list[obj
 def _spill_rows(job: tuple) -> tuple[int, list[int]]:
     """A worker of add_rows_in_workers: spill the rows of its share of the jobs into `folder`; (rows
     spilled, bytes per bucket)."""
-    folder, shift, rows_of, share = job
+    folder, shift, rows_of, share, formatted = job
     spill = _Spill(Path(folder), shift)
-    count = sum(spill.add_rows(rows_of(job)) for job in share)
+    add = spill.add_lines if formatted else spill.add_rows
+    count = sum(add(rows_of(job)) for job in share)
     spill.close()
     return count, spill.bytes
 
@@ -906,23 +923,28 @@ class MemberIndexWriter:
         torrents: Iterable[tuple[int, TorrentEntry]],
         jobs: Sequence[tuple[object, int]],
         rows_of: Callable[[object], Iterable[tuple]],
+        formatted: bool = False,
     ) -> None:
         """Add (n, entry) torrents whose member rows are those of every (job, weight) of `jobs`, each
         `rows_of(job)`: read and spilled by WORKERS processes, the jobs shared out by weight, when the
         weights add up to POOL_MEMBERS or more. `rows_of` is a module-level function and each job
-        picklable. The bytes are those add_torrents writes."""
+        picklable. With `formatted`, rows_of yields (id, row as _row_line writes it without the newline)
+        pairs: a caller that has the row's JSON in parts saves a parse and a dump. The bytes are those
+        add_torrents writes."""
         for n, entry in torrents:
             self._add_torrent(IndexedTorrent.of_entry(n, entry))
         workers = WORKERS if sum(w for _, w in jobs) >= POOL_MEMBERS else 1
         if workers == 1:
+            add = self._spill.add_lines if formatted else self._spill.add_rows
             for job, _ in jobs:
-                self.members += self._spill.add_rows(rows_of(job))
+                self.members += add(rows_of(job))
             return
         base = len(self._more_spills)
         folders = [self._tmp / f"rows-{base + w}" for w in range(workers)]
         shares = share_out(jobs, workers)
         spill_jobs = [
-            (str(f), self._spill.shift, rows_of, share) for f, share in zip(folders, shares, strict=True)
+            (str(f), self._spill.shift, rows_of, share, formatted)
+            for f, share in zip(folders, shares, strict=True)
         ]
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for folder, (count, sizes) in zip(folders, pool.map(_spill_rows, spill_jobs), strict=True):

@@ -19,7 +19,7 @@ from packager.cli import app
 from packager.container import ShardReader, manifest_line
 from packager.errors import ConfigError, PublishError
 from packager.manifest import TorrentEntry
-from packager.member_index import MemberIndex
+from packager.member_index import MemberIndex, member_rows
 from packager.signing import generate_keypair, load_signing_key, verify_signature
 from packager.state import open_state
 from packager.workspace import Workspace
@@ -487,6 +487,17 @@ def test_keygen_hints_work_as_printed(built, tmp_path, monkeypatch):
     assert (built / layout.PUBLISHED / f"{layout.STATEMENT}.minisig").is_file()
 
 
+def plain_member_rows(writer, state_path, torrents, frames_of):
+    """The member index's rows read the plain way, each shard's members joined to their items row by
+    row: the model for index_rows.add_built_members."""
+    state = open_state(state_path.parent, readonly=True)
+    writer.add_torrents(
+        (n, entry, list(member_rows(state.iter_member_records(shard_id), frames_of(shard), n)))
+        for n, entry, shard_id, shard in torrents
+    )
+    state.close()
+
+
 def test_the_member_index_is_the_same_however_its_rows_are_read(make_workspace, archive, monkeypatch):
     """At scale the members' rows are read in two passes (by item rowid range), by two processes each with
     its own state connection and seek tables; a sparse range is read item by item: the same index, byte
@@ -497,6 +508,7 @@ def test_the_member_index_is_the_same_however_its_rows_are_read(make_workspace, 
     modules["SPARSE"] = index_rows
     defaults = {key: getattr(module, key) for key, module in modules.items()}
     for name, settings in (
+        ("plain", {}),
         ("inline", {}),
         ("workers", {"POOL_MEMBERS": 0, "WORKERS": 2, "RANGE_MEMBERS": 3}),
         ("sparse", {"RANGE_MEMBERS": 3, "SPARSE": 10**6}),
@@ -506,7 +518,11 @@ def test_the_member_index_is_the_same_however_its_rows_are_read(make_workspace, 
         assert not run_build(ws).failed
         for key, module in modules.items():
             monkeypatch.setattr(module, key, settings.get(key, defaults[key]))
+        if name == "plain":
+            monkeypatch.setattr(publish_module, "add_built_members", plain_member_rows)
+        else:
+            monkeypatch.setattr(publish_module, "add_built_members", index_rows.add_built_members)
         do_publish(ws, "metadata")
         do_publish(ws, "audio")
         digests.append(folder_digests(ws / layout.PUBLISHED / layout.MEMBER_INDEX_DIR))
-    assert digests[0] == digests[1] == digests[2] and len(digests[0]) == 2
+    assert digests[0] == digests[1] == digests[2] == digests[3] and len(digests[0]) == 2
