@@ -85,6 +85,8 @@ class State:
             version = self._check_version(migratable=True)
             if version == 1:
                 self._migrate_from_v1()
+            if version in (1, 2):
+                self._migrate_from_v2()
             # Tables added since the workspace was made (all CREATE ... IF NOT EXISTS).
             self.db.executescript(SCHEMA)
 
@@ -113,7 +115,7 @@ class State:
         except sqlite3.DatabaseError as e:
             raise WorkspaceError(f"{self.path}: not a packager state database ({e})") from None
         version = int(row[0]) if row and str(row[0]).isdigit() else None
-        if version != SCHEMA_VERSION and not (migratable and version == 1):
+        if version != SCHEMA_VERSION and not (migratable and version in (1, 2)):
             raise WorkspaceError(
                 f"{self.path}: unknown state schema version {row and row[0]}",
                 hint=None
@@ -124,7 +126,7 @@ class State:
 
     def _migrate_from_v1(self) -> None:
         """Schema 1 -> 2: catalog files numbered, row fingerprints, indexes apart from the tables, totals."""
-        self.db.create_function("row_fingerprint", 6, row_fingerprint, deterministic=True)
+        self.db.create_function("row_fingerprint", 7, row_fingerprint, deterministic=True)
         with self.transaction():
             self.db.execute("ALTER TABLE items RENAME TO items_v1")
             self.db.execute("ALTER TABLE members RENAME TO members_v1")
@@ -137,7 +139,7 @@ class State:
                 "removed, "
                 "fp) SELECT v.rowid, v.id, v.path, v.kind, v.popularity, v.size, v.mtime, v.extra, "
                 "c.n, v.line, "
-                "v.removed, row_fingerprint(v.path, v.kind, v.popularity, v.size, v.mtime, v.extra) "
+                "v.removed, row_fingerprint(v.id, v.path, v.kind, v.popularity, v.size, v.mtime, v.extra) "
                 "FROM items_v1 v JOIN catalog_files c ON c.path = v.source ORDER BY v.rowid"
             )
             self.db.execute("INSERT INTO members SELECT * FROM members_v1")
@@ -146,6 +148,39 @@ class State:
             for statement in schema_statements():
                 self.db.execute(statement)
             self.recount_totals()
+            self.db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    def _migrate_from_v2(self) -> None:
+        """Schema 2 -> 3: extra fields as an array of values, their names once in extra_names."""
+        names: dict[int, str] = {}
+
+        def values_of(extra: str) -> str:
+            return split_extra(extra, names)[1]
+
+        def key_of(extra: str) -> int:
+            return split_extra(extra, names)[0]
+
+        self.db.create_function("extra_values", 1, values_of, deterministic=True)
+        self.db.create_function("extra_key", 1, key_of, deterministic=True)
+        self.db.create_function("path_key", 1, path_key, deterministic=True)
+        with self.transaction():
+            columns = [r[1] for r in self.db.execute("PRAGMA table_info(items)")]
+            if "xk" not in columns:
+                self.db.execute("ALTER TABLE items ADD COLUMN xk INTEGER")
+            if "ph" not in columns:
+                self.db.execute("ALTER TABLE items ADD COLUMN ph INTEGER")
+            self.db.execute("UPDATE items SET ph = path_key(path) WHERE ph IS NULL")
+            self.db.execute("DROP INDEX IF EXISTS items_path")
+            self.db.execute("CREATE INDEX IF NOT EXISTS items_ph ON items (ph)")
+            self.db.execute("DROP INDEX IF EXISTS items_fp")  # an earlier refresh kept it; items_id serves
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS extra_names (h INTEGER PRIMARY KEY, names TEXT NOT NULL)"
+            )
+            self.db.execute(
+                "UPDATE items SET xk = extra_key(extra), extra = extra_values(extra) "
+                "WHERE extra IS NOT NULL AND xk IS NULL"
+            )
+            self.db.executemany("INSERT OR IGNORE INTO extra_names VALUES (?, ?)", names.items())
             self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
@@ -203,6 +238,14 @@ class State:
             "WHERE i.id = ?",
             (item_id,),
         ).fetchone()
+
+    def item_extra(self, item_id: str) -> dict:
+        """The extra fields of an item, as its catalog row gave them."""
+        row = self.db.execute(
+            "SELECT n.names, i.extra FROM items i LEFT JOIN extra_names n ON n.h = i.xk WHERE i.id = ?",
+            (item_id,),
+        ).fetchone()
+        return loads_extra(*row) if row else {}
 
     def item_ids(self, rowids: Iterable[int]) -> list[tuple[int, str]]:
         rowids = list(rowids)
@@ -639,22 +682,75 @@ def open_state(workspace: Path, readonly: bool = False) -> State:
     return State(Path(workspace) / layout.STATE, readonly=readonly)
 
 
+# Changed when what ingest checks changes: rows fingerprinted under other rules are checked again.
+FINGERPRINT_RULES = b"packager catalog rules 3"
+
+
+def fingerprint_seed(kinds, trust_sizes: bool) -> int:
+    """The seed of every row fingerprint under these ingest rules, these kinds (release.toml) and this
+    choice of --trust-sizes: a line accepted under other rules, kinds or sizes never matches, so it is read
+    and checked again."""
+    rules = FINGERPRINT_RULES + (b" trusted sizes" if trust_sizes else b" statted sizes")
+    return xxhash.xxh3_64_intdigest(rules + b"\0" + "\0".join(sorted(kinds)).encode())
+
+
+def path_key(path: str) -> int:
+    """The 64-bit key of a path in items_ph, as a signed int64 (equal paths, equal keys; a repeated key is
+    then told apart by the paths themselves)."""
+    return xxhash.xxh3_64_intdigest(path.encode("utf-8", "surrogatepass")) - 2**63
+
+
+def line_fingerprint(raw: bytes, seed: int) -> int:
+    """The fingerprint of a JSON Lines row: xxh3_64 of the line's own bytes, as a signed int64. A refresh
+    hashes each line and matches it with the stored fingerprints; only lines that differ are parsed and
+    checked (a line is the row, its id included, so an equal fingerprint is the same row). A collision
+    would hide one change with probability 2^-64; the catalog's author gains nothing by it."""
+    return xxhash.xxh3_64_intdigest(raw, seed) - 2**63
+
+
 def row_fingerprint(
-    path: str, kind: str, popularity: float, size: int, mtime: int | None, extra: str | None
+    item_id: str,
+    path: str,
+    kind: str,
+    popularity: float,
+    size: int,
+    mtime: int | None,
+    extra: str | None,
+    extra_key: int | None = None,
+    seed: int = 0,
 ) -> int:
-    """The 64-bit fingerprint of a row's content (everything but its id): re-ingest compares an item's
-    stored fingerprint to the catalog row's, in an index that holds both id and fingerprint, so the
-    unchanged 99 % of a monthly refresh never read their items. A signed int64, as SQLite stores it.
-    (A collision would hide one change with probability 2^-64; the catalog's author gains nothing.)"""
-    key = orjson.dumps((path, kind, float(popularity), size, mtime, extra))
-    return xxhash.xxh3_64_intdigest(key) - 2**63
+    """The fingerprint of a row read from CSV, Parquet or SQLite: of its content, id included."""
+    key = orjson.dumps((item_id, path, kind, float(popularity), size, mtime, extra, extra_key))
+    return xxhash.xxh3_64_intdigest(key, seed) - 2**63
 
 
-def dumps_extra(extra: dict) -> str | None:
-    """Canonical JSON for extra catalog fields, so re-ingesting the same row compares equal."""
-    if not extra:
-        return None
+def dumps_extra(values) -> str:
+    """Canonical JSON of the values of a row's extra fields (a sequence, in the order of their sorted names),
+    so re-ingesting the same row compares equal."""
     try:
-        return orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode()
+        return orjson.dumps(values, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:  # integers beyond 64 bits and the like: the standard encoder copes
-        return json.dumps(extra, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(list(values), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def extra_names_key(names: tuple[str, ...]) -> tuple[int, str]:
+    """(key, names as JSON) of a set of extra field names (sorted): the key is 47 bits of their hash, six
+    bytes in a row instead of the names themselves (at 10^8 rows the names were ~45 of each row's bytes)."""
+    text = orjson.dumps(names)
+    return xxhash.xxh3_64_intdigest(text) >> 17, text.decode()
+
+
+def split_extra(extra: str, names: dict[int, str]) -> tuple[int, str]:
+    """(names key, values JSON) of extra fields stored as a JSON object (schema 2); records the names."""
+    obj = json.loads(extra)
+    keys = tuple(sorted(obj))
+    h, text = extra_names_key(keys)
+    names[h] = text
+    return h, dumps_extra([obj[k] for k in keys])
+
+
+def loads_extra(names: str | None, values: str | None) -> dict:
+    """The extra fields of an item, from extra_names.names and items.extra."""
+    if names is None or values is None:
+        return {}
+    return dict(zip(json.loads(names), json.loads(values), strict=True))

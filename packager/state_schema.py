@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -21,17 +21,24 @@ CREATE TABLE IF NOT EXISTS items (
     popularity REAL NOT NULL,
     size INTEGER NOT NULL,
     mtime INTEGER,
-    extra TEXT,                 -- the catalog row's other fields, as JSON
+    extra TEXT,                 -- the values of the catalog row's other fields: a JSON array, in the
+                                -- order of their names in extra_names (names once, not in every row)
     source INTEGER NOT NULL,    -- catalog_files.n of the file the row came from
     line INTEGER NOT NULL,      -- its line (or row number) there
     removed INTEGER NOT NULL DEFAULT 0,
-    fp INTEGER NOT NULL         -- row_fingerprint(): a re-ingest compares it, not the columns
+    fp INTEGER NOT NULL,        -- line_fingerprint() or row_fingerprint(): what a re-ingest compares first
+    xk INTEGER,                 -- extra_names.h of the names of the extra fields (NULL: none)
+    ph INTEGER                  -- path_key(path): paths are found and kept unique through its index
 );
+-- The sets of extra field names (a catalog has a few): extra_names_key() of the sorted names -> names.
+CREATE TABLE IF NOT EXISTS extra_names (h INTEGER PRIMARY KEY, names TEXT NOT NULL);
 -- Indexes are created apart from the table so that a bulk ingest can drop and rebuild them in one sort.
--- (id, fp) covers the re-ingest merge: a catalog row is matched and compared without reading the item.
--- Ingest keeps ids unique (a sort of every ingest's rows); paths are unique here too.
+-- (id, fp) covers the re-ingest merge: a catalog row is matched and compared without reading the item;
+-- a refresh reads every (fp, rowid) from it too, to match its lines' fingerprints before it parses any.
+-- Ingest keeps ids and paths unique (sorts of every ingest's rows, and the path keys' index).
 CREATE INDEX IF NOT EXISTS items_id ON items (id, fp);
-CREATE UNIQUE INDEX IF NOT EXISTS items_path ON items (path);
+-- Paths through an 8-byte key: an index of the paths themselves cost 56 bytes a row (5.6 GB at 10^8).
+CREATE INDEX IF NOT EXISTS items_ph ON items (ph);
 CREATE INDEX IF NOT EXISTS items_removed ON items (id) WHERE removed = 1;
 -- Kept as ingest, plan and remove change items, so status never counts 10^8 rows.
 CREATE TABLE IF NOT EXISTS catalog_totals (

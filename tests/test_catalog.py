@@ -65,8 +65,8 @@ def test_extra_fields_are_kept(workspace, archive):
     rows[0]["title"] = "Blue Night"
     run(workspace, archive.jsonl(rows))
     with open_state(workspace) as state:
-        extra = state.db.execute("SELECT extra FROM items").fetchone()[0]
-    assert json.loads(extra) == {"title": "Blue Night"}
+        extra = state.item_extra(state.db.execute("SELECT id FROM items").fetchone()[0])
+    assert extra == {"title": "Blue Night"}
 
 
 def test_size_is_taken_from_the_file_when_absent(workspace, archive):
@@ -558,8 +558,9 @@ def test_parquet_catalog_loads_with_row_numbers(workspace, archive):
     report = run(workspace, cat, trust_sizes=True)
     assert (report.rows, report.added) == (5, 5)
     with open_state(workspace) as state:
-        line, extra = state.db.execute("SELECT line, extra FROM items WHERE id = 't003'").fetchone()
-    assert line == 4 and json.loads(extra) == {"album": "A3", "tags": ["x", "y"]}
+        line = state.db.execute("SELECT line FROM items WHERE id = 't003'").fetchone()[0]
+        extra = state.item_extra("t003")
+    assert line == 4 and extra == {"album": "A3", "tags": ["x", "y"]}
     assert run(workspace, cat, trust_sizes=True).unchanged == 5
 
 
@@ -816,6 +817,7 @@ def test_a_killed_ingest_leaves_the_state_as_it_was(workspace, archive):
     report = run(workspace, refresh, trust_sizes=True)
     assert report.absent == 1000 and count(workspace) == 150_000
     totals_agree(workspace)
+    assert not list(workspace.glob(".refresh-*")), "a killed refresh's bucket files are cleaned up"
 
 
 @pytest.mark.parametrize("block", [64, 1000, 10**6])
@@ -969,3 +971,146 @@ def test_a_compressed_catalog_under_a_name_that_says_otherwise_is_named_so(works
     with pytest.raises(UsageError, match=f"is a {how} stream") as e:
         run(workspace, target, trust_sizes=True)
     assert suffix in e.value.hint and count(workspace) == 0
+
+
+# ---- the fast refresh: unchanged lines are matched by fingerprint and never parsed -----------------------
+
+
+def parsed_lines(monkeypatch) -> list:
+    """The (file, line) of every row the checker sees from now on."""
+    import packager.catalog
+
+    seen = []
+    check = packager.catalog._Checker.check
+
+    def counting(self, row, source):
+        seen.append((Path(row.source).name, row.line))
+        return check(self, row, source)
+
+    monkeypatch.setattr(packager.catalog._Checker, "check", counting)
+    return seen
+
+
+def test_a_refresh_parses_only_the_lines_that_changed(workspace, archive, monkeypatch):
+    rows = [trusted(i) | {"title": f"song {i}"} for i in range(50)]
+    run(workspace, archive.jsonl(rows), trust_sizes=True)
+    refresh = [dict(r) for r in rows if r["id"] != "t010"]  # one gone
+    refresh[3]["popularity"] = 7.5  # t003 changed
+    refresh.insert(20, trusted(99))  # a new one, in the middle: the lines after it move
+    seen = parsed_lines(monkeypatch)
+    report = run(workspace, archive.jsonl(refresh, "refresh.jsonl"), trust_sizes=True)
+    assert sorted(seen) == [("refresh.jsonl", 4), ("refresh.jsonl", 21)]
+    assert (report.rows, report.added, report.changed, report.unchanged) == (50, 1, 1, 48)
+    assert (report.absent, report.absent_ids) == (1, ["t010"])
+    totals_agree(workspace)
+    # The same content written another way (key order, spacing) is unchanged: parsed once, then matched.
+    text = "".join(json.dumps(dict(reversed(list(r.items()))), indent=None) + " \n" for r in refresh)
+    (archive.base / "reordered.jsonl").write_text(text)
+    seen.clear()
+    again = run(workspace, archive.base / "reordered.jsonl", trust_sizes=True)
+    assert (again.added, again.changed, again.unchanged, len(seen)) == (0, 0, 50, 50)
+    seen.clear()
+    again = run(workspace, archive.base / "reordered.jsonl", trust_sizes=True)
+    assert (again.added, again.changed, again.unchanged, len(seen)) == (0, 0, 50, 0)
+
+
+def test_a_refresh_with_repeated_lines_or_ids_is_reported_as_by_the_plain_path(workspace, archive):
+    """A repeated line, or an id both on an unchanged line and on a changed one, needs the order of the
+    whole catalog: the ingest then parses every row, and reports each repeat at its line."""
+    rows = [trusted(i) for i in range(6)]
+    run(workspace, archive.jsonl(rows), trust_sizes=True)
+    cat = archive.jsonl(rows + [rows[2]], "repeat.jsonl")
+    with pytest.raises(CatalogError) as e:
+        run(workspace, cat, trust_sizes=True)
+    assert [(p.line, p.reason) for p in e.value.problems] == [
+        (7, f"duplicate id 't002', first seen at {cat}:3")
+    ]
+    changed_first = [trusted(1, pop=9.0)] + rows
+    cat = archive.jsonl(changed_first, "changed-first.jsonl")
+    with pytest.raises(CatalogError) as e:
+        run(workspace, cat, trust_sizes=True)
+    assert [(p.line, p.reason) for p in e.value.problems] == [
+        (3, f"duplicate id 't001', first seen at {cat}:1")
+    ]
+    report = run(workspace, cat, trust_sizes=True, skip_invalid=True, rejects=archive.base / "r.jsonl")
+    assert (report.changed, report.unchanged, report.rejected) == (1, 5, 1)
+    with open_state(workspace) as state:
+        assert state.db.execute("SELECT popularity FROM items WHERE id = 't001'").fetchone()[0] == 9.0
+    totals_agree(workspace)
+
+
+@pytest.mark.parametrize("block", [64, 10**6])
+def test_a_refresh_in_two_processes_finds_what_one_does(make_workspace, archive, monkeypatch, block):
+    import packager.catalog
+
+    rows = [trusted(i) | {"path": f"audio/{i % 7}/{i}.ogg"} for i in range(400)]
+    refresh = [dict(r) for r in rows[5:]] + [trusted(i) for i in range(500, 520)]
+    for r in refresh[::37]:
+        r["popularity"] += 1.0
+    refresh[100]["kind"] = "video"  # refused, so not absent
+    cat = compressed(archive.jsonl(refresh, "refresh.jsonl"), "zstd")
+    outcomes = []
+    for name, split in (("one", 10**12), ("two", 0)):
+        ws = make_workspace(name)
+        run(ws, archive.jsonl(rows, f"{name}.jsonl"), trust_sizes=True)
+        monkeypatch.setattr(packager.catalog, "SPLIT_BYTES", split)
+        monkeypatch.setattr(packager.catalog, "PARALLEL_BYTES", split)
+        monkeypatch.setattr(packager.catalog, "BLOCK_BYTES", block)
+        report = run(ws, cat, trust_sizes=True, skip_invalid=True, rejects=ws / "r.jsonl", mark_absent=True)
+        with open_state(ws) as state:
+            items = state.db.execute(
+                "SELECT id, path, popularity, removed, fp FROM items ORDER BY id"
+            ).fetchall()
+        outcomes.append((report.as_dict() | {"rejects_file": None}, items))
+        totals_agree(ws)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0]["absent"] == 5 and outcomes[0][0]["added"] == 20 and outcomes[0][0]["rejected"] == 1
+
+
+def test_a_schema_2_state_gets_its_extra_fields_as_names_once_and_values(workspace, archive):
+    rows = [trusted(i) | {"title": f"song {i}", "tags": ["a", i]} for i in range(3)] + [trusted(3)]
+    cat = archive.jsonl(rows)
+    run(workspace, cat, trust_sizes=True)
+    with open_state(workspace) as state:  # back to schema 2: extra fields as one JSON object per row
+        db = state.db
+        for item_id, extra in [(r["id"], {k: r[k] for k in ("title", "tags")}) for r in rows[:3]]:
+            db.execute("UPDATE items SET extra = ? WHERE id = ?", (json.dumps(extra), item_id))
+        db.execute("ALTER TABLE items DROP COLUMN xk")
+        db.execute("DROP TABLE extra_names")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with open_state(workspace) as state:
+        assert state.item_extra("t001") == {"title": "song 1", "tags": ["a", 1]}
+        assert state.item_extra("t003") == {}
+        assert state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert run(workspace, cat, trust_sizes=True).unchanged == 4
+
+
+def test_paths_stay_unique_when_their_keys_collide(workspace, archive, monkeypatch):
+    """Paths are kept unique through an index of 64-bit keys: paths whose keys are equal are told apart by
+    the paths themselves (every key equal here)."""
+    import packager.catalog
+
+    monkeypatch.setattr(packager.catalog, "_path_hash", lambda path: 7)
+    rows = [trusted(i) for i in range(4)]
+    run(workspace, archive.jsonl(rows), trust_sizes=True)
+    cat = archive.jsonl(rows + [trusted(9, path="audio/t2.ogg")], "clash.jsonl")
+    err = rejected_later(workspace, cat)
+    assert [(p.line, p.reason) for p in err.problems] == [
+        (5, "path 'audio/t2.ogg' already belongs to id 't002'")
+    ]
+    report = run(workspace, archive.jsonl(rows + [trusted(9)], "new.jsonl"), trust_sizes=True)
+    assert (report.added, report.unchanged) == (1, 4)
+    ws2 = workspace.parent / "ws2"
+    Workspace.init(ws2, archive.root, "t").close()
+    twice = archive.jsonl(rows + [trusted(8, path="audio/t1.ogg")], "twice.jsonl")
+    with pytest.raises(CatalogError) as e:
+        run(ws2, twice, trust_sizes=True)
+    assert [(p.line, p.reason) for p in e.value.problems] == [
+        (5, f"duplicate path 'audio/t1.ogg', first seen at {twice}:2")
+    ]
+
+
+def rejected_later(ws: Path, catalog: Path) -> CatalogError:
+    with pytest.raises(CatalogError) as e:
+        run(ws, catalog, trust_sizes=True)
+    return e.value
