@@ -543,6 +543,9 @@ def test_an_interrupted_coordinator_leaves_no_attempt_file(ready, make_workspace
         env=dict(os.environ, PYTHONPATH=str(REPO)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # A shell's background job starts with SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: give the build Ctrl-C's default, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert wait_until(lambda: proc.poll() is None and built_names(ws) and attempt_files(ws), 60, 0.005)
