@@ -13,7 +13,6 @@ the two shards compared byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -68,16 +67,22 @@ def timed(cmd: str | list[str], cwd: Path | None = None, shell: bool = False) ->
     return time.perf_counter() - start
 
 
-def bench_build(args) -> dict:
-    """Plain copy vs tar|zstd + mktorrent + sha256sum vs packager build, on the same corpus."""
-    work = Path(args.workdir).resolve() / "build"
+def _corpus_and_out(work: Path, size_gb: float) -> tuple[Path, int, list[tuple[str, int]], Path]:
+    """The corpus under work/corpus (made once, reused) and an empty work/out for this run."""
     corpus = work / "corpus"
-    total = int(args.size_gb * 1e9)
+    total = int(size_gb * 1e9)
     print(f"corpus: {total / 1e9:.1f} GB of incompressible files under {corpus}", flush=True)
     files = make_corpus(corpus, total)
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    return corpus, total, files, out
+
+
+def bench_build(args) -> dict:
+    """Plain copy vs tar|zstd + mktorrent + sha256sum vs packager build, on the same corpus."""
+    work = Path(args.workdir).resolve() / "build"
+    corpus, total, files, out = _corpus_and_out(work, args.size_gb)
     cached = not drop_caches()
     if cached:
         print("note: cannot drop the page cache (not root?): inputs are read from memory by every contender")
@@ -164,21 +169,12 @@ def _workspace(out: Path, name: str, corpus: Path, files: list[tuple[str, int]],
     return ws
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def bench_resume(args) -> dict:
     """One shard built whole, then killed at 75 % and restarted: restart time / whole build (<= 40 %)."""
     work = Path(args.workdir).resolve() / "resume"
-    corpus = work / "corpus"
-    total = int(args.size_gb * 1e9)
-    print(f"corpus: {total / 1e9:.1f} GB of incompressible files under {corpus}", flush=True)
-    files = make_corpus(corpus, total)
-    out = work / "out"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    corpus, total, files, out = _corpus_and_out(work, args.size_gb)
+    from packager.fsutil import file_sha256
+
     exe = [sys.executable, "-m", "packager.cli"]
     whole_ws = _workspace(out, "whole", corpus, files, 2 * total)
     whole_s = timed(exe + ["build", str(whole_ws)])
@@ -205,7 +201,7 @@ def bench_resume(args) -> dict:
     report = json.loads(done.stdout)
     kept = report["resumed"][0]["from_byte"] if report["resumed"] else 0
     [again] = sorted((killed_ws / "shards").iterdir())
-    identical = again.name == whole.name and _sha256(again) == _sha256(whole)
+    identical = again.name == whole.name and file_sha256(again) == file_sha256(whole)
 
     share = restart_s / whole_s
     print(f"{'whole build':<34} {whole_s:>7.2f} s   one shard of {expected / 1e9:.2f} GB")
