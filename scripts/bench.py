@@ -582,7 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (fn, add_args) in COMMANDS.items():
         summary = (fn.__doc__ or "").strip().splitlines()[:1]
-        add_args(sub.add_parser(name, help=summary[0] if summary else None, description=fn.__doc__))
+        # argparse %-formats a help string: a literal "75 %" must be doubled
+        help_text = summary[0].replace("%", "%%") if summary else None
+        add_args(sub.add_parser(name, help=help_text, description=fn.__doc__))
     args = parser.parse_args(argv)
     figures = COMMANDS[args.command][0](args)
     if args.json:
