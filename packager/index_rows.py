@@ -12,7 +12,7 @@ Instead, as a sort-merge join with the sort done by partitioning:
    rowid order (a range scan, or point reads in order when the range holds few members); each record
    with its item is an index row, handed to the index writer.
 
-Each pass runs in member_index.WORKERS processes at scale; the index bytes do not depend on any order.
+Each pass runs in member_index.writer.WORKERS processes at scale; the index bytes do not depend on any order.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING
 import orjson
 import zstandard
 
-from . import member_index
 from .errors import PublishError
-from .member_index import MemberIndexWriter, member_rows, share_out
+from .member_index import MemberIndexWriter, member_rows
+from .member_index import writer as index_writer
+from .member_index.buckets import share_out
 from .state import State
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def add_built_members(
         top = state.max_item_rowid() + 1
     ranges = max(1, min(members // RANGE_MEMBERS, MAX_RANGES, top))
     width = -(-top // ranges)
-    workers = member_index.WORKERS if members >= member_index.POOL_MEMBERS else 1
+    workers = index_writer.WORKERS if members >= index_writer.POOL_MEMBERS else 1
     folders = [writer.scratch(f"by-rowid-{w}") for w in range(workers)]
     shares = share_out(
         [((n, shard_id, shard), entry.items) for n, entry, shard_id, shard in torrents], workers

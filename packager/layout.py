@@ -50,7 +50,7 @@ INDEX_HTML = "index.html"
 # only grows, the SHA-256 of the previous statement; earlier statements stay published under STATEMENTS/.
 STATEMENT = "publication.json"
 STATEMENTS = "publications"
-# The member index (member_index.py): a small root, listed in the signed publication, and the pack of
+# The member index (member_index/): a small root, listed in the signed publication, and the pack of
 # chunks it authenticates. The pack is also served by its own single-file v1 torrent, whose info-hash the
 # root gives; the torrent's name is MEMBER_INDEX_PACK_NAME, so a client's save folder for it is members/.
 MEMBER_INDEX_DIR = "members"

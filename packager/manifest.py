@@ -8,7 +8,7 @@ release.json entry, frozen in state.sqlite when first published, never changes a
 
 The readers take bytes from anywhere (a mirror, a download) and trust none of them: a wrong type, an absolute
 or `..` path, a malformed hash or a format we do not know is refused with UntrustedManifest naming the file,
-the entry and the value. The member index has its own module (member_index.py).
+the entry and the value. The member index has its own module (member_index/).
 """
 
 from __future__ import annotations

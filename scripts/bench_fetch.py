@@ -229,7 +229,8 @@ def _sqlite(folder: Path, members: int) -> dict:
 
 def bench_index(args) -> dict:
     """The member index written at --members, lookups measured, SQLite beside it, both projected to 10^8."""
-    from packager.member_index import PART_ROWS, TORRENT_CHUNK, bits_for, directory_bits
+    from packager.member_index import bits_for, directory_bits
+    from packager.member_index.format import PART_ROWS, TORRENT_CHUNK
 
     work = Path(args.workdir) / "index"
     work.mkdir(parents=True, exist_ok=True)

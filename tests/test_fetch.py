@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from packager import layout, member_index
+from packager import layout
 from packager.cli import app
 from packager.errors import RemoteError, UntrustedManifest, UsageError
 from packager.fetch import FetchOptions, Via, fetch
 from packager.fetch.work import WORK_PREFIX
 from packager.member_index import MemberIndex
+from packager.member_index import format as index_format
 from packager.publish import publish
 from packager.signing import generate_keypair, load_signing_key
 from packager.workspace import Workspace
@@ -70,7 +71,7 @@ def release(make_workspace, archive, tmp_path, monkeypatch) -> Release:
             )
             + f'\n[publish]\nsigning_key = "{key}"\n'
         )
-        monkeypatch.setattr(member_index, "PART_ROWS", 2)  # several parts even for 16 members
+        monkeypatch.setattr(index_format, "PART_ROWS", 2)  # several parts even for 16 members
         catalog, files = rows(archive)
         prepare(ws, archive, catalog)
         assert not run_build(ws).failed

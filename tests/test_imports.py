@@ -16,7 +16,7 @@ HEAVY = {"libtorrent", "minisign", "distributed", "pyarrow", "qbittorrentapi", "
 # rich.progress 14 ms, which only a terminal's progress bar needs (not --json, not a pipe); our publish.py
 # 35 ms (the member index, the pages, trust, the swarm model), which of the shard commands only `torrent`
 # needs; asyncio 50 ms, which only the cluster path needs (and distributed imports it anyway); our
-# member_index.py 10 ms, which verify needs only for a shard whose own manifest is lost.
+# member_index/ 10 ms, which verify needs only for a shard whose own manifest is lost.
 SLOW = {"rich.progress", "packager.publish", "asyncio", "packager.member_index"}
 
 

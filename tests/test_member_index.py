@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from packager import layout, member_index
+from packager import layout
 from packager.container import Frame
 from packager.errors import PublishError, UntrustedManifest, UsageError
 from packager.member_index import (
@@ -22,8 +22,11 @@ from packager.member_index import (
     MemberIndex,
     MemberIndexWriter,
     bits_for,
+    buckets,
     member_rows,
+    writer,
 )
+from packager.member_index import format as index_format
 from tests.helpers import torrent_entries, torrent_entry, unique_by_name
 
 
@@ -109,7 +112,7 @@ def expected_locations(torrents) -> dict[str, Location]:
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(torrents=indexed_torrents(), part_rows=st.sampled_from([1, 3, 1024]))
 def test_locate_reads_back_what_was_written(tmp_path_factory, monkeypatch, torrents, part_rows):
-    monkeypatch.setattr(member_index, "PART_ROWS", part_rows)  # small parts: many parts and directories
+    monkeypatch.setattr(index_format, "PART_ROWS", part_rows)  # small parts: many parts and directories
     folder = tmp_path_factory.mktemp("index")
     written = write(folder, torrents)
     expected = expected_locations(torrents)
@@ -143,15 +146,15 @@ def digests(folder: Path) -> dict[str, str]:
 def test_the_bytes_depend_on_the_members_only(tmp_path, monkeypatch):
     """Any order of the rows, a sort split into sub-buckets, or an index extended from the previous one:
     the same files, byte for byte."""
-    monkeypatch.setattr(member_index, "PART_ROWS", 16)
+    monkeypatch.setattr(index_format, "PART_ROWS", 16)
     release = big_release(3000)
     write(tmp_path / "a", release)
     shuffled = [(e, f, list(reversed(r))) for e, f, r in release]
     write(tmp_path / "b", shuffled)
-    monkeypatch.setattr(member_index, "SORT_BYTES", 10_000)  # every bucket split again
+    monkeypatch.setattr(writer, "SORT_BYTES", 10_000)  # every bucket split again
     write(tmp_path / "c", release)
     monkeypatch.undo()
-    monkeypatch.setattr(member_index, "PART_ROWS", 16)
+    monkeypatch.setattr(index_format, "PART_ROWS", 16)
     write(tmp_path / "first", release[:2])
     with MemberIndex.open(tmp_path / "first") as previous:
         write(tmp_path / "d", release[2:], previous, start=3)
@@ -169,17 +172,17 @@ def test_the_bytes_depend_on_the_members_only(tmp_path, monkeypatch):
 def test_the_bucket_sort_in_worker_processes_gives_the_same_bytes(tmp_path, monkeypatch):
     """From 2^BUCKET_BITS parts on, each bucket is cut into its parts alone, in worker processes: the
     same files as inline, also when a worker splits a bucket again (a part then spans sub-buckets)."""
-    monkeypatch.setattr(member_index, "PART_ROWS", 2)
+    monkeypatch.setattr(index_format, "PART_ROWS", 2)
     release = big_release(3000)
     write(tmp_path / "inline", release)
-    monkeypatch.setattr(member_index, "POOL_MEMBERS", 0)
-    monkeypatch.setattr(member_index, "WORKERS", 2)
+    monkeypatch.setattr(writer, "POOL_MEMBERS", 0)
+    monkeypatch.setattr(writer, "WORKERS", 2)
     write(tmp_path / "pool", release)
-    monkeypatch.setattr(member_index, "SORT_BYTES", 300)  # ~3 members a bucket: every one split
+    monkeypatch.setattr(writer, "SORT_BYTES", 300)  # ~3 members a bucket: every one split
     write(tmp_path / "split", release)
     assert digests(tmp_path / "inline") == digests(tmp_path / "pool") == digests(tmp_path / "split")
     root = json.loads((tmp_path / "pool" / layout.MEMBER_INDEX).read_text())
-    assert root["partition"]["bits"] == 11 >= member_index.BUCKET_BITS
+    assert root["partition"]["bits"] == 11 >= buckets.BUCKET_BITS
     expected = expected_locations(release)
     with MemberIndex.open(tmp_path / "split") as index:
         found, missing = index.locate(expected)
@@ -193,11 +196,11 @@ def rows_of_release(job: tuple):
 
 
 def test_rows_read_in_worker_processes_give_the_same_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(member_index, "PART_ROWS", 2)
+    monkeypatch.setattr(index_format, "PART_ROWS", 2)
     release = big_release(3000, torrents=5)
     write(tmp_path / "one", release)
-    monkeypatch.setattr(member_index, "POOL_MEMBERS", 0)
-    monkeypatch.setattr(member_index, "WORKERS", 2)
+    monkeypatch.setattr(writer, "POOL_MEMBERS", 0)
+    monkeypatch.setattr(writer, "WORKERS", 2)
     torrents = [(n, e) for n, (e, _, _) in enumerate(release, 1)]
     jobs = [((n, f, r), len(r)) for n, (_, f, r) in enumerate(release, 1)]
     with MemberIndexWriter(tmp_path / "two" / layout.MEMBER_INDEX_DIR, "r") as w:
@@ -214,7 +217,7 @@ def test_rows_read_in_worker_processes_give_the_same_bytes(tmp_path, monkeypatch
 
 
 def test_a_lookup_reads_one_directory_one_part_and_one_torrent_chunk(tmp_path, monkeypatch):
-    monkeypatch.setattr(member_index, "PART_ROWS", 16)
+    monkeypatch.setattr(index_format, "PART_ROWS", 16)
     written = write(tmp_path, big_release(3000))
     index = MemberIndex.open(tmp_path)
     (loc,), _ = index.locate(["id001234-xx"])
@@ -229,9 +232,9 @@ def test_an_id_indexed_twice_is_refused(tmp_path, monkeypatch, pool):
     frames = frames_of([100])
     filler = [record(f"f{i}", 1, 512, 0, 0) for i in range(3000)]
     if pool:  # 2^11 parts, cut in worker processes
-        monkeypatch.setattr(member_index, "PART_ROWS", 2)
-        monkeypatch.setattr(member_index, "POOL_MEMBERS", 0)
-        monkeypatch.setattr(member_index, "WORKERS", 2)
+        monkeypatch.setattr(index_format, "PART_ROWS", 2)
+        monkeypatch.setattr(writer, "POOL_MEMBERS", 0)
+        monkeypatch.setattr(writer, "WORKERS", 2)
     with pytest.raises(PublishError, match="'a' is indexed twice, in r-audio-t1-00001 and r-audio-t1-00002"):
         write(
             tmp_path,
@@ -255,7 +258,7 @@ def test_what_is_not_a_member_index_is_refused(tmp_path):
 
 @pytest.fixture
 def small_index(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setattr(member_index, "PART_ROWS", 16)
+    monkeypatch.setattr(index_format, "PART_ROWS", 16)
     write(tmp_path / "good", big_release(300))
     return tmp_path / "good"
 

@@ -13,13 +13,14 @@ import pytest
 import zstandard
 from typer.testing import CliRunner
 
-from packager import index_rows, layout, member_index, trust
+from packager import index_rows, layout, trust
 from packager import publish as publish_module
 from packager.cli import app
 from packager.container import ShardReader, manifest_line
 from packager.errors import ConfigError, PublishError
 from packager.manifest import TorrentEntry
 from packager.member_index import MemberIndex, member_rows
+from packager.member_index import writer as index_writer
 from packager.signing import generate_keypair, load_signing_key, verify_signature
 from packager.state import open_state
 from packager.workspace import Workspace
@@ -504,7 +505,7 @@ def test_the_member_index_is_the_same_however_its_rows_are_read(make_workspace, 
     for byte, as the plain read."""
     rows = catalog(archive)
     digests = []
-    modules = {"POOL_MEMBERS": member_index, "WORKERS": member_index, "RANGE_MEMBERS": index_rows}
+    modules = {"POOL_MEMBERS": index_writer, "WORKERS": index_writer, "RANGE_MEMBERS": index_rows}
     modules["SPARSE"] = index_rows
     defaults = {key: getattr(module, key) for key, module in modules.items()}
     for name, settings in (
