@@ -1,6 +1,6 @@
 """The catalog engine: bulk loading of checked catalog rows into state.sqlite, with set operations.
 
-catalog.py reads and checks rows one by one; everything that needs all rows at once (duplicate ids and
+catalog/ reads and checks rows one by one; everything that needs all rows at once (duplicate ids and
 paths, paths of other items, changes to items already in a shard, rows absent from a refresh) is done here
 with sorts and index scans in SQLite, never row by row in Python and never with random B-tree inserts:
 
@@ -22,13 +22,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import WorkspaceError
-from .refresh import FullPath
 from .state import State
 
 COLUMNS = "id, path, kind, popularity, size, mtime, extra, source, line, fp, xk, ph"
 ITEM_INDEXES = ("items_id", "items_ph", "items_removed")
 # Fields of an item that may change after it is planned, even once its shard is built: no shard holds them.
 FREE_IN_A_SHARD = frozenset({"popularity", "extra"})
+
+
+class FullPath(Exception):
+    """The catalogs need the plain path (every row parsed): the reason says why. Raised by the loader and
+    by the fast refresh (refresh.py) for a catalog whose rows cannot be judged line by line."""
+
 
 # (source file, line, reason, id or None)
 Problem = tuple[str, int, str, str | None]

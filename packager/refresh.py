@@ -12,12 +12,12 @@ of which 1 % changed need not parse and check 99 % of them. It runs in three ste
    processes, half the buckets each): lines whose fingerprint is stored are their item, unchanged; the
    others' line numbers, and the rowids of the items whose fingerprint no line has (items changed, moved
    to another line format, or absent), are the output;
-3. **rows**: catalog.py parses only the selected lines, and ingest.Loader merges them as any re-ingest.
+3. **rows**: catalog/ parses only the selected lines, and ingest.Loader merges them as any re-ingest.
 
 It applies to a re-ingest of JSON Lines catalogs with --trust-sizes, where a row is a function of its line
 alone (and of the rules and kinds, which seed the hash). Without --trust-sizes the size is the file's, so
 every row is read and its file statted; CSV, Parquet and SQLite rows have no line of their own to hash:
-both take the plain path, where catalog.py fingerprints each checked row's content (row_fingerprint).
+both take the plain path, where catalog/checks.py fingerprints each checked row's content (row_fingerprint).
 
 Any case that needs one row's context beyond its line (a repeated line, an id both on a matched line and
 on a parsed one) sends the whole ingest back to the plain path, which parses every row: such a catalog is
@@ -41,16 +41,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from .ingest import FullPath
 from .timing import phase
 
 PART_BITS = 6
 PARTS = 1 << PART_BITS
 LINE_BITS = 40  # a position is catalog << LINE_BITS | line
 _TOP = 1 << 63
-
-
-class FullPath(Exception):
-    """The catalogs need the plain path (every row parsed): the reason says why."""
 
 
 @dataclass
@@ -238,7 +235,7 @@ def _stop(running: list[tuple]) -> None:
 
 @dataclass(frozen=True)
 class Reader:
-    """How catalog.py reads a JSON Lines catalog (passed in: this module imports nothing of catalog.py's):
+    """How catalog/ reads a JSON Lines catalog (passed in: this module imports nothing of catalog/'s):
     blocks(path, size) gives (first line number, bytes of whole lines, or None / a reason for what cannot
     be read), and compressed(path) says whether its byte offsets are not the file's."""
 

@@ -1,6 +1,7 @@
 """state.sqlite: the catalog, the plan, and build and publish state. Nothing else in packager speaks SQL
-(but ingest.py's bulk catalog queries and state_scrapes.py's swarm history); the schema and the row types
-are state_schema.py's.
+(but ingest.py's bulk catalog queries and state_scrapes.py's swarm history). The schema, the row types and
+the encoding of a catalog row's columns are state_schema.py's, the migrations from older schemas
+state_migrate.py's, and the queries of publications and of the seeder state_release.py's.
 
 The items table is sized for 10^8 rows: reads stream through cursors, bulk writes go through
 ``executemany`` inside one transaction, and the planner works from a temporary table that SQLite sorts.
@@ -9,18 +10,18 @@ Membership of a shard lives in ``members``, which is only ever appended to: that
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
-import xxhash
 
 from . import layout
 from .errors import EnvironmentProblem, WorkspaceError
 from .hashing import ShardHashes
+from .state_migrate import MIGRATABLE, migrate
+from .state_release import ReleaseQueries
 from .state_schema import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -29,8 +30,20 @@ from .state_schema import (
     SeedStatusRow,
     ShardRow,
     TorrentFacts,
-    schema_statements,
+    loads_extra,
 )
+
+# The row types travel with the queries that return them: callers import them from here.
+__all__ = [
+    "SCHEMA_VERSION",
+    "MemberRow",
+    "SeedStatusRow",
+    "SeedableRow",
+    "ShardRow",
+    "State",
+    "TorrentFacts",
+    "open_state",
+]
 
 _STAGED_MEMBERS = (
     "CREATE TEMP TABLE IF NOT EXISTS staged_members (shard_id INTEGER, ord INTEGER, item_rowid INTEGER)"
@@ -49,7 +62,7 @@ def _open_error(path: Path, e: sqlite3.DatabaseError, how: str) -> WorkspaceErro
     )
 
 
-class State:
+class State(ReleaseQueries):
     """A connection to state.sqlite with every query packager makes."""
 
     def __init__(self, path: Path, create: bool = False, readonly: bool = False):
@@ -82,11 +95,7 @@ class State:
             self.db.executescript(SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         else:
-            version = self._check_version(migratable=True)
-            if version == 1:
-                self._migrate_from_v1()
-            if version in (1, 2):
-                self._migrate_from_v2()
+            migrate(self, self._check_version(migratable=True))
             # Tables added since the workspace was made (all CREATE ... IF NOT EXISTS).
             self.db.executescript(SCHEMA)
 
@@ -115,7 +124,7 @@ class State:
         except sqlite3.DatabaseError as e:
             raise WorkspaceError(f"{self.path}: not a packager state database ({e})") from None
         version = int(row[0]) if row and str(row[0]).isdigit() else None
-        if version != SCHEMA_VERSION and not (migratable and version in (1, 2)):
+        if version != SCHEMA_VERSION and not (migratable and version in MIGRATABLE):
             raise WorkspaceError(
                 f"{self.path}: unknown state schema version {row and row[0]}",
                 hint=None
@@ -123,65 +132,6 @@ class State:
                 else "open it once with packager (not read-only) to bring it up to date",
             )
         return version
-
-    def _migrate_from_v1(self) -> None:
-        """Schema 1 -> 2: catalog files numbered, row fingerprints, indexes apart from the tables, totals."""
-        self.db.create_function("row_fingerprint", 7, row_fingerprint, deterministic=True)
-        with self.transaction():
-            self.db.execute("ALTER TABLE items RENAME TO items_v1")
-            self.db.execute("ALTER TABLE members RENAME TO members_v1")
-            tables = [q for q in schema_statements() if "INDEX" not in q.split("(", 1)[0]]
-            for statement in tables:
-                self.db.execute(statement)
-            self.db.execute("INSERT INTO catalog_files (path) SELECT DISTINCT source FROM items_v1")
-            self.db.execute(
-                "INSERT INTO items (n, id, path, kind, popularity, size, mtime, extra, source, line, "
-                "removed, "
-                "fp) SELECT v.rowid, v.id, v.path, v.kind, v.popularity, v.size, v.mtime, v.extra, "
-                "c.n, v.line, "
-                "v.removed, row_fingerprint(v.id, v.path, v.kind, v.popularity, v.size, v.mtime, v.extra) "
-                "FROM items_v1 v JOIN catalog_files c ON c.path = v.source ORDER BY v.rowid"
-            )
-            self.db.execute("INSERT INTO members SELECT * FROM members_v1")
-            self.db.execute("DROP TABLE items_v1")
-            self.db.execute("DROP TABLE members_v1")
-            for statement in schema_statements():
-                self.db.execute(statement)
-            self.recount_totals()
-            self.db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-
-    def _migrate_from_v2(self) -> None:
-        """Schema 2 -> 3: extra fields as an array of values, their names once in extra_names."""
-        names: dict[int, str] = {}
-
-        def values_of(extra: str) -> str:
-            return split_extra(extra, names)[1]
-
-        def key_of(extra: str) -> int:
-            return split_extra(extra, names)[0]
-
-        self.db.create_function("extra_values", 1, values_of, deterministic=True)
-        self.db.create_function("extra_key", 1, key_of, deterministic=True)
-        self.db.create_function("path_key", 1, path_key, deterministic=True)
-        with self.transaction():
-            columns = [r[1] for r in self.db.execute("PRAGMA table_info(items)")]
-            if "xk" not in columns:
-                self.db.execute("ALTER TABLE items ADD COLUMN xk INTEGER")
-            if "ph" not in columns:
-                self.db.execute("ALTER TABLE items ADD COLUMN ph INTEGER")
-            self.db.execute("UPDATE items SET ph = path_key(path) WHERE ph IS NULL")
-            self.db.execute("DROP INDEX IF EXISTS items_path")
-            self.db.execute("CREATE INDEX IF NOT EXISTS items_ph ON items (ph)")
-            self.db.execute("DROP INDEX IF EXISTS items_fp")  # an earlier refresh kept it; items_id serves
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS extra_names (h INTEGER PRIMARY KEY, names TEXT NOT NULL)"
-            )
-            self.db.execute(
-                "UPDATE items SET xk = extra_key(extra), extra = extra_values(extra) "
-                "WHERE extra IS NOT NULL AND xk IS NULL"
-            )
-            self.db.executemany("INSERT OR IGNORE INTO extra_names VALUES (?, ?)", names.items())
-            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self.db.close()
@@ -539,24 +489,7 @@ class State:
     def mark_failed(self, shard_id: int, reason: str) -> None:
         self.db.execute("UPDATE shards SET state = 'failed', error = ? WHERE id = ?", (reason, shard_id))
 
-    # ---- publish --------------------------------------------------------------------------------
-
-    def publications(self) -> list[tuple[str, str]]:
-        """(phase, published_at) in the order the phases were first published."""
-        return self.db.execute("SELECT phase, published_at FROM publications ORDER BY rowid").fetchall()
-
-    def published_entries(self) -> list[tuple[int, str, str]]:
-        """(shard_id, phase, entry JSON) of every published torrent, in release order."""
-        return self.db.execute("SELECT shard_id, phase, entry FROM published_torrents ORDER BY n").fetchall()
-
-    def torrent_facts(self, shard_id: int) -> TorrentFacts | None:
-        row = self.db.execute(
-            "SELECT b.file, b.length, b.sha256, b.piece_size, t.file, t.format, t.info_hash_v1, "
-            "t.info_hash_v2, t.magnet, t.torrent_sha256, t.torrent_size FROM builds b "
-            "JOIN torrents t ON t.shard_id = b.shard_id WHERE b.shard_id = ?",
-            (shard_id,),
-        ).fetchone()
-        return TorrentFacts(*row) if row else None
+    # ---- publish (the member index's reads; publications, statements, seeding: state_release.py) ---
 
     def iter_member_records(self, shard_id: int) -> Iterator[tuple[str, str, int, int, int, int, str, str]]:
         """(id, path, size, offset, first_frame, last_frame, xxh3_128, sha256) of a built shard's members, in
@@ -592,165 +525,6 @@ class State:
     def max_item_rowid(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(n), 0) FROM items").fetchone()[0]
 
-    def record_publication(
-        self, phase: str, published_at: str, entries: Iterable[tuple[int, str, str]]
-    ) -> None:
-        """Record a phase as published (its first date stays) and append (shard_id, phase, entry JSON) rows
-        for its newly published torrents. Call inside a transaction."""
-        self.db.execute(
-            "INSERT OR IGNORE INTO publications (phase, published_at) VALUES (?, ?)", (phase, published_at)
-        )
-        self.db.executemany("INSERT INTO published_torrents (shard_id, phase, entry) VALUES (?,?,?)", entries)
-
-    def statements(self) -> list[tuple[int, str, bytes, bytes | None]]:
-        """(publication, sha256, statement bytes, signature bytes or None) of every statement, in order."""
-        return self.db.execute("SELECT n, sha256, body, signature FROM statements ORDER BY n").fetchall()
-
-    def record_statement(self, n: int, sha256: str, body: bytes, signature: bytes | None) -> None:
-        """Append publication `n`'s statement. Call inside the transaction that records the publication."""
-        self.db.execute("INSERT INTO statements VALUES (?, ?, ?, ?)", (n, sha256, body, signature))
-
-    # ---- seed -----------------------------------------------------------------------------------
-
-    def seedable(self, phases: Iterable[str] | None = None) -> list[SeedableRow]:
-        """Published torrents in release order, optionally of some phases only. file and length are None for
-        a shard that is no longer built (its file went missing): still published, so still whitelisted."""
-        sql = (
-            "SELECT s.id, s.name, s.phase, b.file, b.length, t.file, t.info_hash_v1, t.info_hash_v2 "
-            "FROM published_torrents p JOIN shards s ON s.id = p.shard_id "
-            "JOIN torrents t ON t.shard_id = s.id LEFT JOIN builds b ON b.shard_id = s.id"
-        )
-        args: list = []
-        if phases is not None:
-            args = list(phases)
-            sql += f" WHERE s.phase IN ({','.join('?' * len(args))})"
-        return [SeedableRow(*r) for r in self.db.execute(sql + " ORDER BY p.n", args)]
-
-    def seed_uploaded(self) -> dict[str, int]:
-        """info-hash -> all-time bytes uploaded, as the seeder last recorded it."""
-        return dict(self.db.execute("SELECT info_hash, uploaded FROM seed_torrents"))
-
-    def record_seed_status(self, rows: Iterable[SeedStatusRow]) -> None:
-        """Upsert the seeder's latest view of its torrents. Uploaded totals only grow; tracker_replies is
-        added; a None reply or error time keeps the stored one; a reply clears a stored tracker error."""
-        self.db.executemany(
-            "INSERT INTO seed_torrents (info_hash, shard_id, state, uploaded, peers, tracker_replies, "
-            "last_reply_at, last_reply_peers, tracker_error, tracker_error_at, error, error_at, updated_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(info_hash) DO UPDATE SET "
-            "shard_id=excluded.shard_id, state=excluded.state, uploaded=MAX(uploaded, excluded.uploaded), "
-            "peers=excluded.peers, "
-            "tracker_replies=tracker_replies + excluded.tracker_replies, "
-            "last_reply_at=COALESCE(excluded.last_reply_at, last_reply_at), "
-            "last_reply_peers=COALESCE(excluded.last_reply_peers, last_reply_peers), "
-            "tracker_error=CASE WHEN excluded.last_reply_at IS NOT NULL AND excluded.tracker_error IS NULL "
-            "THEN NULL ELSE COALESCE(excluded.tracker_error, tracker_error) END, "
-            "tracker_error_at=COALESCE(excluded.tracker_error_at, tracker_error_at), "
-            "error=excluded.error, error_at=COALESCE(excluded.error_at, error_at), "
-            "updated_at=excluded.updated_at",
-            (
-                (
-                    r.info_hash,
-                    r.shard_id,
-                    r.state,
-                    r.uploaded,
-                    r.peers,
-                    r.tracker_replies,
-                    r.last_reply_at,
-                    r.last_reply_peers,
-                    r.tracker_error,
-                    r.tracker_error_at,
-                    r.error,
-                    r.error_at,
-                    r.updated_at,
-                )
-                for r in rows
-            ),
-        )
-
-    def seed_status(self) -> list[SeedStatusRow]:
-        return [
-            SeedStatusRow(*r)
-            for r in self.db.execute(
-                "SELECT info_hash, shard_id, state, uploaded, peers, tracker_replies, last_reply_at, "
-                "last_reply_peers, tracker_error, tracker_error_at, error, error_at, updated_at "
-                "FROM seed_torrents ORDER BY shard_id"
-            )
-        ]
-
 
 def open_state(workspace: Path, readonly: bool = False) -> State:
     return State(Path(workspace) / layout.STATE, readonly=readonly)
-
-
-# Changed when what ingest checks changes: rows fingerprinted under other rules are checked again.
-FINGERPRINT_RULES = b"packager catalog rules 3"
-
-
-def fingerprint_seed(kinds, trust_sizes: bool) -> int:
-    """The seed of every row fingerprint under these ingest rules, these kinds (release.toml) and this
-    choice of --trust-sizes: a line accepted under other rules, kinds or sizes never matches, so it is read
-    and checked again."""
-    rules = FINGERPRINT_RULES + (b" trusted sizes" if trust_sizes else b" statted sizes")
-    return xxhash.xxh3_64_intdigest(rules + b"\0" + "\0".join(sorted(kinds)).encode())
-
-
-def path_key(path: str) -> int:
-    """The 64-bit key of a path in items_ph, as a signed int64 (equal paths, equal keys; a repeated key is
-    then told apart by the paths themselves)."""
-    return xxhash.xxh3_64_intdigest(path.encode("utf-8", "surrogatepass")) - 2**63
-
-
-def line_fingerprint(raw: bytes, seed: int) -> int:
-    """The fingerprint of a JSON Lines row: xxh3_64 of the line's own bytes, as a signed int64. A refresh
-    hashes each line and matches it with the stored fingerprints; only lines that differ are parsed and
-    checked (a line is the row, its id included, so an equal fingerprint is the same row). A collision
-    would hide one change with probability 2^-64; the catalog's author gains nothing by it."""
-    return xxhash.xxh3_64_intdigest(raw, seed) - 2**63
-
-
-def row_fingerprint(
-    item_id: str,
-    path: str,
-    kind: str,
-    popularity: float,
-    size: int,
-    mtime: int | None,
-    extra: str | None,
-    extra_key: int | None = None,
-    seed: int = 0,
-) -> int:
-    """The fingerprint of a row read from CSV, Parquet or SQLite: of its content, id included."""
-    key = orjson.dumps((item_id, path, kind, float(popularity), size, mtime, extra, extra_key))
-    return xxhash.xxh3_64_intdigest(key, seed) - 2**63
-
-
-def dumps_extra(values) -> str:
-    """Canonical JSON of the values of a row's extra fields (a sequence, in the order of their sorted names),
-    so re-ingesting the same row compares equal."""
-    try:
-        return orjson.dumps(values, option=orjson.OPT_SORT_KEYS).decode()
-    except TypeError:  # integers beyond 64 bits and the like: the standard encoder copes
-        return json.dumps(list(values), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def extra_names_key(names: tuple[str, ...]) -> tuple[int, str]:
-    """(key, names as JSON) of a set of extra field names (sorted): the key is 47 bits of their hash, six
-    bytes in a row instead of the names themselves (at 10^8 rows the names were ~45 of each row's bytes)."""
-    text = orjson.dumps(names)
-    return xxhash.xxh3_64_intdigest(text) >> 17, text.decode()
-
-
-def split_extra(extra: str, names: dict[int, str]) -> tuple[int, str]:
-    """(names key, values JSON) of extra fields stored as a JSON object (schema 2); records the names."""
-    obj = json.loads(extra)
-    keys = tuple(sorted(obj))
-    h, text = extra_names_key(keys)
-    names[h] = text
-    return h, dumps_extra([obj[k] for k in keys])
-
-
-def loads_extra(names: str | None, values: str | None) -> dict:
-    """The extra fields of an item, from extra_names.names and items.extra."""
-    if names is None or values is None:
-        return {}
-    return dict(zip(json.loads(names), json.loads(values), strict=True))

@@ -1,7 +1,7 @@
 """The swarm-health history in state.sqlite: scrape runs, what each source said, counts per torrent.
 
 State code owns SQL; these are the only queries on the scrape tables (created with the rest of the schema in
-state.py). A run is one `packager health`; its rows are kept. The history per day is kept as runs are
+state_schema.py). A run is one `packager health`; its rows are kept. The history per day is kept as runs are
 recorded (scrape_days: each day's highest counts), since computing it from every row is the slow way:
 measured at 10^4 torrents with 60 days of 4 runs (2.4 million rows), 3.3 s against 1.5 s to read the
 600,000 day rows.

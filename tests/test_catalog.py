@@ -352,7 +352,7 @@ def test_repeated_known_id_in_one_reingest(workspace, archive):
 def test_big_catalogs_are_parsed_in_a_second_process_with_the_same_results(workspace, archive, monkeypatch):
     import packager.catalog
 
-    monkeypatch.setattr(packager.catalog, "PARALLEL_BYTES", 0)
+    monkeypatch.setattr(packager.catalog.load, "PARALLEL_BYTES", 0)
     rows = good_rows(archive, 3)
     rows[2]["popularity"] = "x"
     cat = archive.jsonl(rows)
@@ -840,9 +840,9 @@ def test_two_parser_processes_give_the_same_rows_lines_and_problems(
     outcomes = []
     for name, split in (("one", 10**12), ("two", 0)):
         ws = make_workspace(name)
-        monkeypatch.setattr(packager.catalog, "PARALLEL_BYTES", 0)
-        monkeypatch.setattr(packager.catalog, "SPLIT_BYTES", split)
-        monkeypatch.setattr(packager.catalog, "BLOCK_BYTES", block)
+        monkeypatch.setattr(packager.catalog.load, "PARALLEL_BYTES", 0)
+        monkeypatch.setattr(packager.catalog.load, "SPLIT_BYTES", split)
+        monkeypatch.setattr(packager.catalog.jsonl, "BLOCK_BYTES", block)
         report = run(ws, first, csv_cat, third, trust_sizes=True, skip_invalid=True, rejects=ws / "r.jsonl")
         with open_state(ws) as state:
             items = state.db.execute("SELECT n, id, source, line FROM items ORDER BY n").fetchall()
@@ -929,9 +929,9 @@ def test_a_decompression_bomb_costs_bounded_time_and_memory(workspace, archive, 
 
     import packager.catalog
 
-    monkeypatch.setattr(packager.catalog, "MIN_EXPANDED", 8 * 2**20)
-    monkeypatch.setattr(packager.catalog, "MAX_LINE", 2**20)
-    monkeypatch.setattr(packager.catalog, "BLOCK_BYTES", 2**18)
+    monkeypatch.setattr(packager.catalog.compression, "MIN_EXPANDED", 8 * 2**20)
+    monkeypatch.setattr(packager.catalog.rows, "MAX_LINE", 2**20)
+    monkeypatch.setattr(packager.catalog.jsonl, "BLOCK_BYTES", 2**18)
     cctx = zstandard.ZstdCompressor(level=19)
     good = (json.dumps(trusted(0)) + "\n").encode()
     bomb = archive.base / "bomb.jsonl.zst"
@@ -939,12 +939,12 @@ def test_a_decompression_bomb_costs_bounded_time_and_memory(workspace, archive, 
         w.write(good)
         for _ in range(64):
             w.write(b" " * 2**20)  # 64 MiB of one line, in a few kB
-    assert bomb.stat().st_size * packager.catalog.MAX_EXPANSION < 8 * 2**20
+    assert bomb.stat().st_size * packager.catalog.compression.MAX_EXPANSION < 8 * 2**20
     with pytest.raises(CatalogError) as e:
         run(workspace, bomb, trust_sizes=True)
     assert [(p.line, p.reason.split(":")[0]) for p in e.value.problems] == [
         (2, "line longer than 1 MiB"),
-        (2, f"decompresses to more than {packager.catalog.MAX_EXPANSION} times its size"),
+        (2, f"decompresses to more than {packager.catalog.compression.MAX_EXPANSION} times its size"),
     ]
     assert "decompression bomb" in e.value.problems[-1].reason
 
@@ -981,13 +981,13 @@ def parsed_lines(monkeypatch) -> list:
     import packager.catalog
 
     seen = []
-    check = packager.catalog._Checker.check
+    check = packager.catalog.checks.Checker.check
 
     def counting(self, row, source):
         seen.append((Path(row.source).name, row.line))
         return check(self, row, source)
 
-    monkeypatch.setattr(packager.catalog._Checker, "check", counting)
+    monkeypatch.setattr(packager.catalog.checks.Checker, "check", counting)
     return seen
 
 
@@ -1053,9 +1053,9 @@ def test_a_refresh_in_two_processes_finds_what_one_does(make_workspace, archive,
     for name, split in (("one", 10**12), ("two", 0)):
         ws = make_workspace(name)
         run(ws, archive.jsonl(rows, f"{name}.jsonl"), trust_sizes=True)
-        monkeypatch.setattr(packager.catalog, "SPLIT_BYTES", split)
-        monkeypatch.setattr(packager.catalog, "PARALLEL_BYTES", split)
-        monkeypatch.setattr(packager.catalog, "BLOCK_BYTES", block)
+        monkeypatch.setattr(packager.catalog.load, "SPLIT_BYTES", split)
+        monkeypatch.setattr(packager.catalog.load, "PARALLEL_BYTES", split)
+        monkeypatch.setattr(packager.catalog.jsonl, "BLOCK_BYTES", block)
         report = run(ws, cat, trust_sizes=True, skip_invalid=True, rejects=ws / "r.jsonl", mark_absent=True)
         with open_state(ws) as state:
             items = state.db.execute(
@@ -1090,7 +1090,7 @@ def test_paths_stay_unique_when_their_keys_collide(workspace, archive, monkeypat
     the paths themselves (every key equal here)."""
     import packager.catalog
 
-    monkeypatch.setattr(packager.catalog, "_path_hash", lambda path: 7)
+    monkeypatch.setattr(packager.catalog.checks, "_path_hash", lambda path: 7)
     rows = [trusted(i) for i in range(4)]
     run(workspace, archive.jsonl(rows), trust_sizes=True)
     cat = archive.jsonl(rows + [trusted(9, path="audio/t2.ogg")], "clash.jsonl")

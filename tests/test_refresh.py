@@ -9,7 +9,7 @@ from unittest import mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import packager.catalog
+import packager.catalog.load
 from packager import refresh
 from packager.catalog import IngestOptions, ingest
 from packager.errors import CatalogError, UsageError
@@ -95,7 +95,7 @@ def _outcome(ws: Path, catalog: Path, skip: bool, mark_absent: bool, fast: bool,
     rejects.unlink(missing_ok=True)
     options = IngestOptions(trust_sizes=True, skip_invalid=skip, rejects=rejects, mark_absent=mark_absent)
     matches = mock.patch.object(refresh, "match_catalogs", wraps=refresh.match_catalogs)
-    plain = mock.patch.object(packager.catalog, "_fast_refresh_applies", lambda *a: False)
+    plain = mock.patch.object(packager.catalog.load, "_fast_refresh_applies", lambda *a: False)
     with Workspace.open(ws) as w, matches as matched, mock.MagicMock() if fast else plain:
         try:
             got = ingest(w, [catalog], options).as_dict() | {"rejects_file": None}

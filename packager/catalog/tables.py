@@ -1,0 +1,182 @@
+"""The readers of catalogs in columns: CSV and TSV (plain or compressed), SQLite tables, Parquet files."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import UsageError
+from . import rows
+from .compression import open_catalog_bytes, stream_failure
+from .rows import KNOWN_FIELDS, REQUIRED_FIELDS, RawRow
+
+
+class _LineCountingReader:
+    """Lines for csv.reader, decoded one by one so a bad byte is reported at its line, not as a crash."""
+
+    def __init__(self, f):
+        self.f, self.bad_lines = f, {}
+        self.n = 0
+        self.ended = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.ended:
+            raise StopIteration
+        raw = self.f.readline(rows.MAX_LINE + 1)
+        if len(raw) > rows.MAX_LINE:  # a line that never ends costs bounded memory: skipped to its end
+            while raw and not raw.endswith(b"\n"):
+                raw = self.f.readline(rows.MAX_LINE)
+            self.n += 1
+            self.bad_lines[self.n] = f"line longer than {rows.MAX_LINE // 2**20} MiB"
+            return ""
+        if not raw:
+            failure = stream_failure(self.f)
+            if failure is None:
+                raise StopIteration
+            self.n += 1
+            self.bad_lines[self.n] = failure
+            self.ended = True
+            return ""
+        self.n += 1
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.bad_lines[self.n] = f"not valid UTF-8 at byte {e.start}"
+            return raw.decode("utf-8", errors="replace")
+
+
+def read_csv(path: Path, delimiter: str = ",") -> Iterator[RawRow]:
+    name = str(path)
+    with open_catalog_bytes(path) as f:
+        lines = _LineCountingReader(f)
+        reader = csv.reader(lines, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield RawRow(name, 1, None, f"bad CSV header: {e}")
+            return
+        if 1 in lines.bad_lines:
+            yield RawRow(name, 1, None, lines.bad_lines[1])
+            return
+        header = [h.strip() for h in header]
+        if header:  # Excel writes UTF-8 CSV with a byte order mark
+            header[0] = header[0].lstrip("\ufeff").strip()
+        wrong = _header_problem(header, delimiter)
+        if wrong:  # said once, for the header, instead of once per row
+            yield RawRow(name, 1, None, wrong)
+            return
+        while True:
+            start = lines.n + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield RawRow(name, start, None, f"bad CSV: {e}")
+                continue
+            bad = [lines.bad_lines.pop(n) for n in range(start, lines.n + 1) if n in lines.bad_lines]
+            if bad:
+                yield RawRow(name, start, None, bad[0])
+                if lines.ended:
+                    return
+                continue
+            if not values or values == [""]:
+                continue
+            if len(values) != len(header):
+                yield RawRow(name, start, None, f"has {len(values)} fields, the header has {len(header)}")
+                continue
+            row = {
+                k: v for k, v in zip(header, values, strict=True) if not (k not in KNOWN_FIELDS and v == "")
+            }
+            yield RawRow(name, start, row)
+
+
+def _header_problem(header: list[str], delimiter: str) -> str | None:
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        return f"column {repeated[0]!r} appears twice in the header"
+    missing = [f for f in REQUIRED_FIELDS if f not in header]
+    if not missing:
+        return None
+    shown = delimiter.join(header)
+    if len(header) == 1:
+        for d in (";", "\t", "|", ","):
+            if d != delimiter and d in header[0]:
+                return (
+                    f"the header {shown!r} is one column: the delimiter here is {delimiter!r}, this "
+                    "file seems to "
+                    f"use {d!r} (.csv is read with ',', .tsv with tabs)"
+                )
+    folded = {h.lower(): h for h in header}
+    if all(f in folded for f in missing):
+        return (
+            f"header columns {', '.join(repr(folded[f]) for f in missing)} must be lowercase: "
+            f"{', '.join(missing)}"
+        )
+    return f"the header {shown!r} has no {', '.join(repr(f) for f in missing)} column"
+
+
+def read_sqlite(path: Path, table: str) -> Iterator[RawRow]:
+    name = f"{path}:{table}"
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db.text_factory = bytes
+        cur = db.execute(f'SELECT rowid, * FROM "{table.replace(chr(34), "")}"')
+    except sqlite3.Error as e:
+        raise UsageError(
+            f"{path}: cannot read table {table!r}: {e}", hint="name the table with --table"
+        ) from None
+    columns = [d[0] for d in cur.description][1:]
+    try:
+        for rowid, *values in cur:
+            row = {}
+            for k, v in zip(columns, values, strict=True):
+                if isinstance(v, bytes):
+                    try:
+                        v = v.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        yield RawRow(name, rowid, None, f"column {k}: not valid UTF-8 at byte {e.start}")
+                        break
+                if v is not None:
+                    row[k] = v
+            else:
+                yield RawRow(name, rowid, row)
+    finally:
+        db.close()
+
+
+def read_parquet(path: Path) -> Iterator[RawRow]:
+    """Rows of a Parquet file, numbered from 1 in file order (the "line" of every report)."""
+    try:
+        import pyarrow.parquet as pq  # 75 ms to import, an optional extra: only for a Parquet catalog
+
+        pf = pq.ParquetFile(path)
+    except ImportError:
+        raise UsageError("reading Parquet catalogs needs pyarrow", hint="pip install pyarrow") from None
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
+        raise UsageError(f"{path}: not a readable Parquet file ({e})") from None
+    name, n = str(path), 0
+    try:
+        for batch in pf.iter_batches(batch_size=16_384):
+            for values in batch.to_pylist():
+                n += 1
+                row, bad = {}, None
+                for k, v in values.items():
+                    if isinstance(v, bytes):
+                        try:
+                            v = v.decode("utf-8")
+                        except UnicodeDecodeError as e:
+                            bad = f"column {k}: not valid UTF-8 at byte {e.start}"
+                            break
+                    if v is not None:
+                        row[k] = v
+                yield RawRow(name, n, None, bad) if bad else RawRow(name, n, row)
+    except (OSError, ValueError) as e:  # a truncated or damaged file, found while reading it
+        yield RawRow(name, n + 1, None, f"cannot read the Parquet data from here on: {e}")
