@@ -243,6 +243,58 @@ class V1Pieces:
             self._piece_left = self.piece_size
         return bytes(self.digests)
 
+    def partial(self) -> bytes:
+        """The SHA-1 of the unfinished piece's bytes so far (of no bytes, between pieces)."""
+        return self._piece.copy().digest()
+
+
+class PieceMismatch(ValueError):
+    """Bytes that are not the ones a piece's recorded SHA-1 describes."""
+
+    def __init__(self, index: int, start: int, end: int):
+        self.index, self.start, self.end = index, start, end
+        super().__init__(f"piece {index} (bytes {start:,}-{end - 1:,}) differs from its recorded SHA-1")
+
+
+class PieceCheck:
+    """A file's first `length` bytes hashed in pieces, each compared as it completes with the SHA-1 recorded
+    for it (`digests`: 20 bytes per whole piece, then the SHA-1 of the bytes of the last, unfinished one):
+    what a resumed build checks the bytes it keeps against. PieceMismatch names the first piece that
+    differs."""
+
+    def __init__(self, piece_size: int, length: int, digests: bytes) -> None:
+        whole = length // piece_size
+        if len(digests) != 20 * (whole + 1):
+            raise ValueError(f"{len(digests)} bytes of SHA-1 cannot describe {length} bytes in pieces")
+        self.length = length
+        self._pieces = V1Pieces(piece_size)
+        self._expected = digests
+        self._fed = 0
+        self._checked = 0  # bytes of `digests` compared so far
+
+    def update(self, view: memoryview) -> None:
+        if self._fed + view.nbytes > self.length:
+            raise ValueError(f"more than the {self.length} bytes to check")
+        self._fed += view.nbytes
+        self._pieces.update(view)
+        done = self._pieces.digests
+        if len(done) > self._checked:
+            self._compare(done, len(done))
+
+    def finish(self) -> None:
+        """Compare the unfinished piece too, once every byte has come; PieceMismatch or ValueError."""
+        if self._fed != self.length:
+            raise ValueError(f"{self._fed} bytes checked, not {self.length}")
+        self._compare(self._pieces.digests + self._pieces.partial(), len(self._expected))
+
+    def _compare(self, got: bytes | bytearray, end: int) -> None:
+        start = self._checked
+        if memoryview(got)[start:end] != memoryview(self._expected)[start:end]:
+            index = next(i for i in range(start, end, 20) if got[i : i + 20] != self._expected[i : i + 20])
+            first = index // 20 * self._pieces.piece_size
+            raise PieceMismatch(index // 20, first, min(first + self._pieces.piece_size, self.length))
+        self._checked = end
+
 
 class V2Tree:
     """BEP 52's merkle tree of 16 KiB blocks, kept as the piece layer plus the current piece's leaves."""
@@ -341,11 +393,12 @@ class ShardHasher:
     @property
     def snapshots(self) -> tuple[Callable[[], bytes], ...]:
         """One per sink, in the same order: that part's state, taken on the sink's own thread when it has
-        been fed exactly the bytes before a checkpoint. The piece hashers give their finished pieces only;
-        `resumed` has the unfinished piece's bytes fed again."""
+        been fed exactly the bytes before a checkpoint. The piece hashers give their finished pieces (the
+        v1 one then the SHA-1 of the unfinished piece so far, which PieceCheck compares); `resumed` has the
+        unfinished piece's bytes fed again."""
         parts: list[Callable[[], bytes]] = [
             lambda: self.file.state() or b"",
-            lambda: bytes(self.pieces.digests),
+            lambda: bytes(self.pieces.digests) + self.pieces.partial(),
         ]
         if self.tree is not None:
             parts.append(lambda: bytes(self.tree._piece_layer))
@@ -358,14 +411,21 @@ class ShardHasher:
         states cannot be that."""
         hasher = cls(piece_size, v2)
         done = length // piece_size
-        if len(states) != 2 + v2 or len(states[1]) != 20 * done or (v2 and len(states[2]) != 32 * done):
+        if len(states) != 2 + v2 or len(states[1]) != 20 * (done + 1) or (v2 and len(states[2]) != 32 * done):
             raise ValueError(f"the hasher states do not describe {length} bytes in pieces of {piece_size}")
         hasher.file = FileDigest(states[0], length)
-        hasher.pieces.digests = bytearray(states[1])
+        hasher.pieces.digests = bytearray(states[1][:-20])
         if v2:
             hasher.tree._piece_layer = bytearray(states[2])
             hasher.tree.length = done * piece_size
         return hasher
+
+    @staticmethod
+    def prefix_check(piece_size: int, length: int, states: tuple[bytes, ...]) -> PieceCheck:
+        """What the first `length` bytes must hash to, piece by piece, by the states `snapshots` gave."""
+        if len(states) < 2:
+            raise ValueError("no piece hashes among the hasher states")
+        return PieceCheck(piece_size, length, states[1])
 
     def piece_start(self, length: int) -> int:
         return length - length % self.piece_size

@@ -24,8 +24,9 @@ from packager.catalog import IngestOptions, ingest
 from packager.container import MemberSource, resume, write_shard
 from packager.container.resume import Checkpoints
 from packager.container.writer import ResumeMismatch
-from packager.hashing import FileDigest, ShardHasher
+from packager.hashing import FileDigest, PieceMismatch, ShardHasher
 from packager.plan import plan
+from packager.torrent import read_torrent
 from packager.workspace import Workspace
 
 CHECKPOINT_EVERY = 2**20
@@ -276,6 +277,19 @@ def test_a_hasher_resumed_from_its_snapshots_gives_the_same_hashes(data: bytes, 
         sink(memoryview(data[second.piece_start(cut) : cut]))
     second.update(data[cut:])
     assert second.finish() == whole.finish()
+    check = ShardHasher.prefix_check(piece, cut, states)  # the kept prefix, checked in two reads
+    check.update(memoryview(data[: cut // 3]))
+    check.update(memoryview(data[cut // 3 : cut]))
+    check.finish()
+    if cut:
+        damaged = draw.draw(st.integers(0, cut - 1))
+        bad = bytearray(data[:cut])
+        bad[damaged] ^= 1
+        check = ShardHasher.prefix_check(piece, cut, states)
+        with pytest.raises(PieceMismatch) as e:
+            check.update(memoryview(bytes(bad)))
+            check.finish()
+        assert e.value.index == damaged // piece
 
 
 def test_a_sha256_state_that_does_not_fit_its_length_is_refused() -> None:
@@ -296,3 +310,71 @@ def test_a_huge_checkpoint_is_refused_by_its_bound_not_a_made_up_size():
     with pytest.raises(resume.CheckpointRejected) as e:
         resume.decode_checkpoint(b"\0" * (resume.MAX_CHECKPOINT_BYTES + 1), "job")
     assert f"more than {resume.MAX_CHECKPOINT_BYTES:,} bytes" in str(e.value)
+
+
+# --- the kept prefix against the checkpoint's hashes ------------------------------------------------------
+
+
+def _frame_middle(cp: Path, index: int) -> int:
+    """A byte in the middle of frame `index`: no boundary check (magic, header, checksum) reaches it."""
+    body = cp.read_bytes()[:-32]
+    entries = base64.b64decode(json.loads(body.split(b"\n", 1)[1])["entries"])
+    sizes = [int.from_bytes(entries[i : i + 4], "little") for i in range(0, len(entries), 12)]
+    assert len(sizes) > index + 8, "the checkpoint should be well past that frame"
+    return sum(sizes[:index]) + sizes[index] // 2
+
+
+def test_a_part_damaged_before_its_checkpoint_is_rebuilt_and_matches_its_torrent(
+    make_workspace, archive, reference
+):
+    """A byte of a finished frame changed while the build was down (the boundaries and the member in
+    progress intact): the kept prefix is hashed again against the checkpoint's pieces, so the shard is
+    rebuilt from byte 0 instead of being recorded with bytes its torrent does not describe."""
+    from typer.testing import CliRunner
+
+    from packager.cli import app
+
+    ws = workspace_for(make_workspace, archive, "damaged-prefix")
+    interrupt(ws, after=12_000_000)
+    part = next((ws / "shards").glob("*.part"))
+    damaged = _frame_middle(part.with_name(layout.checkpoint_name(part.name)), 3)
+    _flip(part, damaged)
+    runner = CliRunner()
+    result = runner.invoke(app, ["build", str(ws)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    piece = read_torrent(next((ws / "torrents").iterdir())).piece_size
+    lines = [line for line in result.output.splitlines() if "rebuilt from byte 0" in line]
+    assert len(lines) == 1 and "resumed" not in result.output, result.output
+    assert f"piece {damaged // piece} (bytes" in lines[0], lines[0]
+    assert files(ws) == reference
+    assert leftovers(ws) == []
+    checked = runner.invoke(app, ["verify", str(ws), "--pieces"], catch_exceptions=False)
+    assert checked.exit_code == 0, checked.output
+
+
+@pytest.mark.parametrize("which", ["checkpoint", "part"])
+def test_a_directory_where_the_part_or_its_checkpoint_goes_is_refused_and_kept(
+    make_workspace, archive, which
+):
+    """It was exit 3 (IsADirectoryError, from deleting it): now that shard fails with a message saying what
+    to do, the directory and what is in it stay, and the next build, once it is moved, is whole."""
+    from typer.testing import CliRunner
+
+    from packager.cli import app
+
+    ws = workspace_for(make_workspace, archive, f"dir-{which}")
+    interrupt(ws, after=12_000_000)
+    part = next((ws / "shards").glob("*.part"))
+    target = part.with_name(layout.checkpoint_name(part.name)) if which == "checkpoint" else part
+    target.unlink()
+    (target / "keep").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["build", str(ws)], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert f"{target.name} in {target.parent} is a directory" in " ".join(result.output.split())
+    assert "move it away" in result.output and "Traceback" not in result.output
+    assert (target / "keep").is_dir()
+    (target / "keep").rmdir()
+    target.rmdir()
+    report = run_build(ws)
+    assert report.built and not report.failed
+    assert leftovers(ws) == []

@@ -114,8 +114,11 @@ def recover(ws: Workspace) -> list[str]:
     shards_dir.mkdir(exist_ok=True)
     built = {row[0]: row for row in state.built_files()}
     for stale in shards_dir.glob(".*.tmp"):  # an atomic write killed midway; nothing else runs here
-        stale.unlink(missing_ok=True)
+        if not _is_directory(stale):
+            stale.unlink(missing_ok=True)
     for part in sorted(shards_dir.glob(layout.part_name("*" + layout.SHARD_SUFFIX))):
+        if _is_directory(part):
+            continue  # not packager's: its shard's build refuses it (shard.py) and leaves it be
         final = part.with_name(part.name[: -len(layout.PART_SUFFIX)])
         rel = f"{layout.SHARDS}/{final.name}"
         if rel in built and not final.exists():
@@ -130,9 +133,11 @@ def recover(ws: Workspace) -> list[str]:
             continue  # an interrupted build: write_one resumes it, or starts it again, after its checks
         part.unlink()
     for stale in shards_dir.glob(layout.attempt_part_glob("*" + layout.SHARD_SUFFIX)):
-        if layout.attempt_part_of(stale.name):  # a cluster attempt that never settled
+        if layout.attempt_part_of(stale.name) and not _is_directory(stale):  # an attempt never settled
             stale.unlink(missing_ok=True)
     for checkpoint in shards_dir.glob(layout.checkpoint_name("*" + layout.PART_SUFFIX)):
+        if _is_directory(checkpoint):
+            continue
         if not checkpoint.with_name(checkpoint.name[: -len(layout.CHECKPOINT_SUFFIX)]).exists():
             checkpoint.unlink()  # its .part is gone (built, or discarded above)
     for rel, _, _ in built.values():
@@ -142,6 +147,10 @@ def recover(ws: Workspace) -> list[str]:
         if row.state != "built":  # a torrent written just before a kill, for a shard that never landed
             ws.torrent_path(row.name).unlink(missing_ok=True)
     return recovered
+
+
+def _is_directory(path) -> bool:
+    return path.is_dir() and not path.is_symlink()
 
 
 def plan_jobs(ws: Workspace, phase: str | None) -> list[tuple[ShardJob, str]]:

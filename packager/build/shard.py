@@ -8,7 +8,8 @@ fsyncs it and returns the hashes. It never writes state.sqlite: coordinator.py d
 An interrupted build resumes: the writer saves a checkpoint beside the ``.part`` (``.part.checkpoint``, see
 container/resume.py); the next write_one continues from it once the checkpoint and the ``.part`` pass their
 checks, and otherwise deletes both and starts from the first byte; either way the bytes are those of an
-uninterrupted build.
+uninterrupted build. The kept prefix is read again and checked against the checkpoint's piece hashes while
+the tail is written; the shard is handed back only once it has passed (else it is rebuilt from byte 0).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from ..container import resume as container_resume
 from ..container.resume import (
     CheckpointRejected,
     Checkpoints,
+    PrefixCheck,
+    PrefixMismatch,
     Resume,
     check_part,
     decode_checkpoint,
@@ -184,30 +187,62 @@ def write_one(
     members: Iterable[MemberRow] | None = None,
 ) -> ShardResult:
     """Write one shard to its .part file, fsynced, and return its hashes: from the checkpoint of an
-    interrupted build if one passes its checks, else from byte 0. On a failure the .part and its
-    checkpoint are removed; on an interrupt (KeyboardInterrupt, SystemExit) they stay, for the next build.
+    interrupted build if one passes its checks (the kept prefix read again beside the writer, against the
+    checkpoint's piece hashes), else from byte 0. On a failure the .part and its checkpoint are removed;
+    on an interrupt (KeyboardInterrupt, SystemExit) they stay, for the next build.
 
     The one shard build shared by every executor: job in, result out, input bytes reported to
     `on_progress`. `members` (in plan order) spares a worker on another machine from reading state.sqlite."""
     job.part_path.parent.mkdir(parents=True, exist_ok=True)
-    resume, hasher, rejected = _resume_point(job)
+    resume, hasher, rejected, prefix = _resume_point(job)
+    progress = _Progress(on_progress, prefix)
     try:
-        return _write_part(job, on_progress, members, resume, hasher, rejected)
-    except ResumeMismatch as exc:  # the members differ from those the checkpoint saw: start again
+        return _write_part(job, progress, members, resume, hasher, rejected, prefix)
+    except (ResumeMismatch, PrefixMismatch) as exc:
+        # The members differ from those the checkpoint saw, or the kept bytes from those it hashed: again
+        # from byte 0, the bytes already reported taken back from the progress.
+        if prefix is not None:
+            prefix.cancel()
         discard(job)
-        return _write_part(job, on_progress, members, None, None, str(exc))
+        progress.restart()
+        return _write_part(job, progress, members, None, None, str(exc), None)
     except Exception:
         discard(job)
         raise
+    finally:
+        if prefix is not None:
+            prefix.cancel()
+
+
+class _Progress:
+    """The caller's on_progress, counting what it was told (to take it back if the shard starts again), and
+    stopping the writer (it runs on the writer's calling thread) once the kept prefix is found bad."""
+
+    def __init__(self, report: Callable[[int], None] | None, prefix: PrefixCheck | None):
+        self._report, self._prefix, self._done = report, prefix, 0
+
+    def __call__(self, n: int) -> None:
+        self._done += n
+        if self._report is not None:
+            self._report(n)
+        why = self._prefix.failure() if self._prefix is not None else None
+        if why is not None:
+            raise PrefixMismatch(why)
+
+    def restart(self) -> None:
+        if self._done and self._report is not None:
+            self._report(-self._done)
+        self._done, self._prefix = 0, None
 
 
 def _write_part(
     job: ShardJob,
-    on_progress: Callable[[int], None] | None,
+    on_progress: Callable[[int], None],
     members: Iterable[MemberRow] | None,
     resume: Resume | None,
     hasher: ShardHasher | None,
     rejected: str | None,
+    prefix: PrefixCheck | None,
 ) -> ShardResult:
     hasher = hasher or ShardHasher(job.piece_size, v2=job.v2)
     checkpoints = None
@@ -239,6 +274,9 @@ def _write_part(
         )
         out.flush()
         os.fsync(out.fileno())
+    why = prefix.wait() if prefix is not None else None
+    if why is not None:
+        raise PrefixMismatch(why)
     hashes = hasher.finish()
     if hashes.length != written.compressed_size:
         raise ShardBuildError(job.name, f"wrote {written.compressed_size} bytes but hashed {hashes.length}")
@@ -254,13 +292,18 @@ def _write_part(
     )
 
 
-def _resume_point(job: ShardJob) -> tuple[Resume | None, ShardHasher | None, str | None]:
-    """The checked checkpoint of an interrupted build of `job` and the hasher restored to it; or, if there
-    is none or it fails a check, (None, None, why) with the .part and checkpoint removed."""
+def _resume_point(
+    job: ShardJob,
+) -> tuple[Resume | None, ShardHasher | None, str | None, PrefixCheck | None]:
+    """The checked checkpoint of an interrupted build of `job`, the hasher restored to it and the check of
+    the kept prefix, started; or, if there is none or it fails a check, (None, None, why, None) with the
+    .part and checkpoint removed. ShardBuildError if either is a directory (not packager's to delete)."""
     part, saved = job.part_path, job.checkpoint_path
+    for path in (part, saved):
+        _refuse_directory(job, path)
     if job.attempt or not saved.exists():
         part.unlink(missing_ok=True)
-        return None, None, None
+        return None, None, None, None
     try:
         fd = _open_regular(saved)
         try:
@@ -272,14 +315,31 @@ def _resume_point(job: ShardJob) -> tuple[Resume | None, ShardHasher | None, str
         try:
             resume = check_part(fd, cp, job.frame_size - job.frame_size % 512)
             hasher = ShardHasher.resumed(job.piece_size, job.v2, cp.offset, cp.sink_states)
+            pieces = ShardHasher.prefix_check(job.piece_size, cp.offset, cp.sink_states)
             rehash_tail(fd, hasher.piece_start(cp.offset), cp.offset, hasher.piece_sinks)
         finally:
             os.close(fd)
+        prefix = PrefixCheck(_open_regular(part), cp.offset, pieces.update, pieces.finish)
     except (CheckpointRejected, ValueError, OSError) as exc:
         discard(job)
         why = str(exc) if isinstance(exc, CheckpointRejected) else f"{type(exc).__name__}: {exc}"
-        return None, None, why
-    return resume, hasher, None
+        return None, None, why, None
+    return resume, hasher, None, prefix
+
+
+def _refuse_directory(job: ShardJob, path: Path) -> None:
+    """A directory where packager keeps a temporary file of its own is someone else's: refused, kept."""
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if is_dir:
+        raise ShardBuildError(
+            job.name,
+            f"{path.name} in {path.parent} is a directory, where the build keeps a file of its own; "
+            "move it away, then build again",
+            str(path),
+        )
 
 
 def _open_regular(path: Path) -> int:
@@ -292,6 +352,8 @@ def _open_regular(path: Path) -> int:
 
 
 def discard(job: ShardJob) -> None:
-    """Remove the shard's .part and its checkpoint (a failed shard, or a checkpoint that failed a check)."""
-    job.part_path.unlink(missing_ok=True)
-    job.checkpoint_path.unlink(missing_ok=True)
+    """Remove the shard's .part and its checkpoint (a failed shard, or a checkpoint that failed a check);
+    a directory in their place is not packager's, and stays."""
+    for path in (job.part_path, job.checkpoint_path):
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            path.unlink()

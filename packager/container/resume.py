@@ -15,18 +15,27 @@ On restart the saved checkpoint is believed only after checks that cost little n
 - the frames of the member in progress (or else the last frame) are decompressed, which checks their
   content against zstd's own checksums, and give that member's xxh3-128 and SHA-256 so far.
 
-Any failure and the shard is rebuilt from byte 0; nothing in a rejected checkpoint is used. A deliberate
-edit inside an older frame that keeps every frame boundary intact is not caught here (that would mean
-reading the whole prefix again, as long as writing it); the shard's recorded SHA-256 and piece hashes are
-those of the bytes the writer meant, so `packager verify` of the finished shard reports such a change.
+Any failure and the shard is rebuilt from byte 0; nothing in a rejected checkpoint is used.
+
+Those checks leave the inside of older frames unread, and a changed byte there (a bad sector, an edit while
+the build was down) would give a shard recorded with hashes its bytes do not have: the hashes resumed are
+those of the bytes the writer meant. So the whole kept prefix is also read once more, in order, while the
+tail is written (PrefixCheck), and hashed in pieces against the SHA-1 the checkpoint recorded for every
+finished piece and for the unfinished one: every kept byte is then the one the checkpoint's hashers saw,
+which makes its running SHA-256 and member digests those of the prefix too. If a piece differs, the
+writer stops and the shard is rebuilt from byte 0. SHA-1 rather than a second SHA-256: it is the hash the
+torrent publishes, it names the piece that differs, and it is the cheaper of the two here (0.48 s against
+0.55 s per GiB on one core).
 """
 
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +45,7 @@ import zstandard
 from packager.hashing import MemberDigest, MemberHasher
 
 from .format import MAX_FRAME_SIZE, SEEK_ENTRY, ZSTD_MAGIC, tar_member
+from .pipeline import PAGE, BufferPool, Failure, Stage
 
 # A checkpoint costs a fsync of the .part and an atomic write of the checkpoint: 0.1 ms and 0.7 ms for a
 # 100 KB one on this machine's disk, so every 128 MiB costs nothing a build could measure; past 4 GB the
@@ -45,13 +55,17 @@ from .format import MAX_FRAME_SIZE, SEEK_ENTRY, ZSTD_MAGIC, tar_member
 CHECKPOINT_EVERY_BYTES = 128 * 2**20
 CHECKPOINT_SHARE = 32
 CHECKPOINT_EVERY_SECONDS = 15.0
-_MAGIC = b"packager-shard-checkpoint 1\n"
+_MAGIC = b"packager-shard-checkpoint 2\n"  # 2: the unfinished piece's SHA-1 among the states
 MAX_CHECKPOINT_BYTES = 64 << 20  # far above any real one (a 100 GB shard's is a few MB)
 _FRAME_HEADER_MAX = 18  # magic, descriptor, window, dictionary id, content size
 
 
 class CheckpointRejected(ValueError):
     """Why a saved checkpoint or its `.part` cannot be resumed from; the shard is rebuilt from 0."""
+
+
+class PrefixMismatch(CheckpointRejected):
+    """The kept prefix of a `.part` is not what its checkpoint recorded (found while the tail was written)."""
 
 
 @dataclass(frozen=True)
@@ -262,10 +276,107 @@ def rehash_tail(fd: int, start: int, end: int, sinks: Sequence[Callable[[memoryv
         pos += len(data)
 
 
+# --- the kept prefix read again, beside the writer -------------------------------------------------------
+
+PREFIX_READ = 8 * 2**20  # bytes per read of the prefix (O_DIRECT: one request to the disk each)
+_PREFIX_BUFFERS = 4  # reads run ahead of the hashing by up to three of them
+
+
+class PrefixCheck:
+    """Read the first `end` bytes of the `.part` open at `fd` (its own descriptor, closed here) once, in
+    order, feeding them to `update` then calling `finish()`: on a reading thread and a hashing thread, so
+    that the check runs beside the writer. `failure()` says, without waiting, why it failed (None while
+    it has not); `wait()` waits for the end and says the same."""
+
+    def __init__(self, fd: int, end: int, update: Callable[[memoryview], None], finish: Callable[[], None]):
+        self._fd, self._end = fd, end
+        self._finish = finish
+        self._stop = threading.Event()
+        self._failure = Failure()
+        self._pool = BufferPool(_PREFIX_BUFFERS, PREFIX_READ)
+        self._hashing = Stage("prefix-check", lambda buf: _fed(update, buf), self._failure, _release)
+        self._thread = threading.Thread(target=self._read, name="shard-prefix-read", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        fd, end, pos = self._fd, self._end, 0
+        try:
+            direct = _direct(fd)  # a read-once stream: nothing for the page cache to keep
+            while pos < end and not self._stop.is_set() and self._failure.error is None:
+                buf = self._pool.get()
+                want = min(PREFIX_READ, end - pos)
+                try:
+                    # O_DIRECT reads whole pages; the last one may reach past `end`, into the tail.
+                    n = os.preadv(fd, [buf.view[: -(-want // PAGE) * PAGE if direct else want]], pos)
+                except BaseException:
+                    buf.share(0)
+                    raise
+                if n <= 0:
+                    buf.share(0)
+                    raise CheckpointRejected(f"the .part ends at byte {pos:,}, before {end:,}")
+                if direct and n % PAGE and pos + n < end:  # short mid-file: go on unaligned
+                    direct = False
+                    _direct(fd, False)
+                buf.fill = min(n, want)
+                pos += buf.fill
+                buf.share(1)
+                self._hashing.put(buf)
+            self._hashing.close()
+            if pos == end and self._failure.error is None and not self._stop.is_set():
+                self._finish()
+        except BaseException as exc:  # noqa: BLE001 - reported through failure()
+            self._failure.set(exc)
+        finally:
+            self._hashing.close()
+            os.close(fd)
+            self._pool.close()
+
+    def failure(self) -> str | None:
+        error = self._failure.error
+        if error is None:
+            return None
+        if isinstance(error, CheckpointRejected):
+            return str(error)
+        if isinstance(error, OSError):
+            return f"the .part could not be read again: {error.strerror or error}"
+        return f"the .part is not what its checkpoint recorded: {error}"
+
+    def wait(self) -> str | None:
+        self._thread.join()
+        return self.failure()
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _fed(update: Callable[[memoryview], None], buf) -> None:
+    try:
+        update(buf.data)
+    finally:
+        buf.release()
+
+
+def _release(buf) -> None:
+    buf.release()
+
+
+def _direct(fd: int, on: bool = True) -> bool:
+    """O_DIRECT on (or off) for `fd`; False where the file system refuses it."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+    except OSError:
+        return False
+    return on
+
+
 __all__ = [
     "CHECKPOINT_EVERY_BYTES",
     "CheckpointRejected",
     "Checkpoints",
+    "PrefixCheck",
+    "PrefixMismatch",
     "Resume",
     "WriterCheckpoint",
     "check_part",
