@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 
 from .errors import WorkspaceError
 from .state import State
+from .state_schema import path_key, path_stem
 
 COLUMNS = "id, path, kind, popularity, size, mtime, extra, source, line, fp, xk, ph"
 ITEM_INDEXES = ("items_id", "items_ph", "items_removed")
+TEMP_TABLES = ("stage", "bad", "todo", "refp", "claims", "unread", "gone", "unmatched", "stems", "pathrows")
 # Fields of an item that may change after it is planned, even once its shard is built: no shard holds them.
 FREE_IN_A_SHARD = frozenset({"popularity", "extra"})
 
@@ -62,8 +64,12 @@ class Loader:
         # A fast refresh (refresh.py): lines matched by fingerprint, each an unchanged item never staged;
         # temp.unmatched holds the rowids of the items whose fingerprint no line has.
         self.matched: int | None = None
-        for table in ("stage", "bad", "todo", "refp", "claims", "unread", "gone", "unmatched"):
+        for table in TEMP_TABLES:
             self.db.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        # Paths named by their ids have no key (state_schema.path_named_by_id): these find their clashes.
+        self.db.create_function("path_stem", 1, path_stem, deterministic=True)
+        self.db.create_function("path_key", 1, path_key, deterministic=True)
+        self.keyed = self.named = 0  # a first ingest's rows with a path key, and without
         self.db.execute("CREATE TEMP TABLE bad (n INTEGER PRIMARY KEY)")  # rows refused, by stage number
         self.db.execute("CREATE TEMP TABLE unread (id TEXT PRIMARY KEY) WITHOUT ROWID")  # ids of refused rows
         # A first ingest's totals, per kind [rows, bytes], counted as rows are staged: no scan of the items.
@@ -102,7 +108,10 @@ class Loader:
         self.staged += len(rows)
         if self.direct:
             totals = self.totals
+            named = 0
             for row in rows:
+                if row[11] is None:
+                    named += 1
                 kind = row[2]
                 if kind in totals:
                     t = totals[kind]
@@ -110,6 +119,8 @@ class Loader:
                     t[1] += row[4]
                 else:
                     totals[kind] = [1, row[4]]
+            self.named += named
+            self.keyed += len(rows) - named
 
     def extra_names(self, names: dict[int, str]) -> None:
         """Record sets of extra field names by their key (extra_names_key)."""
@@ -160,22 +171,43 @@ class Loader:
     def _check_direct(self, add: AddProblem) -> None:
         self.db.execute("CREATE INDEX items_id ON items (id, fp)")
         self._duplicate_ids(add)
-        self.db.execute("CREATE INDEX items_ph ON items (ph)")
-        repeated = "SELECT ph FROM items INDEXED BY items_ph GROUP BY ph HAVING COUNT(*) > 1"
-        if not self.db.execute(f"SELECT EXISTS ({repeated})").fetchone()[0]:
+        self.db.execute("CREATE INDEX items_ph ON items (ph) WHERE ph IS NOT NULL")
+        # Rows that may share a path: keyed ones whose key repeats, and a keyed one beside the row named
+        # by its stem at the same path (two rows named by their ids never share a path: their ids differ).
+        self.db.execute("CREATE TEMP TABLE pathrows (n INTEGER, path TEXT, UNIQUE (n, path))")
+        if self.keyed > 1:
+            self.db.execute(
+                "INSERT OR IGNORE INTO temp.pathrows SELECT rowid, path FROM items WHERE ph IN (SELECT ph "
+                "FROM items INDEXED BY items_ph WHERE ph IS NOT NULL GROUP BY ph HAVING COUNT(*) > 1)"
+            )
+        if self.keyed and self.named:
+            self._keyed_beside_named()
+        if not self._count("temp.pathrows"):
             return
-        # A path key is repeated: which paths are (only a catalog with errors, or a 2^-64 chance, gets here).
+        # Only a catalog with errors (or a 2^-64 chance of equal keys) gets here.
         self._refuse(
             self.db.execute(
-                "SELECT s.rowid, s.source, s.line, s.id, f.source, f.line, s.path FROM (SELECT ph, path, "
-                f"MIN(rowid) AS first FROM items WHERE ph IN ({repeated}) AND rowid NOT IN "
-                "(SELECT n FROM temp.bad) GROUP BY ph, path HAVING COUNT(*) > 1) d JOIN items s ON "
-                "s.ph = d.ph AND s.path = d.path AND s.rowid != d.first "
-                "JOIN items f ON f.rowid = d.first WHERE s.rowid NOT IN (SELECT n FROM temp.bad) "
-                "ORDER BY s.rowid"
+                "SELECT s.rowid, s.source, s.line, s.id, f.source, f.line, s.path FROM (SELECT path, "
+                "MIN(n) AS first FROM temp.pathrows WHERE n NOT IN (SELECT n FROM temp.bad) GROUP BY path "
+                "HAVING COUNT(*) > 1) d JOIN temp.pathrows p ON p.path = d.path AND p.n != d.first "
+                "JOIN items s ON s.rowid = p.n JOIN items f ON f.rowid = d.first "
+                "WHERE p.n NOT IN (SELECT n FROM temp.bad) ORDER BY s.rowid"
             ),
             add,
             lambda r: f"duplicate path {r[6]!r}, first seen at {self.sources.get(r[4], r[4])}:{r[5]}",
+        )
+
+    def _keyed_beside_named(self) -> None:
+        """Into temp.pathrows: each keyed item whose path is also an item's named by its id, and that item.
+        The keyed paths' stems are sorted first, so that the id index is read in order."""
+        self.db.execute(
+            "CREATE TEMP TABLE stems AS SELECT path_stem(path) AS stem, path, rowid AS n FROM items "
+            "WHERE ph IS NOT NULL ORDER BY 1"
+        )
+        self.db.execute(
+            "INSERT OR IGNORE INTO temp.pathrows WITH pairs AS (SELECT e.n AS keyed, t.rowid AS named, "
+            "e.path FROM temp.stems e JOIN items t INDEXED BY items_id ON t.id = e.stem WHERE t.ph IS NULL "
+            "AND t.path = e.path) SELECT keyed, path FROM pairs UNION ALL SELECT named, path FROM pairs"
         )
 
     def _check_merge(self, add: AddProblem) -> None:
@@ -210,15 +242,19 @@ class Loader:
         db.execute("DELETE FROM temp.todo WHERE n IN (SELECT n FROM temp.refp)")
         # Paths claimed by new ids and by known ids that move: each must be free and claimed once.
         db.execute(
-            "CREATE TEMP TABLE claims AS SELECT s.n, s.path, s.ph, s.id FROM temp.todo t JOIN temp.stage s "
-            "ON s.n = t.n "
+            "CREATE TEMP TABLE claims AS SELECT s.n, s.path, COALESCE(s.ph, path_key(s.path)) AS ph, "
+            "s.ph IS NULL AS named, s.id FROM temp.todo t JOIN temp.stage s ON s.n = t.n "
             "LEFT JOIN items i ON i.rowid = t.item WHERE i.rowid IS NULL OR i.path != s.path"
         )
+        # The holder of a claimed path is a keyed item (found by the key) or one named by its id (found by
+        # the claimed path's stem; a claim named by its own id can only meet itself there).
         self._refuse(
             db.execute(
                 "SELECT c.n, s.source, s.line, s.id, k.id, c.path FROM temp.claims c JOIN temp.stage "
-                "s ON s.n = c.n "
-                "JOIN items k ON k.ph = c.ph AND k.path = c.path WHERE k.id != c.id ORDER BY c.n"
+                "s ON s.n = c.n JOIN items k ON k.ph = c.ph AND k.path = c.path WHERE k.id != c.id "
+                "UNION ALL SELECT c.n, s.source, s.line, s.id, k.id, c.path FROM temp.claims c "
+                "JOIN temp.stage s ON s.n = c.n JOIN items k INDEXED BY items_id ON k.id = path_stem(c.path) "
+                "WHERE NOT c.named AND k.ph IS NULL AND k.path = c.path AND k.id != c.id ORDER BY 1"
             ),
             add,
             lambda r: f"path {r[5]!r} already belongs to id {r[4]!r}",
@@ -276,7 +312,7 @@ class Loader:
     def apply(self, mark_absent: bool, remove: Callable[[str], dict[str, int]]) -> Outcome:
         out = Outcome()
         if self.direct:
-            self.db.execute("CREATE INDEX IF NOT EXISTS items_ph ON items (ph)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS items_ph ON items (ph) WHERE ph IS NOT NULL")
             self.db.execute("CREATE INDEX IF NOT EXISTS items_removed ON items (id) WHERE removed = 1")
             out.added = self.staged - self._count("temp.bad")
             self.state.add_totals((k, n, 0, n, size) for k, (n, size) in self.totals.items() if n)
@@ -419,7 +455,7 @@ class Loader:
         )
 
     def close(self) -> None:
-        for table in ("stage", "bad", "todo", "refp", "claims", "unread", "gone", "unmatched"):
+        for table in TEMP_TABLES:
             self.db.execute(f"DROP TABLE IF EXISTS temp.{table}")
 
 

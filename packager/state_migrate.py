@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .state_schema import SCHEMA_VERSION, path_key, row_fingerprint, schema_statements, split_extra
+from .state_schema import path_key, path_named_by_id, row_fingerprint, schema_statements, split_extra
 
 if TYPE_CHECKING:
     from .state import State
 
 # The versions an open brings up to SCHEMA_VERSION.
-MIGRATABLE = (1, 2)
+MIGRATABLE = (1, 2, 3)
 
 
 def migrate(state: State, version: int) -> None:
@@ -20,6 +20,8 @@ def migrate(state: State, version: int) -> None:
         _from_v1(state)
     if version in (1, 2):
         _from_v2(state)
+    if version in (1, 2, 3):
+        _from_v3(state)
 
 
 def _from_v1(state: State) -> None:
@@ -80,4 +82,15 @@ def _from_v2(state: State) -> None:
             "WHERE extra IS NOT NULL AND xk IS NULL"
         )
         state.db.executemany("INSERT OR IGNORE INTO extra_names VALUES (?, ?)", names.items())
-        state.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        state.db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+
+
+def _from_v3(state: State) -> None:
+    """Schema 3 -> 4: no path key for a path named by its id (state_schema.path_named_by_id), and the index
+    of keys over the other paths only."""
+    state.db.create_function("path_named_by_id", 2, path_named_by_id, deterministic=True)
+    with state.transaction():
+        state.db.execute("DROP INDEX IF EXISTS items_ph")
+        state.db.execute("UPDATE items SET ph = NULL WHERE ph IS NOT NULL AND path_named_by_id(path, id)")
+        state.db.execute("CREATE INDEX items_ph ON items (ph) WHERE ph IS NOT NULL")
+        state.db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")

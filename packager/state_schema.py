@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import orjson
 import xxhash
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS items (
     removed INTEGER NOT NULL DEFAULT 0,
     fp INTEGER NOT NULL,        -- line_fingerprint() or row_fingerprint(): what a re-ingest compares first
     xk INTEGER,                 -- extra_names.h of the names of the extra fields (NULL: none)
-    ph INTEGER                  -- path_key(path): paths are found and kept unique through its index
+    ph INTEGER                  -- path_key(path), or NULL for a path named by its id (path_named_by_id):
+                                -- paths are found and kept unique through ids and this key's index
 );
 -- The sets of extra field names (a catalog has a few): extra_names_key() of the sorted names -> names.
 CREATE TABLE IF NOT EXISTS extra_names (h INTEGER PRIMARY KEY, names TEXT NOT NULL);
@@ -42,7 +43,8 @@ CREATE TABLE IF NOT EXISTS extra_names (h INTEGER PRIMARY KEY, names TEXT NOT NU
 -- Ingest keeps ids and paths unique (sorts of every ingest's rows, and the path keys' index).
 CREATE INDEX IF NOT EXISTS items_id ON items (id, fp);
 -- Paths through an 8-byte key: an index of the paths themselves cost 56 bytes a row (5.6 GB at 10^8).
-CREATE INDEX IF NOT EXISTS items_ph ON items (ph);
+-- Only the paths not named by their ids: audio/ab/cd/<id>.ogg, the real shape, needs no key (20 B a row).
+CREATE INDEX IF NOT EXISTS items_ph ON items (ph) WHERE ph IS NOT NULL;
 CREATE INDEX IF NOT EXISTS items_removed ON items (id) WHERE removed = 1;
 -- Kept as ingest, plan and remove change items, so status never counts 10^8 rows.
 CREATE TABLE IF NOT EXISTS catalog_totals (
@@ -285,6 +287,21 @@ def path_key(path: str) -> int:
     """The 64-bit key of a path in items_ph, as a signed int64 (equal paths, equal keys; a repeated key is
     then told apart by the paths themselves)."""
     return xxhash.xxh3_64_intdigest(path.encode("utf-8", "surrogatepass")) - 2**63
+
+
+def path_stem(path: str) -> str:
+    """The file name of a path without its last extension: 'ab' for 'audio/x/ab.ogg' and for 'x/ab'."""
+    start = path.rfind("/") + 1
+    dot = path.rfind(".")
+    return path[start:dot] if dot > start else path[start:]
+
+
+def path_named_by_id(path: str, item_id: str) -> bool:
+    """Whether a path's file is named by its item's id (its stem is the id), as in audio/ab/cd/<id>.ogg.
+    Such a path needs no key: two of them are equal only with equal stems, so equal ids, and ids are
+    unique. A path named otherwise has a key, and the index of keys finds it; one of each kind are equal
+    only if the keyed path's stem is the other's id, which the id index finds."""
+    return path_stem(path) == item_id
 
 
 def line_fingerprint(raw: bytes, seed: int) -> int:

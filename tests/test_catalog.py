@@ -1081,7 +1081,7 @@ def test_a_schema_2_state_gets_its_extra_fields_as_names_once_and_values(workspa
     with open_state(workspace) as state:
         assert state.item_extra("t001") == {"title": "song 1", "tags": ["a", 1]}
         assert state.item_extra("t003") == {}
-        assert state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+        assert state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
     assert run(workspace, cat, trust_sizes=True).unchanged == 4
 
 
@@ -1108,6 +1108,58 @@ def test_paths_stay_unique_when_their_keys_collide(workspace, archive, monkeypat
     assert [(p.line, p.reason) for p in e.value.problems] == [
         (5, f"duplicate path 'audio/t1.ogg', first seen at {twice}:2")
     ]
+
+
+@pytest.mark.parametrize("named_first", [True, False])
+def test_a_path_named_by_its_id_clashes_with_the_same_path_under_another_id(workspace, archive, named_first):
+    """audio/ab/<id>.ogg, the real shape, is stored without a path key; another id's row naming the same
+    path is still a duplicate path, whichever comes first, and in a refresh the path still belongs to its
+    item, whichever way either is named."""
+    named = trusted(0, id="abc", path="audio/ab/abc.ogg")
+    keyed = trusted(1, path="audio/ab/abc.ogg")
+    rows = [named, keyed] if named_first else [keyed, named]
+    cat = archive.jsonl([trusted(5), *rows])
+    with pytest.raises(CatalogError) as e:
+        run(workspace, cat, trust_sizes=True)
+    assert [(p.line, p.reason) for p in e.value.problems] == [
+        (3, f"duplicate path 'audio/ab/abc.ogg', first seen at {cat}:2")
+    ]
+    run(workspace, archive.jsonl([named, trusted(2, path="audio/x/kk.ogg")], "ok.jsonl"), trust_sizes=True)
+    with open_state(workspace) as state:
+        assert state.db.execute("SELECT id FROM items WHERE ph IS NULL").fetchall() == [("abc",)]
+    steal = archive.jsonl(
+        [named, trusted(2, path="audio/x/kk.ogg"), keyed, trusted(3, id="kk", path="audio/x/kk.ogg")],
+        "s.jsonl",
+    )
+    err = rejected_later(workspace, steal)
+    assert [(p.line, p.reason) for p in err.problems] == [
+        (3, "path 'audio/ab/abc.ogg' already belongs to id 'abc'"),
+        (4, "path 'audio/x/kk.ogg' already belongs to id 't002'"),
+    ]
+
+
+def test_a_schema_3_state_drops_the_keys_of_paths_named_by_their_ids(workspace, archive):
+    rows = [trusted(0, id="abc", path="audio/ab/abc.ogg"), trusted(1)]
+    cat = archive.jsonl(rows)
+    run(workspace, cat, trust_sizes=True)
+    with open_state(workspace) as state:  # back to schema 3: every path keyed, every key indexed
+        db = state.db
+        db.execute("DROP INDEX items_ph")
+        db.execute("UPDATE items SET ph = 1 WHERE id = 'abc'")
+        db.execute("CREATE INDEX items_ph ON items (ph)")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    with open_state(workspace) as state:
+        db = state.db
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+        assert db.execute("SELECT id, ph IS NULL FROM items ORDER BY id").fetchall() == [
+            ("abc", 1),
+            ("t001", 0),
+        ]
+        index = db.execute("SELECT sql FROM sqlite_master WHERE name = 'items_ph'").fetchone()[0]
+        assert index.endswith("WHERE ph IS NOT NULL")
+    assert run(workspace, cat, trust_sizes=True).unchanged == 2
+    err = rejected_later(workspace, archive.jsonl(rows + [trusted(2, path="audio/ab/abc.ogg")], "c.jsonl"))
+    assert [p.reason for p in err.problems] == ["path 'audio/ab/abc.ogg' already belongs to id 'abc'"]
 
 
 def rejected_later(ws: Path, catalog: Path) -> CatalogError:

@@ -44,6 +44,7 @@ edit_ = st.one_of(
     st.tuples(st.just("broken"), k_),
     st.tuples(st.just("blank"), k_),
     st.tuples(st.just("move"), k_, k_),
+    st.tuples(st.just("named path"), k_, st.integers(8, 24)),  # the path item r{j} is named by
 )
 step_ = st.tuples(
     st.lists(edit_, max_size=5),
@@ -84,6 +85,8 @@ def _edited(lines: list[str], edits: list[tuple]) -> list[str]:
                 row["title"] = row.get("title", "") + "x"
             elif what == "path":
                 row["path"] = f"audio/shared{edit[2]}.ogg"
+            elif what == "named path":
+                row["path"] = f"audio/r{edit[2]:02d}.ogg"
             elif what == "bad kind":
                 row["kind"] = "video"
             lines[k] = _line(row, spacing=what == "respace")
@@ -168,3 +171,71 @@ def test_a_line_stands_for_its_row_only_when_sizes_are_trusted(workspace, archiv
             ]
         else:
             raise AssertionError("a line without a size was taken as unchanged under --trust-sizes")
+
+
+def _unnamed(line: str) -> str:
+    """The same line with its path no longer named by its id (and no two paths equal that were not)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return line
+    if isinstance(row, dict) and isinstance(row.get("path"), str):
+        row["path"] = row["path"].replace("audio/", "audio/~", 1)
+    return _line(row)
+
+
+def _seen(ws: Path, catalog: Path, skip: bool, mark_absent: bool, plain_name: Path) -> tuple:
+    """What a user sees of an ingest, with paths and the catalog's name written as in the plain catalog."""
+    rejects = ws / "rejects.jsonl"
+    rejects.unlink(missing_ok=True)
+    options = IngestOptions(trust_sizes=True, skip_invalid=skip, rejects=rejects, mark_absent=mark_absent)
+    with Workspace.open(ws) as w:
+        try:
+            got = repr(ingest(w, [catalog], options).as_dict() | {"rejects_file": None})
+        except CatalogError as e:
+            got = repr([(p.file, p.line, p.reason, p.item_id) for p in e.problems])
+        except UsageError as e:
+            got = e.message
+    with open_state(ws) as state:
+        dump = repr(
+            [
+                state.db.execute(
+                    "SELECT n, id, path, kind, popularity, size, mtime, extra, source, line, removed, xk "
+                    "FROM items ORDER BY n"
+                ).fetchall(),
+                state.db.execute("SELECT * FROM catalog_totals ORDER BY kind").fetchall(),
+                state.db.execute("SELECT * FROM planned_popularity ORDER BY item_rowid").fetchall(),
+            ]
+        )
+        named = state.db.execute("SELECT COUNT(*) FROM items WHERE ph IS NULL").fetchone()[0]
+    kept = rejects.read_text() if rejects.exists() else ""
+    return tuple(s.replace(str(catalog), str(plain_name)).replace("~", "") for s in (got, dump, kept)), named
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=st.integers(0, 20), first=st.lists(edit_, max_size=4), steps=st.lists(step_, max_size=4))
+def test_paths_named_by_their_ids_are_kept_unique_as_keyed_ones_are(
+    make_workspace, archive, base, first, steps
+):
+    """A path named by its id (audio/r12.ogg for r12) has no key in the state: after any sequence of edits
+    (paths taken from rows named by them, new rows named by a path another row holds, moves, repeats,
+    plans), every ingest reports, refuses and stores what it does when no path is named by its id."""
+    n = next(_fresh)
+    named_ws, keyed_ws = make_workspace(f"named-{n}"), make_workspace(f"keyed-{n}")
+    lines = [_line(_row(i, pop=float(i % 4))) for i in range(base)]
+    for s, (edits, skip, mark_absent, then) in enumerate([(first, True, False, None), *steps]):
+        lines = _edited(lines, edits)
+        catalog = archive.base / f"named-{n}-{s}.jsonl"
+        catalog.write_text("".join(line + "\n" for line in lines))
+        other = archive.base / f"keyed-{n}-{s}.jsonl"
+        other.write_text("".join(_unnamed(line) + "\n" for line in lines))
+        seen, named = _seen(named_ws, catalog, skip, mark_absent, catalog)
+        reference, keyed = _seen(keyed_ws, other, skip, mark_absent, catalog)
+        assert seen == reference, (s, lines)
+        assert keyed == 0
+        if s == 0 and not first:  # r10 and up are named by their ids: no key is stored for them
+            assert named == max(0, base - 10)
+        if then:
+            for ws in (named_ws, keyed_ws):
+                with Workspace.open(ws) as w:
+                    plan(w)

@@ -246,5 +246,12 @@ class Checker:
         fp = row.fp if self.trust_sizes else None
         if fp is None:
             fp = row_fingerprint(item_id, path, kind, popularity, size, mtime, extra, xk, self.seed)
-        ph = _path_hash(path.encode()) - _HALF  # state.path_key(path), inline
+        # A path named by its id needs no key (state_schema.path_named_by_id, inline); others get
+        # state_schema.path_key(path), inline.
+        start = path.rfind("/") + 1
+        dot = path.rfind(".")
+        if (path[start:dot] if dot > start else path[start:]) == item_id:
+            ph = None
+        else:
+            ph = _path_hash(path.encode()) - _HALF
         return (item_id, path, kind, popularity, size, mtime, extra, source, row.line, fp, xk, ph), None
