@@ -49,6 +49,7 @@ from .pages import STAMP, feed_xml, index_html, parse_stamp
 from .state import ShardRow, TorrentFacts
 from .swarm.live import live_files
 from .swarm.model import published_index, swarm_view
+from .torrent import TorrentSpec, build_metainfo, identity, read_piece_hashes, web_seed_url, write_torrent
 from .workspace import Workspace
 
 if TYPE_CHECKING:
@@ -368,8 +369,6 @@ def index_metainfo(config: ReleaseConfig, hashes: ShardHashes) -> bytes:
     """The index's .torrent: a single-file v1 torrent of the pack, with the release's trackers, and as web
     seed the pack's URL beside each web seed folder that serves a mirror's shards/ (the pack lives in
     members/, not shards/, so a web seed folder named otherwise gives the index none)."""
-    from .torrent import TorrentSpec, build_metainfo, web_seed_url  # libtorrent: only where a torrent is made
-
     name = layout.MEMBER_INDEX_PACK_NAME
     seeds = tuple(
         web_seed_url(base.rstrip("/")[: -len(layout.SHARDS)] + layout.MEMBER_INDEX_DIR, name)
@@ -403,8 +402,6 @@ def remake_index_torrent(config: ReleaseConfig, workspace: Path) -> IndexTorrent
     hashes (the pack is not read), so `packager seed` and `push` announce it where the shards now announce.
     None before the first publish. Not written when the config would change the info-hash (private flag,
     source tag): the published index keeps its torrent, as a published shard keeps its own."""
-    from .torrent import identity, read_piece_hashes, write_torrent  # libtorrent, as above
-
     folder = Path(workspace) / layout.PUBLISHED
     published = folder / layout.MEMBER_INDEX_TORRENT
     if not published.is_file():

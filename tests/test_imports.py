@@ -16,8 +16,17 @@ HEAVY = {"libtorrent", "minisign", "distributed", "pyarrow", "qbittorrentapi", "
 # rich.progress 14 ms, which only a terminal's progress bar needs (not --json, not a pipe); our publish.py
 # 35 ms (the member index, the pages, trust, the swarm model), which of the shard commands only `torrent`
 # needs; asyncio 50 ms, which only the cluster path needs (and distributed imports it anyway); our
-# member_index/ 10 ms, which verify needs only for a shard whose own manifest is lost.
-SLOW = {"rich.progress", "packager.publish", "asyncio", "packager.member_index"}
+# member_index/ 10 ms, which verify needs only for a shard whose own manifest is lost; rich's console, text
+# and table (35 ms of a command's 0.17 s start), which a --json or quiet run never prints through.
+SLOW = {
+    "rich.progress",
+    "packager.publish",
+    "asyncio",
+    "packager.member_index",
+    "rich.console",
+    "rich.text",
+    "rich.table",
+}
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,12 @@ from ..errors import EnvironmentProblem, PackagerError, ShardBuildError
 from ..fsutil import file_sha256, fsync_dir
 from ..hashing import ShardHashes
 from ..state import ShardRow
+from ..torrent import TorrentSpec, build_metainfo, identity, piece_size_for, web_seed_url, write_torrent
 from ..workspace import Workspace
 from .shard import BuildReport, Event, ShardFailed, ShardFinished, ShardJob, ShardResult, discard
 
 
 def torrent_spec(config: ReleaseConfig, name: str, fmt: str, hashes: ShardHashes):
-    from ..torrent import TorrentSpec, web_seed_url  # libtorrent: the coordinator's side only (see shard.py)
-
     file_name = layout.shard_file_name(name)
     return TorrentSpec(
         name=file_name,
@@ -58,10 +57,9 @@ def make_torrent(
     ws: Workspace, shard_id: int, name: str, fmt: str, hashes: ShardHashes
 ) -> tuple[str | None, str | None, str]:
     """Write the shard's .torrent from recorded hashes and record it; (v1 hash, v2 hash, magnet)."""
-    from ..torrent import build_metainfo, identity, write_torrent  # libtorrent: the coordinator's side only
-
-    metainfo = build_metainfo(torrent_spec(ws.config, name, fmt, hashes))
-    ident = identity(metainfo)
+    spec = torrent_spec(ws.config, name, fmt, hashes)
+    metainfo = build_metainfo(spec)
+    ident = identity(spec)  # from the spec: the metainfo read back would need libtorrent (0.3 s cold)
     ws.torrents_dir.mkdir(exist_ok=True)
     write_torrent(ws.torrent_path(name), metainfo)
     ws.state.record_torrent(
@@ -168,8 +166,6 @@ def plan_jobs(ws: Workspace, phase: str | None) -> list[tuple[ShardJob, str]]:
 
 
 def _job(ws: Workspace, phase: Phase, row: ShardRow) -> ShardJob:
-    from ..torrent import piece_size_for  # libtorrent: the coordinator's side only
-
     return ShardJob(
         shard_id=row.id,
         name=row.name,

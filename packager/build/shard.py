@@ -44,9 +44,6 @@ from ..fsutil import write_atomic
 from ..hashing import ShardHasher, ShardHashes
 from ..state import MemberRow, State
 
-# torrent.py (and so libtorrent, 0.3 s to import) is imported only on the coordinator's side, so that the
-# spawned build workers start fast.
-
 
 @dataclass(frozen=True)
 class ShardJob:

@@ -136,7 +136,7 @@ class _SeedDisplay:
 
     def __enter__(self) -> _SeedDisplay:
         if not self.quiet and out.is_terminal:
-            self.live = Live(console=out, auto_refresh=False, transient=False)
+            self.live = Live(console=out.console, auto_refresh=False, transient=False)
             self.live.start()
         return self
 

@@ -14,6 +14,7 @@ from ..build import build as run_build
 from ..config import check_scheduler_address, format_binary, format_size, parse_size
 from ..container import ShardReader
 from ..errors import UsageError
+from ..torrent import piece_count, piece_size_for, piece_size_table, read_torrent
 from ..workspace import Workspace
 from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out, say
 
@@ -182,8 +183,6 @@ def show(
     Example:
         packager show torrents/music-audio-t1-00001.tar.zst.torrent --json
     """
-    from ..torrent import read_torrent  # libtorrent (0.3 s to import): only for this command
-
     info = read_torrent(torrent_file)
     if as_json:
         emit_json(info)
@@ -238,7 +237,7 @@ class _BuildProgress:
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=err,
+            console=err.console,
         )
         self.progress.start()
         self.overall = self.progress.add_task("all shards", total=0)
@@ -290,8 +289,6 @@ def piece_size(
         packager piece-size
         packager piece-size 50GB 120MB
     """
-    from ..torrent import piece_count, piece_size_for, piece_size_table  # libtorrent: only here
-
     if sizes:
         try:
             values = [parse_size(s) for s in sizes]

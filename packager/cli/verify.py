@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from ..config import format_size
 from ..verify import BytesRead, Level, PassStarted, Severity, Status, VerifyOptions, format_ranges
@@ -73,6 +71,10 @@ def verify(
 
 
 def _render(report, partial: bool) -> None:
+    # With the console (LazyConsole): a --json run, as scripts and bench.py verify use it, needs neither.
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table("file", "size", "status", "checked", "details", box=None)
     style = {
         Status.OK: "green",
@@ -170,7 +172,7 @@ class _VerifyProgress:
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
-            console=err,
+            console=err.console,
             transient=True,
         )
         self.progress.start()

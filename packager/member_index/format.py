@@ -38,6 +38,7 @@ from .. import layout
 from ..errors import UntrustedManifest
 from ..hashing import ShardHashes
 from ..manifest import TorrentEntry, safe_relative
+from ..torrent import TorrentSpec, info_bytes
 
 FORMAT = 2  # the root's `format`; 1 was members.sqlite (packager 0.1.0)
 PARTITION_HASH = "xxh3_64"
@@ -214,8 +215,6 @@ def index_piece_size(members: int) -> int:
 
 def index_info_hash(hashes: ShardHashes, private: bool = False, source: str | None = None) -> str:
     """The v1 info-hash of the pack's torrent (torrent.py assembles the info dict)."""
-    from ..torrent import TorrentSpec, info_bytes  # libtorrent: only where a torrent is made
-
     spec = TorrentSpec(layout.MEMBER_INDEX_PACK_NAME, hashes, private=private, source=source)
     return hashlib.sha1(info_bytes(spec)).hexdigest()
 

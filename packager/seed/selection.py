@@ -13,6 +13,7 @@ from ..fsutil import write_atomic
 from ..hashing import swarm_hashes
 from ..manifest import whitelist_hashes as manifest_whitelist_hashes
 from ..state import State
+from ..torrent import read_torrent
 from ..workspace import Workspace
 
 
@@ -84,8 +85,6 @@ def index_torrent(ws: Workspace) -> SeedTorrent | None:
     publish. Its .torrent is the workspace's torrents/members.torrent when `packager torrent` re-made it
     for the published pack (same info-hash, the current trackers), else the published copy. shard_id 0:
     it belongs to no shard."""
-    from ..torrent import read_torrent  # libtorrent
-
     published = ws.published_dir.resolve()
     path = published / layout.MEMBER_INDEX_TORRENT
     if not path.is_file():

@@ -26,6 +26,7 @@ from urllib.parse import urljoin, urlsplit
 from ..errors import RemoteError, TorrentError, UsageError
 from ..fsutil import write_atomic
 from ..layout import CONFIG, PUBLISHED, STATE, SWARM_JSON, TORRENTS, TORRENTS_JSON
+from ..torrent import identity
 from ..workspace import Workspace
 from .live import LiveCounts, read_swarm_counts
 from .model import swarm_view
@@ -394,8 +395,6 @@ def aria2_input(result: PickResult) -> str:
 def write_torrents(result: PickResult, folder: Path) -> list[Path]:
     """Write each picked torrent's .torrent into `folder` (a client's watched folder), atomically, after
     checking its info-hash against the list. A file already there with the same bytes is left alone."""
-    from ..torrent import identity  # libtorrent (0.3 s to import): only when .torrent files are written
-
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

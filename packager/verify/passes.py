@@ -26,7 +26,7 @@ QUEUE_DEPTH = 4
 
 
 class Consumer(Protocol):
-    def update(self, offset: int, data: bytes) -> None: ...
+    def update(self, offset: int, data: bytes | memoryview) -> None: ...  # data is not kept past the call
 
     def finish(self, size: int) -> None: ...
 
@@ -69,7 +69,7 @@ class Pieces:
     def _piece_len(self, index: int) -> int:
         return min(self.h.piece_size, self.h.length - index * self.h.piece_size)
 
-    def update(self, offset: int, data: bytes) -> None:
+    def update(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         pos, end = offset, min(offset + len(data), self.h.length)
         while pos < end and self.piece < self.stop:
@@ -203,20 +203,23 @@ def check_pieces(
 def _read_range(
     path: Path, start: int, end: int, consumer: Consumer, on_bytes: Callable[[int], None]
 ) -> tuple[int, str | None]:
+    """Feed [start, end) of `path` to `consumer`, in this thread, through one reused buffer: a fresh 4 MiB
+    bytes object per read cost its page faults every time (0.06 s of system CPU per 2 GB checked)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
+        buffer = memoryview(bytearray(min(READ_CHUNK, max(end - start, 1))))
         offset = start
         while offset < end:
             try:
-                data = os.pread(fd, min(READ_CHUNK, end - offset), offset)
+                n = os.preadv(fd, [buffer[: min(buffer.nbytes, end - offset)]], offset)
             except OSError as e:
                 return offset - start, f"read error at byte {offset}: {e.strerror}"
-            if not data:
+            if not n:
                 break
-            consumer.update(offset, data)
-            offset += len(data)
-            on_bytes(len(data))
+            consumer.update(offset, buffer[:n])  # used before the next read: the consumer keeps no view
+            offset += n
+            on_bytes(n)
         return offset - start, None
     finally:
         os.close(fd)

@@ -15,6 +15,7 @@ from packager.container.format import MemberRecord
 from packager.container.scan import Layout, read_layout, starts_with_tar_header
 from packager.errors import PackagerError, TorrentError, UntrustedManifest
 from packager.layout import TORRENT_SUFFIX
+from packager.torrent import read_piece_hashes
 
 from . import findings, localize
 from .frames import FrameStream, Members, TarWalk
@@ -167,9 +168,6 @@ class ShardCheck:
                 self.result.findings.extend(tr.findings)
                 self.result.status = Status.DAMAGED
             return None
-        # Lazily: torrent.py brings libtorrent and config (40 ms), and only a shard with a .torrent needs it.
-        from packager.torrent import read_piece_hashes
-
         try:
             hashes = read_piece_hashes(data, ref.torrent_path, ref.path.rsplit("/", 1)[-1])
         except TorrentError as e:
