@@ -26,6 +26,8 @@ from .state import State
 from .state_schema import path_key, path_stem
 
 COLUMNS = "id, path, kind, popularity, size, mtime, extra, source, line, fp, xk, ph"
+# What catalog/checks.py stages of a row, in its order; a row without mtime and path key ends at xk.
+STAGE_COLUMNS = ("id", "path", "kind", "popularity", "size", "extra", "line", "fp", "xk", "mtime", "ph")
 ITEM_INDEXES = ("items_id", "items_ph", "items_removed")
 TEMP_TABLES = ("stage", "bad", "todo", "refp", "claims", "unread", "gone", "unmatched", "stems", "pathrows")
 # Fields of an item that may change after it is planned, even once its shard is built: no shard holds them.
@@ -101,17 +103,22 @@ class Loader:
         self.sources[n] = name
         return n
 
-    def stage(self, rows: list) -> None:
-        """Checked rows: (id, path, kind, popularity, size, mtime, extra, source number, line, fp, xk,
-        path key)."""
-        self.db.executemany(f"INSERT INTO {self.table} ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    def stage(self, source: int, rows: list) -> None:
+        """Checked rows of one catalog (source number), all of one shape: STAGE_COLUMNS or its first nine."""
+        columns = STAGE_COLUMNS[: len(rows[0])]
+        self.db.executemany(
+            f"INSERT INTO {self.table} ({', '.join(columns)}, source) "
+            f"VALUES ({', '.join('?' * len(columns))}, {int(source)})",
+            rows,
+        )
         self.staged += len(rows)
         if self.direct:
             totals = self.totals
-            named = 0
+            if len(columns) < len(STAGE_COLUMNS):
+                named = len(rows)
+            else:
+                named = sum(1 for row in rows if row[10] is None)
             for row in rows:
-                if row[11] is None:
-                    named += 1
                 kind = row[2]
                 if kind in totals:
                     t = totals[kind]

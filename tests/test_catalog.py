@@ -983,9 +983,9 @@ def parsed_lines(monkeypatch) -> list:
     seen = []
     check = packager.catalog.checks.Checker.check
 
-    def counting(self, row, source):
+    def counting(self, row):
         seen.append((Path(row.source).name, row.line))
-        return check(self, row, source)
+        return check(self, row)
 
     monkeypatch.setattr(packager.catalog.checks.Checker, "check", counting)
     return seen

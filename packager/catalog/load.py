@@ -146,7 +146,7 @@ def _load(
         with phase("parse, check and stage rows"):
             for kind, payload in events:
                 if kind == "rows":
-                    loader.stage(payload)
+                    loader.stage(*payload)
                 elif kind == "names":
                     loader.extra_names(payload)
                 elif kind == "bad":

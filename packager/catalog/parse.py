@@ -66,44 +66,53 @@ def parsed(
         batch: list[tuple] = []
         bad: list[tuple] = []
         count = done = 0
+        width = 0  # the length of the batch's tuples: one batch, one shape (the order of rows is kept)
         for row in rows:
             if row.line < 0:  # BLOCK_END or BLOCK_SKIPPED
                 block += 1
                 if row is BLOCK_END:
-                    yield from _batch_events(checker, batch, bad, count - done)
+                    yield from _batch_events(checker, source, batch, bad, count - done)
                     batch, bad, done = [], [], count
                     yield "block", None
                 continue
             count += 1
-            staged, reason = checker.check(row, source)
+            staged, reason = checker.check(row)
             if reason:
                 fields = row.fields
                 item_id = None if fields is None or fields.get("id") is None else str(fields["id"])
                 bad.append((row.source, row.line, reason, item_id, fields))
                 continue
+            if len(staged) != width:
+                if batch:
+                    yield from _rows_event(checker, source, batch)
+                    batch = []
+                width = len(staged)
             batch.append(staged)
             if len(batch) >= BATCH:
-                yield from _batch_events(checker, batch, bad, count - done)
+                yield from _batch_events(checker, source, batch, bad, count - done)
                 batch, bad, done = [], [], count
-        yield from _batch_events(checker, batch, bad, count - done)
+        yield from _batch_events(checker, source, batch, bad, count - done)
         yield "catalog", (str(catalog), count)
 
 
-def _batch_events(checker: Checker, batch: list, bad: list, count: int) -> Iterator[tuple[str, object]]:
+def _batch_events(
+    checker: Checker, source: int, batch: list, bad: list, count: int
+) -> Iterator[tuple[str, object]]:
     """The events of a batch: its good rows (if any), its bad ones (if any), and how many rows it read."""
     if batch:
-        yield from _rows_event(checker, batch)
+        yield from _rows_event(checker, source, batch)
     if bad:
         yield "bad", bad
     yield "count", count
 
 
-def _rows_event(checker: Checker, batch: list) -> Iterator[tuple[str, object]]:
-    """A batch of rows, after the extra field names its rows use that were not handed on yet."""
+def _rows_event(checker: Checker, source: int, batch: list) -> Iterator[tuple[str, object]]:
+    """A batch of rows of one catalog (source) and one shape, after the extra field names its rows use
+    that were not handed on yet."""
     if checker.new_names:
         yield "names", checker.new_names
         checker.new_names = {}
-    yield "rows", batch
+    yield "rows", (source, batch)
 
 
 @contextmanager
