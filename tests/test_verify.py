@@ -811,3 +811,14 @@ def test_a_public_key_that_is_a_fifo_is_named_so(release, tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(UsageError, match="not a regular file"):
         check(release.mirror, pubkey=str(fifo))
+
+
+@pytest.mark.parametrize("jobs", ["-3", "-1"])
+def test_a_negative_jobs_count_is_refused_as_build_refuses_it(release, jobs):
+    """`verify -j -3` was accepted (and ran one file at a time); build refuses it, naming what 0 means."""
+    r = CliRunner().invoke(app, ["verify", str(release.mirror), "-j", jobs])
+    assert r.exit_code == 2, r.output
+    assert f"--jobs {jobs}: must be 0 (one per core) or more" in r.output and "Traceback" not in r.output
+    with pytest.raises(UsageError, match="one per core"):
+        check(release.mirror, jobs=int(jobs))
+    assert CliRunner().invoke(app, ["verify", str(release.mirror), "-j", "0"]).exit_code == 0

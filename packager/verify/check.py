@@ -94,6 +94,8 @@ def verify(
     Everything found in the files themselves is reported, never raised. With a public key and nothing
     wrong (missing files aside with `partial`), each release's statement is recorded in the trust file.
     """
+    if options.jobs < 0:
+        raise UsageError(f"--jobs {options.jobs}: must be 0 (one per core) or more")
     emit = on_event or (lambda event: None)
     lock = threading.Lock()
 
