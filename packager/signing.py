@@ -83,8 +83,23 @@ def _write_private(path: Path, data: bytes) -> None:
 def key_id(public: minisign.PublicKey) -> str:
     # The public key is "Ed" + 8-byte key id + 32-byte key; minisign prints the id as a little-endian
     # number in hex (`minisign public key 5A0B...`).
-    raw = base64.b64decode(public.to_base64())
+    return _id_of(base64.b64decode(public.to_base64()))
+
+
+def _id_of(raw: bytes) -> str:
+    """The key id in a decoded key or signature line: the 8 bytes after the 2-byte algorithm."""
     return f"{int.from_bytes(raw[2:10], 'little'):X}"
+
+
+def signature_key_id(signature: bytes) -> str | None:
+    """The id of the key that made a .minisig file (its second line: algorithm, key id, signature); None
+    where that line is not there to read."""
+    lines = signature.splitlines()
+    try:
+        raw = base64.b64decode(lines[1], validate=True)
+    except (IndexError, ValueError):
+        return None
+    return _id_of(raw) if len(raw) >= 10 else None
 
 
 @dataclass
@@ -142,6 +157,14 @@ class SignatureMismatch(Exception):
     """A well-formed signature that does not match the data and the key (minisign's own words)."""
 
 
+class KeyMismatch(SignatureMismatch):
+    """A signature made by another key than the one given: both ids, as `minisign` prints them."""
+
+    def __init__(self, given: str, signer: str):
+        self.given, self.signer = given, signer
+        super().__init__(f"signed by key {signer}, not by the key given ({given})")
+
+
 class NotMinisign(Exception):
     """A signature or a public key that minisign cannot read (minisign's own words)."""
 
@@ -163,6 +186,9 @@ def verify_signature(public_key: str | bytes, data: bytes, signature: bytes) -> 
             public_key = [line for line in text.splitlines() if line and not line.startswith("untrusted")][0]
         pk = minisign.PublicKey.from_base64(public_key)
         sig = minisign.Signature.from_bytes(signature.rstrip(b"\n"))
+        signer = signature_key_id(signature)
+        if signer is not None and signer != key_id(pk):
+            raise KeyMismatch(key_id(pk), signer)
         pk.verify(data, sig)
     except minisign.VerifyError as e:  # a minisign.Error too: first
         raise SignatureMismatch(str(e)) from None

@@ -207,7 +207,8 @@ def test_a_wrong_key_or_a_missing_signature_is_refused(release, tmp_path):
             str(other.with_suffix(".pub")),
         ],
     )
-    assert result.exit_code == 2 and "signature" in result.output
+    assert result.exit_code == 2 and "signed by key" in result.output, result.output
+    assert "not by the key given" in result.output
     (release.mirror / layout.signature_name(layout.STATEMENT)).unlink()
     result = CliRunner().invoke(
         app,

@@ -202,7 +202,10 @@ def test_load_statement_authenticates_with_the_key(key, tmp_path):
     for args, reason in (
         ((data, None, public), "has no signature"),
         ((edited, sign(key, data), public), "does not match its signature"),
-        ((data, other.sign(data, "publication.json", 1), public), "does not match its signature"),
+        (
+            (data, other.sign(data, "publication.json", 1), public),
+            f"signed by key {other.key_id}, not by the key given \\({key[0].key_id}\\)",
+        ),
         ((data, b"untrusted comment: x\nnot base64\n", public), "not a minisign signature"),
         ((data, b"x" * 10**6, public), "not a minisign signature"),
     ):

@@ -414,3 +414,20 @@ def test_an_empty_pubkey_is_refused_not_read_as_no_key(pubs, tmp_path, command, 
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "--pubkey" in r.output and "empty" in r.output, r.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["verify"], ["locate", "t03"], ["fetch", "t03"]])
+def test_a_wrong_pubkey_names_the_key_given_and_the_key_that_signed(pubs, tmp_path, command):
+    """A statement signed by another key said 'does not match its signature (incompatible key
+    identifiers)': which key signed it, and which was given, is what the user needs to tell a wrong key file
+    from a forged release."""
+    other = generate_keypair(tmp_path / "other.key", None)
+    name, *ids = command
+    args = [name, str(pubs.folders[2]), *ids, "--pubkey", str(other.public)]
+    args += ["--trust-file", str(tmp_path / "t.json")]
+    args += ["-o", str(tmp_path / "out")] if name == "fetch" else []
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert f"signed by key {pubs.keys.key_id}, not by the key given ({other.key_id})" in text, text
+    assert "Traceback" not in r.output and not (tmp_path / "t.json").exists()

@@ -61,7 +61,7 @@ def authenticate(
     """The key id, if `signature` (a .minisig file's bytes) is `pubkey`'s signature of `data`;
     PublicationRefused otherwise. `pubkey` is a .pub file's text or its base64 line."""
     # minisign, 75 ms to import: only where a signature is checked
-    from ..signing import NotMinisign, SignatureMismatch, verify_signature
+    from ..signing import KeyMismatch, NotMinisign, SignatureMismatch, verify_signature
 
     sig_name = layout.signature_name(Path(str(where)).name)
     name = Path(str(where)).name
@@ -77,11 +77,20 @@ def authenticate(
     key_id = key_id_of(pubkey)
     try:
         verify_signature(_key_line(pubkey), data, signature)
+    except KeyMismatch as e:
+        raise PublicationRefused(where, f"is {e}", hint=_wrong_key_hint(e)) from None
     except SignatureMismatch as e:
         raise PublicationRefused(where, f"does not match its signature {sig_name} ({e})", hint=hint) from None
     except NotMinisign as e:
         raise PublicationRefused(where, f"{sig_name} is not a minisign signature ({e})", hint=hint) from None
     return key_id
+
+
+def _wrong_key_hint(e) -> str:
+    return (
+        f"pass the publisher's public key: if {e.signer} is not the id the publisher announces, these files "
+        "are not the publisher's; if it is, the key given is another release's"
+    )
 
 
 def load_statement(
