@@ -256,7 +256,7 @@ def _merge(into: dict[str, list[int]], more: dict[str, list[int]]) -> None:
 @dataclass(frozen=True)
 class TierStatus:
     name: str
-    popularity: str  # the tier's range, e.g. "[50, inf)"
+    tier: Tier  # its popularity range as release.toml gives it
     shards: int
     items: int
     bytes: int
@@ -264,8 +264,17 @@ class TierStatus:
     pop_max: float | None
     states: dict[str, int]  # shard state -> count
 
+    @property
+    def popularity(self) -> str:
+        """The range as a person reads it, e.g. "[50, inf)"."""
+        return self.tier.range_text
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        # Numbers for scripts, null where the range is unbounded (JSON has no infinity).
+        bounds = {"min": self.tier.min_popularity, "max": self.tier.max_popularity}
+        return {"name": self.name, "popularity": bounds} | {
+            k: v for k, v in asdict(self).items() if k not in ("name", "tier")
+        }
 
 
 @dataclass(frozen=True)
@@ -336,7 +345,7 @@ def release_status(ws: Workspace) -> ReleaseStatus:
             tiers.append(
                 TierStatus(
                     name=tier.name,
-                    popularity=tier.range_text,
+                    tier=tier,
                     shards=len(mine),
                     items=sum(s.items for s in mine),
                     bytes=sum(s.bytes for s in mine),

@@ -34,11 +34,14 @@ def test_init_ingest_plan_status(tmp_path, archive):
     assert r.exit_code == 0 and "music-audio-t1-00001" in r.output
     r = invoke("status", ws)
     assert r.exit_code == 0 and "audio" in r.output and "1 planned" in r.output
+    assert "[60, inf)" in r.output and "[-inf, inf)" in r.output  # the human table keeps the ranges
     data = json.loads(invoke("status", ws, "--json").output)
     assert data["shards"][0]["name"] == "music-audio-t1-00001"
+    # The range as JSON numbers, null where unbounded: it was the string "[60, inf)" (and "[-inf, inf)").
+    assert data["phases"][0]["tiers"][0]["popularity"] == {"min": None, "max": None}
     assert data["phases"][1]["tiers"][0] == {
         "name": "t1",
-        "popularity": "[60, inf)",
+        "popularity": {"min": 60.0, "max": None},
         "shards": 1,
         "items": 1,
         "bytes": 1234,
