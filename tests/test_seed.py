@@ -6,6 +6,7 @@ interop tests (tests/interop/test_seed_clients.py) add opentracker, aria2c, Tran
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -604,3 +605,63 @@ def test_a_duration_that_is_no_number_of_seconds_is_refused(tmp_path, value):
     """--duration -1 or nan stopped the seeder at once, as if it had been asked to."""
     result = CliRunner().invoke(app, ["seed", str(tmp_path), "--duration", value])
     assert result.exit_code == 2 and f"--duration {value}" in result.output, result.output
+
+
+# --- the status port's client, against a port that is not a seeder's ---------------------------------------
+
+
+def _serve_once(reply: Callable[[socket.socket], None]) -> int:
+    """A port on 127.0.0.1 whose first connection gets `reply` (after the request is read)."""
+    listener = socket.create_server((LOOPBACK, 0))
+    listener.settimeout(10)
+
+    def run() -> None:
+        with listener, contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                reply(conn)
+
+    threading.Thread(target=run, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def _endless(stop: threading.Event) -> Callable[[socket.socket], None]:
+    def reply(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[")
+        while not stop.is_set():
+            conn.sendall(b"[" * 65536)
+
+    return reply
+
+
+def _trickle(stop: threading.Event) -> Callable[[socket.socket], None]:
+    def reply(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+        while not stop.wait(0.2):
+            conn.sendall(b" ")
+
+    return reply
+
+
+def _nested(stop: threading.Event) -> Callable[[socket.socket], None]:
+    body = b"[" * 200_000 + b"]" * 200_000
+
+    def reply(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    return reply
+
+
+@pytest.mark.parametrize("hostile", [_endless, _trickle, _nested])
+def test_read_status_is_bounded_against_a_port_that_is_not_a_seeder(hostile):
+    """read_status (monitoring scripts, the tests) read the whole reply, however long it took or however
+    much came: a port that streamed for ever held it for ever and grew its memory without end."""
+    stop = threading.Event()
+    port = _serve_once(hostile(stop))
+    try:
+        started = time.monotonic()
+        assert read_status(port, timeout=2, max_bytes=4 * 2**20) is None
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
