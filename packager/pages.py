@@ -119,9 +119,10 @@ def index_html(
     phases: Sequence[PhaseEntry],
     entries: Sequence[TorrentEntry],
     signing: SigningKey | None,
+    index_magnet: str | None = None,
 ) -> bytes:
     """A static page, no scripts, no external resources: phases in order with their state, and per torrent
-    its size, popularity range, item count, magnet and .torrent links."""
+    its size, popularity range, item count, magnet and .torrent links; the member index's torrent too."""
     esc = html.escape
     published = {p.name: p for p in phases}
     order = [p.name for p in config.phases] + [
@@ -146,6 +147,7 @@ def index_html(
         f'<a href="{layout.MEMBER_INDEX}">{layout.MEMBER_INDEX}</a> (which torrent and pieces hold an item: '
         f"<code>packager locate . ID</code>; one item without its torrent: "
         "<code>packager fetch URL ID</code>).</p>",
+        *_index_torrent(index_magnet),
         # A link only: live numbers would unfreeze this page, which is part of the publication.
         f'<p>How well each torrent is seeded: <a href="{layout.SWARM_HTML}">{layout.SWARM_HTML}</a> '
         f'(<a href="{layout.SWARM_JSON}">{layout.SWARM_JSON}</a>), updated by tracker scrapes; advisory and '
@@ -185,6 +187,16 @@ def index_html(
         parts.append("</ul></section>")
     parts.append("</body></html>\n")
     return "\n".join(parts).encode("utf-8")
+
+
+def _index_torrent(magnet: str | None) -> list[str]:
+    if not magnet:
+        return []
+    return [
+        "<p>The member index as a torrent of its own, to seed beside the shards: "
+        f'<a class="torrent-file" href="{layout.MEMBER_INDEX_TORRENT}">{layout.MEMBER_INDEX_TORRENT}</a>, '
+        f'<a class="magnet" href="{html.escape(magnet)}">magnet</a>.</p>'
+    ]
 
 
 def _torrent_item(e: TorrentEntry) -> str:

@@ -257,7 +257,7 @@ def _write_folder(
         layout.SHA256SUMS: sums,
         layout.WHITELIST: whitelist([*entries, IndexSwarm(index_hash)]),
         layout.FEED: feed_xml(config.name, config.base_url, entries),
-        layout.INDEX_HTML: index_html(config, phases, entries, signing),
+        layout.INDEX_HTML: index_html(config, phases, entries, signing, _index_magnet(tmp)),
     }
     if signing is not None:
         # The newest publication date, not the clock: the same key then signs to the same bytes.
@@ -280,6 +280,11 @@ def _write_folder(
         write_durable(tmp / name, data)
     fsync_dir(tmp / layout.TORRENTS)
     fsync_dir(tmp)
+
+
+def _index_magnet(tmp: Path) -> str:
+    """The member index torrent's magnet, as its .torrent gives it (trackers and web seeds included)."""
+    return identity((tmp / layout.MEMBER_INDEX_TORRENT).read_bytes()).magnet
 
 
 def _entry_pairs(everything: list[_Published]) -> list[tuple[int, TorrentEntry]]:

@@ -23,6 +23,7 @@ from packager.member_index import MemberIndex, member_rows
 from packager.member_index import writer as index_writer
 from packager.signing import generate_keypair, load_signing_key, verify_signature
 from packager.state import open_state
+from packager.torrent import identity
 from packager.workspace import Workspace
 from tests.helpers import catalog, do_publish, folder_digests, prepare, run_build, sha256_of, validate
 
@@ -210,6 +211,10 @@ def test_index_html_lists_phases_torrents_and_magnets(published):
     for t in release["torrents"]:
         assert t["name"] in page and t["magnet"].replace("&", "&amp;") in page and t["torrent_file"] in page
     assert "art</td><td class=muted>not yet published" in page
+    # The member index's own torrent, so that a volunteer can seed (and a downloader fetch) the index too.
+    index_torrent = (published / layout.PUBLISHED / layout.MEMBER_INDEX_TORRENT).read_bytes()
+    assert f'href="{layout.MEMBER_INDEX_TORRENT}"' in page
+    assert identity(index_torrent).magnet.replace("&", "&amp;") in page
     # dependency-free: no script, nothing fetched from elsewhere
     assert "<script" not in page and "src=" not in page and 'rel="stylesheet"' not in page
 

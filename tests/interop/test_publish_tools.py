@@ -14,6 +14,7 @@ import pytest
 
 from packager import layout
 from packager.signing import generate_keypair, load_signing_key
+from packager.torrent import identity
 from tests.helpers import catalog, do_publish, prepare, run_build
 
 pytestmark = pytest.mark.interop
@@ -127,7 +128,9 @@ def test_chromium_renders_every_torrent_with_its_magnet(signed):
     dom = _Dom()
     dom.feed(r.stdout)
     assert dom.names == [t["name"] for t in release["torrents"]]
-    assert dom.magnets == [t["magnet"] for t in release["torrents"]]
+    # The member index's own torrent first (seeding it keeps lookups working), then every shard's.
+    index = identity((published / layout.MEMBER_INDEX_TORRENT).read_bytes()).magnet
+    assert dom.magnets == [index] + [t["magnet"] for t in release["torrents"]]
 
 
 def test_opentracker_serves_exactly_the_whitelisted_hashes(signed, opentracker):
