@@ -22,6 +22,7 @@ from packager import layout
 from packager.cli import app
 from packager.swarm import pick as pick_module
 from packager.swarm.pick import SPREAD, Candidate, fill, pick, rank
+from packager.torrent import identity
 from tests.fake_tracker import FakeUdpTracker, SilentTcpServer
 from tests.helpers import published_entries, run_health
 
@@ -122,9 +123,12 @@ def scraped(published):
 def test_pick_from_a_workspace_uses_its_newest_health_run(scraped):
     torrents = published_entries(scraped)
     everything = sum(e["files"][0]["size"] for _, e in torrents)
-    result = pick(str(scraped), everything, seed=1)
+    index = (scraped / layout.PUBLISHED / layout.MEMBER_INDEX_PACK).stat().st_size
+    result = pick(str(scraped), everything + index, seed=1)
     picked = names(result.picked)
-    assert len(picked) == len(torrents) and result.counts_known == len(torrents)
+    # The member index's torrent first (nobody seeds it yet), then every shard's.
+    assert picked[0] == layout.MEMBER_INDEX_PACK_NAME and result.picked[0].candidate.phase == "member index"
+    assert len(picked) == len(torrents) + 1 and result.counts_known == len(torrents) + 1
     assert picked[-2:] == [torrents[1][1]["name"], torrents[0][1]["name"]]  # the seeded ones last
     only_audio = pick(str(scraped), everything, phases=["audio"], seed=1)
     assert {p.candidate.phase for p in only_audio.picked} == {"audio"}
@@ -141,7 +145,27 @@ def test_pick_from_a_published_folder_reads_swarm_json(scraped, tmp_path):
     assert via_folder.picked[0].candidate.torrent.startswith(str(mirror / "torrents"))
     (mirror / "swarm.json").unlink()
     result = pick(str(mirror / "torrents.json"), TB, seed=4)
-    assert result.counts_known == 0 and len(result.picked) == len(published_entries(scraped))
+    assert result.counts_known == 0 and len(result.picked) == len(published_entries(scraped)) + 1
+
+
+@pytest.mark.parametrize(("seeders", "first"), [(None, True), (0, True), (10, True), (11, False)])
+def test_the_member_index_torrent_is_picked_first_while_it_needs_seeders(scraped, tmp_path, seeders, first):
+    """pick never offered the member index's torrent, which every lookup and one-item fetch reads."""
+    mirror = tmp_path / "mirror"
+    shutil.copytree(scraped / layout.PUBLISHED, mirror)
+    swarm = json.loads((mirror / layout.SWARM_JSON).read_text())
+    swarm["member_index"]["seeders"] = seeders
+    (mirror / layout.SWARM_JSON).write_text(json.dumps(swarm))
+    result = pick(str(mirror), TB, seed=2)
+    index = [p.candidate for p in result.picked if p.candidate.name == layout.MEMBER_INDEX_PACK_NAME]
+    assert (names(result.picked)[0] == layout.MEMBER_INDEX_PACK_NAME) == first and len(index) == first
+    if first:
+        torrent = (mirror / layout.MEMBER_INDEX_TORRENT).read_bytes()
+        assert index[0].btih == identity(torrent).info_hash_v1
+        assert index[0].torrent == str(mirror / layout.MEMBER_INDEX_TORRENT)
+        assert index[0].seeders == seeders
+    only_audio = pick(str(mirror), TB, phases=["audio"], seed=2)  # it is in no phase
+    assert layout.MEMBER_INDEX_PACK_NAME not in names(only_audio.picked)
 
 
 def test_obsolete_and_embargoed_torrents_are_skipped(scraped, tmp_path):
@@ -183,7 +207,9 @@ def test_nothing_fits_says_so(scraped):
 def test_cli_formats(scraped, tmp_path):
     torrents = published_entries(scraped)
     magnets = invoke("pick", scraped, "--max-size", "1TB", "--seed", "7").stdout.split()
-    assert sorted(magnets) == sorted(e["magnet"] for _, e in torrents)
+    index = identity((scraped / layout.PUBLISHED / layout.MEMBER_INDEX_TORRENT).read_bytes()).info_hash_v1
+    assert magnets[0].startswith(f"magnet:?xt=urn:btih:{index}&")
+    assert sorted(magnets[1:]) == sorted(e["magnet"] for _, e in torrents)
     aria2 = invoke("pick", scraped, "--max-size", "1TB", "--seed", "7", "--format", "aria2").stdout.split()
     assert all(Path(line).is_file() and line.endswith(".torrent") for line in aria2)
     data = json.loads(invoke("pick", scraped, "--max-size", "1TB", "--seed", "7", "-f", "json").stdout)
@@ -192,7 +218,7 @@ def test_cli_formats(scraped, tmp_path):
     result = invoke("pick", scraped, "--max-size", "1TB", "--format", "torrent", "-o", watch)
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in watch.iterdir())
-    assert written == sorted(Path(e["torrent_file"]).name for _, e in torrents)
+    assert written == sorted([Path(e["torrent_file"]).name for _, e in torrents] + ["members.torrent"])
 
 
 @pytest.mark.parametrize(

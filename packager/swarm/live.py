@@ -128,7 +128,8 @@ def read_swarm_counts(data: bytes) -> tuple[dict[str, LiveCounts], dict[str, Liv
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("torrents"), list):
         raise ValueError(f"not a packager swarm.json (format {FORMAT} with a list of torrents)")
     by_name, by_btih = {}, {}
-    for t in doc["torrents"]:
+    index = doc.get("member_index")
+    for t in [*doc["torrents"], *([index] if isinstance(index, dict) else [])]:
         if not isinstance(t, dict):
             continue
         values = [t.get(k) for k in ("seeders", "leechers", "completed")]

@@ -16,6 +16,7 @@ from .. import layout
 from ..errors import PackagerError
 from ..manifest import TorrentEntry
 from ..member_index import MemberIndex
+from ..member_index.format import parse_root
 from ..state import State
 from ..state_scrapes import (
     CountRow,
@@ -53,6 +54,15 @@ class IndexEntry:
     @property
     def magnet(self) -> str:
         return f"magnet:?xt=urn:btih:{self.info_hash_v1}&dn={self.name}"
+
+
+def index_entry(root: bytes, where: str) -> IndexEntry | None:
+    """The index torrent as a members/index.json's bytes give it; None if it has none or is not one."""
+    try:
+        parsed = parse_root(root, where)
+    except PackagerError:
+        return None
+    return IndexEntry(parsed.torrent.info_hash_v1, parsed.pack_size) if parsed.torrent is not None else None
 
 
 def published_index(folder: Path) -> IndexEntry | None:

@@ -6,6 +6,11 @@ torrents (`--seed` makes the draw reproducible). Obsolete and embargoed torrents
 fill: take each torrent in that order if it still fits, skip it if not, and keep going. Equal scores go by
 phase order, then name.
 
+The member index's own torrent (members.pack) comes first whenever it has 10 seeders or fewer (or no count
+yet) and no --phase is asked for: every lookup and every one-item fetch reads it, and it is a few bytes a
+member, so the rule's "seeders per byte" would otherwise rank a needy index behind every needy shard, and a
+well-seeded one ahead of nothing. Above 10 seeders it is left out.
+
 The list comes from a workspace (its state's newest health run), a published folder (torrents.json and
 swarm.json) or a mirror's URL of those two files. A mirror is not trusted: every reply is bounded in size
 and time, an entry that does not have the expected types is ignored (and counted), and a .torrent fetched
@@ -25,15 +30,25 @@ from urllib.parse import urljoin, urlsplit
 
 from ..errors import RemoteError, TorrentError, UsageError
 from ..fsutil import write_atomic
-from ..layout import CONFIG, PUBLISHED, STATE, SWARM_JSON, TORRENTS, TORRENTS_JSON
+from ..layout import (
+    CONFIG,
+    MEMBER_INDEX,
+    MEMBER_INDEX_TORRENT,
+    PUBLISHED,
+    STATE,
+    SWARM_JSON,
+    TORRENTS,
+    TORRENTS_JSON,
+)
 from ..torrent import identity
 from ..workspace import Workspace
 from .live import LiveCounts, read_swarm_counts
-from .model import swarm_view
+from .model import INDEX_PHASE, IndexEntry, index_entry, published_index, swarm_view
 from .net import display_url, http_get
 
 LIST_MAX_BYTES = 64 * 1024 * 1024
 TORRENT_MAX_BYTES = 10_000_000  # libtorrent's own limit for a .torrent
+INDEX_ROOT_MAX_BYTES = 16 * 2**20  # as the member index's reader bounds members/index.json
 FETCH_TIMEOUT = 60.0
 LEECHER_WEIGHT = 0.1
 SPREAD = 0.1  # the random term is drawn from [0, SPREAD): a tenth of a leecher-adjusted seeder
@@ -58,6 +73,7 @@ class Candidate:
     leechers: int | None
     obsolete: bool = False
     embargo: bool = False
+    member_index: bool = False  # the member index's own torrent, in no phase
 
     def score(self, mean_size: float) -> float:
         """Anna's Archive's: seeders per byte, relative to the mean size; no count means nobody seeds."""
@@ -164,17 +180,20 @@ def pick(
     if not 0 <= spread <= 1:
         raise UsageError(f"--spread {spread:g}: must be between 0 and 1")
     everything, malformed, label = load_candidates(source)
-    known_phases = list(dict.fromkeys(c.phase for c in everything))
+    known_phases = list(dict.fromkeys(c.phase for c in everything if not c.member_index))
     unknown = [p for p in phases if p not in known_phases]
     if unknown:
         raise UsageError(
             f"--phase {unknown[0]!r}: no such phase in {label}",
             hint=f"phases: {', '.join(known_phases) or '(none published)'}",
         )
-    chosen = [c for c in everything if not phases or c.phase in phases]
+    chosen = [c for c in everything if not c.member_index and (not phases or c.phase in phases)]
     candidates = [c for c in chosen if not c.obsolete and not c.embargo]
     seed = secrets.randbits(32) if seed is None else seed
-    picked, skipped = fill(rank(candidates, random.Random(seed), spread), budget)
+    ranked = rank(candidates, random.Random(seed), spread)
+    index = [c for c in everything if c.member_index and not phases and (c.seeders or 0) <= WELL_SEEDED]
+    candidates += index
+    picked, skipped = fill([Picked(c, 0.0) for c in index] + ranked, budget)
     known = [c.seeders for c in candidates if c.seeders is not None]
     return PickResult(
         source=label,
@@ -215,11 +234,15 @@ def load_candidates(source: str) -> tuple[list[Candidate], int, str]:
 def _from_workspace(workspace: Path) -> list[Candidate]:
     with Workspace.open(workspace) as ws:
         order = [p.name for p in ws.config.phases]
-        view = swarm_view(ws.state, ws.config.name, order, history=False)
+        index = published_index(workspace / PUBLISHED)
+        view = swarm_view(ws.state, ws.config.name, order, history=False, index=index)
     if not view.torrents:
         raise UsageError(f"{workspace}: nothing is published yet", hint="publish a phase first")
     rank_of = {p: i for i, p in enumerate(order)}
     out = []
+    if index is not None and view.index is not None:
+        torrent = str(workspace / PUBLISHED / MEMBER_INDEX_TORRENT)
+        out.append(_index_candidate(index, torrent, view.index.seeders, view.index.leechers))
     for t in view.torrents:
         local = workspace / PUBLISHED / t.torrent_file
         file_name = t.torrent_file.rsplit("/", 1)[-1]
@@ -272,7 +295,47 @@ def _from_folder(folder: Path) -> tuple[list[Candidate], int, str]:
         return url if re.match(r"^https?://", url) else str(folder / url)
 
     candidates, malformed = parse_torrents_json(listing, str(folder / TORRENTS_JSON), counts, where)
+    _add_index(candidates, published_index(folder), counts[1], str(folder / MEMBER_INDEX_TORRENT))
     return candidates, malformed, str(folder)
+
+
+def _add_index(
+    candidates: list[Candidate], index: IndexEntry | None, by_btih: dict[str, LiveCounts], torrent: str
+) -> None:
+    """The member index's torrent first, its counts from swarm.json (by its info-hash)."""
+    if index is not None:
+        live = by_btih.get(index.info_hash_v1)
+        seeders, leechers = (live.seeders, live.leechers) if live else (None, None)
+        candidates.insert(0, _index_candidate(index, torrent, seeders, leechers))
+
+
+def _index_candidate(index: IndexEntry, torrent: str, seeders: int | None, leechers: int | None) -> Candidate:
+    return Candidate(
+        name=index.name,
+        phase=INDEX_PHASE,
+        phase_rank=-1,
+        size=index.size,
+        btih=index.info_hash_v1,
+        info_hash_v2=None,
+        magnet=index.magnet,
+        torrent=torrent,
+        file_name=MEMBER_INDEX_TORRENT.rsplit("/", 1)[-1],
+        seeders=seeders,
+        leechers=leechers,
+        member_index=True,
+    )
+
+
+def _mirror_index(listing_url: str) -> IndexEntry | None:
+    """The member index's torrent as a mirror's members/index.json gives it; None where it has none."""
+    url = urljoin(listing_url, MEMBER_INDEX)
+    try:
+        data = http_get(url, INDEX_ROOT_MAX_BYTES, FETCH_TIMEOUT, redirects=3).body
+    except RemoteError as e:
+        if e.reason != "HTTP 404":
+            raise
+        return None
+    return index_entry(data, display_url(url))
 
 
 def _from_mirror(url: str) -> tuple[list[Candidate], int, str]:
@@ -296,6 +359,7 @@ def _from_mirror(url: str) -> tuple[list[Candidate], int, str]:
         return urljoin(listing.url, link) if isinstance(link, str) and link else ""
 
     candidates, malformed = parse_torrents_json(listing.body, display_url(listing.url), counts, where)
+    _add_index(candidates, _mirror_index(listing.url), counts[1], urljoin(listing.url, MEMBER_INDEX_TORRENT))
     return candidates, malformed, display_url(listing.url)
 
 
