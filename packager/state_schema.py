@@ -136,7 +136,8 @@ CREATE TABLE IF NOT EXISTS publications (
     published_at TEXT NOT NULL
 );
 -- Swarm health (packager health): one run per scrape, what each source (a tracker, our seeder's status
--- port) said, and its counts per torrent; history is kept. Queries in state_scrapes.py.
+-- port) said, and its counts per torrent; bounded by count and age as runs are recorded. Queries in
+-- state_scrapes.py.
 CREATE TABLE IF NOT EXISTS scrape_runs (
     id INTEGER PRIMARY KEY,
     at TEXT NOT NULL            -- ISO 8601 UTC

@@ -1,10 +1,14 @@
 """The swarm-health history in state.sqlite: scrape runs, what each source said, counts per torrent.
 
 State code owns SQL; these are the only queries on the scrape tables (created with the rest of the schema in
-state_schema.py). A run is one `packager health`; its rows are kept. The history per day is kept as runs are
-recorded (scrape_days: each day's highest counts), since computing it from every row is the slow way:
-measured at 10^4 torrents with 60 days of 4 runs (2.4 million rows), 3.3 s against 1.5 s to read the
-600,000 day rows.
+state_schema.py). A run is one `packager health`. The history per day is kept as runs are recorded
+(scrape_days: each day's highest counts), since computing it from every row is the slow way: measured at
+10^4 torrents with 60 days of 4 runs (2.4 million rows), 3.3 s against 1.5 s to read the 600,000 day rows.
+
+Both are bounded as each run is recorded: a run's rows are torrents x sources (2·10^4 at 10^4 torrents and
+two trackers), so a health run every minute would add 3·10^7 rows a day. The rows of the newest RUNS_KEPT
+runs are kept, and each torrent's newest counts however old (a torrent no source has answered for since
+keeps them, with their date); day rows older than DAYS_KEPT days before the run go.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .state import State
+
+RUNS_KEPT = 28  # a week of runs at four a day
+DAYS_KEPT = 90  # the 60 days swarm.json shows, and a margin
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,26 @@ def record_run(state: State, at: str, sources: Iterable[SourceRow], counts: Iter
             _add_days(state, "", ())  # the first run since scrape_days was added: every earlier run too
         else:
             _add_days(state, "WHERE s.run_id = ?", (run,))
+        _prune(state, at)
     return run
+
+
+def _prune(state: State, at: str) -> None:
+    """Drop what is past the bounds (module docstring), as of the run recorded at `at`."""
+    db = state.db
+    oldest = db.execute(
+        "SELECT id FROM scrape_runs ORDER BY id DESC LIMIT 1 OFFSET ?", (RUNS_KEPT - 1,)
+    ).fetchone()
+    if oldest is not None:
+        db.execute(
+            "DELETE FROM scrapes WHERE run_id < ? AND run_id < (SELECT MAX(n.run_id) FROM scrapes n "
+            "WHERE n.shard_id = scrapes.shard_id)",
+            (oldest[0],),
+        )
+        used = "(SELECT DISTINCT run_id FROM scrapes)"
+        db.execute(f"DELETE FROM scrape_sources WHERE run_id < ? AND run_id NOT IN {used}", (oldest[0],))
+        db.execute(f"DELETE FROM scrape_runs WHERE id < ? AND id NOT IN {used}", (oldest[0],))
+    db.execute("DELETE FROM scrape_days WHERE day < date(substr(?, 1, 10), ?)", (at, f"-{DAYS_KEPT} days"))
 
 
 def _larger(column: str) -> str:

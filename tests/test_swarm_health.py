@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from typer.testing import CliRunner
@@ -14,7 +15,7 @@ from packager import layout
 from packager.cli import app
 from packager.state import open_state
 from packager.state_scrapes import daily_history
-from packager.swarm.model import bucket_of
+from packager.swarm.model import HISTORY_DAYS, bucket_of
 from tests.fake_tracker import FakeHttpTracker, FakeUdpTracker, SilentTcpServer, unused_port
 from tests.helpers import (
     catalog,
@@ -275,3 +276,32 @@ def test_the_member_index_line_reads_as_a_sentence_when_no_tracker_answered(publ
 def test_a_tracker_url_with_a_broken_ipv6_host_is_a_usage_error(published):
     result = invoke("health", published, "--tracker", "udp://[::1:80/announce", "--timeout", "1")
     assert result.exit_code == 2 and "udp://[::1:80/announce" in result.output, result.output
+
+
+def test_the_scrape_history_is_bounded_by_count_and_age(published):
+    """Every run's rows were kept for ever: a health run every minute at 10^4 torrents added ~10^7 rows a
+    day. Now the newest RUNS_KEPT runs keep their rows (and each torrent its newest counts, however old),
+    and day rows older than DAYS_KEPT days go; what health, publish and pick show is unchanged."""
+    from packager.state_scrapes import DAYS_KEPT, RUNS_KEPT, CountRow, SourceRow, latest_counts, record_run
+
+    a, b = (sid for sid, _ in published_entries(published)[:2])
+    tracker = SourceRow("udp://t/a", "udp", 1, None, 0.1)
+    runs = RUNS_KEPT + 20
+    with open_state(published) as state:
+        # b answered only in the first run: its counts must stand, dated, after that run is long gone.
+        record_run(state, "2025-01-01T00:00:00Z", [tracker], [CountRow(b, "udp://t/a", 4, 1, 0)])
+        for n in range(runs):
+            at = (datetime(2025, 1, 2, tzinfo=UTC) + timedelta(days=n * 4)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            record_run(state, at, [tracker], [CountRow(a, "udp://t/a", n, 0, n)])
+        kept = [r[0] for r in state.db.execute("SELECT at FROM scrape_runs ORDER BY id")]
+        assert len(kept) == RUNS_KEPT + 1 and kept[0] == "2025-01-01T00:00:00Z"
+        sources = state.db.execute("SELECT COUNT(DISTINCT run_id) FROM scrape_sources").fetchone()[0]
+        assert sources == len(kept)
+        latest = latest_counts(state)
+        assert latest[b] == ("2025-01-01T00:00:00Z", [CountRow(b, "udp://t/a", 4, 1, 0)])
+        assert latest[a][1] == [CountRow(a, "udp://t/a", runs - 1, 0, runs - 1)]
+        days = sorted(r[0] for r in state.db.execute("SELECT day FROM scrape_days WHERE shard_id = ?", (a,)))
+        newest = datetime.strptime(at[:10], "%Y-%m-%d")
+        assert days[-1] == at[:10] and days[0] >= (newest - timedelta(days=DAYS_KEPT)).strftime("%Y-%m-%d")
+        assert len(days) == DAYS_KEPT // 4 + 1  # a run every four days
+        assert HISTORY_DAYS <= DAYS_KEPT  # what swarm.json shows is all still there
