@@ -782,7 +782,7 @@ def test_the_damage_vocabulary_keeps_its_json_strings():
     assert [s.value for s in Severity] == ["damage", "missing", "bad input", "note"]
     assert [s.value for s in Level] == ["release", "file", "piece", "member"]
     assert [s.value for s in Status] == ["ok", "damaged", "missing", "not a shard", "unlisted"]
-    assert [s.value for s in FileKind] == ["shard", "torrent"]
+    assert [s.value for s in FileKind] == ["shard", "torrent", "member index"]
     assert [s.value for s in Check] == ["size", "sha256", "pieces", "members"]
     assert json.dumps({Status.NOT_A_SHARD: [Severity.BAD_INPUT]}) == '{"not a shard": ["bad input"]}'
 

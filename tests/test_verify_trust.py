@@ -185,8 +185,9 @@ def test_each_published_file_edited_is_refused(pubs, tmp_path):
         data[len(data) // 2] ^= 0x01
         (folder / rel).write_bytes(data)
         r = run(pubs, folder, tf)
-        if rel.startswith(f"{layout.TORRENTS}/") and rel != layout.MEMBER_INDEX_TORRENT:
-            # A .torrent is checked with its shard against release.json: reported damaged and never used.
+        if rel.startswith(f"{layout.TORRENTS}/") or rel == layout.MEMBER_INDEX_PACK:
+            # A .torrent is checked with its shard against release.json, the member index's pack and torrent
+            # against the statement: data, reported damaged (never used), not an edited manifest.
             assert r.exit_code == 1 and rel in r.output and "damaged" in r.output, r.output
         else:
             assert r.exit_code == 2, (rel, r.output)
@@ -431,3 +432,38 @@ def test_a_wrong_pubkey_names_the_key_given_and_the_key_that_signed(pubs, tmp_pa
     text = " ".join(r.output.split())
     assert f"signed by key {pubs.keys.key_id}, not by the key given ({other.key_id})" in text, text
     assert "Traceback" not in r.output and not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_damaged_member_index_pack_is_damage_with_its_bad_pieces(pubs, tmp_path, cut):
+    """A flipped byte in members.pack was 'not one publication ... listed by no publication', exit 2: it is
+    damage, like a shard's, and the index's own torrent names the pieces to fetch again."""
+    rel = layout.MEMBER_INDEX_PACK
+    folder = copy_of(pubs, 2, tmp_path / "m", edit=rel)
+    data = bytearray((folder / rel).read_bytes())
+    at = len(data) - 10 if not cut else len(data) - 5
+    data[at] ^= 0x01
+    (folder / rel).write_bytes(bytes(data[:-3]) if cut else bytes(data))
+    r = run(pubs, folder, pubs.trust_file(tmp_path / "trust.json"), "--json")
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.stdout)
+    (pack,) = [f for f in doc["files"] if f["path"] == rel]
+    pieces = -(-len(data) // pack["piece_size"])
+    assert pack["status"] == "damaged" and pack["bad_pieces"] == [pieces - 1], pack
+    assert pack["expected_sha256"] == trust.read_folder_statement(folder, None).statement.files[rel].sha256
+    if cut:
+        assert pack["size"] == len(data) - 3 and pack["expected_size"] == len(data)
+    assert doc["publications"][0]["trust"] == "not updated: the check found problems"
+    human = run(pubs, folder, pubs.trust_file(tmp_path / "trust2.json"))
+    assert f"piece {pieces - 1} of {pieces}" in " ".join(human.output.split()), human.output
+
+
+def test_a_damaged_member_index_torrent_is_damage_and_its_pack_still_checked(pubs, tmp_path):
+    rel = layout.MEMBER_INDEX_TORRENT
+    folder = copy_of(pubs, 2, tmp_path / "m", edit=rel)
+    (folder / rel).write_bytes((folder / rel).read_bytes()[:-1])
+    r = run(pubs, folder, pubs.trust_file(tmp_path / "trust.json"), "--json")
+    assert r.exit_code == 1, r.output
+    files = {f["path"]: f for f in json.loads(r.stdout)["files"]}
+    assert files[rel]["status"] == "damaged" and files[rel]["kind"] == "torrent"
+    assert layout.MEMBER_INDEX_PACK not in files  # good (against the statement), so not listed

@@ -14,6 +14,7 @@ from packager.errors import UsageError
 from packager.layout import SHARD_SUFFIX, SHARDS
 
 from . import findings
+from .published import damaged_data_files
 from .references import (
     References,
     ShardRef,
@@ -142,6 +143,7 @@ def verify(
             results = list(pool.map(ShardCheck.run, checks))
         for group in results:
             files.extend(group)
+        files.extend(damaged_data_files(refs, threads, emit_locked))
         _note_swaps([r for group in results for r in group], refs)
     report = VerifyReport(files, notes, sources, authenticated)
     report.publications = _update_trust(report, statements, trust_file, options)

@@ -65,6 +65,7 @@ class References:
     statement: trust.FolderStatement | None = None
     not_downloaded: tuple[str, ...] = ()  # files the statement lists that this (whole) folder lacks
     unlisted: tuple[str, ...] = field(default=())  # files beside the manifests that the statement omits
+    damaged: tuple[str, ...] = ()  # listed data files (the member index's) whose bytes no publication has
 
     def indexed_members(self, torrent: str) -> list | None:
         """The members of `torrent` as the release's member index lists them (member_index.Location,
@@ -230,8 +231,9 @@ def load_references(
     sources = []
     not_downloaded: tuple[str, ...] = ()
     unlisted: tuple[str, ...] = ()
+    damaged: tuple[str, ...] = ()
     if statement is not None:
-        not_downloaded, unlisted = _check_statement(statement, root, found, whole)
+        not_downloaded, unlisted, damaged = _check_statement(statement, root, found, whole)
         s = statement.statement
         how = f"signature good, key {s.key_id}" if s.authenticated else "unauthenticated"
         sources.append(f"{layout.STATEMENT} (publication {s.publication} of {s.published_at}; {how})")
@@ -269,15 +271,17 @@ def load_references(
         statement,
         not_downloaded,
         unlisted,
+        damaged,
     )
 
 
 def _check_statement(
     fs: trust.FolderStatement, root: Path, found: dict[str, bytes], whole: bool
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Check the manifests read (and with `whole`, every file the statement lists) against the statement;
     MixedPublication naming each file that differs and the publication it is from. Returns the listed files
-    absent from the folder and the files there that no statement lists (whole folder only)."""
+    absent from the folder, the files there that no statement lists (whole folder only), and the listed
+    data files (the member index's pack and torrent) that are in no publication: damaged, not edited."""
     s = fs.statement
     wrong: list[tuple[str, int | None]] = []
     for name, data in found.items():
@@ -286,6 +290,7 @@ def _check_statement(
         except FileNotAuthenticated:
             wrong.append((name, s.publication_of(name, hashlib.sha256(data).hexdigest(), fs.history)))
     missing: list[str] = []
+    damaged: list[str] = []
     if whole:
         # The .torrent files are checked with their shards, against release.json (itself checked here): a
         # damaged one is reported there, and never used.
@@ -297,11 +302,19 @@ def _check_statement(
             try:
                 s.check_file(rel, path)
             except FileNotAuthenticated:
-                wrong.append((rel, _publication_of_file(fs, rel, path)))
+                n = _publication_of_file(fs, rel, path)
+                if n is None and rel in _DATA_FILES and path.is_file():
+                    damaged.append(rel)
+                else:
+                    wrong.append((rel, n))
     if wrong:
         raise MixedPublication(root, s.publication, sorted(wrong))
     unlisted = tuple(_unlisted(root, s)) if whole else ()
-    return tuple(missing), unlisted
+    return tuple(missing), unlisted, tuple(damaged)
+
+
+# Data with a torrent of its own, checked by verify as a shard is: damage there is a file to fetch again.
+_DATA_FILES = (layout.MEMBER_INDEX_PACK, layout.MEMBER_INDEX_TORRENT)
 
 
 def _is_torrent(rel: str) -> bool:

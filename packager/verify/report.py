@@ -42,6 +42,7 @@ class Status(StrEnum):
 class FileKind(StrEnum):
     SHARD = "shard"
     TORRENT = "torrent"
+    MEMBER_INDEX = "member index"  # its pack: data with a torrent of its own, checked as a shard is
 
 
 class Check(StrEnum):
