@@ -249,7 +249,13 @@ def _http_scrape(
             raise _Failed(f"no reply within {timeout:g} s")
         query = "&".join("info_hash=" + quote_from_bytes(bytes.fromhex(h), safe="") for h in batch)
         requests[0] += 1
-        reply = http_get(f"{base}{'&' if '?' in base else '?'}{query}", HTTP_MAX_REPLY, remaining)
+        try:
+            reply = http_get(f"{base}{'&' if '?' in base else '?'}{query}", HTTP_MAX_REPLY, remaining)
+        except RemoteError:
+            # http_get names the time it was given, what was left of ours: the user gave `timeout`.
+            if time.monotonic() >= deadline - 0.01:
+                raise _Failed(f"no complete reply within {timeout:g} s") from None
+            raise
         counts.update(parse_http_scrape(reply.body, batch))
 
 
