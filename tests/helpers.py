@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import sys
@@ -50,6 +51,13 @@ def wait_until(predicate: Callable[[], bool], seconds: float, step: float = 0.05
             return True
         time.sleep(step)
     return predicate()
+
+
+def patience(seconds: float, most: float = 4.0) -> float:
+    """`seconds` stretched by how busy the machine is (its 1-minute load average per core, from 1 to `most`
+    times): a wait for real peers that a loaded machine does not fail by coincidence, and that still ends."""
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return seconds * min(most, max(1.0, load))
 
 
 def seed_command(

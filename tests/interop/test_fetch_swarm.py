@@ -18,20 +18,30 @@ from typer.testing import CliRunner
 from packager import layout
 from packager.cli import app
 from packager.fetch import FetchOptions, SwarmSettings, Via, fetch
+from packager.fetch.bittorrent import NoPeers
 from packager.fetch.work import WORK_PREFIX
 from packager.member_index import Location, MemberIndex
-from tests.helpers import prepare, run_build, wait_until
+from tests.helpers import patience, prepare, run_build, wait_until
 
 from .conftest import LOOPBACK, LT_SETTINGS, cli, tracker_ready
 
 pytestmark = pytest.mark.interop
 
 SHARD_BYTES = 80 * 10**6
-FETCH_SECONDS = 60
+FETCH_SECONDS = 60  # on a quiet machine; patience() stretches it on a loaded one
 
 
-def swarm_settings(timeout: float = FETCH_SECONDS) -> SwarmSettings:
-    return SwarmSettings(f"{LOOPBACK}:0", False, timeout, LT_SETTINGS)
+def swarm_settings(timeout: float | None = None) -> SwarmSettings:
+    return SwarmSettings(f"{LOOPBACK}:0", False, timeout or patience(FETCH_SECONDS), LT_SETTINGS)
+
+
+def fetch_or_explain(run, *args, **kw):
+    """fetch(), and on NoPeers what the seeder said of its swarms (its status and its output's tail): a
+    failure says whether the seeder was announced, had peers, or had stopped."""
+    try:
+        return fetch(*args, **kw)
+    except NoPeers as e:
+        pytest.fail(f"{e.message}\nseeder status: {run.status()}\nseeder output: {run.output()}")
 
 
 @dataclass
@@ -88,7 +98,9 @@ def start_seeder(seeder, ws: Path):
         seen.append(run.status())
         return tracker_ready(seen[-1], 2) or run.process.poll() is not None
 
-    assert wait_until(ready, 30, step=0.2) and run.process.poll() is None, f"{seen[-1]}\n{run.output()}"
+    assert wait_until(ready, patience(30), step=0.2) and run.process.poll() is None, (
+        f"{seen[-1]}\n{run.output()}"
+    )
     return run
 
 
@@ -97,11 +109,11 @@ def leftovers(folder: Path) -> list[Path]:
 
 
 def test_one_member_costs_its_own_pieces(big_release, seeder, tmp_path):
-    start_seeder(seeder, big_release.ws)
+    run = start_seeder(seeder, big_release.ws)
     loc = big_release.locate("t17")
     out = tmp_path / "out"
     options = FetchOptions(via=Via.BITTORRENT, swarm=swarm_settings())
-    report = fetch(str(big_release.downloader), ["t17"], out, options)
+    report = fetch_or_explain(run, str(big_release.downloader), ["t17"], out, options)
     (item,) = report.items
     assert item.via == "bittorrent" and item.file == out / loc.path
     assert item.file.read_bytes() == big_release.files["t17"]
@@ -166,12 +178,13 @@ def test_a_lying_peer_is_refused_and_an_honest_one_used(big_release, seeder, fre
     worker.start()
     try:
         # Only the liar is in the swarm: its pieces arrive and fail their SHA-1.
-        assert wait_until(lambda: any("failed its SHA-1" in n for n in notes), FETCH_SECONDS), notes
+        refused = lambda: any("failed its SHA-1" in n for n in notes)  # noqa: E731
+        assert wait_until(refused, patience(FETCH_SECONDS)), notes
         assert not (tmp_path / "out" / loc.path).exists()
         start_seeder(seeder, big_release.ws)  # the fetch asks the tracker again and finds it
-        worker.join(FETCH_SECONDS)
+        worker.join(patience(FETCH_SECONDS))
     finally:
-        worker.join(FETCH_SECONDS)
+        worker.join(patience(FETCH_SECONDS))
         liar.pause()
     assert "error" not in result, result.get("error")
     (item,) = result["report"].items
@@ -184,10 +197,11 @@ def test_the_member_index_comes_through_its_own_torrent(big_release, seeder, tmp
     """A downloader with the small published files only (no pack, no shard): the index parts a lookup needs
     come from the index's torrent, the member from the shard's, both seeded by `packager seed`."""
     (big_release.downloader / layout.MEMBER_INDEX_PACK).unlink()
-    start_seeder(seeder, big_release.ws)
+    run = start_seeder(seeder, big_release.ws)
     notes: list[str] = []
     options = FetchOptions(via=Via.BITTORRENT, swarm=swarm_settings())
-    report = fetch(str(big_release.downloader), ["t33"], tmp_path / "out", options, notes.append)
+    out = tmp_path / "out"
+    report = fetch_or_explain(run, str(big_release.downloader), ["t33"], out, options, notes.append)
     assert any("reading the member index through its torrent" in n for n in notes), notes
     (item,) = report.items
     assert item.file.read_bytes() == big_release.files["t33"]
