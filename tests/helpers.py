@@ -7,9 +7,6 @@ import json
 import os
 import random
 import shutil
-import sys
-import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import jsonschema
@@ -26,6 +23,9 @@ from packager.publish import publish
 from packager.state import open_state
 from packager.swarm.health import health
 from packager.workspace import Workspace
+from tests.interop.harness import seed_command, wait_until
+
+__all__ = ["seed_command", "wait_until"]  # the harness's, for the tests that import them from here
 
 MANIFESTS = Path(__file__).parent.parent / "manifests"
 
@@ -43,42 +43,11 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def wait_until(predicate: Callable[[], bool], seconds: float, step: float = 0.05) -> bool:
-    """Poll until `predicate()` holds or `seconds` pass; every wait in the tests is bounded."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 def patience(seconds: float, most: float = 4.0) -> float:
     """`seconds` stretched by how busy the machine is (its 1-minute load average per core, from 1 to `most`
     times): a wait for real peers that a loaded machine does not fail by coincidence, and that still ends."""
     load = os.getloadavg()[0] / (os.cpu_count() or 1)
     return seconds * min(most, max(1.0, load))
-
-
-def seed_command(
-    ws: Path, listen: str, status_port: int, lt_settings: Iterable[tuple[str, object]] = (), lsd: bool = False
-) -> list[str]:
-    """`packager seed` as a subprocess on loopback: no DHT, status JSON on `status_port`."""
-    command = [
-        sys.executable,
-        "-m",
-        "packager.cli",
-        "seed",
-        str(ws),
-        "--listen",
-        listen,
-        "--no-dht",
-        "--status-port",
-        str(status_port),
-    ]
-    if not lsd:
-        command.append("--no-lsd")
-    return command + [f"--lt={k}={str(v).lower()}" for k, v in lt_settings]
 
 
 # --- published formats: a fixed entry, and hypothesis strategies for any entry ------------------------------

@@ -7,7 +7,6 @@ wait is bounded; every process started here is killed, by its process group, at 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -17,10 +16,8 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -33,114 +30,10 @@ from packager.errors import EnvironmentProblem
 from packager.state import MemberRow, open_state
 from packager.workspace import Workspace
 from tests.helpers import digests, prepare, wait_until
+from tests.interop.harness import DaskCluster, dask_cluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.interop
-
-
-def dask_command(*args: str) -> list[str]:
-    script = Path(sys.executable).with_name("dask")
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "dask", *args]
-
-
-@dataclass
-class DaskCluster:
-    """A scheduler and worker processes (each `dask worker` is a nanny with one worker process)."""
-
-    folder: Path
-    scheduler: subprocess.Popen | None = None
-    nannies: list[subprocess.Popen] = field(default_factory=list)
-    address: str = ""
-
-    def _start(self, name: str, command: list[str]) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder, start_new_session=True
-        )
-
-    def start(self, workers: int = 2, worker_args: tuple[str, ...] = ()) -> DaskCluster:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        file = self.folder / "scheduler.json"
-        file.unlink(missing_ok=True)
-        self.scheduler = self._start(
-            "scheduler",
-            dask_command(
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(file),
-            ),
-        )
-        assert wait_until(file.exists, 30), self.logs()
-        self.address = json.loads(file.read_text())["address"]
-        for i in range(workers):
-            self.nannies.append(
-                self._start(
-                    f"worker{i}",
-                    dask_command(
-                        "worker",
-                        self.address,
-                        "--nthreads",
-                        "1",
-                        "--nworkers",
-                        "1",
-                        "--host",
-                        "127.0.0.1",
-                        "--no-dashboard",
-                        "--local-directory",
-                        str(self.folder / f"worker{i}"),
-                        *worker_args,
-                    ),
-                )
-            )
-        self.wait_for_workers(workers)
-        return self
-
-    def worker_pids(self) -> set[int]:
-        """The worker processes, children of our nannies (a killed one is replaced by its nanny)."""
-        pids = set()
-        for nanny in self.nannies:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                pids.update(c.pid for c in psutil.Process(nanny.pid).children() if "python" in c.name())
-        return pids
-
-    def wait_for_workers(self, n: int, seconds: float = 60) -> None:
-        from distributed import Client
-
-        with Client(self.address, timeout=10, set_as_default=False) as client:
-            client.wait_for_workers(n, timeout=seconds)
-
-    def stop(self) -> None:
-        for proc in [*self.nannies, self.scheduler]:
-            if proc is not None and proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in [*self.nannies, self.scheduler]:
-            if proc is None:
-                continue
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(self.folder.glob("*.log")))
-
-
-@contextlib.contextmanager
-def dask_cluster(folder: Path, workers: int = 2, worker_args: tuple[str, ...] = ()) -> Iterator[DaskCluster]:
-    cluster = DaskCluster(folder)
-    try:
-        yield cluster.start(workers, worker_args)
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -404,12 +297,6 @@ def rows_of(archive, n: int, size: int = 40_000) -> list[dict]:
 
 
 # ---- without a cluster ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_an_unreachable_scheduler_is_an_environment_error_in_bounded_time(workspace, archive):

@@ -1,25 +1,20 @@
-"""Real peers on 127.0.0.1: an opentracker with a whitelist, and libtorrent sessions.
-
-Every fixture is a factory; whatever it starts is stopped in its teardown, and every wait has a deadline.
+"""Real peers on 127.0.0.1 as fixtures: an opentracker with a whitelist, libtorrent sessions, `packager
+seed`, nginx, qBittorrent and Transmission daemons. How each is started is harness.py's (the benchmarks
+start theirs with it too); here each is a factory whose teardown stops what it started.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import pwd
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote_from_bytes
 
 import libtorrent as lt
 import pytest
@@ -29,171 +24,51 @@ from packager import layout
 from packager.cli import app
 from packager.seed.status import read_status
 from packager.state import open_state
-from tests.helpers import need, prepare, run_build, seed_command, wait_until
+from tests.helpers import need, prepare, run_build
 
-LOOPBACK = "127.0.0.1"
-# A swarm of its own, so the readiness probe never shows up as a peer of a torrent under test.
-PROBE_HASH = hashlib.sha1(b"packager interop probe").hexdigest()
+from .harness import (
+    LOOPBACK,
+    LT_SETTINGS,
+    HarnessError,
+    PortPicker,
+    Tracker,
+    loopback_settings,
+    seed_command,
+    start_opentracker,
+    stop,
+    tracker_ready,
+    wait_until,
+)
 
 
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     """A TCP+UDP port free on 127.0.0.1 right now; never the same one twice in a test."""
-    handed_out: set[int] = set()
-
-    def pick() -> int:
-        for _ in range(50):
-            with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
-                tcp.bind((LOOPBACK, 0))
-                port = tcp.getsockname()[1]
-                try:
-                    udp.bind((LOOPBACK, port))  # opentracker and libtorrent listen on both
-                except OSError:
-                    continue
-            if port not in handed_out:
-                handed_out.add(port)
-                return port
-        raise RuntimeError("no free port on 127.0.0.1")
-
-    return pick
-
-
-# --- opentracker -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Tracker:
-    port: int
-    whitelist: Path
-    process: subprocess.Popen
-    log: Path
-
-    @property
-    def announce_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/announce"
-
-    @property
-    def udp_url(self) -> str:
-        return f"udp://{LOOPBACK}:{self.port}/announce"
-
-    def announce(self, info_hash_hex: str, port: int, event: str = "started", left: int = 0) -> bytes:
-        query = (
-            f"info_hash={quote_from_bytes(bytes.fromhex(info_hash_hex))}&peer_id=-PK0001-{port:012d}"
-            f"&port={port}&uploaded=0&downloaded=0&left={left}&compact=1&event={event}"
-        )
-        with urllib.request.urlopen(f"{self.announce_url}?{query}", timeout=2) as reply:
-            return reply.read()
-
-
-def _opentracker_user() -> list[str]:
-    # opentracker refuses to keep running as root ("Still running with root privileges?!") and setuid()s to
-    # `nobody` by default; as another user that setuid fails and it exits silently, so name ourselves.
-    if os.geteuid() == 0:
-        return ["-u", "nobody"]
-    return ["-u", pwd.getpwuid(os.geteuid()).pw_name]
-
-
-def stop(process: subprocess.Popen, seconds: float = 5) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    return PortPicker()
 
 
 @pytest.fixture
 def opentracker(free_port) -> Iterator[Callable[[Iterable[str]], Tracker]]:
     """Start Debian's opentracker (whitelist build) on 127.0.0.1 serving only the given hex info-hashes, on
     `port` when given (a release built for a tracker URL before the tracker runs)."""
-    binary = shutil.which("opentracker")
-    if binary is None:
-        pytest.skip("opentracker not installed (Debian: apt install opentracker)")
     started: list[Tracker] = []
-    dirs: list[str] = []
 
     def start(whitelist_hashes: Iterable[str], port: int | None = None) -> Tracker:
-        # Not pytest's tmp_path (mode 0700): opentracker reads the whitelist after dropping to `nobody`.
-        home = tempfile.mkdtemp(prefix="packager-opentracker-")
-        dirs.append(home)
-        os.chmod(home, 0o755)
-        whitelist = Path(home, "whitelist.txt")
-        whitelist.write_text("".join(f"{h.lower()}\n" for h in [*whitelist_hashes, PROBE_HASH]))
-        config = Path(home, "opentracker.conf")
-        # The Debian build is compiled with WANT_ACCESSLIST_WHITE; the path must be absolute.
-        config.write_text(f"access.whitelist {whitelist}\n")
-        whitelist.chmod(0o644)
-        config.chmod(0o644)
-        port = port or free_port()
-        log = Path(home, "opentracker.log")
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [binary, "-i", LOOPBACK, "-p", str(port), "-P", str(port), "-f", str(config),
-                 *_opentracker_user()],
-                cwd=home, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        tracker = Tracker(port, whitelist, process, log)
+        try:
+            tracker = start_opentracker(whitelist_hashes, port or free_port())
+        except FileNotFoundError as e:
+            pytest.skip(str(e))
+        except HarnessError as e:
+            pytest.fail(str(e))
         started.append(tracker)
-        _wait_ready(tracker)
         return tracker
 
     yield start
     for tracker in started:
-        stop(tracker.process)
-    for home in dirs:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _wait_ready(tracker: Tracker, seconds: float = 10) -> None:
-    reply = b""
-
-    def answered() -> bool:
-        nonlocal reply
-        if tracker.process.poll() is not None:
-            return True
-        try:
-            reply = tracker.announce(PROBE_HASH, port=1)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-        # opentracker answers before its accesslist thread has read the whitelist: until then every hash,
-        # the probe's too, gets "Requested download is not authorized".
-        return b"8:interval" in reply
-
-    wait_until(answered, seconds)
-    if tracker.process.poll() is not None or b"8:interval" not in reply:
-        stop(tracker.process)
-        pytest.fail(
-            f"opentracker on port {tracker.port} not serving its whitelist:"
-            f" exit {tracker.process.returncode}, reply {reply[:200]!r},"
-            f" log {tracker.log.read_bytes()[-1000:]!r}"
-        )
-    tracker.announce(PROBE_HASH, port=1, event="stopped")
+        tracker.close()
 
 
 # --- libtorrent -----------------------------------------------------------------------------------------
-
-
-def loopback_settings(port: int) -> dict:
-    return {
-        "listen_interfaces": f"{LOOPBACK}:{port}",
-        # Peers must come from the tracker only: no DHT, local discovery or port mapping.
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        # Every peer in these tests is 127.0.0.1; libtorrent otherwise keeps one connection per IP.
-        "allow_multiple_connections_per_ip": True,
-        # aria2 speaks TCP only; one transport keeps the libtorrent runs alike.
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
-        # Shutdown otherwise waits up to 5 s for `stopped` announces.
-        "stop_tracker_timeout": 1,
-        "alert_mask": lt.alert_category.error
-        | lt.alert_category.tracker
-        | lt.alert_category.status
-        | lt.alert_category.storage,
-    }
 
 
 @dataclass
@@ -272,13 +147,6 @@ def lt_seeder(lt_session) -> Callable[[Path, Path], Peer]:
 
 # --- packager seed as a process ---------------------------------------------------------------------------
 
-# Every peer here is 127.0.0.1; aria2c and Transmission 3 speak TCP, so the seeder does too.
-LT_SETTINGS = (
-    ("allow_multiple_connections_per_ip", True),
-    ("enable_outgoing_utp", False),
-    ("enable_incoming_utp", False),
-)
-
 
 @dataclass
 class SeederProcess:
@@ -312,13 +180,6 @@ def seeder(free_port, tmp_path) -> Iterator:
     yield start
     for run in started:
         stop(run.process, 60)
-
-
-def tracker_ready(body: dict | None, count: int) -> bool:
-    """Every torrent seeding, and announced: opentracker's reply shows in its tracker column."""
-    if not body or body["states"].get("seeding") != count:
-        return False
-    return all(t["tracker"] and "peers from" in t["tracker"] for t in body["torrents"])
 
 
 # --- Debian's nginx, configured as README says -------------------------------------------------------------

@@ -25,7 +25,8 @@ from packager.torrent import (
 )
 from tests.helpers import need, sha256_of
 
-from .conftest import add_torrent, wait_until
+from .conftest import add_torrent
+from .harness import aria2c_command, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -135,27 +136,11 @@ def test_aria2c_downloads_v1_through_opentracker(shard, swarm, free_port, tmp_pa
     torrent, ident = swarm("v1")
     out = tmp_path / "aria2"
     log = tmp_path / "aria2.log"
-    result = aria2c(
-        "--seed-time=0",
-        # The seeder's address must come from opentracker's announce reply, so every other source is off.
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--disable-ipv6=true",
-        "--interface=127.0.0.1",
-        f"--listen-port={free_port()}",
-        "--bt-tracker-interval=5",
-        f"--bt-stop-timeout={DOWNLOAD_SECONDS}",
-        "--file-allocation=none",
-        "--summary-interval=0",
-        "--console-log-level=warn",
-        "-d",
-        str(out),
-        str(torrent),
-        log=log,
-        seconds=DOWNLOAD_SECONDS,
+    # The seeder's address must come from opentracker's announce reply, so every other source is off.
+    command = aria2c_command(
+        torrent, out, free_port(), DOWNLOAD_SECONDS, [f"--log={log}", "--log-level=info"]
     )
+    result = subprocess.run(command, capture_output=True, text=True, timeout=DOWNLOAD_SECONDS)
     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
     assert result.returncode == 0, f"aria2c exit {result.returncode}: {result.stdout[-2000:]}\n{tail}"
     assert sha256_of(out / shard.path.name) == shard.hashes.sha256.hex()

@@ -17,7 +17,8 @@ from packager.cli import app
 from packager.member_index import MemberIndex
 from tests.helpers import prepare, run_build, sha256_of
 
-from .conftest import LOOPBACK, cli, served_bytes
+from .conftest import cli, served_bytes
+from .harness import LOOPBACK
 
 pytestmark = pytest.mark.interop
 

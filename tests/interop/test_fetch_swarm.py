@@ -23,7 +23,8 @@ from packager.fetch.work import WORK_PREFIX
 from packager.member_index import Location, MemberIndex
 from tests.helpers import patience, prepare, run_build, wait_until
 
-from .conftest import LOOPBACK, LT_SETTINGS, cli, tracker_ready
+from .conftest import cli
+from .harness import LOOPBACK, LT_SETTINGS, tracker_ready
 
 pytestmark = pytest.mark.interop
 

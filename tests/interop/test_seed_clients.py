@@ -21,18 +21,8 @@ from packager.cli import app
 from packager.state import open_state
 from tests.helpers import need, sha256_of
 
-from .conftest import (
-    LOOPBACK,
-    QBT_CHECKING,
-    QBT_SEEDING,
-    build_release,
-    index_hash,
-    mirror_of,
-    shards_of,
-    stop,
-    swarm_ports,
-    wait_until,
-)
+from .conftest import QBT_CHECKING, QBT_SEEDING, build_release, index_hash, mirror_of, shards_of, swarm_ports
+from .harness import LOOPBACK, aria2c_command, stop, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -40,29 +30,8 @@ DOWNLOAD_SECONDS = 60
 
 
 def aria2c_download(torrent: Path, out: Path, port: int, log: Path) -> subprocess.CompletedProcess:
-    command = [
-        need("aria2c"),
-        "--no-conf=true",
-        f"--log={log}",
-        "--log-level=info",
-        "--seed-time=0",
-        # The seeder's address must come from opentracker's reply: every other source is off.
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--disable-ipv6=true",
-        "--interface=127.0.0.1",
-        f"--listen-port={port}",
-        "--bt-tracker-interval=5",
-        f"--bt-stop-timeout={DOWNLOAD_SECONDS}",
-        "--file-allocation=none",
-        "--summary-interval=0",
-        "--console-log-level=warn",
-        "-d",
-        str(out),
-        str(torrent),
-    ]
+    need("aria2c")
+    command = aria2c_command(torrent, out, port, DOWNLOAD_SECONDS, [f"--log={log}", "--log-level=info"])
     return subprocess.run(command, capture_output=True, text=True, timeout=DOWNLOAD_SECONDS + 10)
 
 

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from packager.cli import app
 from tests.helpers import need
 
-from .conftest import index_hash, shards_of, stop, swarm_ports, wait_until
+from .conftest import index_hash, shards_of, swarm_ports
+from .harness import stop, wait_until
 
 pytestmark = pytest.mark.interop
 

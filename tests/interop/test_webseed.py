@@ -17,7 +17,8 @@ from packager.cli import app
 from packager.torrent import read_torrent
 from tests.helpers import need, prepare, run_build, sha256_of
 
-from .conftest import LOOPBACK, add_torrent, cli, mirror_of, shards_of, wait_until
+from .conftest import add_torrent, cli, mirror_of, shards_of
+from .harness import LOOPBACK, wait_until
 
 pytestmark = pytest.mark.interop
 
