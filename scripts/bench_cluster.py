@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from bench_build import make_corpus, timed
 
 from packager.state import open_state
 
-EXE = [sys.executable, "-m", "packager.cli"]
 SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS.parent))  # the repository: tests/interop/harness.py
+from tests.interop.harness import dask_cluster  # noqa: E402 - after the path it is found on
+
+EXE = [sys.executable, "-m", "packager.cli"]
 
 
 def _noop() -> None:
@@ -39,45 +39,6 @@ def _event_cost(n: int = 2000, dask_worker=None) -> float:
     for i in range(n):
         dask_worker.log_event("packager-bench", ["shard", "attempt", "bytes", i])
     return (time.perf_counter() - start) / n
-
-
-@contextlib.contextmanager
-def local_cluster(folder: Path, workers: int = 2) -> Iterator[str]:
-    """A scheduler and `workers` one-thread workers on 127.0.0.1, stopped (by process group) at the end."""
-    folder.mkdir(parents=True, exist_ok=True)
-    file = folder / "scheduler.json"
-    file.unlink(missing_ok=True)
-    dask = [str(Path(sys.executable).with_name("dask"))]
-    procs = []
-
-    def start(name: str, *args: str) -> None:
-        log = open(folder / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        # The workers import this file's probes (_noop, _event_cost) as the module bench_cluster.
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SCRIPTS), str(SCRIPTS.parent)]))
-        procs.append(
-            subprocess.Popen(dask + list(args), stdout=log, stderr=log, env=env, start_new_session=True)
-        )
-
-    try:
-        start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-              "--scheduler-file", str(file))  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        address = json.loads(file.read_text())["address"]
-        for i in range(workers):
-            start(f"worker{i}", "worker", address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
-                  "--local-directory", str(folder / f"worker{i}"))  # fmt: skip
-        yield address
-    finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
 
 
 def _workspace(ws: Path, corpus: Path, catalog: Path, shard: int) -> None:
@@ -152,7 +113,9 @@ def bench_cluster(args) -> dict:
     with contextlib.ExitStack() as stack:
         address, expect = args.scheduler, 1
         if address == "local":
-            address, expect = stack.enter_context(local_cluster(work / "dask", workers=2)), 2
+            # The workers import this file's probes (_noop, _event_cost) as the module bench_cluster.
+            cluster = stack.enter_context(dask_cluster(work / "dask", workers=2, pythonpath=(str(SCRIPTS),)))
+            address, expect = cluster.address, 2
         from distributed import Client
 
         with Client(address, timeout=10, set_as_default=False) as client:

@@ -24,33 +24,35 @@ import contextlib
 import hashlib
 import json
 import os
-import pwd
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
-from urllib.parse import quote_from_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/interop/harness.py
+from tests.interop.harness import (  # noqa: E402 - after the path it is found on
+    LOOPBACK,
+    LT_SETTINGS,
+    aria2c_command,
+    free_port,
+    loopback_settings,
+    start_opentracker,
+    start_seeder,
+    stop,
+    wait_until,
+)
 
 MB = 10**6
 MiB = 2**20
 START_TARGET_S = 60.0
 RSS_TARGET_MB = 1000.0
 UPLOAD_TARGET = 0.80
-LOOPBACK = "127.0.0.1"
 PHASE = "bench"
-# Every peer is on 127.0.0.1 (libtorrent otherwise keeps one connection per address); aria2c speaks TCP.
-LT_SETTINGS = (
-    ("allow_multiple_connections_per_ip", True),
-    ("enable_outgoing_utp", False),
-    ("enable_incoming_utp", False),
-)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -88,14 +90,6 @@ def add_seed_args(p: argparse.ArgumentParser, standalone: bool = False) -> None:
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
-        tcp.bind((LOOPBACK, 0))
-        port = tcp.getsockname()[1]
-        udp.bind((LOOPBACK, port))
-        return port
-
-
 def evict(path: Path) -> None:
     """Drop a file's pages from the page cache (POSIX_FADV_DONTNEED needs no root)."""
     fd = os.open(path, os.O_RDONLY)
@@ -116,67 +110,6 @@ def rss_mb(pid: int | str = "self") -> tuple[float, float]:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Tracker:
-    """Debian's opentracker on 127.0.0.1 with a whitelist; stop() in a finally."""
-
-    def __init__(self, hashes: list[str], port: int):
-        binary = shutil.which("opentracker")
-        if binary is None:
-            raise FileNotFoundError("opentracker")
-        # Not 0700: opentracker reads the whitelist after dropping privileges.
-        self.home = Path(tempfile.mkdtemp(prefix="bench-opentracker-"))
-        os.chmod(self.home, 0o755)
-        self.probe = hashlib.sha1(b"bench probe").hexdigest()
-        whitelist = self.home / "whitelist.txt"
-        whitelist.write_text("".join(f"{h}\n" for h in [*hashes, self.probe]))
-        whitelist.chmod(0o644)
-        conf = self.home / "opentracker.conf"
-        conf.write_text(f"access.whitelist {whitelist}\n")
-        conf.chmod(0o644)
-        self.port = port
-        user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-        self.process = subprocess.Popen(
-            [binary, "-i", LOOPBACK, "-p", str(self.port), "-P", str(self.port), "-f", str(conf), "-u", user],
-            cwd=self.home,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.process.poll() is None:
-            if b"8:interval" in self._announce(self.probe):
-                self._announce(self.probe, "stopped")
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("opentracker did not start serving its whitelist")
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/announce"
-
-    def _announce(self, info_hash: str, event: str = "started") -> bytes:
-        query = (
-            f"info_hash={quote_from_bytes(bytes.fromhex(info_hash))}&peer_id=-BE0001-000000000001&port=1"
-            f"&uploaded=0&downloaded=0&left=0&compact=1&event={event}"
-        )
-        try:
-            with urllib.request.urlopen(f"{self.url}?{query}", timeout=2) as reply:
-                return reply.read()
-        except OSError:
-            return b""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        shutil.rmtree(self.home, ignore_errors=True)
 
 
 # --- a synthetic published workspace ------------------------------------------------------------------------
@@ -316,15 +249,7 @@ def child_leech(ws: Path, seeder: str, out: Path) -> dict:
     """Download every torrent of ws from the seeder at `seeder` (HOST:PORT) with libtorrent; the rate."""
     import libtorrent as lt
 
-    settings = {
-        "listen_interfaces": f"{LOOPBACK}:0",
-        "enable_dht": False,
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
-        **dict(LT_SETTINGS),
-    }
-    session = lt.session(settings)
+    session = lt.session(loopback_settings())
     host, port = seeder.rsplit(":", 1)
     handles, total = [], 0
     for torrent in sorted((ws / "torrents").glob("*.torrent")):
@@ -377,12 +302,12 @@ def bench_start(args: argparse.Namespace) -> dict:
     try:
         hashes = publish_workspace(ws, shards, f"http://{LOOPBACK}:{port}/announce" if have_tracker else None)
         if have_tracker:
-            tracker = Tracker(hashes, port)
+            tracker = start_opentracker(hashes, port, seconds=30)
         fresh = run_child(ws, len(shards), announce=tracker is not None, limit=600)
         resumed = run_child(ws, len(shards), announce=tracker is not None, limit=600)
     finally:
         if tracker is not None:
-            tracker.stop()
+            tracker.close()
     ready = resumed.get("ready_s", float("inf"))
     return {
         "torrents": len(shards),
@@ -399,45 +324,6 @@ def bench_start(args: argparse.Namespace) -> dict:
 
 
 # --- upload rate ------------------------------------------------------------------------------------------
-
-
-def wait_for(predicate, seconds: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
-def start_cli_seeder(ws: Path, status_port: int, log: Path) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "packager.cli",
-        "seed",
-        str(ws),
-        "--listen",
-        f"{LOOPBACK}:{free_port()}",
-        "--no-dht",
-        "--no-lsd",
-        "--status-port",
-        str(status_port),
-    ]
-    command += [f"--lt={k}={str(v).lower()}" for k, v in LT_SETTINGS]
-    with log.open("wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def stop_process(process: subprocess.Popen, seconds: float = 60) -> int | None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return process.returncode
 
 
 def big_shards(ws: Path, count: int, total: int, piece_size: int) -> list[tuple[str, object]]:
@@ -481,29 +367,6 @@ def disk_read_rate(paths: list[Path]) -> float:
     return total / (time.monotonic() - t0)
 
 
-def aria2c_command(aria2c: str, torrent: Path, out: Path) -> list[str]:
-    return [
-        aria2c,
-        "--no-conf=true",
-        "--seed-time=0",
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--disable-ipv6=true",
-        "--interface=127.0.0.1",
-        f"--listen-port={free_port()}",
-        "--bt-tracker-interval=5",
-        "--bt-stop-timeout=120",
-        "--file-allocation=none",
-        "--summary-interval=0",
-        "--console-log-level=warn",
-        "-d",
-        str(out),
-        str(torrent),
-    ]
-
-
 def bench_upload(args: argparse.Namespace) -> dict:
     aria2c, opentracker = shutil.which("aria2c"), shutil.which("opentracker")
     if not aria2c or not opentracker:
@@ -522,20 +385,20 @@ def bench_upload(args: argparse.Namespace) -> dict:
     try:
         tracker_port = free_port()
         hashes = publish_workspace(ws, shards, f"http://{LOOPBACK}:{tracker_port}/announce")
-        tracker = Tracker(hashes, tracker_port)
+        tracker = start_opentracker(hashes, tracker_port, seconds=30)
         # Once from scratch so that the measured run resumes, as a long-running seeder does.
         port = free_port()
-        seeder = start_cli_seeder(ws, port, ws / "seed-prime.log")
-        wait_for(lambda: (read_status(port) or {}).get("states", {}).get("seeding") == len(shards), 60)
-        stop_process(seeder)
+        seeder = start_seeder(ws, port, ws / "seed-prime.log")
+        wait_until(lambda: (read_status(port) or {}).get("states", {}).get("seeding") == len(shards), 60, 0.2)
+        stop(seeder, 60)
         port = free_port()
-        seeder = start_cli_seeder(ws, port, ws / "seed.log")
+        seeder = start_seeder(ws, port, ws / "seed.log")
 
         def announced() -> bool:
             body = read_status(port)
             return bool(body) and all("peers from" in (t["tracker"] or "") for t in body["torrents"])
 
-        if not wait_for(announced, 60):
+        if not wait_until(announced, 60, 0.2):
             raise RuntimeError(
                 f"seeder not announced: {read_status(port)}; {(ws / 'seed.log').read_text()[-1000:]}"
             )
@@ -548,7 +411,7 @@ def bench_upload(args: argparse.Namespace) -> dict:
         # (measured against libtorrent with default settings too), using 15 % of a core: its own ceiling.
         clients = [
             subprocess.Popen(
-                aria2c_command(aria2c, ws / "torrents" / f"{n}.tar.zst.torrent", down),
+                aria2c_command(ws / "torrents" / f"{n}.tar.zst.torrent", down, free_port(), 120),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -609,11 +472,11 @@ def bench_upload(args: argparse.Namespace) -> dict:
         }
     finally:
         for c in clients:
-            stop_process(c, 10)
+            stop(c, 10)
         if seeder is not None:
-            stop_process(seeder)
+            stop(seeder, 60)
         if tracker is not None:
-            tracker.stop()
+            tracker.close()
         shutil.rmtree(down, ignore_errors=True)
 
 

@@ -25,13 +25,11 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from urllib.parse import quote_from_bytes
 
-from bench_seed import Tracker, free_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/interop/harness.py
+from tests.interop.harness import LOOPBACK, free_port, start_opentracker  # noqa: E402 - after the path
 
-LOOPBACK = "127.0.0.1"
 PHASES = ("metadata", "audio", "art")
 
 
@@ -82,15 +80,6 @@ def synthetic_workspace(ws: Path, count: int, tracker_url: str) -> list[str]:
             hashes.append(v1)
     (ws / layout.PUBLISHED).mkdir()
     return hashes
-
-
-def announce(tracker_url: str, info_hash: str, port: int, left: int) -> None:
-    query = (
-        f"info_hash={quote_from_bytes(bytes.fromhex(info_hash))}&peer_id=-BE0001-{port:012d}&port={port}"
-        f"&uploaded=0&downloaded=0&left={left}&compact=1&event=started"
-    )
-    with urllib.request.urlopen(f"{tracker_url}?{query}", timeout=5) as reply:
-        reply.read()
 
 
 def run_health(ws: Path, tracker: str) -> tuple[float, dict]:
@@ -155,7 +144,7 @@ def bench_swarm(args: argparse.Namespace) -> dict:
     ws = Path(args.workdir) / "swarm" / "ws"
     port = free_port()
     hashes = synthetic_workspace(ws, args.torrents, f"http://{LOOPBACK}:{port}/announce")
-    tracker = Tracker(hashes, port)
+    tracker = start_opentracker(hashes, port, seconds=30)
     figures: dict = {"torrents": args.torrents}
     try:
         rng = random.Random(1)
@@ -164,11 +153,11 @@ def bench_swarm(args: argparse.Namespace) -> dict:
         for i in range(args.peers):
             h = rng.choice(hashes)
             left = rng.choice([0, 0, 1000])
-            announce(tracker.url, h, 10_000 + i, left)
+            tracker.announce(h, 10_000 + i, left=left)
             counts = expected.setdefault(h, [0, 0])
             counts[0 if left == 0 else 1] += 1
         figures["announce_s"] = time.monotonic() - started
-        for proto, url in (("udp", f"udp://{LOOPBACK}:{port}/announce"), ("http", tracker.url)):
+        for proto, url in (("udp", tracker.udp_url), ("http", tracker.announce_url)):
             seconds, data = run_health(ws, url)
             got = {t["btih"]: [t["seeders"], t["leechers"]] for t in data["torrents"]}
             wrong = sum(got[h] != expected.get(h, [0, 0]) for h in hashes)
@@ -176,11 +165,11 @@ def bench_swarm(args: argparse.Namespace) -> dict:
             figures[f"health_{proto}_wrong"] = wrong
             figures[f"health_{proto}_requests"] = data["sources"][0]
         sample = hashes[: min(1000, len(hashes))]
-        per_torrent = one_by_one(tracker.url, sample)
+        per_torrent = one_by_one(tracker.announce_url, sample)
         figures["one_by_one_s_per_1000"] = per_torrent * 1000 / len(sample)
         figures["one_by_one_s"] = per_torrent * len(hashes) / len(sample)
     finally:
-        tracker.stop()
+        tracker.close()
     state = ws / "state.sqlite"
     before = state.stat().st_size
     figures["history_write_s"] = add_history(ws, args.days, hashes)
