@@ -1,6 +1,10 @@
 """The shape of the package: no import circle, and a lazy import only for what is heavy, with its reason.
 
-Imports are read with ast, so an import inside a function counts as much as one at the top of a module.
+Imports are read with ast, so an import inside a function counts as much as one at the top of a module. A
+package that loads its own submodules by name (`importlib.import_module(f"{__name__}.{name}")`, as
+container/ and cli/ do for start-up time) imports, lazily, every submodule its module-level tables name; and
+`from packager.container import ShardReader` imports what its `__getattr__` table maps the name to
+(container.reader), at the importer's own time: the lazy attribute runs as the name is imported.
 """
 
 from __future__ import annotations
@@ -8,6 +12,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "packager"
 # Slow to import or native, and needed by few commands: the only things a module may import lazily.
@@ -36,10 +42,11 @@ class Import:
     line: int
     lazy: bool  # inside a function (or a class body), so it runs only when called, not at import
     reason: bool  # a comment on its line or the line above
+    by_name: bool = False  # a package's own submodule, loaded by name on first use (for start-up time)
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(package.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -52,8 +59,60 @@ def _type_checking_lines(tree: ast.Module) -> set[int]:
     return lines
 
 
-def imports_of(path: Path, modules: set[str]) -> list[Import]:
-    name = module_name(path)
+@dataclass(frozen=True)
+class ByName:
+    """What a module loads by name: the submodules its tables name, where, and the attributes its
+    `__getattr__` serves from them (attribute -> submodule)."""
+
+    submodules: tuple[str, ...] = ()
+    line: int = 0
+    reason: bool = False
+    attributes: dict[str, str] | None = None
+
+
+def _loads_by_name(tree: ast.Module) -> bool:
+    """Whether the module calls importlib.import_module on a name built from its own __name__."""
+    return any(
+        isinstance(node, ast.Call)
+        and ast.unparse(node.func) in ("importlib.import_module", "import_module")
+        and bool(node.args)
+        and "__name__" in ast.unparse(node.args[0])
+        for node in ast.walk(tree)
+    )
+
+
+def by_name(path: Path, modules: set[str], package: Path = PACKAGE) -> ByName:
+    """The submodules `path` loads by name, from the string constants of its module-level assignments."""
+    name = module_name(path, package)
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    if not _loads_by_name(tree):
+        return ByName()
+    found: dict[str, int] = {}
+    attributes: dict[str, str] = {}
+    serves = any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
+    for node in tree.body:
+        if not isinstance(node, ast.Assign | ast.AnnAssign) or node.value is None:
+            continue
+        for const in ast.walk(node.value):
+            if isinstance(const, ast.Constant) and f"{name}.{const.value}" in modules:
+                found.setdefault(f"{name}.{const.value}", node.lineno)
+        if serves and isinstance(node.value, ast.Dict):
+            for key, value in zip(node.value.keys, node.value.values, strict=True):
+                target = f"{name}.{getattr(value, 'value', '')}"
+                if isinstance(key, ast.Constant) and str(key.value).isidentifier() and target in modules:
+                    attributes[key.value] = target
+    if not found:
+        return ByName()
+    line = min(found.values())
+    return ByName(tuple(sorted(found)), line, _has_reason(source.splitlines(), line), attributes)
+
+
+def imports_of(
+    path: Path, modules: set[str], tables: dict[str, ByName] | None = None, package: Path = PACKAGE
+) -> list[Import]:
+    tables = tables or {}
+    name = module_name(path, package)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     source = path.read_text(encoding="utf-8")
     text = source.splitlines()
@@ -73,10 +132,14 @@ def imports_of(path: Path, modules: set[str]) -> list[Import]:
             # that is no submodule is a value of `origin` itself, so `origin` must have run first.
             submodules = [f"{origin}.{a.name}" for a in node.names if f"{origin}.{a.name}" in modules]
             values = len(submodules) < len(node.names)
+            served = (tables.get(origin) or ByName()).attributes or {}
+            submodules += [served[a.name] for a in node.names if a.name in served]
             targets = submodules + ([origin] if values or not submodules else [])
         comment = _has_reason(text, node.lineno)
         for target in targets:
             found.append(Import(name, target, node.lineno, id(node) in deferred, comment))
+    table = tables.get(name) or ByName()
+    found += [Import(name, sub, table.line, True, table.reason, by_name=True) for sub in table.submodules]
     return found
 
 
@@ -100,10 +163,11 @@ def _has_reason(text: list[str], line: int) -> bool:
     return above >= 0 and text[above].strip().startswith("#")
 
 
-def package_imports() -> dict[str, list[Import]]:
-    files = sorted(PACKAGE.rglob("*.py"))
-    modules = {module_name(f) for f in files}
-    return {module_name(f): imports_of(f, modules) for f in files}
+def package_imports(package: Path = PACKAGE) -> dict[str, list[Import]]:
+    files = sorted(package.rglob("*.py"))
+    modules = {module_name(f, package) for f in files}
+    tables = {module_name(f, package): by_name(f, modules, package) for f in files}
+    return {module_name(f, package): imports_of(f, modules, tables, package) for f in files}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -178,8 +242,42 @@ def test_lazy_imports_are_for_heavy_modules_and_say_why():
         for i in imps:
             if not i.lazy:
                 continue
-            if i.target.split(".")[0] not in HEAVY and i.target not in heavy | SLOW:
+            if not i.by_name and i.target.split(".")[0] not in HEAVY and i.target not in heavy | SLOW:
                 wrong.append(f"{i.module}:{i.line}: {i.target} is not heavy: import it at the top")
             elif not i.reason:
                 wrong.append(f"{i.module}:{i.line}: lazy import of {i.target} without a comment saying why")
     assert wrong == []
+
+
+def test_the_graph_sees_what_a_package_loads_by_name():
+    """container/ loads its reader and writer on first use, through importlib: an import circle or a heavy
+    import through them was invisible to the graph."""
+    found = package_imports()
+    loaded = {i.target for i in found["packager.container"] if i.by_name}
+    assert {"packager.container.reader", "packager.container.writer"} <= loaded
+    assert {"packager.cli.verify", "packager.cli.shards"} <= {
+        i.target for i in found["packager.cli"] if i.by_name
+    }
+    # `from ..container import write_shard` runs container.writer then and there.
+    assert any(i.target == "packager.container.writer" and not i.lazy for i in found["packager.build.shard"])
+
+
+_TOY = {
+    "__init__.py": 'import importlib\n\n# loaded on first use\n_LAZY = {"Thing": "thing"}\n\n\n'
+    "def __getattr__(name):\n"
+    '    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)\n',
+    "thing.py": "from .user import helper\n{heavy}\n\nclass Thing:\n    pass\n",
+    "user.py": "from toy import Thing\n\n\ndef helper():\n    return Thing\n",
+}
+
+
+@pytest.mark.parametrize("heavy", ["", "import libtorrent"])
+def test_a_circle_and_a_heavy_import_through_a_lazy_attribute_are_seen(tmp_path, heavy):
+    package = tmp_path / "toy"
+    package.mkdir()
+    for name, text in _TOY.items():
+        (package / name).write_text(text.replace("{heavy}", heavy))
+    found = package_imports(package)
+    graph = {m: {i.target for i in imps if i.target in found and i.target != m} for m, imps in found.items()}
+    assert _cycles(graph) == [["toy", "toy.thing", "toy.user"]]
+    assert ("toy.user" in _heavy_modules(found)) == bool(heavy)
