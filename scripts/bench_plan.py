@@ -46,6 +46,13 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reuse", action="store_true", help="run the steps on the workspace the last run left (no copy)"
     )
+    p.add_argument(
+        "--index-read",
+        choices=("two-pass", "join"),
+        default="two-pass",
+        help="how the member index step reads the members' rows: publish's two ordered passes (by shard, "
+        "then by item rowid range), or joined with their items shard by shard in the index's workers",
+    )
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float, float]:
@@ -145,7 +152,14 @@ def bench_plan(args) -> dict:
         "re-ingest": exe + ["ingest", str(ws), str(refresh), "--trust-sizes"],
         "plan": exe + ["plan", str(ws)],
         "status": exe + ["status", str(ws)],
-        "member index": [sys.executable, __file__, "_index", str(ws), str(ws / "member-index")],
+        "member index": [
+            sys.executable,
+            __file__,
+            "_index",
+            str(ws),
+            str(ws / "member-index"),
+            args.index_read,
+        ],  # fmt: skip
         "fake builds": [sys.executable, __file__, "_builds", str(ws)],
     }
     figures: dict = {"rows": args.rows, "steps": {}}
@@ -191,17 +205,30 @@ FRAME_BYTES = 1500  # the synthetic seek table: one frame a member
 
 def _fake_builds(ws: Path) -> None:
     """Record every planned shard as built, as `packager build` would: each member's hashes, its offset
-    and its frame (random hashes: real ones do not compress either)."""
+    and its frame (random hashes: real ones do not compress either). The hashes come from a seeded generator
+    in batches, written in key order: one INSERT ... SELECT randomblob() took over 19 minutes at 3*10^7;
+    seeded, every read path gives the same index bytes."""
     import sqlite3
 
     db = sqlite3.connect(ws / "state.sqlite", isolation_level=None)
+    db.execute("PRAGMA cache_size=-262144")
+    reader = sqlite3.connect(f"file:{ws / 'state.sqlite'}?mode=ro", uri=True, isolation_level=None)
     db.execute("BEGIN")
     db.execute("DELETE FROM member_builds")
-    db.execute(
+    members = reader.execute("SELECT shard_id, ord FROM members ORDER BY shard_id, ord")
+    insert = (
         "INSERT INTO member_builds (shard_id, ord, xxh3_128, sha256, offset, first_frame, last_frame) "
-        "SELECT shard_id, ord, lower(hex(randomblob(16))), lower(hex(randomblob(32))), ord * 2048 + 1024, "
-        "ord, ord FROM members"
+        "VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
+    rng = random.Random(12)
+    while batch := members.fetchmany(100_000):
+        hexes = rng.randbytes(48 * len(batch)).hex()
+        rows = []
+        for i, (shard, k) in enumerate(batch):
+            at = 96 * i
+            rows.append((shard, k, hexes[at : at + 32], hexes[at + 32 : at + 96], k * 2048 + 1024, k, k))
+        db.executemany(insert, rows)
+    reader.close()
     db.execute("UPDATE shards SET state = 'built'")
     db.execute("COMMIT")
     db.close()
@@ -228,8 +255,15 @@ def _bench_rows(source: tuple, n: int):
         state.close()
 
 
-def _write_index(ws: Path, target: Path) -> None:
-    """The member index of every built shard, as publish writes it."""
+def _join_rows(job: tuple):
+    """The rows of one shard joined with their items (--index-read join; module level: workers run it)."""
+    state_path, shard_id, items, n = job
+    yield from _bench_rows((state_path, shard_id, items), n)
+
+
+def _write_index(ws: Path, target: Path, read: str = "two-pass") -> None:
+    """The member index of every built shard, as publish writes it (or, with read="join", from rows joined
+    shard by shard)."""
     from packager import layout
     from packager.manifest import FileEntry, TorrentEntry
     from packager.member_index import MemberIndexWriter
@@ -257,7 +291,14 @@ def _write_index(ws: Path, target: Path) -> None:
         ):  # packager before it (for before/after figures): one process, rows joined at random
             index.add_torrents((n, e, _bench_rows((str(state.path), i, k), n)) for n, e, i, k in torrents)
         else:
-            add_built_members(index, state.path, torrents, _bench_frames)
+            if read == "join":
+                index.add_rows_in_workers(
+                    [(n, e) for n, e, _, _ in torrents],
+                    [((str(state.path), i, k, n), k) for n, _, i, k in torrents],
+                    _join_rows,
+                )
+            else:
+                add_built_members(index, state.path, torrents, _bench_frames)
         index.finish()
 
 
@@ -287,7 +328,7 @@ def _locate(index: Path, ws: Path) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_index"]:
-        _write_index(Path(sys.argv[2]), Path(sys.argv[3]))
+        _write_index(Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:5])
     elif sys.argv[1:2] == ["_builds"]:
         _fake_builds(Path(sys.argv[2]))
     elif sys.argv[1:2] == ["_locate"]:

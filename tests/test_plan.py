@@ -46,6 +46,30 @@ def test_ties_break_by_id(workspace, archive):
     assert shard_members(workspace) == {"t-audio-t2-00001": ["a001", "a003", "a005", "a009"]}
 
 
+def test_any_popularity_is_ordered_exactly(workspace, archive):
+    """The sort's first key scales and clamps the popularity into one integer: values it cannot tell apart
+    (beyond the clamp, closer than 2^-20) are still ordered by their exact value, then by id."""
+    pops = [
+        -1e300,
+        -1e20,
+        -(2.0**40),
+        1e-300,
+        0.0,
+        1e-7,
+        1.0,
+        1.0000000000000002,
+        3.5,
+        3.5,
+        49.99999999,
+        -1e20,
+    ]
+    rows = [audio(i, 10, pop) for i, pop in enumerate(pops)]
+    load(workspace, archive, rows, trust_sizes=True)
+    do_plan(workspace)
+    expected = [f"a{i:03d}" for i in sorted(range(len(pops)), key=lambda i: (-pops[i], i))]
+    assert shard_members(workspace) == {"t-audio-t2-00001": expected}
+
+
 def test_big_file_gets_its_own_shard(workspace, archive):
     rows = [audio(0, 20_000, 9), audio(1, 500_000, 8), audio(2, 20_000, 7)]
     load(workspace, archive, rows, trust_sizes=True)
