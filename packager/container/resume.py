@@ -31,7 +31,6 @@ torrent publishes, it names the piece that differs, and it is the cheaper of the
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import json
 import os
@@ -42,6 +41,7 @@ from typing import Any
 
 import zstandard
 
+from packager.fsutil import set_direct
 from packager.hashing import MemberDigest, MemberHasher
 
 from .format import MAX_FRAME_SIZE, SEEK_ENTRY, ZSTD_MAGIC, tar_member
@@ -301,7 +301,7 @@ class PrefixCheck:
     def _read(self) -> None:
         fd, end, pos = self._fd, self._end, 0
         try:
-            direct = _direct(fd)  # a read-once stream: nothing for the page cache to keep
+            direct = set_direct(fd)  # a read-once stream: nothing for the page cache to keep
             while pos < end and not self._stop.is_set() and self._failure.error is None:
                 buf = self._pool.get()
                 want = min(PREFIX_READ, end - pos)
@@ -316,7 +316,7 @@ class PrefixCheck:
                     raise CheckpointRejected(f"the .part ends at byte {pos:,}, before {end:,}")
                 if direct and n % PAGE and pos + n < end:  # short mid-file: go on unaligned
                     direct = False
-                    _direct(fd, False)
+                    set_direct(fd, False)
                 buf.fill = min(n, want)
                 pos += buf.fill
                 buf.share(1)
@@ -359,16 +359,6 @@ def _fed(update: Callable[[memoryview], None], buf) -> None:
 
 def _release(buf) -> None:
     buf.release()
-
-
-def _direct(fd: int, on: bool = True) -> bool:
-    """O_DIRECT on (or off) for `fd`; False where the file system refuses it."""
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
-    except OSError:
-        return False
-    return on
 
 
 __all__ = [

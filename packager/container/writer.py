@@ -22,7 +22,6 @@ spends 2.9 s, and waited 0.45 s on its hashing queue.
 from __future__ import annotations
 
 import errno
-import fcntl
 import functools
 import hashlib
 import io
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from packager.errors import ShardBuildError
+from packager.fsutil import set_direct
 from packager.hashing import MemberDigest
 
 from .format import (
@@ -226,7 +226,7 @@ class _ShardPipeline:
             fd = f.fileno()
             cached = _in_page_cache(fd, start, self.in_pool)
             direct = READ_CHUNK % PAGE == 0 and start % PAGE == 0 and DIRECT_READS and not cached
-            if direct and not _set_direct(fd, True):
+            if direct and not set_direct(fd, True):
                 direct, self.direct_refused = False, True
             self.reads_direct = direct
             pos, size = start, m.size
@@ -242,7 +242,7 @@ class _ShardPipeline:
                             # Whole pages at page offsets; the file's end makes the last read short.
                             n = os.preadv(fd, [buf.view[: -(-want // PAGE) * PAGE]], pos)
                             if n % PAGE and pos + n < size:  # short, mid-file: the rest unaligned
-                                direct = not _set_direct(fd, False)
+                                direct = not set_direct(fd, False)
                         else:
                             n = os.preadv(fd, [buf.view[:want]], pos)
                         if stats is not None:
@@ -264,7 +264,7 @@ class _ShardPipeline:
                     failure.check()
                     self.tick()
                 if direct:
-                    _set_direct(fd, False)
+                    set_direct(fd, False)
                 if os.pread(fd, 1, size):
                     raise fail(f"expected {size} bytes, found more (the file grew while it was read)")
             except OSError as exc:
@@ -340,16 +340,6 @@ def _in_page_cache(fd: int, offset: int, pool: BufferPool) -> bool:
         return False
     finally:
         buf.share(0)
-
-
-def _set_direct(fd: int, on: bool) -> bool:
-    """Turn O_DIRECT on or off for `fd`; False if the file system refuses it (tmpfs, some FUSE)."""
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
-    except OSError:
-        return False
-    return True
 
 
 def _member_error(m: MemberSource, shard_name: str, reason: str) -> ShardBuildError:
