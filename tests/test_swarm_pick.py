@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from hypothesis import given
@@ -207,8 +208,12 @@ def test_nothing_fits_says_so(scraped):
 def test_cli_formats(scraped, tmp_path):
     torrents = published_entries(scraped)
     magnets = invoke("pick", scraped, "--max-size", "1TB", "--seed", "7").stdout.split()
-    index = identity((scraped / layout.PUBLISHED / layout.MEMBER_INDEX_TORRENT).read_bytes()).info_hash_v1
-    assert magnets[0].startswith(f"magnet:?xt=urn:btih:{index}&")
+    index = identity((scraped / layout.PUBLISHED / layout.MEMBER_INDEX_TORRENT).read_bytes())
+    assert magnets[0].startswith(f"magnet:?xt=urn:btih:{index.info_hash_v1}&")
+    # the index's magnet names the trackers its .torrent has: without them a pasted magnet finds no peers
+    assert _trackers(magnets[0]) == _trackers(index.magnet) != []
+    published = invoke("pick", scraped / layout.PUBLISHED, "--max-size", "1TB", "--seed", "7").stdout.split()
+    assert published[0] == magnets[0]
     assert sorted(magnets[1:]) == sorted(e["magnet"] for _, e in torrents)
     aria2 = invoke("pick", scraped, "--max-size", "1TB", "--seed", "7", "--format", "aria2").stdout.split()
     assert all(Path(line).is_file() and line.endswith(".torrent") for line in aria2)
@@ -219,6 +224,10 @@ def test_cli_formats(scraped, tmp_path):
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in watch.iterdir())
     assert written == sorted([Path(e["torrent_file"]).name for _, e in torrents] + ["members.torrent"])
+
+
+def _trackers(magnet: str) -> list[str]:
+    return [v for k, v in parse_qsl(urlsplit(magnet).query) if k == "tr"]
 
 
 @pytest.mark.parametrize(

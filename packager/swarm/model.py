@@ -8,9 +8,10 @@ Built from the state alone (the newest counts per torrent and the daily history)
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from .. import layout
 from ..errors import PackagerError
@@ -27,6 +28,7 @@ from ..state_scrapes import (
     latest_run,
     run_sources,
 )
+from ..torrent import magnet_link
 
 # (name, fewest seeders, most seeders or None): a torrent in 4 or more places survives a few seedboxes going
 # away; above 10 it is safe for now (Anna's Archive's torrents page uses the same cut points).
@@ -50,10 +52,21 @@ class IndexEntry:
     torrent_file: str = layout.MEMBER_INDEX_TORRENT
     info_hash_v2: str | None = None
     info_hash_v2_truncated: str | None = None
+    trackers: tuple[str, ...] = ()  # the release's (publish gives members.torrent the shards' trackers)
 
     @property
     def magnet(self) -> str:
-        return f"magnet:?xt=urn:btih:{self.info_hash_v1}&dn={self.name}"
+        return magnet_link(self.name, self.info_hash_v1, trackers=self.trackers)
+
+    def with_trackers_of(self, magnets: Iterable[str]) -> IndexEntry:
+        """This entry with the trackers of the release's shard magnets (each `tr=` once, in order): a
+        magnet without them finds peers only through DHT, which a release with its own tracker may not use."""
+        seen: dict[str, None] = {}
+        for magnet in magnets:
+            for key, value in parse_qsl(urlsplit(magnet).query):
+                if key == "tr" and value:
+                    seen.setdefault(value)
+        return replace(self, trackers=tuple(seen))
 
 
 def index_entry(root: bytes, where: str) -> IndexEntry | None:
@@ -229,13 +242,17 @@ def swarm_view(
         torrents=torrents,
         summaries=tuple(summarize(torrents, phase_order)),
         history=tuple(_daily_summaries(torrents)),
-        index=_index(index, counts.get(INDEX_ID), days_of.get(INDEX_ID, [])) if index else None,
+        index=_index(index, torrents, counts.get(INDEX_ID), days_of.get(INDEX_ID, [])) if index else None,
     )
 
 
 def _index(
-    index: IndexEntry, latest: tuple[str, list[CountRow]] | None, history: list[DayCounts]
+    index: IndexEntry,
+    torrents: Sequence[TorrentHealth],
+    latest: tuple[str, list[CountRow]] | None,
+    history: list[DayCounts],
 ) -> TorrentHealth:
+    index = index.with_trackers_of(t.magnet for t in torrents)
     return TorrentHealth(
         shard_id=INDEX_ID,
         name=index.name,

@@ -242,6 +242,7 @@ def _from_workspace(workspace: Path) -> list[Candidate]:
     out = []
     if index is not None and view.index is not None:
         torrent = str(workspace / PUBLISHED / MEMBER_INDEX_TORRENT)
+        index = index.with_trackers_of(t.magnet for t in view.torrents)
         out.append(_index_candidate(index, torrent, view.index.seeders, view.index.leechers))
     for t in view.torrents:
         local = workspace / PUBLISHED / t.torrent_file
@@ -304,6 +305,7 @@ def _add_index(
 ) -> None:
     """The member index's torrent first, its counts from swarm.json (by its info-hash)."""
     if index is not None:
+        index = index.with_trackers_of(c.magnet for c in candidates)
         live = by_btih.get(index.info_hash_v1)
         seeders, leechers = (live.seeders, live.leechers) if live else (None, None)
         candidates.insert(0, _index_candidate(index, torrent, seeders, leechers))
