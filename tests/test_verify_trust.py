@@ -467,3 +467,30 @@ def test_a_damaged_member_index_torrent_is_damage_and_its_pack_still_checked(pub
     files = {f["path"]: f for f in json.loads(r.stdout)["files"]}
     assert files[rel]["status"] == "damaged" and files[rel]["kind"] == "torrent"
     assert layout.MEMBER_INDEX_PACK not in files  # good (against the statement), so not listed
+
+
+@pytest.mark.parametrize("rel", [layout.MEMBER_INDEX_PACK, layout.MEMBER_INDEX_TORRENT])
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_member_index_file_that_is_not_a_file_is_damage(pubs, tmp_path, rel, kind):
+    """A directory or FIFO where the statement lists the pack or its torrent: damage to fetch again (exit 1),
+    never read (a FIFO would block), never 'listed by no publication' or an errno."""
+    folder = copy_of(pubs, 2, tmp_path / "m", edit=rel)
+    (folder / rel).unlink()
+    os.mkfifo(folder / rel) if kind == "fifo" else (folder / rel).mkdir()
+    r = run(pubs, folder, pubs.trust_file(tmp_path / "trust.json"), "--json")
+    assert r.exit_code == 1, r.output
+    files = {f["path"]: f for f in json.loads(r.stdout)["files"]}
+    assert files[rel]["status"] == "damaged", files[rel]
+    assert "not a regular file" in json.dumps(files[rel])
+
+
+@pytest.mark.parametrize("rel", [layout.RELEASE_JSON, layout.MEMBER_INDEX])
+def test_a_manifest_that_is_a_directory_is_refused_by_name(pubs, tmp_path, rel):
+    folder = copy_of(pubs, 2, tmp_path / "m", edit=rel)
+    (folder / rel).unlink()
+    (folder / rel).mkdir()
+    r = run(pubs, folder, pubs.trust_file(tmp_path / "trust.json"))
+    assert r.exit_code == 2, r.output
+    assert "Is a directory" not in r.output and "Traceback" not in r.output, r.output
+    if rel == layout.RELEASE_JSON:
+        assert "release.json: is not a regular file" in r.output, r.output

@@ -121,10 +121,11 @@ class Statement:
             raise FileNotAuthenticated(relpath, self.publication, f"missing ({path})") from None
         except OSError as e:
             raise FileNotAuthenticated(relpath, self.publication, f"cannot be read: {e.strerror}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a directory with a bare errno
+            os.close(fd)
+            raise FileNotAuthenticated(relpath, self.publication, "is not a regular file")
         with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise FileNotAuthenticated(relpath, self.publication, "is not a regular file")
             checker = FileCheck(relpath, expected, self.publication)
             if info.st_size != expected.size:
                 checker.wrong(f"{info.st_size} bytes, publication {self.publication} lists {expected.size}")
@@ -369,10 +370,11 @@ def read_bounded(path: Path, limit: int, where: Path | str) -> bytes:
         raise UntrustedManifest(where, "missing") from None
     except OSError as e:
         raise UntrustedManifest(where, f"cannot be read: {e.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a directory with a bare errno
+        os.close(fd)
+        raise UntrustedManifest(where, "is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UntrustedManifest(where, "is not a regular file")
         # read(n) allocates n bytes up front: ask for what the file holds (one more to see it grew).
         data = f.read(min(limit, info.st_size) + 1)
     if len(data) > limit:

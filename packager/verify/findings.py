@@ -47,6 +47,12 @@ def not_regular(r: FileResult) -> None:
     r.add(Level.FILE, BAD_INPUT, "not a regular file")
 
 
+def not_regular_data(r: FileResult) -> None:
+    """A data file the statement lists (the member index's pack or torrent) with something else at its name:
+    damage, to fetch again, as a damaged pack is."""
+    r.add(Level.FILE, DAMAGE, "not a regular file: fetch it again")
+
+
 def not_a_shard(r: FileResult, why: str | None) -> None:
     r.add(Level.FILE, BAD_INPUT, f"not a packager shard: {why}")
 

@@ -42,7 +42,7 @@ def _check(r: FileResult, refs: References, threads: int, emit: Callable[[Event]
         findings.unreadable(r, "stat", e.strerror)
         return
     if not stat.S_ISREG(st.st_mode):
-        findings.not_regular(r)
+        findings.not_regular_data(r)
         return
     r.size = st.st_size
     r.levels.append(Check.SIZE)

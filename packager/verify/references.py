@@ -303,7 +303,7 @@ def _check_statement(
                 s.check_file(rel, path)
             except FileNotAuthenticated:
                 n = _publication_of_file(fs, rel, path)
-                if n is None and rel in _DATA_FILES and path.is_file():
+                if n is None and rel in _DATA_FILES:  # a directory or FIFO there too: data to fetch again
                     damaged.append(rel)
                 else:
                     wrong.append((rel, n))
