@@ -259,10 +259,13 @@ class Mirror:
 
     def __init__(self, root: Path):
         self.tamper: dict[str, bytes] = {}
+        self.refuse: dict[str, int] = {}  # path -> the HTTP error status it answers with
         mirror = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
+                if self.path in mirror.refuse:
+                    return self.send_error(mirror.refuse[self.path])
                 body = mirror.tamper.get(self.path)
                 if body is None:
                     return super().do_GET()
@@ -309,6 +312,22 @@ def test_pick_from_a_mirror_url_writes_checked_torrents(mirror, scraped, tmp_pat
     for p in watch.iterdir():
         assert p.read_bytes() == (folder / "torrents" / p.name).read_bytes()
     assert not [p for p in watch.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+@pytest.mark.parametrize("status", [403, 500])
+def test_a_mirror_refusing_its_member_index_still_gives_its_shards(mirror, scraped, status):
+    """members/index.json is optional: a mirror that refuses it loses the index's torrent from the pick,
+    with a note naming why, never the pick (it was exit 3)."""
+    served, _ = mirror
+    served.refuse["/music/" + layout.MEMBER_INDEX] = status
+    result = invoke("pick", served.url, "--max-size", "1TB", "--seed", "3", "-f", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    local = pick(str(scraped), TB, seed=3)
+    shards = [p.candidate.name for p in local.picked if not p.candidate.member_index]
+    assert [t["name"] for t in data["torrents"]] == shards
+    assert len(data["notes"]) == 1 and f"HTTP {status}" in data["notes"][0], data
+    assert f"HTTP {status}" in result.stderr and "member index" in result.stderr
 
 
 def test_a_tampered_torrent_from_a_mirror_is_refused(mirror, tmp_path):

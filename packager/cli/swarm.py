@@ -186,6 +186,8 @@ def _explain(result) -> None:
         )
     if result.well_seeded:
         say(err, "note:", "every torrent already has more than 10 seeders", "yellow")
+    for note in result.notes:
+        say(err, "note:", note, "yellow")
     if result.counts_known < result.considered:
         err.print(
             f"note: {result.considered - result.counts_known} torrents have no seeder count yet "

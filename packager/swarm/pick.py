@@ -97,6 +97,7 @@ class PickResult:
     obsolete: int = 0
     embargoed: int = 0
     malformed: int = 0  # entries of a mirror's list that were ignored
+    notes: tuple[str, ...] = ()  # what could not be read but was not needed (a mirror's member index)
     counts_known: int = 0  # candidates with a seeder count
     smallest: int | None = None  # the smallest candidate's size
     min_seeders: int = 0  # the fewest seeders a candidate with a count has
@@ -121,6 +122,7 @@ class PickResult:
             "obsolete": self.obsolete,
             "embargoed": self.embargoed,
             "malformed": self.malformed,
+            "notes": list(self.notes),
             "well_seeded": self.well_seeded,
             "smallest": self.smallest,
             "torrents": [
@@ -179,7 +181,7 @@ def pick(
         raise UsageError(f"--max-size {budget}: give the disk space to fill, e.g. 2TB")
     if not 0 <= spread <= 1:
         raise UsageError(f"--spread {spread:g}: must be between 0 and 1")
-    everything, malformed, label = load_candidates(source)
+    everything, malformed, label, notes = load_candidates(source)
     known_phases = list(dict.fromkeys(c.phase for c in everything if not c.member_index))
     unknown = [p for p in phases if p not in known_phases]
     if unknown:
@@ -205,6 +207,7 @@ def pick(
         obsolete=sum(c.obsolete for c in chosen),
         embargoed=sum(c.embargo and not c.obsolete for c in chosen),
         malformed=malformed,
+        notes=notes,
         counts_known=len(known),
         smallest=min((c.size for c in candidates), default=None),
         min_seeders=min(known, default=0),
@@ -214,17 +217,18 @@ def pick(
 # ---- sources --------------------------------------------------------------------------------------------
 
 
-def load_candidates(source: str) -> tuple[list[Candidate], int, str]:
-    """(candidates, malformed entries ignored, a label for messages) from a workspace, a published folder
-    (or its torrents.json) or an http(s) URL of a mirror's folder or torrents.json."""
+def load_candidates(source: str) -> tuple[list[Candidate], int, str, tuple[str, ...]]:
+    """(candidates, malformed entries ignored, a label for messages, notes on optional files that could not
+    be read) from a workspace, a published folder (or its torrents.json) or an http(s) URL of a mirror's
+    folder or torrents.json."""
     if re.match(r"^https?://", source, re.IGNORECASE):
         return _from_mirror(source)
     path = Path(source)
     if (path / CONFIG).is_file() and (path / STATE).is_file():
-        return _from_workspace(path), 0, str(path)
+        return _from_workspace(path), 0, str(path), ()
     folder = path.parent if path.name == TORRENTS_JSON else path
     if (folder / TORRENTS_JSON).is_file():
-        return _from_folder(folder)
+        return (*_from_folder(folder), ())
     raise UsageError(
         f"{source}: neither a workspace, nor a published folder with {TORRENTS_JSON}, nor an http(s) URL",
         hint="pass a workspace, a mirror's folder, or e.g. https://mirror.example/music/torrents.json",
@@ -328,19 +332,20 @@ def _index_candidate(index: IndexEntry, torrent: str, seeders: int | None, leech
     )
 
 
-def _mirror_index(listing_url: str) -> IndexEntry | None:
-    """The member index's torrent as a mirror's members/index.json gives it; None where it has none."""
+def _mirror_index(listing_url: str) -> tuple[IndexEntry | None, str | None]:
+    """The member index's torrent as a mirror's members/index.json gives it, and a note when the mirror has
+    the file but would not give it: the index is optional, so its refusal never stops the shards' pick."""
     url = urljoin(listing_url, MEMBER_INDEX)
     try:
         data = http_get(url, INDEX_ROOT_MAX_BYTES, FETCH_TIMEOUT, redirects=3).body
     except RemoteError as e:
-        if e.reason != "HTTP 404":
-            raise
-        return None
-    return index_entry(data, display_url(url))
+        if e.reason == "HTTP 404":
+            return None, None
+        return None, f"{display_url(url)}: {e.reason}; the member index's torrent is left out"
+    return index_entry(data, display_url(url)), None
 
 
-def _from_mirror(url: str) -> tuple[list[Candidate], int, str]:
+def _from_mirror(url: str) -> tuple[list[Candidate], int, str, tuple[str, ...]]:
     try:
         _ = urlsplit(url).port  # a ValueError for a bad host or port
     except ValueError as e:  # an unclosed [ of an IPv6 host, a port over 65535
@@ -361,8 +366,9 @@ def _from_mirror(url: str) -> tuple[list[Candidate], int, str]:
         return urljoin(listing.url, link) if isinstance(link, str) and link else ""
 
     candidates, malformed = parse_torrents_json(listing.body, display_url(listing.url), counts, where)
-    _add_index(candidates, _mirror_index(listing.url), counts[1], urljoin(listing.url, MEMBER_INDEX_TORRENT))
-    return candidates, malformed, display_url(listing.url)
+    index, note = _mirror_index(listing.url)
+    _add_index(candidates, index, counts[1], urljoin(listing.url, MEMBER_INDEX_TORRENT))
+    return candidates, malformed, display_url(listing.url), (note,) if note else ()
 
 
 def _swarm_counts(data: bytes, label: str) -> tuple[dict[str, LiveCounts], dict[str, LiveCounts]]:
