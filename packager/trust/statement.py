@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from .. import layout
 from ..errors import FileNotAuthenticated, UntrustedManifest, UsageError
@@ -115,17 +115,9 @@ class Statement:
         """Check the file at `path` on disk against the listed `relpath`: a regular file of the listed size
         (checked before any byte is hashed), then its SHA-256 read in bounded chunks."""
         expected = self.digest(relpath)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise FileNotAuthenticated(relpath, self.publication, f"missing ({path})") from None
-        except OSError as e:
-            raise FileNotAuthenticated(relpath, self.publication, f"cannot be read: {e.strerror}") from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a directory with a bare errno
-            os.close(fd)
-            raise FileNotAuthenticated(relpath, self.publication, "is not a regular file")
-        with os.fdopen(fd, "rb") as f:
+        refuse = lambda why: FileNotAuthenticated(relpath, self.publication, why)  # noqa: E731
+        f, info = open_regular(path, refuse, missing=f"missing ({path})")
+        with f:
             checker = FileCheck(relpath, expected, self.publication)
             if info.st_size != expected.size:
                 checker.wrong(f"{info.st_size} bytes, publication {self.publication} lists {expected.size}")
@@ -362,19 +354,29 @@ def read_regular(path: Path, limit: int) -> bytes:
     return read_bounded(path, limit, path)
 
 
-def read_bounded(path: Path, limit: int, where: Path | str) -> bytes:
-    """A regular file's bytes, at most `limit`: UntrustedManifest for a FIFO, a device, a bigger file."""
+def open_regular(
+    path: Path, refuse: Callable[[str], Exception], missing: str = "missing"
+) -> tuple[BinaryIO, os.stat_result]:
+    """`path` opened for reading if it is a regular file (never blocking on a FIFO), with its stat; else
+    `refuse(why)` raised: `missing`, "cannot be read: …" or "is not a regular file" (a directory, a FIFO,
+    a device: checked before fdopen, which refuses a directory with a bare errno)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise UntrustedManifest(where, "missing") from None
+        raise refuse(missing) from None
     except OSError as e:
-        raise UntrustedManifest(where, f"cannot be read: {e.strerror}") from None
+        raise refuse(f"cannot be read: {e.strerror}") from None
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):  # before fdopen, which refuses a directory with a bare errno
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise UntrustedManifest(where, "is not a regular file")
-    with os.fdopen(fd, "rb") as f:
+        raise refuse("is not a regular file")
+    return os.fdopen(fd, "rb"), info
+
+
+def read_bounded(path: Path, limit: int, where: Path | str) -> bytes:
+    """A regular file's bytes, at most `limit`: UntrustedManifest for a FIFO, a device, a bigger file."""
+    f, info = open_regular(path, lambda why: UntrustedManifest(where, why))
+    with f:
         # read(n) allocates n bytes up front: ask for what the file holds (one more to see it grew).
         data = f.read(min(limit, info.st_size) + 1)
     if len(data) > limit:
