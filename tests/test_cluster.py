@@ -286,6 +286,17 @@ def test_a_lost_scheduler_stops_the_build_and_the_next_build_continues(tmp_path,
     assert digests(ws) == digests(reference)
 
 
+def build_on(workspace: Path, scheduler: str) -> subprocess.CompletedProcess:
+    """`packager build WORKSPACE --scheduler SCHEDULER` in its own process, bounded at 30 s."""
+    return subprocess.run(
+        [sys.executable, "-m", "packager.cli", "build", str(workspace), "--scheduler", scheduler],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def rows_of(archive, n: int, size: int = 40_000) -> list[dict]:
     rows = []
     for i in range(n):
@@ -464,21 +475,7 @@ def test_a_port_that_is_not_a_dask_scheduler_is_refused_in_bounded_time(server, 
         port, stop = listener.getsockname()[1], listener.close
     try:
         started = time.monotonic()
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "packager.cli",
-                "build",
-                str(workspace),
-                "--scheduler",
-                f"tcp://127.0.0.1:{port}",
-            ],
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        r = build_on(workspace, f"tcp://127.0.0.1:{port}")
     finally:
         stop()
     assert r.returncode == 3, r.stderr
@@ -533,21 +530,7 @@ def test_a_scheduler_that_never_connects_is_not_said_to_have_accepted(workspace,
     prepare(workspace, archive, rows_of(archive, 1))
     cfg = workspace / layout.CONFIG
     cfg.write_text(cfg.read_text() + "\n[build]\nconnect_timeout = 1\n")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "packager.cli",
-            "build",
-            str(workspace),
-            "--scheduler",
-            "tcp://nowhere.invalid:8786",
-        ],
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = build_on(workspace, "tcp://nowhere.invalid:8786")
     assert r.returncode == 3, r.stderr
     assert "cannot reach the Dask scheduler at tcp://nowhere.invalid:8786" in r.stderr
     assert "accepted the connection" not in r.stderr and "Traceback" not in r.stderr
