@@ -539,6 +539,7 @@ def add_resume_args(p: argparse.ArgumentParser) -> None:
 def add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size-gb", type=float, default=1.0, help="corpus size in GB (1)")
     p.add_argument("--jobs", type=int, default=0, help="packager build --jobs (0: its default)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the three contenders; medians (3)")
     p.add_argument(
         "--scheduler",
         nargs="?",
