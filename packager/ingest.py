@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .errors import WorkspaceError
 from .state import State
-from .state_schema import path_key, path_stem
+from .state_schema import loads_extra, path_key, path_stem
 
 COLUMNS = "id, path, kind, popularity, size, mtime, extra, source, line, fp, xk, ph"
 # What catalog/checks.py stages of a row, in its order; a row without mtime and path key ends at xk.
@@ -41,7 +41,7 @@ class FullPath(Exception):
 
 # (source file, line, reason, id or None)
 Problem = tuple[str, int, str, str | None]
-AddProblem = Callable[[str, int, str, str | None], None]
+AddProblem = Callable[[str, int, str, str | None, dict | None], None]
 
 
 @dataclass
@@ -57,8 +57,9 @@ class Outcome:
 class Loader:
     """One ingest's rows, inside the caller's transaction: stage(), then check(), then apply()."""
 
-    def __init__(self, state: State):
+    def __init__(self, state: State, rows_wanted: bool = False):
         self.state, self.db = state, state.db
+        self.rows_wanted = rows_wanted  # refused rows are reported with their fields (a rejects file)
         self.direct = not self.db.execute("SELECT EXISTS (SELECT 1 FROM items)").fetchone()[0]
         self.watermark = self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM items").fetchone()[0]
         self.sources: dict[int, str] = {}
@@ -158,7 +159,21 @@ class Loader:
         for row in rows:
             n, src, line, item_id = row[:4]
             if self.db.execute("INSERT OR IGNORE INTO temp.bad VALUES (?)", (n,)).rowcount:
-                add(self.sources.get(src, str(src)), line, reason(row), item_id)
+                fields = self._staged_fields(n) if self.rows_wanted else None
+                add(self.sources.get(src, str(src)), line, reason(row), item_id, fields)
+
+    def _staged_fields(self, n: int) -> dict:
+        """The catalog row staged as n, as fields (its checked values: a size read from the file is
+        written out), so that a rejects file can be fixed up and loaded again."""
+        item_id, path, kind, popularity, size, mtime, extra, names = self.db.execute(
+            f"SELECT s.id, s.path, s.kind, s.popularity, s.size, s.mtime, s.extra, x.names FROM {self.table} "
+            "s LEFT JOIN extra_names x ON x.h = s.xk WHERE s.rowid = ?",
+            (n,),
+        ).fetchone()
+        fields = {"id": item_id, "path": path, "kind": kind, "popularity": popularity, "size": size}
+        if mtime is not None:
+            fields["mtime"] = mtime
+        return fields | loads_extra(names, extra)
 
     def _duplicate_ids(self, add: AddProblem) -> None:
         """Repeats of an id after its first row (in catalog order), read off the index on (id, fp)."""

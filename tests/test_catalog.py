@@ -1166,3 +1166,27 @@ def rejected_later(ws: Path, catalog: Path) -> CatalogError:
     with pytest.raises(CatalogError) as e:
         run(ws, catalog, trust_sizes=True)
     return e.value
+
+
+@pytest.mark.parametrize("first_ingest", [True, False])
+def test_rejects_of_repeated_ids_and_paths_carry_their_rows(workspace, archive, first_ingest):
+    """A rejects file is for fixing rows and loading them again: a row refused as a repeat (of an id, of a
+    path, or of a known item's path) is written with its fields, as every other rejected row."""
+    rows = good_rows(archive, 3)
+    for r in rows:
+        r["title"] = f"t {r['id']}"
+    if not first_ingest:
+        run(workspace, archive.jsonl([dict(rows[0], id="known", path="audio/a2.ogg", size=102)], "k.jsonl"))
+    repeated_id = dict(rows[1], path="audio/a0.ogg", size=100, id="a0", mtime=5)
+    repeated_path = dict(rows[2], id="z9", path="audio/a1.ogg", size=101)
+    cat = archive.jsonl([rows[0], rows[1], repeated_id, repeated_path, rows[2]])
+    rejects = workspace / "rejects.jsonl"
+    run(workspace, cat, trust_sizes=True, skip_invalid=True, rejects=rejects)
+    written = {r["line"]: r for r in map(json.loads, rejects.read_text().splitlines())}
+    assert written[3]["row"] == repeated_id
+    assert written[4]["row"] == repeated_path
+    if not first_ingest:  # rows[2] claims the known item's path
+        assert "already belongs to id 'known'" in written[5]["reason"]
+        assert written[5]["row"] == rows[2]
+    else:
+        assert set(written) == {3, 4}
