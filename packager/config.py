@@ -107,12 +107,6 @@ class Tier:
             self.max_popularity is None or popularity < self.max_popularity
         )
 
-    @property
-    def range_text(self) -> str:
-        lo = "" if self.min_popularity is None else f"{self.min_popularity:g}"
-        hi = "" if self.max_popularity is None else f"{self.max_popularity:g}"
-        return f"[{lo or '-inf'}, {hi or 'inf'})"
-
 
 @dataclass(frozen=True)
 class Phase:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -95,6 +95,62 @@ def _bounds(phase: Phase, tier: Tier) -> tuple[float | None, float | None]:
     los = [v for v in (phase.min_popularity, tier.min_popularity) if v is not None]
     his = [v for v in (phase.max_popularity, tier.max_popularity) if v is not None]
     return (max(los) if los else None), (min(his) if his else None)
+
+
+Range = tuple[float | None, float | None]  # [min, max) of popularity, None where unbounded
+
+
+def taken_ranges(phases: Sequence[Phase]) -> dict[tuple[str, str], tuple[Range, ...]]:
+    """(phase, tier) -> the popularity ranges of the items it can take, ascending and disjoint: its own
+    bounds within its phase's, less what an earlier (phase, tier) takes first (an item goes to the first
+    that admits its kind and popularity, as State.candidates' CASE does), over each kind of its phase."""
+    inf = float("inf")
+    out: dict[tuple[str, str], tuple[Range, ...]] = {}
+    earlier: list[tuple[tuple[str, ...], float, float]] = []
+    for phase in phases:
+        for tier in phase.tiers:
+            lo, hi = _bounds(phase, tier)
+            lo, hi = -inf if lo is None else lo, inf if hi is None else hi
+            taken: list[tuple[float, float]] = []
+            for kind in phase.kinds:
+                ranges = [(lo, hi)] if lo < hi else []
+                for kinds, a, b in earlier:
+                    if kind in kinds:
+                        ranges = _minus(ranges, a, b)
+                taken += ranges
+            earlier.append((phase.kinds, lo, hi))
+            out[(phase.name, tier.name)] = tuple(
+                (None if a == -inf else a, None if b == inf else b) for a, b in _union(taken)
+            )
+    return out
+
+
+def _minus(ranges: list[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
+    out = []
+    for a, b in ranges:
+        out += (
+            [r for r in ((a, min(b, lo)), (max(a, hi), b)) if r[0] < r[1]] if lo < b and a < hi else [(a, b)]
+        )
+    return out
+
+
+def _union(ranges: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(b, out[-1][1]))
+        else:
+            out.append((a, b))
+    return out
+
+
+def range_text(ranges: Sequence[Range]) -> str:
+    """Ranges as a person reads them, e.g. "[-inf, 50) ∪ [60, inf)"; "none" for a tier that takes nothing
+    (earlier tiers take all its range)."""
+    texts = [
+        f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'})" for lo, hi in ranges
+    ]
+    return " ∪ ".join(texts) or "none"
 
 
 class _ShardCutter:
@@ -256,7 +312,7 @@ def _merge(into: dict[str, list[int]], more: dict[str, list[int]]) -> None:
 @dataclass(frozen=True)
 class TierStatus:
     name: str
-    tier: Tier  # its popularity range as release.toml gives it
+    ranges: tuple[Range, ...]  # of popularity it takes (taken_ranges), not only its own bounds
     shards: int
     items: int
     bytes: int
@@ -267,13 +323,15 @@ class TierStatus:
     @property
     def popularity(self) -> str:
         """The range as a person reads it, e.g. "[50, inf)"."""
-        return self.tier.range_text
+        return range_text(self.ranges)
 
     def as_dict(self) -> dict:
-        # Numbers for scripts, null where the range is unbounded (JSON has no infinity).
-        bounds = {"min": self.tier.min_popularity, "max": self.tier.max_popularity}
-        return {"name": self.name, "popularity": bounds} | {
-            k: v for k, v in asdict(self).items() if k not in ("name", "tier")
+        # Numbers for scripts, null where the range is unbounded (JSON has no infinity). "popularity" spans
+        # the ranges (null: the tier takes nothing); "popularity_ranges" are the ranges themselves.
+        ranges = [{"min": lo, "max": hi} for lo, hi in self.ranges]
+        span = {"min": ranges[0]["min"], "max": ranges[-1]["max"]} if ranges else None
+        return {"name": self.name, "popularity": span, "popularity_ranges": ranges} | {
+            k: v for k, v in asdict(self).items() if k not in ("name", "ranges")
         }
 
 
@@ -334,6 +392,7 @@ def release_status(ws: Workspace) -> ReleaseStatus:
     """Phases, tiers and shards with counts, sizes, popularity ranges and states, for `status`."""
     state, config = ws.state, ws.config
     shards = state.shards()
+    taken = taken_ranges(config.phases)
     phases = []
     for phase in config.phases:
         tiers = []
@@ -345,7 +404,7 @@ def release_status(ws: Workspace) -> ReleaseStatus:
             tiers.append(
                 TierStatus(
                     name=tier.name,
-                    tier=tier,
+                    ranges=taken[(phase.name, tier.name)],
                     shards=len(mine),
                     items=sum(s.items for s in mine),
                     bytes=sum(s.bytes for s in mine),

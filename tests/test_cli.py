@@ -42,6 +42,7 @@ def test_init_ingest_plan_status(tmp_path, archive):
     assert data["phases"][1]["tiers"][0] == {
         "name": "t1",
         "popularity": {"min": 60.0, "max": None},
+        "popularity_ranges": [{"min": 60.0, "max": None}],
         "shards": 1,
         "items": 1,
         "bytes": 1234,

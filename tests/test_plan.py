@@ -384,3 +384,104 @@ def test_paths_that_collide_on_macos_or_windows_are_reported_per_shard(workspace
     result = CliRunner().invoke(app, ["plan", str(workspace)])
     assert result.exit_code == 0 and "2 pair(s) of paths in one shard differ only by case" in result.output
     assert len(shard_members(workspace)["t-audio-t2-00001"]) == 5  # a warning: the plan is made
+
+
+# ---- status: the popularity range each tier takes ------------------------------------------------------
+
+REVIEW_CONFIG = """\
+[release]
+name = "t"
+root = "{root}"
+
+[[phases]]
+name = "audio"
+kinds = ["audio"]
+shard_size = "1MB"
+min_popularity = 20
+max_popularity = 150
+
+  [[phases.tiers]]
+  name = "hi"
+  min_popularity = 100
+
+  [[phases.tiers]]
+  name = "lo"
+"""
+
+
+def test_status_gives_the_range_a_tier_takes_within_its_phase_and_after_earlier_tiers(workspace, archive):
+    """A tier takes its own bounds within its phase's, less what an earlier tier takes first: here hi takes
+    [100, 150) and lo [20, 100). status gave each tier's own bounds ({100, null} and {null, null})."""
+    from packager.plan import release_status
+
+    (workspace / "release.toml").write_text(REVIEW_CONFIG.replace("{root}", str(archive.root)))
+    pops = [-10, 0, 20.9, 50, 99.99, 100, 149.8, 150, 210]
+    load(workspace, archive, [audio(i, 10, p) for i, p in enumerate(pops)], trust_sizes=True)
+    do_plan(workspace)
+    with Workspace.open(workspace) as w:
+        status = release_status(w)
+    hi, lo = (t.as_dict() for t in status.phases[0].tiers)
+    assert hi["popularity"] == {"min": 100, "max": 150} and lo["popularity"] == {"min": 20, "max": 100}
+    assert hi["popularity_ranges"] == [{"min": 100, "max": 150}]
+    assert (hi["pop_min"], hi["pop_max"], lo["pop_min"], lo["pop_max"]) == (100, 149.8, 20.9, 99.99)
+    assert [t.popularity for t in status.phases[0].tiers] == ["[100, 150)", "[20, 100)"]
+
+
+def test_status_names_a_range_with_a_hole_and_a_tier_that_takes_nothing(make_workspace, archive):
+    from packager.config import load_config
+    from packager.plan import taken_ranges
+
+    ws = make_workspace()
+    toml = (REVIEW_CONFIG.replace("min_popularity = 20\nmax_popularity = 150\n", "")
+            .replace('name = "hi"\n  min_popularity = 100', 'name = "hi"\n  min_popularity = 50\n'
+                     "  max_popularity = 60")
+            + '\n  [[phases.tiers]]\n  name = "never"\n  min_popularity = 55\n')  # fmt: skip
+    (ws / "release.toml").write_text(toml.replace("{root}", str(archive.root)))
+    taken = taken_ranges(load_config(ws).phases)
+    assert taken == {
+        ("audio", "hi"): ((50, 60),),
+        ("audio", "lo"): ((None, 50), (60, None)),
+        ("audio", "never"): (),
+    }
+
+
+bound_ = st.one_of(st.none(), st.sampled_from([0.0, 10.0, 20.0, 30.0, 40.0]))
+tier_ = st.tuples(bound_, bound_)
+phase_ = st.tuples(
+    st.sampled_from([("audio",), ("art",), ("audio", "art")]), tier_, st.lists(tier_, min_size=1, max_size=3)
+)
+
+
+@given(
+    phases=st.lists(phase_, min_size=1, max_size=3),
+    pop=st.sampled_from([-5.0, 0.0, 5.0, 10.0, 19.5, 20.0, 35.0, 40.0, 99.0]),
+    kind=st.sampled_from(["audio", "art"]),
+)
+def test_an_item_goes_to_the_tier_whose_taken_ranges_hold_its_popularity(phases, pop, kind):
+    """The plan's own rule (the first (phase, tier) whose kinds and bounds admit the item) picks a tier
+    whose taken ranges hold the item's popularity, and no other single-kind tier's ranges hold it."""
+    from packager.config import Phase, Tier
+    from packager.plan import _bounds, taken_ranges
+
+    config = tuple(
+        Phase(f"p{i}", kinds, tuple(Tier(f"t{j}", *b) for j, b in enumerate(tiers)), 10**6, 1, 2**16,
+              min_popularity=lo, max_popularity=hi)
+        for i, (kinds, (lo, hi), tiers) in enumerate(phases)
+    )  # fmt: skip
+    taken = taken_ranges(config)
+
+    def holds(ranges):
+        return any((a is None or pop >= a) and (b is None or pop < b) for a, b in ranges)
+
+    groups = [(p, t) for p in config for t in p.tiers]
+    first = next(
+        ((p.name, t.name) for p, t in groups if kind in p.kinds
+         and all(f(b) for f, b in zip((lambda b: b is None or pop >= b, lambda b: b is None or pop < b),
+                                      _bounds(p, t), strict=True))),
+        None,
+    )  # fmt: skip
+    if first is not None:
+        assert holds(taken[first])
+    for p, t in groups:
+        if p.kinds == (kind,) and (p.name, t.name) != first:
+            assert not holds(taken[(p.name, t.name)])
