@@ -160,6 +160,8 @@ CREATE TABLE IF NOT EXISTS scrapes (
     completed INTEGER,
     PRIMARY KEY (shard_id, run_id, source)
 ) WITHOUT ROWID;
+-- One run's rows (its day counts, the prune): without it, every row of every kept run is read.
+CREATE INDEX IF NOT EXISTS scrapes_run ON scrapes (run_id);
 CREATE TABLE IF NOT EXISTS scrape_days (   -- kept as runs are recorded: each day's highest counts
     shard_id INTEGER NOT NULL,
     day TEXT NOT NULL,          -- YYYY-MM-DD (UTC)

@@ -82,9 +82,16 @@ def _prune(state: State, at: str) -> None:
             "WHERE n.shard_id = scrapes.shard_id)",
             (oldest[0],),
         )
-        used = "(SELECT DISTINCT run_id FROM scrapes)"
-        db.execute(f"DELETE FROM scrape_sources WHERE run_id < ? AND run_id NOT IN {used}", (oldest[0],))
-        db.execute(f"DELETE FROM scrape_runs WHERE id < ? AND id NOT IN {used}", (oldest[0],))
+        db.execute(
+            "DELETE FROM scrape_sources WHERE run_id < ? AND NOT EXISTS "
+            "(SELECT 1 FROM scrapes s WHERE s.run_id = scrape_sources.run_id)",
+            (oldest[0],),
+        )
+        db.execute(
+            "DELETE FROM scrape_runs WHERE id < ? AND NOT EXISTS "
+            "(SELECT 1 FROM scrapes s WHERE s.run_id = scrape_runs.id)",
+            (oldest[0],),
+        )
     db.execute("DELETE FROM scrape_days WHERE day < date(substr(?, 1, 10), ?)", (at, f"-{DAYS_KEPT} days"))
 
 

@@ -305,3 +305,35 @@ def test_the_scrape_history_is_bounded_by_count_and_age(published):
         assert days[-1] == at[:10] and days[0] >= (newest - timedelta(days=DAYS_KEPT)).strftime("%Y-%m-%d")
         assert len(days) == DAYS_KEPT // 4 + 1  # a run every four days
         assert HISTORY_DAYS <= DAYS_KEPT  # what swarm.json shows is all still there
+
+
+def test_recording_a_run_reads_the_scrapes_of_that_run_only(published):
+    """The scrapes table is keyed by torrent first: finding one run's rows (its day counts, the prune of
+    runs past RUNS_KEPT) scanned every row of every kept run. Each statement recording a run, once the
+    history is there, reaches the scrapes by an index search, never a full scan."""
+    import re
+
+    from packager.state_scrapes import RUNS_KEPT, CountRow, SourceRow, record_run
+
+    sids = [sid for sid, _ in published_entries(published)]
+    tracker = SourceRow("udp://t/a", "udp", 1, None, 0.1)
+
+    def run(n):
+        at = (datetime(2025, 1, 1, tzinfo=UTC) + timedelta(hours=n)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        record_run(state, at, [tracker], [CountRow(s, "udp://t/a", n, 0, n) for s in sids])
+
+    with open_state(published) as state:
+        for n in range(RUNS_KEPT + 2):
+            run(n)
+        statements: list[str] = []
+        state.db.set_trace_callback(statements.append)
+        run(RUNS_KEPT + 2)
+        state.db.set_trace_callback(None)
+        scans = []
+        for sql in statements:
+            if "scrapes" not in sql or not re.match(r"\s*(INSERT|DELETE|SELECT|UPDATE)", sql):
+                continue
+            for row in state.db.execute("EXPLAIN QUERY PLAN " + sql):
+                if re.match(r"SCAN (scrapes|s|n)\b", row[3]):
+                    scans.append((sql, row[3]))
+    assert statements and not scans, scans
