@@ -2,6 +2,9 @@
 
 A write goes to a hidden temporary name in the same folder, is fsynced, renamed over the final name, and
 the folder is fsynced, since on Linux the rename itself is durable only once its directory is.
+
+And bounded reads of files that may be hostile (published manifests, a downloaded .torrent): a regular
+file only, opened without blocking (a FIFO never answers), read no further than a bound.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
-from .errors import EnvironmentProblem
+from .errors import EnvironmentProblem, UntrustedManifest
 
 
 def file_sha256(path: Path) -> str:
@@ -99,3 +104,42 @@ def folder_lock(folder: Path, busy: str, hint: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+# ---- bounded reads of files that may be hostile ----------------------------------------------------------
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """A published file's bytes for a reader: a regular file (not a FIFO or a device) of at most `limit`
+    bytes, else UntrustedManifest naming it."""
+    return read_bounded(path, limit, path)
+
+
+def open_regular(
+    path: Path, refuse: Callable[[str], Exception], missing: str = "missing"
+) -> tuple[BinaryIO, os.stat_result]:
+    """`path` opened for reading if it is a regular file (never blocking on a FIFO), with its stat; else
+    `refuse(why)` raised: `missing`, "cannot be read: …" or "is not a regular file" (a directory, a FIFO,
+    a device: checked before fdopen, which refuses a directory with a bare errno)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise refuse(missing) from None
+    except OSError as e:
+        raise refuse(f"cannot be read: {e.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise refuse("is not a regular file")
+    return os.fdopen(fd, "rb"), info
+
+
+def read_bounded(path: Path, limit: int, where: Path | str) -> bytes:
+    """A regular file's bytes, at most `limit`: UntrustedManifest for a FIFO, a device, a bigger file."""
+    f, info = open_regular(path, lambda why: UntrustedManifest(where, why))
+    with f:
+        # read(n) allocates n bytes up front: ask for what the file holds (one more to see it grew).
+        data = f.read(min(limit, info.st_size) + 1)
+    if len(data) > limit:
+        raise UntrustedManifest(where, f"is more than {limit:,} bytes: not what it claims to be")
+    return data

@@ -15,10 +15,11 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from . import __version__
+from .bencode import BencodeError, bdecode_dict, bencode
 from .config import FORMATS, PIECE_SIZE_MAX, PIECE_SIZE_MIN  # defined once; config checks them at load
 from .errors import PieceSizeError, TorrentError, UsageError
 from .fsutil import write_atomic
-from .hashing import ShardHashes
+from .hashing import V2_BLOCK_SIZE, ShardHashes
 
 KiB, MiB, GiB, TiB = 2**10, 2**20, 2**30, 2**40
 
@@ -252,37 +253,6 @@ def _top_level(spec: TorrentSpec, info: dict[bytes, object]) -> dict[bytes, obje
     return meta
 
 
-def bencode(value: object) -> bytes:
-    """BEP 3 bencoding of what the assembly below makes (ints, bytes, lists, dicts with bytes keys); the
-    same bytes as lt.bencode. Written here so that making a torrent needs no libtorrent (25 MB, 0.3 s to
-    import from a cold cache: a tenth of bench.py build's 1 GB); reading one goes through libtorrent."""
-    out: list[bytes] = []
-    _bencode(value, out)
-    return b"".join(out)
-
-
-def _bencode(value: object, out: list[bytes]) -> None:
-    if type(value) is bytes:
-        out += (b"%d:" % len(value), value)
-    elif type(value) is int:
-        out.append(b"i%de" % value)
-    elif type(value) is list:
-        out.append(b"l")
-        for item in value:
-            _bencode(item, out)
-        out.append(b"e")
-    elif type(value) is dict:
-        out.append(b"d")
-        for key in sorted(value):  # BEP 3: keys are raw strings, sorted as raw strings
-            if type(key) is not bytes:
-                raise TypeError(f"a bencoded dict key must be bytes, not {type(key).__name__}")
-            _bencode(key, out)
-            _bencode(value[key], out)
-        out.append(b"e")
-    else:
-        raise TypeError(f"cannot bencode {type(value).__name__}")
-
-
 def info_bytes(spec: TorrentSpec) -> bytes:
     """The bencoded info dict: what the info-hashes are computed over."""
     return bencode(_info_dict(spec))
@@ -495,34 +465,86 @@ class PieceHashes:
         return "SHA-1 (v1)" if self.v1 is not None else "SHA-256 merkle (v2)"
 
 
+# Bounds of a .torrent read without libtorrent, as its load_torrent_limits has them: nesting (max_decode_depth
+# 100) and piece length (it refuses over 256 MiB). Its token limit (2,000,000) is far above what one file's
+# torrent holds (a few dozen values, and one per tracker and web seed); ours keeps a hostile one cheap.
+METAINFO_MAX_DEPTH = 100
+METAINFO_MAX_ITEMS = 100_000
+PIECE_LENGTH_LIMIT = 256 * MiB
+
+
 def read_piece_hashes(data: bytes, where: Path | str, name: str) -> PieceHashes:
     """The piece hashes in the .torrent `data` of the single file `name`: its v1 SHA-1s when it has them
-    (v1, hybrid), else its BEP 52 piece layer. TorrentError if it describes anything else."""
-    _, ti = _load(where, data)
-    files = _files(ti)
-    if len(files) != 1 or files[0][0] != name:
-        raise TorrentError(where, f"does not describe the single file {name}")
-    length, piece_size = files[0][1], ti.piece_length()
-    v1, v2 = _info_hashes(ti)
-    if v1 is not None:
-        pieces = b"".join(ti.hash_for_piece(i) for i in range(piece_count(length, piece_size)))
-        return PieceHashes(length, piece_size, pieces, info_hash_v1=v1, info_hash_v2=v2)
-    # libtorrent keeps the piece layers to itself; they are in the metainfo's `piece layers` (BEP 52),
-    # which libtorrent does not require, so each step is checked.
-    import libtorrent as lt  # as in _load
+    (v1, hybrid), else its BEP 52 piece layer; the info-hashes over the info dict's bytes as they are in
+    `data`. TorrentError if it describes anything else, or is malformed.
 
-    meta = lt.bdecode(data)
-    tree = _get(_get(_get(_get(meta, b"info"), b"file tree"), name.encode()), b"")
-    root = _get(tree, b"pieces root")
-    layer = _get(_get(meta, b"piece layers"), root) if isinstance(root, bytes) else None
+    Read with our bounded decoder, not libtorrent: importing libtorrent was the largest part of a
+    `verify --pieces` start-up, for a dict lookup (tests/test_torrent.py checks both agree)."""
+    if len(data) > METAINFO_MAX_BYTES:
+        raise TorrentError(where, f"{len(data)} bytes, over libtorrent's {METAINFO_MAX_BYTES}-byte limit")
+    try:
+        meta, raw = bdecode_dict(data, b"info", max_depth=METAINFO_MAX_DEPTH, max_items=METAINFO_MAX_ITEMS)
+    except BencodeError as e:
+        raise TorrentError(where, f"not a valid .torrent: {e}") from None
+    info = meta.get(b"info")
+    if not isinstance(info, dict) or raw is None:
+        raise TorrentError(where, "not a valid .torrent: no info dict")
+    piece_size = info.get(b"piece length")
+    if type(piece_size) is not int or not 0 < piece_size <= PIECE_LENGTH_LIMIT:
+        raise TorrentError(where, f"not a valid .torrent: piece length {piece_size!r}")
+    if info.get(b"name") != name.encode():
+        raise TorrentError(where, f"does not describe the single file {name}")
+    version = info.get(b"meta version", 1)
+    if version not in (1, 2):
+        raise TorrentError(where, f"not a valid .torrent: meta version {version!r}")
+    v2_length, root = _v2_file(info, name, where) if version == 2 else (None, None)
+    has_v1 = b"pieces" in info
+    if has_v1:
+        length, pieces = info.get(b"length"), info[b"pieces"]
+        if b"files" in info or type(length) is not int:
+            raise TorrentError(where, f"does not describe the single file {name}")
+        if v2_length is not None and v2_length != length:
+            raise TorrentError(where, f"its v1 and v2 parts give {name} two sizes: {length}, {v2_length}")
+    elif v2_length is None:
+        raise TorrentError(where, "not a valid .torrent: neither v1 pieces nor a v2 file tree")
+    else:
+        length = v2_length
+    if length <= 0:
+        raise TorrentError(where, f"not a valid .torrent: file size {length}")
+    count = piece_count(length, piece_size)
+    v1 = hashlib.sha1(raw).hexdigest() if has_v1 else None
+    v2 = hashlib.sha256(raw).hexdigest() if version == 2 else None
+    if has_v1:
+        if not isinstance(pieces, bytes) or len(pieces) != 20 * count or count > PIECES_MAX:
+            raise TorrentError(where, f"not a valid .torrent: {count} pieces, but not {count} SHA-1 hashes")
+        return PieceHashes(length, piece_size, pieces, info_hash_v1=v1, info_hash_v2=v2)
+    # BEP 52: the layer is in the metainfo's `piece layers`, outside the info dict, under the pieces root;
+    # a file of one piece or less has none (its root covers it).
+    layer = _get(meta.get(b"piece layers"), root)
     if length <= piece_size and layer is None:
-        layer = b""  # BEP 52: a file of one piece or less has no layer; its root covers it
-    expected = 32 * piece_count(length, piece_size) if length > piece_size else 0
-    well_formed = isinstance(root, bytes) and isinstance(layer, bytes)
-    if not well_formed or len(root) != 32 or len(layer) != expected:
+        layer = b""
+    expected = 32 * count if length > piece_size else 0
+    if not isinstance(layer, bytes) or len(layer) != expected:
         raise TorrentError(where, "the v2 pieces root or piece layer is missing or the wrong size")
     return PieceHashes(length, piece_size, None, root, layer, info_hash_v2=v2)
 
 
-def _get(node: object, key: bytes) -> object:
+def _v2_file(info: dict, name: str, where: Path | str) -> tuple[int, bytes]:
+    """(size, pieces root) of the one file of a v2 info dict's `file tree` (BEP 52: {name: {"": {...}}})."""
+    tree = info.get(b"file tree")
+    if not isinstance(tree, dict):
+        raise TorrentError(where, "not a valid .torrent: meta version 2 without a file tree")
+    piece_size = info[b"piece length"]
+    if piece_size < V2_BLOCK_SIZE or piece_size & (piece_size - 1):
+        raise TorrentError(where, f"not a valid v2 .torrent: piece length {piece_size} (BEP 52)")
+    if list(tree) != [name.encode()] or not isinstance(tree[name.encode()], dict):
+        raise TorrentError(where, f"does not describe the single file {name}")
+    entry = _get(tree[name.encode()], b"")
+    length, root = _get(entry, b"length"), _get(entry, b"pieces root")
+    if type(length) is not int or not isinstance(root, bytes) or len(root) != 32:
+        raise TorrentError(where, "the v2 pieces root or piece layer is missing or the wrong size")
+    return length, root
+
+
+def _get(node: object, key: object) -> object:
     return node.get(key) if isinstance(node, dict) else None

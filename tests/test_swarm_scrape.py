@@ -1,5 +1,5 @@
-"""Tracker scrapes (BEP 15 over UDP, BEP 48 over HTTP) against scripted and hostile servers, and the bounded
-bencode decoder."""
+"""Tracker scrapes (BEP 15 over UDP, BEP 48 over HTTP) against scripted and hostile servers (the bounded
+bencode decoder that reads their replies: tests/test_bencode.py)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,13 @@ import time
 
 import libtorrent as lt
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from packager.errors import RemoteError
 from packager.swarm.net import http_get, safe_text
 from packager.swarm.scrape import (
     HTTP_MAX_HASHES,
     UDP_MAX_HASHES,
-    BencodeError,
     SwarmCounts,
-    bdecode,
     scrape,
     scrape_url,
 )
@@ -232,30 +228,3 @@ def test_http_get_refuses_encodings_and_names_the_url_without_credentials(http_t
 def test_safe_text_removes_terminal_escapes_and_cuts():
     assert safe_text(b"\x1b[2Jok\n", 10) == "?[2Jok?"
     assert safe_text("x" * 300, 5) == "xxxxx..."
-
-
-# ---- bencode --------------------------------------------------------------------------------------------
-
-values = st.recursive(
-    st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=30),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.binary(max_size=8), inner, max_size=5),
-    max_leaves=30,
-)
-
-
-@given(values)
-def test_bdecode_reads_what_libtorrent_writes(value):
-    assert bdecode(lt.bencode(value), max_depth=64) == value
-
-
-@pytest.mark.parametrize(
-    "data", [b"", b"i12", b"i1x2e", b"3:ab", b"d1:ae", b"di1ei2ee", b"i1ei2e", b"x", b"l" * 20 + b"e" * 20]
-)
-def test_bdecode_refuses_broken_input(data):
-    with pytest.raises(BencodeError):
-        bdecode(data)
-
-
-def test_bdecode_bounds_items():
-    with pytest.raises(BencodeError, match="too many values"):
-        bdecode(b"l" + b"i1e" * 30_000 + b"e")

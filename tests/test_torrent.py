@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -475,6 +476,111 @@ def test_read_piece_hashes_refuses_another_file_or_a_missing_piece_layer(tmp_pat
         T.read_piece_hashes(metainfo[:-10], "t.torrent", NAME)
 
 
+def libtorrent_piece_hashes(metainfo: bytes) -> T.PieceHashes:
+    """What libtorrent reads in the same .torrent: the reference for our own reader."""
+    ti = lt.torrent_info(metainfo)
+    hashes, layout = ti.info_hashes(), ti.layout()
+    v1 = str(hashes.v1) if hashes.has_v1() else None
+    v2 = str(hashes.v2) if hashes.has_v2() else None
+    length = layout.file_size(0)
+    if v1:
+        pieces = b"".join(ti.hash_for_piece(i) for i in range(ti.num_pieces()))
+        return T.PieceHashes(length, ti.piece_length(), pieces, info_hash_v1=v1, info_hash_v2=v2)
+    root = layout.root(0).to_bytes()
+    layer = lt.bdecode(metainfo)[b"piece layers"].get(root, b"")
+    return T.PieceHashes(length, ti.piece_length(), None, root, layer, info_hash_v2=v2)
+
+
+_URLS = st.lists(st.sampled_from(["http://a.example/announce", "udp://b.example:6969", "https://c.example/a"]),
+                 min_size=1, max_size=3, unique=True)  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    fmt=st.sampled_from(T.FORMATS),
+    piece=st.sampled_from([BLOCK, 2 * BLOCK, 4 * BLOCK]),
+    trackers=st.lists(_URLS, max_size=3),
+    web_seeds=st.lists(
+        st.sampled_from(["https://w.example/f/", "http://v.example/"]), max_size=2, unique=True
+    ),
+    private=st.booleans(),
+    source=st.none() | st.text("ABCxyz-", min_size=1, max_size=8),
+    comment=st.none() | st.text(max_size=20),
+)
+def test_read_piece_hashes_agrees_with_libtorrent(
+    data, fmt, piece, trackers, web_seeds, private, source, comment
+):
+    """Our bounded reader (what verify uses, without libtorrent) and libtorrent read the same piece hashes,
+    sizes and info-hashes from every kind of .torrent the tool makes, and from libtorrent's own."""
+    size = data.draw(boundary_sizes(piece), label="size")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_random(Path(tmp) / NAME, size, seed=piece)
+        hashes = hash_file(path, piece)
+        spec = TorrentSpec(NAME, hashes, fmt, trackers=trackers, web_seeds=web_seeds, private=private,
+                           source=source, comment=comment or None)  # fmt: skip
+        ours = build_metainfo(spec)
+        for metainfo in (libtorrent_torrent(path, piece, fmt), ours):
+            got = T.read_piece_hashes(metainfo, "t.torrent", NAME)
+            assert got == libtorrent_piece_hashes(metainfo)
+        ident = identity(spec)
+        assert (got.length, got.piece_size, got.info_hash_v1, got.info_hash_v2) == (
+            size,
+            piece,
+            ident.info_hash_v1,
+            ident.info_hash_v2,
+        )
+
+
+def test_read_piece_hashes_hashes_the_info_dict_as_written():
+    """The info-hash is over the info dict's bytes in the file: a .torrent whose keys are not in canonical
+    order has the info-hash libtorrent gives it, not that of its re-encoding."""
+    info = b"d6:lengthi5e4:name1:x6:pieces20:" + b"p" * 20 + b"12:piece lengthi16384ee"
+    shuffled = b"d4:name1:x6:lengthi5e12:piece lengthi16384e6:pieces20:" + b"p" * 20 + b"e"
+    for raw in (info, shuffled):
+        metainfo = b"d4:info" + raw + b"e"
+        got = T.read_piece_hashes(metainfo, "t.torrent", "x")
+        assert (
+            got.info_hash_v1
+            == hashlib.sha1(raw).hexdigest()
+            == libtorrent_piece_hashes(metainfo).info_hash_v1
+        )
+    assert T.read_piece_hashes(b"d4:info" + shuffled + b"e", "t", "x").v1 == b"p" * 20
+
+
+_GOOD_INFO = {b"name": b"x", b"length": 5, b"piece length": BLOCK, b"pieces": b"p" * 20}
+
+
+@pytest.mark.parametrize(
+    ("metainfo", "why"),
+    [
+        (b"d4:info" + b"l" * 1_000_000 + b"e" * 1_000_001, "nested deeper than 100"),  # a million deep
+        (b"d4:infod4:listl" + b"i1e" * 200_000 + b"eee", "too many values"),
+        (b"d4:info9999999999:", "a string of 9999999999 bytes at 7 runs past the end"),
+        (lt.bencode({b"info": _GOOD_INFO | {b"length": 10**15}}), "pieces, but not"),  # claims a petabyte
+        (lt.bencode({b"info": _GOOD_INFO | {b"length": -1}}), "file size -1"),
+        (lt.bencode({b"info": _GOOD_INFO | {b"piece length": 0}}), "piece length 0"),
+        (lt.bencode({b"info": _GOOD_INFO | {b"piece length": 2**40}}), "piece length"),
+        (lt.bencode({b"info": _GOOD_INFO | {b"pieces": b"p" * 19}}), "pieces, but not"),
+        (lt.bencode({b"info": _GOOD_INFO | {b"meta version": 3}}), "meta version 3"),
+        (lt.bencode({b"info": _GOOD_INFO | {b"meta version": 2}}), "without a file tree"),
+        (lt.bencode({b"info": _GOOD_INFO | {b"files": [{b"length": 5, b"path": [b"x"]}]}}), "single file x"),
+        (lt.bencode({b"info": {k: v for k, v in _GOOD_INFO.items() if k != b"pieces"}}), "neither v1"),
+        (lt.bencode({b"info": b"x"}), "no info dict"),
+        (lt.bencode({b"announce": b"x"}), "no info dict"),
+        (lt.bencode([b"info"]), "not a bencoded dictionary"),
+        (b"d4:info" + lt.bencode(_GOOD_INFO) + b"4:info" + lt.bencode(_GOOD_INFO) + b"e", "appears twice"),
+        (lt.bencode({b"info": _GOOD_INFO}) + b"x", "1 bytes after the value"),
+        (b"d4:info" + b"0:" * 6_000_000, "over libtorrent's 10000000-byte limit"),
+    ],
+)
+def test_read_piece_hashes_refuses_hostile_torrents(metainfo, why):
+    """Each a clear TorrentError (verify's UntrustedManifest, exit 2), in bounded time, never a traceback."""
+    assert T.read_piece_hashes(lt.bencode({b"info": _GOOD_INFO}), "t", "x").count == 1  # the base is good
+    with pytest.raises(TorrentError, match=re.escape(why)):
+        T.read_piece_hashes(metainfo, "t.torrent", "x")
+
+
 @pytest.mark.parametrize(
     ("base", "url"),
     [
@@ -487,20 +593,3 @@ def test_web_seed_url_names_the_file_under_the_folder(base, url):
     # BEP 19, single file: a URL without a trailing slash names the file itself, so a folder URL given
     # without one must still become the file's URL, not be fetched as the file.
     assert T.web_seed_url(base, "m-audio-00001.tar.zst") == url
-
-
-_BENCODABLE = st.recursive(
-    st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=40),  # libtorrent: 64-bit integers
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.binary(max_size=8), inner, max_size=5),
-    max_leaves=30,
-)
-
-
-@given(_BENCODABLE)
-def test_our_bencoding_is_libtorrents(value):
-    """Torrents are made without libtorrent (0.3 s to import cold); its encoder is the reference."""
-    import libtorrent as lt
-
-    from packager.torrent import bencode
-
-    assert bencode(value) == lt.bencode(value)

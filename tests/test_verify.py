@@ -602,6 +602,32 @@ def test_a_damaged_torrent_is_reported_and_not_used(release, tmp_path):
     assert r.damaged_members and report.exit_code() == 1
 
 
+@pytest.mark.parametrize("kind", ["fifo", "endless", "directory", "huge"])
+def test_a_torrent_that_is_not_a_torrent_file_is_damage_not_a_hang(release, tmp_path, kind):
+    """A FIFO at the .torrent's name blocked verify for ever, and /dev/zero behind a link filled memory:
+    each is a damaged .torrent now (exit 1, fetch it again), read no further than libtorrent's 10 MB."""
+    info = release.shards[sorted(release.shards)[0]]
+    mirror = copy_mirror(release, tmp_path / "m")
+    torrent = mirror / info.torrent_rel
+    torrent.unlink()
+    {
+        "fifo": lambda: os.mkfifo(torrent),
+        "endless": lambda: torrent.symlink_to("/dev/zero"),
+        "directory": lambda: torrent.mkdir(),
+        "huge": lambda: torrent.write_bytes(b"d" * 11_000_000),
+    }[kind]()
+    report = check(mirror, pieces=True)
+    files = by_path(report)
+    t = files[info.torrent_rel]
+    assert t.status == "damaged" and report.exit_code() == 1
+    size = (release.mirror / info.torrent_rel).stat().st_size
+    expected = f"11000000 bytes, expected {size}" if kind == "huge" else "not a regular file: fetch it again"
+    assert [f.message for f in t.findings] == [expected]
+    r = files[info.rel]
+    assert r.status == "ok" and r.levels == ["size", "sha256"]  # checked without its pieces
+    assert any("pieces cannot be checked" in f.message for f in r.findings)
+
+
 def test_without_manifests_the_torrents_speak(release, tmp_path):
     mirror = copy_mirror(release, tmp_path / "m")
     for name in ("release.json", "release.json.minisig", "SHA256SUMS", "SHA256SUMS.minisig"):

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote_from_bytes, urlsplit, urlunsplit
 
+from ..bencode import BencodeError, bdecode
 from ..errors import RemoteError
 from .net import display_url, http_get, safe_text
 
@@ -262,7 +263,7 @@ def _http_scrape(
 def parse_http_scrape(body: bytes, asked: Sequence[str]) -> dict[str, SwarmCounts]:
     """Counts for each hash of `asked` from a BEP 48 reply; a hash left out of `files` has no peer."""
     try:
-        reply = bdecode(body)
+        reply = bdecode(body, max_depth=BENCODE_MAX_DEPTH, max_items=BENCODE_MAX_ITEMS)
     except BencodeError as e:
         raise _Failed(f"not a bencoded scrape reply ({e})") from None
     if not isinstance(reply, dict):
@@ -290,84 +291,3 @@ def parse_http_scrape(body: bytes, asked: Sequence[str]) -> dict[str, SwarmCount
 
 def _as_bytes(value: object) -> bytes:
     return value if isinstance(value, bytes) else repr(value).encode()
-
-
-# ---- a bounded bencode decoder ------------------------------------------------------------------------
-
-
-class BencodeError(ValueError):
-    pass
-
-
-def bdecode(data: bytes, max_depth: int = BENCODE_MAX_DEPTH, max_items: int = BENCODE_MAX_ITEMS) -> object:
-    """Decode bencode into bytes / int / list / dict (bytes keys), refusing nesting deeper than `max_depth`,
-    more than `max_items` values in all, integers over 20 digits, lengths past the end and trailing bytes."""
-    decoder = _Decoder(data, max_depth, max_items)
-    value = decoder.value(0)
-    if decoder.pos != len(data):
-        raise BencodeError(f"{len(data) - decoder.pos} bytes after the value")
-    return value
-
-
-class _Decoder:
-    def __init__(self, data: bytes, max_depth: int, max_items: int):
-        self.data, self.pos, self.max_depth, self.items_left = data, 0, max_depth, max_items
-
-    def value(self, depth: int) -> object:
-        if depth > self.max_depth:
-            raise BencodeError(f"nested deeper than {self.max_depth}")
-        self.items_left -= 1
-        if self.items_left < 0:
-            raise BencodeError("too many values")
-        if self.pos >= len(self.data):
-            raise BencodeError("cut short")
-        lead = self.data[self.pos]
-        if lead == ord("i"):
-            return self._int()
-        if lead == ord("l"):
-            self.pos += 1
-            items = []
-            while self._peek() != ord("e"):
-                items.append(self.value(depth + 1))
-            self.pos += 1
-            return items
-        if lead == ord("d"):
-            self.pos += 1
-            out: dict[bytes, object] = {}
-            while self._peek() != ord("e"):
-                key = self.value(depth + 1)
-                if not isinstance(key, bytes):
-                    raise BencodeError("a dictionary key is not a string")
-                out[key] = self.value(depth + 1)
-            self.pos += 1
-            return out
-        if ord("0") <= lead <= ord("9"):
-            return self._bytes()
-        raise BencodeError(f"unexpected byte {lead:#04x} at {self.pos}")
-
-    def _peek(self) -> int:
-        if self.pos >= len(self.data):
-            raise BencodeError("cut short")
-        return self.data[self.pos]
-
-    def _int(self) -> int:
-        end = self.data.find(b"e", self.pos + 1, self.pos + 23)
-        if end < 0:
-            raise BencodeError(f"integer at {self.pos} is not closed within 21 characters")
-        text = self.data[self.pos + 1 : end]
-        digits = text[1:] if text.startswith(b"-") else text
-        if not digits.isdigit():
-            raise BencodeError(f"not an integer at {self.pos}")
-        self.pos = end + 1
-        return int(text)
-
-    def _bytes(self) -> bytes:
-        colon = self.data.find(b":", self.pos, self.pos + 11)
-        if colon < 0 or not self.data[self.pos : colon].isdigit():
-            raise BencodeError(f"bad string length at {self.pos}")
-        length = int(self.data[self.pos : colon])
-        start = colon + 1
-        if start + length > len(self.data):
-            raise BencodeError(f"a string of {length} bytes runs past the end")
-        self.pos = start + length
-        return self.data[start : self.pos]

@@ -31,6 +31,7 @@ publication lists), `check` (authentication: load_statement, a folder's statemen
 (the downloader's trust file).
 """
 
+from ..fsutil import read_regular  # bounded reads live in fsutil, shared with verify
 from .check import (
     FolderStatement,
     authenticate,
@@ -51,7 +52,6 @@ from .statement import (
     Previous,
     Statement,
     folder_digests,
-    read_regular,
     read_statement,
     statement_json,
 )

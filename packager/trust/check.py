@@ -13,13 +13,8 @@ from pathlib import Path
 
 from .. import layout
 from ..errors import FileNotAuthenticated, PublicationRefused, UntrustedManifest, UsageError
-from .statement import (
-    MAX_SIGNATURE_BYTES,
-    MAX_STATEMENT_BYTES,
-    Statement,
-    read_bounded,
-    read_statement,
-)
+from ..fsutil import read_bounded
+from .statement import MAX_SIGNATURE_BYTES, MAX_STATEMENT_BYTES, Statement, read_statement
 from .trustfile import TrustFile
 
 

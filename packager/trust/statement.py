@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, NoReturn
 
 from .. import layout
 from ..errors import FileNotAuthenticated, UntrustedManifest, UsageError
+from ..fsutil import open_regular
 
 FORMAT = 1
 KIND = "packager publication statement"  # so that no other signed JSON (release.json) passes for one
@@ -343,45 +344,6 @@ def _unsafe_path(path: object) -> str | None:
     if any(part in ("", ".", "..") for part in path.split("/")):
         return "has an empty, '.' or '..' component"
     return None
-
-
-# ---- bounded reads ---------------------------------------------------------------------------------------
-
-
-def read_regular(path: Path, limit: int) -> bytes:
-    """A published file's bytes for a reader: a regular file (not a FIFO or a device) of at most `limit`
-    bytes, else UntrustedManifest naming it."""
-    return read_bounded(path, limit, path)
-
-
-def open_regular(
-    path: Path, refuse: Callable[[str], Exception], missing: str = "missing"
-) -> tuple[BinaryIO, os.stat_result]:
-    """`path` opened for reading if it is a regular file (never blocking on a FIFO), with its stat; else
-    `refuse(why)` raised: `missing`, "cannot be read: …" or "is not a regular file" (a directory, a FIFO,
-    a device: checked before fdopen, which refuses a directory with a bare errno)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise refuse(missing) from None
-    except OSError as e:
-        raise refuse(f"cannot be read: {e.strerror}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise refuse("is not a regular file")
-    return os.fdopen(fd, "rb"), info
-
-
-def read_bounded(path: Path, limit: int, where: Path | str) -> bytes:
-    """A regular file's bytes, at most `limit`: UntrustedManifest for a FIFO, a device, a bigger file."""
-    f, info = open_regular(path, lambda why: UntrustedManifest(where, why))
-    with f:
-        # read(n) allocates n bytes up front: ask for what the file holds (one more to see it grew).
-        data = f.read(min(limit, info.st_size) + 1)
-    if len(data) > limit:
-        raise UntrustedManifest(where, f"is more than {limit:,} bytes: not what it claims to be")
-    return data
 
 
 # ---- publishing: what the statement lists ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import layout
 from ..errors import PublicationRefused, UntrustedManifest
-from ..fsutil import write_atomic
+from ..fsutil import read_bounded, write_atomic
 from .statement import (
     HEX64,
     MAX_PUBLICATION,
@@ -23,7 +23,6 @@ from .statement import (
     STAMP_RE,
     Fields,
     Statement,
-    read_bounded,
 )
 
 TRUST_FORMAT = 1

@@ -15,7 +15,7 @@ from packager.container.format import MemberRecord
 from packager.container.scan import Layout, read_layout, starts_with_tar_header
 from packager.errors import PackagerError, TorrentError, UntrustedManifest
 from packager.layout import TORRENT_SUFFIX
-from packager.torrent import read_piece_hashes
+from packager.torrent import METAINFO_MAX_BYTES, read_piece_hashes
 
 from . import findings, localize
 from .frames import FrameStream, Members, TarWalk
@@ -42,6 +42,29 @@ def unfinished_names(name: str) -> tuple[str, ...]:
     """Names clients give a file while they download it: Transmission .part, qBittorrent .!qB (an option),
     uTorrent .!ut. (aria2 and libtorrent keep the real name: an unfinished file there shows as damaged.)"""
     return (f"{name}.part", f"{name}.!qB", f"{name}.!ut")
+
+
+def _read_torrent_file(path: Path, tr: FileResult) -> bytes | None:
+    """A shard's .torrent, read only if it is a regular file of at most libtorrent's limit (a FIFO would
+    block for ever, /dev/zero never end): else None, with `tr` damaged (a file to fetch again), or
+    UntrustedManifest for an over-long one that no manifest gives a size for (nothing says it is damaged)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            findings.not_regular_data(tr)
+            return None
+        if st.st_size > METAINFO_MAX_BYTES:
+            if tr.expected_size is None:
+                over = f"{st.st_size} bytes, over libtorrent's {METAINFO_MAX_BYTES}"
+                raise UntrustedManifest(tr.path, over)
+            tr.size, tr.levels = st.st_size, [Check.SIZE]
+            findings.torrent_size_mismatch(tr)
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(st.st_size + 1)  # one more, to see a file that grew since
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -147,7 +170,7 @@ class ShardCheck:
         ]
         path = next((p for p in places if p.exists()), places[0])
         try:
-            data = path.read_bytes()
+            data = _read_torrent_file(path, tr)
         except FileNotFoundError:
             tr.status = Status.MISSING
             findings.not_downloaded(tr, Severity.MISSING if self.t.in_scope_torrent else Severity.NOTE)
@@ -156,12 +179,13 @@ class ShardCheck:
         except OSError as e:
             findings.unreadable(tr, "read", e.strerror)
             return None
-        tr.size, tr.sha256 = len(data), hashlib.sha256(data).hexdigest()
-        tr.levels = [Check.SIZE, Check.SHA256]
-        if tr.expected_size is not None and tr.size != tr.expected_size:
-            findings.torrent_size_mismatch(tr)
-        if tr.expected_sha256 is not None and tr.sha256 != tr.expected_sha256:
-            findings.sha256_mismatch(tr)
+        if data is not None:
+            tr.size, tr.sha256 = len(data), hashlib.sha256(data).hexdigest()
+            tr.levels = [Check.SIZE, Check.SHA256]
+            if tr.expected_size is not None and tr.size != tr.expected_size:
+                findings.torrent_size_mismatch(tr)
+            if tr.expected_sha256 is not None and tr.sha256 != tr.expected_sha256:
+                findings.sha256_mismatch(tr)
         if tr.status != Status.OK:
             findings.pieces_unchecked(self.result, ref.torrent_path, "damaged")
             if not self.t.in_scope_torrent:
