@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .errors import WorkspaceError
 from .state import State
-from .state_schema import loads_extra, path_key, path_stem
+from .state_schema import item_path_sql, loads_extra, path_key, path_stem
 
 COLUMNS = "id, path, kind, popularity, size, mtime, extra, source, line, fp, xk, ph"
 # What catalog/checks.py stages of a row, in its order; a row without mtime and path key ends at xk.
@@ -166,8 +166,8 @@ class Loader:
         """The catalog row staged as n, as fields (its checked values: a size read from the file is
         written out), so that a rejects file can be fixed up and loaded again."""
         item_id, path, kind, popularity, size, mtime, extra, names = self.db.execute(
-            f"SELECT s.id, s.path, s.kind, s.popularity, s.size, s.mtime, s.extra, x.names FROM {self.table} "
-            "s LEFT JOIN extra_names x ON x.h = s.xk WHERE s.rowid = ?",
+            f"SELECT s.id, {item_path_sql('s')}, s.kind, s.popularity, s.size, s.mtime, s.extra, x.names "
+            f"FROM {self.table} s LEFT JOIN extra_names x ON x.h = s.xk WHERE s.rowid = ?",
             (n,),
         ).fetchone()
         fields = {"id": item_id, "path": path, "kind": kind, "popularity": popularity, "size": size}
@@ -209,7 +209,7 @@ class Loader:
         # Only a catalog with errors (or a 2^-64 chance of equal keys) gets here.
         self._refuse(
             self.db.execute(
-                "SELECT s.rowid, s.source, s.line, s.id, f.source, f.line, s.path FROM (SELECT path, "
+                "SELECT s.rowid, s.source, s.line, s.id, f.source, f.line, p.path FROM (SELECT path, "
                 "MIN(n) AS first FROM temp.pathrows WHERE n NOT IN (SELECT n FROM temp.bad) GROUP BY path "
                 "HAVING COUNT(*) > 1) d JOIN temp.pathrows p ON p.path = d.path AND p.n != d.first "
                 "JOIN items s ON s.rowid = p.n JOIN items f ON f.rowid = d.first "
@@ -229,7 +229,8 @@ class Loader:
         self.db.execute(
             "INSERT OR IGNORE INTO temp.pathrows WITH pairs AS (SELECT e.n AS keyed, t.rowid AS named, "
             "e.path FROM temp.stems e JOIN items t INDEXED BY items_id ON t.id = e.stem WHERE t.ph IS NULL "
-            "AND t.path = e.path) SELECT keyed, path FROM pairs UNION ALL SELECT named, path FROM pairs"
+            f"AND {item_path_sql('t')} = e.path) SELECT keyed, path FROM pairs UNION ALL "
+            "SELECT named, path FROM pairs"
         )
 
     def _check_merge(self, add: AddProblem) -> None:
@@ -264,9 +265,10 @@ class Loader:
         db.execute("DELETE FROM temp.todo WHERE n IN (SELECT n FROM temp.refp)")
         # Paths claimed by new ids and by known ids that move: each must be free and claimed once.
         db.execute(
-            "CREATE TEMP TABLE claims AS SELECT s.n, s.path, COALESCE(s.ph, path_key(s.path)) AS ph, "
-            "s.ph IS NULL AS named, s.id FROM temp.todo t JOIN temp.stage s ON s.n = t.n "
-            "LEFT JOIN items i ON i.rowid = t.item WHERE i.rowid IS NULL OR i.path != s.path"
+            "CREATE TEMP TABLE claims AS SELECT n, path, COALESCE(ph, path_key(path)) AS ph, named, id "
+            f"FROM (SELECT s.n, {item_path_sql('s')} AS path, s.ph, s.ph IS NULL AS named, s.id "
+            "FROM temp.todo t JOIN temp.stage s ON s.n = t.n LEFT JOIN items i ON i.rowid = t.item "
+            "WHERE i.rowid IS NULL OR i.path != s.path)"
         )
         # The holder of a claimed path is a keyed item (found by the key) or one named by its id (found by
         # the claimed path's stem; a claim named by its own id can only meet itself there).
@@ -276,14 +278,15 @@ class Loader:
                 "s ON s.n = c.n JOIN items k ON k.ph = c.ph AND k.path = c.path WHERE k.id != c.id "
                 "UNION ALL SELECT c.n, s.source, s.line, s.id, k.id, c.path FROM temp.claims c "
                 "JOIN temp.stage s ON s.n = c.n JOIN items k INDEXED BY items_id ON k.id = path_stem(c.path) "
-                "WHERE NOT c.named AND k.ph IS NULL AND k.path = c.path AND k.id != c.id ORDER BY 1"
+                f"WHERE NOT c.named AND k.ph IS NULL AND {item_path_sql('k')} = c.path AND k.id != c.id "
+                "ORDER BY 1"
             ),
             add,
             lambda r: f"path {r[5]!r} already belongs to id {r[4]!r}",
         )
         self._refuse(
             db.execute(
-                "SELECT s.n, s.source, s.line, s.id, f.source, f.line, s.path FROM (SELECT path, "
+                "SELECT s.n, s.source, s.line, s.id, f.source, f.line, c.path FROM (SELECT path, "
                 "MIN(n) AS first "
                 "FROM temp.claims WHERE n NOT IN (SELECT n FROM temp.bad) GROUP BY path HAVING "
                 "COUNT(*) > 1) d "
@@ -299,7 +302,8 @@ class Loader:
         """Changed rows of items in a shard that may not change: (n, source, line, id, shard, diffs)."""
         names = ("path", "kind", "popularity", "size", "mtime", "extra")
         rows = self.db.execute(
-            "SELECT s.n, s.source, s.line, s.id, sh.name, sh.state, i.path, s.path, i.kind, s.kind, "
+            f"SELECT s.n, s.source, s.line, s.id, sh.name, sh.state, {item_path_sql('i')}, "
+            f"{item_path_sql('s')}, i.kind, s.kind, "
             "i.popularity, s.popularity, i.size, s.size, i.mtime, s.mtime, i.extra, s.extra "
             "FROM temp.todo t JOIN temp.stage s ON s.n = t.n JOIN items i ON i.rowid = t.item "
             "JOIN members m ON m.item_rowid = i.rowid JOIN shards sh ON sh.id = m.shard_id "
@@ -349,8 +353,9 @@ class Loader:
             "JOIN temp.stage s ON s.n = t.n JOIN items i ON i.rowid = t.item JOIN members m ON "
             f"m.item_rowid = i.rowid WHERE s.popularity != i.popularity AND {refused}"
         )
-        # Rows that keep their path leave items_ph alone (an index SQLite updates for any column SET): at
-        # 10^8 rows its pages are mostly on disk, and each changed row would cost a random read.
+        # Paths of one id compare as stored (state_schema.stored_path). Rows that keep their path leave
+        # items_ph alone (an index SQLite updates for any column SET): at 10^8 rows its pages are mostly on
+        # disk, and each changed row would cost a random read.
         same = (
             "SET kind = s.kind, popularity = s.popularity, size = s.size, mtime = s.mtime, extra = s.extra, "
         )

@@ -30,6 +30,7 @@ from .state_schema import (
     SeedStatusRow,
     ShardRow,
     TorrentFacts,
+    item_path_sql,
     loads_extra,
 )
 
@@ -68,6 +69,9 @@ _PLAN_KEY = (
     "grp * 72057594037927936 + (36028797018963968 - CAST(max(-18014398509481984, "
     "min(18014398509481984, popularity * 1048576.0)) AS INTEGER))"
 )
+
+
+_PATH = item_path_sql("i")  # an item's path, in every query that gives one
 
 
 class State(ReleaseQueries):
@@ -281,7 +285,7 @@ class State(ReleaseQueries):
         group = f"CASE {' '.join(cases)} END"
         yield from self.db.execute(
             "SELECT grp, n, size, popularity, kind, path FROM (SELECT "
-            f"{group} AS grp, i.n, i.size, i.popularity, i.kind, i.path, i.id FROM items i "
+            f"{group} AS grp, i.n, i.size, i.popularity, i.kind, {_PATH} AS path, i.id FROM items i "
             "WHERE i.removed = 0 AND NOT EXISTS (SELECT 1 FROM members m WHERE m.item_rowid = i.n)) "
             f"WHERE grp IS NOT NULL ORDER BY {_PLAN_KEY}, popularity DESC, id ASC",
             args,
@@ -381,7 +385,7 @@ class State(ReleaseQueries):
 
     def iter_members(self, shard_id: int) -> Iterator[MemberRow]:
         for row in self.db.execute(
-            "SELECT m.ord, i.id, i.path, i.kind, COALESCE(p.popularity, i.popularity), i.size, i.mtime "
+            f"SELECT m.ord, i.id, {_PATH}, i.kind, COALESCE(p.popularity, i.popularity), i.size, i.mtime "
             "FROM members m JOIN items i ON i.rowid = m.item_rowid "
             "LEFT JOIN planned_popularity p ON p.item_rowid = m.item_rowid "
             "WHERE m.shard_id = ? ORDER BY m.ord",
@@ -508,7 +512,7 @@ class State(ReleaseQueries):
         """(id, path, size, offset, first_frame, last_frame, xxh3_128, sha256) of a built shard's members, in
         plan order: what the member index records of each."""
         yield from self.db.execute(
-            "SELECT i.id, i.path, i.size, mb.offset, mb.first_frame, mb.last_frame, mb.xxh3_128, mb.sha256 "
+            f"SELECT i.id, {_PATH}, i.size, mb.offset, mb.first_frame, mb.last_frame, mb.xxh3_128, mb.sha256 "
             "FROM member_builds mb "
             "JOIN members m ON m.shard_id = mb.shard_id AND m.ord = mb.ord "
             "JOIN items i ON i.rowid = m.item_rowid WHERE mb.shard_id = ? ORDER BY mb.ord",
@@ -530,10 +534,12 @@ class State(ReleaseQueries):
     def iter_item_facts(self, lo: int, hi: int) -> Iterator[tuple[int, str, str, int]]:
         """(rowid, id, path, size) of the items with rowids in [lo, hi), in rowid order: one range of the
         table, read in order."""
-        yield from self.db.execute("SELECT n, id, path, size FROM items WHERE n >= ? AND n < ?", (lo, hi))
+        yield from self.db.execute(
+            f"SELECT n, id, {_PATH}, size FROM items i WHERE n >= ? AND n < ?", (lo, hi)
+        )
 
     def item_facts(self, rowid: int) -> tuple[int, str, str, int] | None:
-        return self.db.execute("SELECT n, id, path, size FROM items WHERE n = ?", (rowid,)).fetchone()
+        return self.db.execute(f"SELECT n, id, {_PATH}, size FROM items i WHERE n = ?", (rowid,)).fetchone()
 
     def max_item_rowid(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(n), 0) FROM items").fetchone()[0]

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .state_schema import path_key, path_named_by_id, row_fingerprint, schema_statements, split_extra
+from .state_schema import (
+    path_key,
+    path_named_by_id,
+    row_fingerprint,
+    schema_statements,
+    split_extra,
+    stored_path,
+)
 
 if TYPE_CHECKING:
     from .state import State
 
 # The versions an open brings up to SCHEMA_VERSION.
-MIGRATABLE = (1, 2, 3)
+MIGRATABLE = (1, 2, 3, 4)
 
 
 def migrate(state: State, version: int) -> None:
@@ -22,6 +29,8 @@ def migrate(state: State, version: int) -> None:
         _from_v2(state)
     if version in (1, 2, 3):
         _from_v3(state)
+    if version in (1, 2, 3, 4):
+        _from_v4(state)
 
 
 def _from_v1(state: State) -> None:
@@ -94,3 +103,13 @@ def _from_v3(state: State) -> None:
         state.db.execute("UPDATE items SET ph = NULL WHERE ph IS NOT NULL AND path_named_by_id(path, id)")
         state.db.execute("CREATE INDEX items_ph ON items (ph) WHERE ph IS NOT NULL")
         state.db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+
+
+def _from_v4(state: State) -> None:
+    """Schema 4 -> 5: a path named by its id is stored with ID_MARK for the id (state_schema.stored_path).
+    (The pages the table no longer needs are reused by later rows; VACUUM gives them back.)"""
+    state.db.create_function("stored_path", 2, stored_path, deterministic=True)
+    with state.transaction():
+        # ph is NULL exactly for the paths named by their ids (schema 4).
+        state.db.execute("UPDATE items SET path = stored_path(path, id) WHERE ph IS NULL")
+        state.db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")

@@ -13,6 +13,7 @@ from packager.catalog import IngestOptions, ingest
 from packager.errors import CatalogError, UsageError
 from packager.plan import plan
 from packager.state import open_state
+from packager.state_schema import item_path_sql
 from packager.workspace import Workspace
 
 
@@ -1073,6 +1074,7 @@ def test_a_schema_2_state_gets_its_extra_fields_as_names_once_and_values(workspa
     run(workspace, cat, trust_sizes=True)
     with open_state(workspace) as state:  # back to schema 2: extra fields as one JSON object per row
         db = state.db
+        back_to_schema_4(db)
         for item_id, extra in [(r["id"], {k: r[k] for k in ("title", "tags")}) for r in rows[:3]]:
             db.execute("UPDATE items SET extra = ? WHERE id = ?", (json.dumps(extra), item_id))
         db.execute("ALTER TABLE items DROP COLUMN xk")
@@ -1081,7 +1083,7 @@ def test_a_schema_2_state_gets_its_extra_fields_as_names_once_and_values(workspa
     with open_state(workspace) as state:
         assert state.item_extra("t001") == {"title": "song 1", "tags": ["a", 1]}
         assert state.item_extra("t003") == {}
-        assert state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+        assert state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
     assert run(workspace, cat, trust_sizes=True).unchanged == 4
 
 
@@ -1144,13 +1146,14 @@ def test_a_schema_3_state_drops_the_keys_of_paths_named_by_their_ids(workspace, 
     run(workspace, cat, trust_sizes=True)
     with open_state(workspace) as state:  # back to schema 3: every path keyed, every key indexed
         db = state.db
+        back_to_schema_4(db)
         db.execute("DROP INDEX items_ph")
         db.execute("UPDATE items SET ph = 1 WHERE id = 'abc'")
         db.execute("CREATE INDEX items_ph ON items (ph)")
         db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     with open_state(workspace) as state:
         db = state.db
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
         assert db.execute("SELECT id, ph IS NULL FROM items ORDER BY id").fetchall() == [
             ("abc", 1),
             ("t001", 0),
@@ -1160,6 +1163,60 @@ def test_a_schema_3_state_drops_the_keys_of_paths_named_by_their_ids(workspace, 
     assert run(workspace, cat, trust_sizes=True).unchanged == 2
     err = rejected_later(workspace, archive.jsonl(rows + [trusted(2, path="audio/ab/abc.ogg")], "c.jsonl"))
     assert [p.reason for p in err.problems] == ["path 'audio/ab/abc.ogg' already belongs to id 'abc'"]
+
+
+def back_to_schema_4(db) -> None:
+    """Every path stored whole: a state as schema 4 wrote it."""
+    db.execute(f"UPDATE items SET path = {item_path_sql('items')}")
+    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+
+
+def test_a_schema_4_state_stores_paths_named_by_their_ids_without_their_ids(workspace, archive):
+    """Schema 4 -> 5, in one transaction: the same items, paths, plan, re-ingest and refusals; the paths
+    named by their ids are stored with a mark for the id."""
+    rows = [trusted(i, id=f"x{i}", path=f"audio/{i % 2}/x{i}.ogg") for i in range(6)] + [trusted(7)]
+    rows += [trusted(8, id="noext", path="art/noext"), trusted(9, id="a.b", path="art/a.b.jpg")]
+    cat = archive.jsonl(rows)
+    run(workspace, cat, trust_sizes=True)
+    with Workspace.open(workspace) as w:
+        plan(w)
+        before = [list(w.state.iter_members(s.id)) for s in w.state.shards()]
+        assert sorted(m.path for shard in before for m in shard) == sorted(r["path"] for r in rows)
+        back_to_schema_4(w.state.db)
+        assert w.state.db.execute("SELECT COUNT(*) FROM items WHERE instr(path, char(1))").fetchone()[0] == 0
+    with Workspace.open(workspace) as w:
+        db = w.state.db
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
+        assert db.execute("SELECT path FROM items WHERE ph IS NULL ORDER BY n").fetchall() == [
+            (f"audio/{i % 2}/\x01.ogg",) for i in range(6)
+        ] + [("art/\x01",), ("art/\x01.jpg",)]
+        assert [list(w.state.iter_members(s.id)) for s in w.state.shards()] == before
+    assert run(workspace, cat, trust_sizes=True).unchanged == len(rows)
+    err = rejected_later(workspace, archive.jsonl(rows + [trusted(2, path="audio/1/x3.ogg")], "c.jsonl"))
+    assert [p.reason for p in err.problems] == ["path 'audio/1/x3.ogg' already belongs to id 'x3'"]
+
+
+def test_a_killed_schema_4_migration_leaves_schema_4(workspace, archive, monkeypatch):
+    import packager.state_migrate
+
+    run(workspace, archive.jsonl([trusted(0, id="x0", path="audio/x0.ogg")]), trust_sizes=True)
+    with open_state(workspace) as state:
+        back_to_schema_4(state.db)
+
+    def killed(path, item_id):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(packager.state_migrate, "stored_path", killed)
+    with pytest.raises(sqlite3.OperationalError):
+        open_state(workspace)
+    db = sqlite3.connect(workspace / "state.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+    assert db.execute("SELECT path FROM items").fetchall() == [("audio/x0.ogg",)]
+    db.close()
+    monkeypatch.undo()
+    with open_state(workspace) as state:
+        assert state.item_facts(1) == (1, "x0", "audio/x0.ogg", 10)
+        assert state.db.execute("SELECT path FROM items").fetchall() == [("audio/\x01.ogg",)]
 
 
 def rejected_later(ws: Path, catalog: Path) -> CatalogError:

@@ -15,6 +15,7 @@ from packager.catalog import IngestOptions, ingest
 from packager.errors import CatalogError, UsageError
 from packager.plan import plan
 from packager.state import open_state
+from packager.state_schema import item_path_sql
 from packager.workspace import Workspace
 
 _fresh = itertools.count()
@@ -200,8 +201,8 @@ def _seen(ws: Path, catalog: Path, skip: bool, mark_absent: bool, plain_name: Pa
         dump = repr(
             [
                 state.db.execute(
-                    "SELECT n, id, path, kind, popularity, size, mtime, extra, source, line, removed, xk "
-                    "FROM items ORDER BY n"
+                    f"SELECT n, id, {item_path_sql('items')}, kind, popularity, size, mtime, extra, source, "
+                    "line, removed, xk FROM items ORDER BY n"
                 ).fetchall(),
                 state.db.execute("SELECT * FROM catalog_totals ORDER BY kind").fetchall(),
                 state.db.execute("SELECT * FROM planned_popularity ORDER BY item_rowid").fetchall(),

@@ -15,7 +15,7 @@ import orjson
 import xxhash
 
 from ..config import USTAR_MTIME_LIMIT, ReleaseConfig
-from ..state_schema import dumps_extra, extra_names_key, fingerprint_seed, row_fingerprint
+from ..state_schema import ID_MARK, dumps_extra, extra_names_key, fingerprint_seed, row_fingerprint
 from .rows import KNOWN_SET, RawRow
 
 # container.RESERVED_MANIFEST_NAME lives in this folder, so no catalog path may.
@@ -181,7 +181,8 @@ class Checker:
     def check(self, row: RawRow) -> tuple[tuple | None, str | None]:
         """(stage tuple, None) for a good row, (None, reason) for a bad one. The stage tuple is (id, path,
         kind, popularity, size, extra, line, fp, xk), then (mtime, path key) unless both are None (the
-        common row: each value bound costs the insert ~0.2 us; ingest.STAGE_COLUMNS)."""
+        common row: each value bound costs the insert ~0.2 us; ingest.STAGE_COLUMNS). The path is
+        state_schema.stored_path()."""
         if row.fields is None:
             return None, row.error
         f = row.fields
@@ -248,14 +249,15 @@ class Checker:
         fp = row.fp if self.trust_sizes else None
         if fp is None:
             fp = row_fingerprint(item_id, path, kind, popularity, size, mtime, extra, xk, self.seed)
-        # A path named by its id needs no key (state_schema.path_named_by_id, inline); others get
-        # state_schema.path_key(path), inline.
+        # A path named by its id needs no key and is stored with ID_MARK for its id
+        # (state_schema.stored_path, inline); others are stored whole, with state_schema.path_key(path).
         start = path.rfind("/") + 1
         dot = path.rfind(".")
-        if (path[start:dot] if dot > start else path[start:]) == item_id:
-            ph = None
-        else:
-            ph = _path_hash(path.encode()) - _HALF
-        if mtime is None and ph is None:
-            return (item_id, path, kind, popularity, size, extra, row.line, fp, xk), None
+        end = dot if dot > start else len(path)
+        if path[start:end] == item_id:
+            stored = path[:start] + ID_MARK + path[end:]
+            if mtime is None:
+                return (item_id, stored, kind, popularity, size, extra, row.line, fp, xk), None
+            return (item_id, stored, kind, popularity, size, extra, row.line, fp, xk, mtime, None), None
+        ph = _path_hash(path.encode()) - _HALF
         return (item_id, path, kind, popularity, size, extra, row.line, fp, xk, mtime, ph), None
