@@ -1247,3 +1247,35 @@ def test_rejects_of_repeated_ids_and_paths_carry_their_rows(workspace, archive, 
         assert written[5]["row"] == rows[2]
     else:
         assert set(written) == {3, 4}
+
+
+@pytest.mark.parametrize("keyed_inserts", [0, 1, 10**6])
+def test_a_first_ingest_finds_repeated_paths_whether_it_builds_the_path_keys_before_or_after(
+    workspace, archive, monkeypatch, keyed_inserts
+):
+    """A first ingest keeps the index of path keys while it inserts few keyed rows, and builds it after
+    the inserts beyond KEYED_INSERTS: the same refusals either way."""
+    import packager.ingest
+
+    monkeypatch.setattr(packager.ingest, "KEYED_INSERTS", keyed_inserts)
+    rows = [trusted(i) for i in range(5)] + [
+        trusted(9, path="audio/t2.ogg"),
+        trusted(8, id="ab", path="a/ab"),
+    ]
+    rows.append(trusted(7, path="a/ab"))
+    cat = archive.jsonl(rows)
+    with pytest.raises(CatalogError) as e:
+        run(workspace, cat, trust_sizes=True)
+    assert [(p.line, p.reason) for p in e.value.problems] == [
+        (6, f"duplicate path 'audio/t2.ogg', first seen at {cat}:3"),
+        (8, f"duplicate path 'a/ab', first seen at {cat}:7"),
+    ]
+    report = run(workspace, cat, trust_sizes=True, skip_invalid=True, rejects=archive.base / "r.jsonl")
+    assert (report.added, report.rejected) == (6, 2)
+    with open_state(workspace) as state:
+        assert (
+            state.db.execute(
+                "SELECT COUNT(*) FROM items INDEXED BY items_ph WHERE ph IS NOT NULL"
+            ).fetchone()[0]
+            == 5
+        )
