@@ -10,10 +10,14 @@ container/ and cli/ do for start-up time) imports, lazily, every submodule its m
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from packager import layout
 
 PACKAGE = Path(__file__).resolve().parent.parent / "packager"
 # Slow to import or native, and needed by few commands: the only things a module may import lazily.
@@ -23,7 +27,9 @@ HEAVY = {"libtorrent", "minisign", "distributed", "pyarrow", "qbittorrentapi", "
 # 35 ms (the member index, the pages, trust, the swarm model), which of the shard commands only `torrent`
 # needs; asyncio 50 ms, which only the cluster path needs (and distributed imports it anyway); our
 # member_index/ 10 ms, which verify needs only for a shard whose own manifest is lost; rich's console, text
-# and table (35 ms of a command's 0.17 s start), which a --json or quiet run never prints through.
+# and table (35 ms of a command's 0.17 s start), which a --json or quiet run never prints through; and what
+# `verify --pieces` of a good release never needs (VERIFY_PIECES_NEVER below): the member level (the
+# container's scan, verify's frames and localize: 15 ms), trust/ (5 ms) for a release without a statement.
 SLOW = {
     "rich.progress",
     "packager.publish",
@@ -32,6 +38,11 @@ SLOW = {
     "rich.console",
     "rich.text",
     "rich.table",
+    "packager.container.scan",
+    "packager.container.format",
+    "packager.verify.frames",
+    "packager.verify.localize",
+    "packager.trust",
 }
 
 
@@ -281,3 +292,54 @@ def test_a_circle_and_a_heavy_import_through_a_lazy_attribute_are_seen(tmp_path,
     graph = {m: {i.target for i in imps if i.target in found and i.target != m} for m, imps in found.items()}
     assert _cycles(graph) == [["toy", "toy.thing", "toy.user"]]
     assert ("toy.user" in _heavy_modules(found)) == bool(heavy)
+
+
+# What `verify --pieces` of a good release, the command a mirror runs over terabytes, must never load: its
+# start-up is part of the wait, which bench.py verify compares with libtorrent's recheck (libtorrent alone
+# was 0.3 s cold; the member level 15 ms; rich 35 ms; the cyclic collector over start-up's objects 15 ms).
+VERIFY_PIECES_NEVER = (
+    "libtorrent",
+    "rich",
+    "sqlite3",
+    "zstandard",
+    "packager.container.scan",
+    "packager.container.format",
+    "packager.verify.frames",
+    "packager.verify.localize",
+    "packager.member_index",
+    "packager.signing",
+    "packager.cli.shards",
+)
+
+_LOADED = """
+import gc, sys
+starting = []  # collections before verify's command module is loaded: over start-up's own objects
+gc.callbacks.append(lambda phase, info: phase == "start" and not hasattr(
+    sys.modules.get("packager.cli.verify"), "_VerifyProgress") and starting.append(info))
+from packager.cli import main
+sys.argv = ["packager", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+print(code, len(starting), " ".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def _verify_loads(*args: str) -> tuple[int, int, set[str]]:
+    """(exit code, collections during start-up, every module loaded) of `packager verify ARGS`."""
+    done = subprocess.run([sys.executable, "-c", _LOADED, "verify", *args], capture_output=True, text=True)
+    code, collections, modules = done.stderr.splitlines()[-1].split(" ", 2)
+    return int(code), int(collections), set(modules.split())
+
+
+def test_verify_pieces_of_a_good_release_loads_only_the_piece_path(published):
+    code, collections, loaded = _verify_loads(str(published), "--pieces", "--json")
+    assert code == 0
+    assert sorted(m for m in loaded if m.startswith(VERIFY_PIECES_NEVER)) == []
+    assert collections <= 2  # 33 before the collector was paused while modules load (once, maybe, before)
+    # trust/ is for a signed release: one published before the statement existed does without it.
+    for name in (layout.STATEMENT, layout.signature_name(layout.STATEMENT)):
+        (published / layout.PUBLISHED / name).unlink(missing_ok=True)
+    code, _, loaded = _verify_loads(str(published), "--pieces", "--json")
+    assert code == 0 and sorted(m for m in loaded if m.startswith(("packager.trust", *SLOW))) == []

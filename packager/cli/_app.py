@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -77,9 +76,11 @@ class PackagerGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(130) from None
-        except (OSError, sqlite3.Error) as e:
+        except Exception as e:
             # The last resort for the machine saying no (permissions, a full disk, a read-only state
             # database) where no stage turned it into a PackagerError: a message, exit 3, no traceback.
+            if not _environment_error(e):
+                raise
             if isinstance(e, BrokenPipeError):
                 raise  # stdout closed by the reader (`| head`): typer exits quietly
             where = f"{e.filename}: " if getattr(e, "filename", None) else ""
@@ -87,6 +88,13 @@ class PackagerGroup(TyperGroup):
             say(err, "error:", where + what)
             say(err, "hint:", "check that the folders exist, are writable and have free space", "bold")
             raise typer.Exit(3) from None
+
+
+def _environment_error(e: Exception) -> bool:
+    """An OSError, or a sqlite3.Error (sqlite3 looked up, not imported: a command that never opened a
+    database, as verify, cannot have raised one, and need not load it)."""
+    sqlite3 = sys.modules.get("sqlite3")
+    return isinstance(e, OSError) or (sqlite3 is not None and isinstance(e, sqlite3.Error))
 
 
 app = typer.Typer(

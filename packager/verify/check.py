@@ -8,8 +8,8 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from packager import trust
 from packager.errors import UsageError
 from packager.layout import SHARD_SUFFIX, SHARDS
 
@@ -24,6 +24,9 @@ from .references import (
 )
 from .report import Event, FileResult, Finding, Level, PublicationSeen, Severity, VerifyOptions, VerifyReport
 from .shard import ShardCheck, Target
+
+if TYPE_CHECKING:
+    from packager import trust
 
 
 def _shard_files(folder: Path) -> list[Path]:
@@ -108,7 +111,7 @@ def verify(
     notes: list[Finding] = []
     sources: list[str] = []
     authenticated = bool(options.pubkey)
-    trust_file = trust.TrustFile(options.trust_file)
+    trust_file = _trust_file(options)
     statements: list[tuple[Path, trust.Statement]] = []
     jobs = options.jobs or os.cpu_count() or 1
     for root, (whole, folders, given) in _targets_for([Path(p) for p in paths]).items():
@@ -150,6 +153,15 @@ def verify(
     return report
 
 
+def _trust_file(options: VerifyOptions) -> trust.TrustFile | None:
+    """The trust file, which only a check given a key reads or writes (and only then is trust/ loaded)."""
+    if not options.pubkey:
+        return None
+    from packager import trust  # see _trust_file's docstring
+
+    return trust.TrustFile(options.trust_file)
+
+
 def _statement_findings(refs: References) -> list[Finding]:
     out = []
     for rel in refs.not_downloaded:
@@ -168,7 +180,7 @@ def _publication(refs: References) -> str:
 def _update_trust(
     report: VerifyReport,
     statements: list[tuple[Path, trust.Statement]],
-    trust_file: trust.TrustFile,
+    trust_file: trust.TrustFile | None,
     options: VerifyOptions,
 ) -> list[PublicationSeen]:
     """Record each authenticated statement in the trust file, only if the whole check succeeded (TUF's

@@ -3,12 +3,15 @@ about one thing found (shard.py decides what to check, localize.py where the dam
 
 from __future__ import annotations
 
-from packager.container.format import RESERVED_MANIFEST_NAME
-from packager.container.scan import Layout
+from typing import TYPE_CHECKING
 
-from .localize import MemberLevel, PieceOwners
-from .passes import PieceResult
 from .report import FileResult, Level, Severity, Status, ranges
+
+if TYPE_CHECKING:  # (the container and localize modules are for damage: a clean check never loads them)
+    from packager.container.scan import Layout
+
+    from .localize import MemberLevel, PieceOwners
+    from .passes import PieceResult
 
 DAMAGE, MISSING, BAD_INPUT, NOTE = Severity.DAMAGE, Severity.MISSING, Severity.BAD_INPUT, Severity.NOTE
 _NAMED = 5  # members named in the note on bad pieces before "and N more"
@@ -179,6 +182,8 @@ def index_unusable(r: FileResult, why: str) -> None:
 def members(
     r: FileResult, level: MemberLevel, manifest_problem: str | None, from_index: bool = False
 ) -> None:
+    from packager.container.format import RESERVED_MANIFEST_NAME  # the member level has it loaded
+
     if from_index:
         r.add(
             Level.MEMBER,

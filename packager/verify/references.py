@@ -16,14 +16,16 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from packager import layout, trust
+from packager import layout
 from packager.errors import (
     FileNotAuthenticated,
     MixedPublication,
     PublicationRefused,
     UntrustedManifest,
 )
+from packager.fsutil import read_regular
 from packager.layout import (
     PUBLISHED,
     RELEASE_JSON,
@@ -34,6 +36,9 @@ from packager.layout import (
     TORRENTS,
 )
 from packager.manifest import read_release_files, read_sha256sums
+
+if TYPE_CHECKING:
+    from packager import trust
 
 # release.json of 3000 torrents is ~3 MB: a hostile mirror's "release.json" of gigabytes is refused unread.
 MAX_MANIFEST_BYTES = 256 * 2**20
@@ -157,11 +162,6 @@ def _refs_from_torrents(root: Path) -> list[ShardRef]:
     return refs
 
 
-def _public_key(pubkey: str) -> str:
-    """The key text: a .pub file's content (read bounded), or the base64 line given as it is."""
-    return trust.public_key_text(pubkey)
-
-
 def _authenticate(path: Path, data: bytes, pubkey: str) -> str:
     """The trusted comment of `path`'s minisign signature; UntrustedManifest if it is missing or wrong."""
     # minisign costs 75 ms to import, and only a verify given --pubkey needs it.
@@ -213,8 +213,7 @@ def load_references(
             )
         return References(None, {}, (), False)
     root, bases = manifest_folder(root)
-    key = trust.public_key_text(pubkey) if pubkey else None
-    statement = trust.read_folder_statement(root, key, trust_file if pubkey else None, now)
+    statement = _folder_statement(root, pubkey, trust_file, now)
     if pubkey and statement is None:
         raise PublicationRefused(
             root / layout.STATEMENT,
@@ -227,7 +226,7 @@ def load_references(
     for name in (RELEASE_JSON, SHA256SUMS):
         if not (root / name).exists():
             continue
-        found[name] = trust.read_regular(root / name, MAX_MANIFEST_BYTES)
+        found[name] = read_regular(root / name, MAX_MANIFEST_BYTES)
     sources = []
     not_downloaded: tuple[str, ...] = ()
     unlisted: tuple[str, ...] = ()
@@ -245,7 +244,9 @@ def load_references(
                 "no release.json or SHA256SUMS here to authenticate",
                 hint="point verify at the release folder that holds them",
             )
-        key = _public_key(pubkey)
+        from packager import trust  # (loaded by _folder_statement: a key was given)
+
+        key = trust.public_key_text(pubkey)
         for name, data in found.items():
             comment = _authenticate(root / name, data, key)
             sources.append(f"{name} (signature good: {comment})")
@@ -273,6 +274,21 @@ def load_references(
         unlisted,
         damaged,
     )
+
+
+def _folder_statement(
+    root: Path, pubkey: str | None, trust_file: trust.TrustFile | None, now: datetime | None
+) -> trust.FolderStatement | None:
+    """The folder's publication statement (read_folder_statement), None if it has none. trust/ is loaded
+    only for a folder with a statement or a check given a key: an unsigned release never needs it, and
+    its `verify --pieces` start-up is part of the wait."""
+    path = root / layout.STATEMENT
+    if not pubkey and not path.exists() and not path.is_symlink():  # read_folder_statement's own test
+        return None
+    from packager import trust  # see the docstring
+
+    key = trust.public_key_text(pubkey) if pubkey else None
+    return trust.read_folder_statement(root, key, trust_file if pubkey else None, now)
 
 
 def _check_statement(

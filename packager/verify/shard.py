@@ -11,14 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from packager.container.format import MemberRecord
-from packager.container.scan import Layout, read_layout, starts_with_tar_header
 from packager.errors import PackagerError, TorrentError, UntrustedManifest
 from packager.layout import TORRENT_SUFFIX
 from packager.torrent import METAINFO_MAX_BYTES, read_piece_hashes
 
-from . import findings, localize
-from .frames import FrameStream, Members, TarWalk
+from . import findings
 from .passes import Consumer, PieceResult, Pieces, Sha256, check_pieces, read_pass
 from .references import References, ShardRef
 from .report import (
@@ -35,7 +32,14 @@ from .report import (
 )
 
 if TYPE_CHECKING:
+    from packager.container.scan import Layout
     from packager.torrent import PieceHashes
+
+    from .frames import FrameStream, Members, TarWalk
+
+# The member level (frames.py, localize.py and the container's scan: a third of verify's imports) is loaded
+# where a check needs it, at --deep or when something is damaged: `verify --pieces` of a good release, whose
+# start-up is part of its wait, never imports it.
 
 
 def unfinished_names(name: str) -> tuple[str, ...]:
@@ -86,7 +90,10 @@ class MemberCheck:
     stream: FrameStream
 
 
-_CHECK_OF = {Sha256: Check.SHA256, Pieces: Check.PIECES, FrameStream: Check.MEMBERS}
+def _check_of(consumer: Consumer) -> Check:
+    if isinstance(consumer, Sha256):
+        return Check.SHA256
+    return Check.PIECES if isinstance(consumer, Pieces) else Check.MEMBERS  # else the FrameStream
 
 
 class ShardCheck:
@@ -250,6 +257,8 @@ class ShardCheck:
         """No release manifest and no .torrent: only the shard's own manifest and seek table can speak."""
         r = self.result
         layout = self._layout()
+        from packager.container.scan import starts_with_tar_header  # the member level (see the top)
+
         if layout.records is None and not starts_with_tar_header(self.t.path, layout):
             r.status = Status.NOT_A_SHARD
             why = layout.table_problems[0] if layout.table_problems else layout.manifest_problem
@@ -265,6 +274,8 @@ class ShardCheck:
 
     def _layout(self) -> Layout:
         if self.layout is None:
+            from packager.container.scan import read_layout  # the member level (see the top)
+
             self.layout = read_layout(self.t.path, self.result.size, self.result.expected_size)
             if self.layout.records is None and self.t.ref is not None:
                 self._members_from_index(self.layout)
@@ -281,6 +292,8 @@ class ShardCheck:
             return
         if not found:
             return
+        from packager.container.format import MemberRecord  # loaded with the layout
+
         layout.records = [
             MemberRecord(
                 m.id, m.path, "", 0.0, m.size, m.xxh3_128, m.sha256, m.offset, m.first_frame, m.last_frame
@@ -305,6 +318,8 @@ class ShardCheck:
 
     def _member_check(self) -> MemberCheck:
         layout = self._layout()
+        from .frames import FrameStream, Members, TarWalk  # the member level (see the top)
+
         sink = Members(layout) if layout.records is not None else TarWalk(layout.stream_frames)
         return MemberCheck(layout, sink, FrameStream(layout, sink))
 
@@ -318,7 +333,7 @@ class ShardCheck:
         return pieces
 
     def _pass(self, consumers: list[Consumer]) -> None:
-        self.emit(PassStarted(self.t.rel, tuple(_CHECK_OF[type(c)] for c in consumers), self.result.size))
+        self.emit(PassStarted(self.t.rel, tuple(_check_of(c) for c in consumers), self.result.size))
         self._read_done(*read_pass(self.t.path, consumers, self._bytes_read))
 
     def _read_done(self, read: int, problem: str | None) -> None:
@@ -342,6 +357,8 @@ class ShardCheck:
         findings.pieces(r, pieces)
         if pieces.bad:
             layout = self._layout()
+            from . import localize  # damage found: the member level (see the top)
+
             owners = localize.members_in_pieces(layout, pieces.bad, h.piece_size, self.spans)
             r.members_in_bad_pieces = owners.members
             unreadable = layout.manifest_problem if layout.records is None else None
@@ -352,6 +369,10 @@ class ShardCheck:
         r.levels.append(Check.MEMBERS)
         findings.container(r, layout, members.stream.table_bad)
         piece_size = r.piece_size or (self.hashes.piece_size if self.hashes else None)
+        # the member level (see the top)
+        from . import localize
+        from .frames import Members
+
         if isinstance(sink, Members):
             sink.lost(r.size or 0, self.spans)
             level = localize.manifest_members(layout, sink, piece_size, self.spans)
