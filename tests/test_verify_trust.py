@@ -185,9 +185,9 @@ def test_each_published_file_edited_is_refused(pubs, tmp_path):
         data[len(data) // 2] ^= 0x01
         (folder / rel).write_bytes(data)
         r = run(pubs, folder, tf)
-        if rel.startswith(f"{layout.TORRENTS}/") or rel == layout.MEMBER_INDEX_PACK:
-            # A .torrent is checked with its shard against release.json, the member index's pack and torrent
-            # against the statement: data, reported damaged (never used), not an edited manifest.
+        if rel.startswith(f"{layout.TORRENTS}/") or rel in (layout.MEMBER_INDEX_PACK, layout.MEMBER_INDEX):
+            # A .torrent is checked with its shard against release.json, the member index (its pack, root and
+            # torrent) against the statement: data, reported damaged (never used), not an edited manifest.
             assert r.exit_code == 1 and rel in r.output and "damaged" in r.output, r.output
         else:
             assert r.exit_code == 2, (rel, r.output)
@@ -469,7 +469,26 @@ def test_a_damaged_member_index_torrent_is_damage_and_its_pack_still_checked(pub
     assert layout.MEMBER_INDEX_PACK not in files  # good (against the statement), so not listed
 
 
-@pytest.mark.parametrize("rel", [layout.MEMBER_INDEX_PACK, layout.MEMBER_INDEX_TORRENT])
+def test_a_flipped_byte_in_the_member_index_root_is_damage_of_that_file(pubs, tmp_path):
+    """members/index.json with a byte flipped was 'not one publication ... listed by no publication (edited,
+    or foreign)', exit 2, where the same flip in the pack it describes is damage: the same now (exit 1),
+    named, to fetch again; a check that needs the index (a shard's manifest lost) says it cannot use it."""
+    rel = layout.MEMBER_INDEX
+    folder = copy_of(pubs, 2, tmp_path / "m", edit=rel)
+    data = bytearray((folder / rel).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (folder / rel).write_bytes(data)
+    r = run(pubs, folder, pubs.trust_file(tmp_path / "trust.json"), "--json")
+    assert r.exit_code == 1, r.output
+    files = {f["path"]: f for f in json.loads(r.stdout)["files"]}
+    listed = trust.read_folder_statement(folder, None).statement.files[rel]
+    assert files[rel]["status"] == "damaged" and files[rel]["expected_sha256"] == listed.sha256
+    assert [f["path"] for f in files.values() if f["status"] != "ok"] == [rel]
+    human = " ".join(run(pubs, folder, pubs.trust_file(tmp_path / "t2.json")).output.split())
+    assert f"{rel} " in human and "fetch it again" in human and "listed by no publication" not in human
+
+
+@pytest.mark.parametrize("rel", [layout.MEMBER_INDEX_PACK, layout.MEMBER_INDEX_TORRENT, layout.MEMBER_INDEX])
 @pytest.mark.parametrize("kind", ["directory", "fifo"])
 def test_a_member_index_file_that_is_not_a_file_is_damage(pubs, tmp_path, rel, kind):
     """A directory or FIFO where the statement lists the pack or its torrent: damage to fetch again (exit 1),
@@ -484,7 +503,7 @@ def test_a_member_index_file_that_is_not_a_file_is_damage(pubs, tmp_path, rel, k
     assert "not a regular file" in json.dumps(files[rel])
 
 
-@pytest.mark.parametrize("rel", [layout.RELEASE_JSON, layout.MEMBER_INDEX])
+@pytest.mark.parametrize("rel", [layout.RELEASE_JSON, layout.TORRENTS_JSON])
 def test_a_manifest_that_is_a_directory_is_refused_by_name(pubs, tmp_path, rel):
     folder = copy_of(pubs, 2, tmp_path / "m", edit=rel)
     (folder / rel).unlink()

@@ -97,6 +97,13 @@ def sha256_mismatch(r: FileResult) -> None:
     r.add(Level.FILE, DAMAGE, f"SHA-256 is {r.sha256}, expected {r.expected_sha256}")
 
 
+def data_sha256_mismatch(r: FileResult) -> None:
+    """A data file the statement lists (the member index's root, pack or torrent) whose bytes no publication
+    has: damaged in transit or on disk, as a shard would be, not a manifest someone edited."""
+    if r.sha256 != r.expected_sha256:
+        r.add(Level.FILE, DAMAGE, f"SHA-256 is {r.sha256}, expected {r.expected_sha256}: fetch it again")
+
+
 def swapped(r: FileResult, other: str) -> None:
     r.add(
         Level.FILE,

@@ -71,7 +71,7 @@ def _sha256(r: FileResult, path, emit: Callable[[Event], None]) -> None:
     r.bytes_read += r.size
     emit(BytesRead(r.path, r.size))
     r.levels.append(Check.SHA256)
-    findings.sha256_mismatch(r)
+    findings.data_sha256_mismatch(r)
 
 
 def _pack_pieces(refs: References):

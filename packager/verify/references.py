@@ -330,7 +330,7 @@ def _check_statement(
 
 
 # Data with a torrent of its own, checked by verify as a shard is: damage there is a file to fetch again.
-_DATA_FILES = (layout.MEMBER_INDEX_PACK, layout.MEMBER_INDEX_TORRENT)
+_DATA_FILES = (layout.MEMBER_INDEX, layout.MEMBER_INDEX_PACK, layout.MEMBER_INDEX_TORRENT)
 
 
 def _is_torrent(rel: str) -> bool:
