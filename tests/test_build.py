@@ -335,3 +335,39 @@ def test_a_negative_jobs_count_is_refused_with_the_default_build_help_gives(work
     with pytest.raises(UsageError) as e:
         run_build(workspace, jobs=-1)
     assert "0 (one per two cores)" in str(e.value)
+
+
+@pytest.mark.parametrize("where", ["torrent", "shard"])
+def test_a_directory_at_a_shards_final_name_or_its_torrents_is_refused_before_the_work(
+    workspace, archive, where
+):
+    """A directory at torrents/<name>.torrent made the build fail after the work (exit 3, 'Is a directory'),
+    the shard just built deleted and left 'planned'; one at shards/<name> failed with the hint meant for
+    changed catalog files. Now that shard is refused before it is written, with what to do (exit 2), the
+    directory and what is in it stay, the other shards are built, and once it is moved the build is whole."""
+    from packager import layout
+
+    prepare(workspace, archive, rows_for(archive, n=6))
+    with open_state(workspace) as state:
+        shards = state.shards()
+    name = shards[0].name
+    rel = layout.torrent_file(name) if where == "torrent" else layout.shard_file(name)
+    target = workspace / rel
+    (target / "keep").mkdir(parents=True)
+    r = CliRunner().invoke(app, ["build", str(workspace), "--jobs", "1"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2, r.output
+    assert f"{target.name} in {target.parent} is a directory, where the build keeps a file of its own" in said
+    assert "move it away" in said and "restore those files" not in said and "Traceback" not in said
+    assert (target / "keep").is_dir()
+    with open_state(workspace) as state:
+        states = {s.name: s.state for s in state.shards()}
+    assert states[name] == "failed" and all(s == "built" for n, s in states.items() if n != name)
+    assert not list((workspace / "shards").glob("*.part*"))
+    (target / "keep").rmdir()
+    target.rmdir()
+    report = run_build(workspace)
+    assert report.built == [name] and not report.failed
+    assert (workspace / layout.shard_file(name)).is_file() and (
+        workspace / layout.torrent_file(name)
+    ).is_file()

@@ -198,11 +198,26 @@ TAMPER = {
         cp, lambda d: d.update(offset=d["offset"] + 1)
     ),
     "checkpoint is a symlink": lambda part, cp: (cp.unlink(), cp.symlink_to("/dev/zero")),
+    "checkpoint is a dangling symlink": lambda part, cp: (cp.unlink(), cp.symlink_to(cp.parent / "gone")),
+    "checkpoint is a symlink loop": lambda part, cp: (cp.unlink(), cp.symlink_to(cp.name)),
     "part shorter than the checkpoint": lambda part, cp: os.truncate(part, _checkpoint_offset(cp) - 1),
     "part with a frame checksum changed": lambda part, cp: _flip(part, _first_frame_size(cp) - 1),
     "part changed inside the last frame": lambda part, cp: _flip(part, _checkpoint_offset(cp) - 3000),
     "part of random bytes": lambda part, cp: part.write_bytes(os.urandom(part.stat().st_size)),
     "part is a FIFO": lambda part, cp: (part.unlink(), os.mkfifo(part)),
+    "part is a symlink": lambda part, cp: (
+        part.rename(part.parent.parent / "moved"),
+        part.symlink_to("../moved"),
+    ),
+}
+# What the "rebuilt from byte 0" line says: a symlink was "[Errno 40] Too many levels of symbolic links",
+# and a dangling or looping one was no line at all (exists() is False for both).
+WHY = {
+    "checkpoint is a symlink": "is not a regular file (a symlink)",
+    "checkpoint is a dangling symlink": "is not a regular file (a symlink)",
+    "checkpoint is a symlink loop": "is not a regular file (a symlink)",
+    "part is a FIFO": "is not a regular file",
+    "part is a symlink": "is not a regular file (a symlink)",
 }
 
 
@@ -214,6 +229,7 @@ def test_a_damaged_or_hostile_checkpoint_or_part_is_refused(make_workspace, arch
     TAMPER[tamper](part, part.with_name(layout.checkpoint_name(part.name)))
     report = run_build(ws)
     assert report.resumed == [] and len(report.restarted) == 1, report.as_dict()
+    assert WHY.get(tamper, "") in report.restarted[0][1]
     assert files(ws) == reference
     assert leftovers(ws) == []
 

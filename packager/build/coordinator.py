@@ -31,7 +31,17 @@ from ..hashing import ShardHashes
 from ..state import ShardRow
 from ..torrent import TorrentSpec, build_metainfo, identity, piece_size_for, web_seed_url, write_torrent
 from ..workspace import Workspace
-from .shard import BuildReport, Event, ShardFailed, ShardFinished, ShardJob, ShardResult, discard
+from .shard import (
+    BuildReport,
+    Event,
+    PathInTheWay,
+    ShardFailed,
+    ShardFinished,
+    ShardJob,
+    ShardResult,
+    discard,
+    unlink_file,
+)
 
 
 def torrent_spec(config: ReleaseConfig, name: str, fmt: str, hashes: ShardHashes):
@@ -127,7 +137,8 @@ def recover(ws: Workspace) -> list[str]:
                 recovered.append(final.name)
                 continue
             state.mark_unbuilt(rel)
-        elif rel not in built and part.with_name(layout.checkpoint_name(part.name)).exists():
+        elif rel not in built and os.path.lexists(part.with_name(layout.checkpoint_name(part.name))):
+            # lexists: a checkpoint that is a dangling symlink is refused, and said, by write_one
             continue  # an interrupted build: write_one resumes it, or starts it again, after its checks
         part.unlink()
     for stale in shards_dir.glob(layout.attempt_part_glob("*" + layout.SHARD_SUFFIX)):
@@ -136,14 +147,14 @@ def recover(ws: Workspace) -> list[str]:
     for checkpoint in shards_dir.glob(layout.checkpoint_name("*" + layout.PART_SUFFIX)):
         if _is_directory(checkpoint):
             continue
-        if not checkpoint.with_name(checkpoint.name[: -len(layout.CHECKPOINT_SUFFIX)]).exists():
+        if not os.path.lexists(checkpoint.with_name(checkpoint.name[: -len(layout.CHECKPOINT_SUFFIX)])):
             checkpoint.unlink()  # its .part is gone (built, or discarded above)
     for rel, _, _ in built.values():
         if not ws.file(rel).exists():
             state.mark_unbuilt(rel)
     for row in state.shards():
         if row.state != "built":  # a torrent written just before a kill, for a shard that never landed
-            ws.torrent_path(row.name).unlink(missing_ok=True)
+            unlink_file(ws.torrent_path(row.name))  # a directory there: its shard's build refuses it
     return recovered
 
 
@@ -203,7 +214,7 @@ class Coordinator:
                 self.on_event(ShardFinished(job.name, result.hashes.length, ih))
                 return
         discard(job)
-        self.ws.torrent_path(job.name).unlink(missing_ok=True)  # no finished-looking torrent without data
+        unlink_file(self.ws.torrent_path(job.name))  # no finished-looking torrent without data
         if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
             # The output side is full or read-only: every other shard would fail the same way.
             raise EnvironmentProblem(
@@ -216,6 +227,8 @@ class Coordinator:
             reason = f"{error.reason}" + (f" ({error.path})" if error.path else "")
         self.ws.state.mark_failed(job.shard_id, reason)
         self.report.failed.append((job.name, reason))
+        if isinstance(error, PathInTheWay):
+            self.report.in_the_way.append(job.name)
         self.on_event(ShardFailed(job.name, reason))
 
     def _finish(self, job: ShardJob, fmt: str, result: ShardResult) -> str | None:

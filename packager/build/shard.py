@@ -15,6 +15,7 @@ the tail is written; the shard is handed back only once it has passed (else it i
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -75,6 +76,10 @@ class ShardJob:
     @property
     def checkpoint_path(self) -> Path:
         return self.part_path.with_name(layout.checkpoint_name(self.part_path.name))
+
+    @property
+    def torrent_path(self) -> Path:
+        return Path(self.workspace) / layout.torrent_file(self.name)
 
     def key(self) -> str:
         """What a checkpoint must have been written for: everything the shard's bytes depend on, but the
@@ -138,6 +143,9 @@ class BuildReport:
     unplanned: tuple[int, int] = (0, 0)  # (items, bytes) ingested but in no shard: `packager plan` first
     resumed: list[tuple[str, int]] = field(default_factory=list)  # (shard, bytes kept from its .part)
     restarted: list[tuple[str, str]] = field(default_factory=list)  # (shard, why its checkpoint was refused)
+    in_the_way: list[str] = field(
+        default_factory=list
+    )  # failed shards refused for a directory (PathInTheWay)
 
     def as_dict(self) -> dict:
         return {
@@ -294,11 +302,11 @@ def _resume_point(
 ) -> tuple[Resume | None, ShardHasher | None, str | None, PrefixCheck | None]:
     """The checked checkpoint of an interrupted build of `job`, the hasher restored to it and the check of
     the kept prefix, started; or, if there is none or it fails a check, (None, None, why, None) with the
-    .part and checkpoint removed. ShardBuildError if either is a directory (not packager's to delete)."""
+    .part and checkpoint removed. PathInTheWay if a directory is where the build puts one of its files."""
     part, saved = job.part_path, job.checkpoint_path
-    for path in (part, saved):
+    for path in (part, saved, job.final_path, job.torrent_path):
         _refuse_directory(job, path)
-    if job.attempt or not saved.exists():
+    if job.attempt or not os.path.lexists(saved):
         part.unlink(missing_ok=True)
         return None, None, None, None
     try:
@@ -324,24 +332,38 @@ def _resume_point(
     return resume, hasher, None, prefix
 
 
-def _refuse_directory(job: ShardJob, path: Path) -> None:
-    """A directory where packager keeps a temporary file of its own is someone else's: refused, kept."""
-    try:
-        is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return
-    if is_dir:
-        raise ShardBuildError(
-            job.name,
+class PathInTheWay(ShardBuildError):
+    """A directory where the build writes one of its own files (the .part, its checkpoint, the shard, its
+    .torrent): someone else's, so it is neither deleted nor written over, and the shard is not built."""
+
+    def __init__(self, shard: str, path: Path):
+        super().__init__(
+            shard,
             f"{path.name} in {path.parent} is a directory, where the build keeps a file of its own; "
             "move it away, then build again",
             str(path),
         )
 
 
+def _refuse_directory(job: ShardJob, path: Path) -> None:
+    """Checked before the work: a directory found at the torrent's name only after the shard was written
+    cost the shard (the failure discards the .part)."""
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if is_dir:
+        raise PathInTheWay(job.name, path)
+
+
 def _open_regular(path: Path) -> int:
     """A read-only descriptor of `path` if it is a regular file (not a FIFO that blocks, nor a symlink)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symlink, dangling, looping or not
+            raise CheckpointRejected(f"{path.name} is not a regular file (a symlink)") from None
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise CheckpointRejected(f"{path.name} is not a regular file")
@@ -352,5 +374,10 @@ def discard(job: ShardJob) -> None:
     """Remove the shard's .part and its checkpoint (a failed shard, or a checkpoint that failed a check);
     a directory in their place is not packager's, and stays."""
     for path in (job.part_path, job.checkpoint_path):
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            path.unlink()
+        unlink_file(path)
+
+
+def unlink_file(path: Path) -> None:
+    """Remove `path` if it is there and not a directory (a directory is someone else's)."""
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        path.unlink()

@@ -81,7 +81,7 @@ def build(
                 f"`packager plan {workspace}` to plan them, then build again",
                 markup=False,
             )
-        if report.failed:
+        if len(report.failed) > len(report.in_the_way):  # those say what to move themselves
             say(
                 err,
                 "hint:",
