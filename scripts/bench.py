@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import zstandard
-from bench_build import bench_build, bench_resume  # scripts/ is on sys.path when this file runs
+from bench_build import Cold, bench_build, bench_resume  # scripts/ is on sys.path when this file runs
 from bench_fetch import add_index_args, bench_index
 from bench_plan import add_plan_args, bench_plan
 from bench_seed import add_seed_args, bench_seed
@@ -421,6 +421,12 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3, help="best of N runs (shared machines are noisy)")
     p.add_argument("--v2", action="store_true", help="also hash the BEP 52 merkle tree (hybrid/v2)")
     p.add_argument(
+        "--cold",
+        action="store_true",
+        help="every run reads its sources from the disk (page cache dropped or the files evicted first), "
+        "as a build of an archive does; without, from the page cache",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="then one run per level with per-thread figures (and, with py-spy installed, each thread's "
@@ -433,6 +439,7 @@ def bench_speed(args: argparse.Namespace) -> dict:
 
     Both read the sources from the page cache after the first pass, so the figure compares the writer's
     CPU cost with the cost of the bytes themselves; on a disk slower than the writer the ratio nears 1.
+    With --cold each run starts with its sources out of the cache, as in `bench.py build`.
     """
     work = Path(args.workdir) / "speed"
     pool = random_pool(work / "src", args.size, track_size, seed=5)
@@ -459,9 +466,12 @@ def bench_speed(args: argparse.Namespace) -> dict:
             os.fsync(out.fileno())
         hasher.finish()
 
+    cold = Cold([work / "src", target]) if args.cold else lambda: None
+
     def best(fn: Callable[[], None]) -> tuple[float, float]:
         runs = []
         for _ in range(args.repeat):
+            cold()
             start, cpu = time.perf_counter(), cpu_seconds()
             fn()
             runs.append((time.perf_counter() - start, cpu_seconds() - cpu))
@@ -469,6 +479,7 @@ def bench_speed(args: argparse.Namespace) -> dict:
 
     copy_s, copy_cpu = best(copy)
     print(f"{total / MB:.0f} MB of random data in {len(pool)} files, best of {args.repeat}")
+    print(f"cache: {cold.how}" if args.cold else "cache: sources read from the page cache (warm)")
     print(f"{'':<12}{'MB/s':>8}{'CPU s':>8}{'wall s':>8}{'build/copy':>12}")
     print(f"{'copy':<12}{total / copy_s / MB:>8.0f}{copy_cpu:>8.2f}{copy_s:>8.2f}")
     results = {"bytes": total, "copy_mb_s": total / copy_s / MB, "levels": {}}
@@ -480,6 +491,7 @@ def bench_speed(args: argparse.Namespace) -> dict:
     print(f"target          build/copy <= {BUILD_COPY_TARGET} (with v2={args.v2}, {os.cpu_count()} cores)")
     for level in args.levels if args.profile else ():
         profile: dict = {}
+        cold()
         gil = gil_shares(lambda level=level, profile=profile: build(level, profile), work)
         print(
             f"level {level}: per thread, seconds (O_DIRECT {profile['O_DIRECT']}, zero-copy zstd "
