@@ -4,7 +4,8 @@ member manifest and the seek table, in one pass over the input bytes (see the pa
 One shard is written by a pipeline of threads that hand each other pooled buffers (pipeline.py), never
 copies of the bytes:
 
-    calling thread: reads each file (O_DIRECT where possible) into input buffers
+    calling thread: asks for each file's bytes (O_DIRECT where possible), READ_CHUNK at a time, two reads in
+        flight on two reading threads (from one file or the next), and hands them on in order
         input buffers  ─┬─▶ compress ─▶ output buffers
                         └─▶ digest (each member's xxh3-128 and SHA-256)
         output buffers ─┬─▶ write (pwritev, O_DIRECT where possible)
@@ -29,7 +30,9 @@ import math
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,9 +57,13 @@ from .pipeline import PAGE, WAKE, Buffer, BufferPool, Failure, Stage
 from .resume import Checkpoints, Resume, WriterCheckpoint, members_key_update
 from .stages import BEGIN, END, Compress, Marks, MemberDigests, Output, feed_sink, release
 
-READ_CHUNK = 4 * 2**20  # bytes per read of an input file
+READ_CHUNK = 8 * 2**20  # bytes per read of an input file
+# Reads of input files in flight at once (from one file or the next ones), each on a reading thread. Measured
+# here reading 2 GB cold with O_DIRECT: 8 MiB reads one at a time 570 MB/s, two at a time 1076 MB/s, four
+# 852 MB/s; one at a time, the writer read 1 GB in 2.6 s of its 3.1 s (the disk waited between requests).
+READS_IN_FLIGHT = 2
 OUT_CHUNK = 2**20  # bytes per output buffer (a multiple of the page size, for O_DIRECT); pwritev batches them
-_IN_BUFFERS = 6
+_IN_BUFFERS = 8  # > READS_IN_FLIGHT + 1 (the reads waiting to be handed on), or the reader could starve
 _OUT_BUFFERS = 24
 PREFETCH_BYTES = 8 * 2**20
 DROP_BEHIND_BYTES = 2**20
@@ -87,6 +94,24 @@ class ShardWritten:
 
 class ResumeMismatch(ValueError):
     """The members or settings given do not match the checkpoint being resumed; rebuild from 0."""
+
+
+class _Source:
+    """One member's file, open while its reads are in flight: `direct` says whether they use O_DIRECT."""
+
+    __slots__ = ("m", "f", "fd", "direct", "cached", "fail")
+
+    def __init__(self, m: MemberSource, f: io.FileIO, direct: bool, cached: bool, fail: Callable):
+        self.m, self.f, self.fd, self.direct, self.cached, self.fail = m, f, f.fileno(), direct, cached, fail
+
+
+class _Chunk:
+    """One read in flight: `want` bytes of `source` at `pos` into `buf`."""
+
+    __slots__ = ("source", "buf", "pos", "want", "future")
+
+    def __init__(self, source: _Source, buf: Buffer, pos: int, want: int, future: Future):
+        self.source, self.buf, self.pos, self.want, self.future = source, buf, pos, want, future
 
 
 class _ShardPipeline:
@@ -137,6 +162,13 @@ class _ShardPipeline:
             level, limit, self.out_pool, self._emit, self.marks, self.member_keys, cp, head
         )
         self.compress_stage = stage("compress", self._compress.handle)
+        # The reads in flight and, after them in order, the hand-overs that follow them (a member's padding,
+        # its END): the calling thread hands each read on once it is done, in order, so that the stages see
+        # the stream in order whatever the order the reads finish in.
+        self._pending: deque[_Chunk | tuple[Callable[..., None], tuple]] = deque()
+        self._reads_pending = 0
+        self._open: list[_Source] = []
+        self._readers = ThreadPoolExecutor(READS_IN_FLIGHT, thread_name_prefix="shard-read")
         self.reads_direct = False  # whether the last member was read with O_DIRECT
         # Whether the source's file system refused O_DIRECT: only then are the next member's first pages
         # asked for ahead (see _prefetch); a direct read never looks in the page cache.
@@ -163,7 +195,7 @@ class _ShardPipeline:
         self.frames += -(-total // self.limit)
         self.position += total
         if submit:
-            self.compress_stage.put(("run", total, member, header, done))
+            self._later(self.compress_stage.put, ("run", total, member, header, done))
         return first
 
     def member(
@@ -191,15 +223,15 @@ class _ShardPipeline:
             self._check_resume_point(cp, header, total, resume)
         first = self.begin_run(total, index, len(header), done)
         if not done:
-            self.compress_stage.put(header)
-            self.digest_stage.put(BEGIN)
+            self._later(self.compress_stage.put, header)
+            self._later(self.digest_stage.put, BEGIN)
         else:
-            self.digest_stage.put(("begin", resume.member_hasher))
+            self._later(self.digest_stage.put, ("begin", resume.member_hasher))
         skip = max(0, done - len(header))
         self._read(m, shard_name, skip)
         if padding:
-            self.compress_stage.put(bytes(padding))
-        self.digest_stage.put(END)
+            self._later(self.compress_stage.put, bytes(padding))
+        self._later(self.digest_stage.put, END)
         return (m, offset, *_content_frames(first, len(header), m.size, self.limit))
 
     def _check_resume_point(self, cp: WriterCheckpoint, header: bytes, total: int, resume: Resume) -> None:
@@ -214,65 +246,140 @@ class _ShardPipeline:
             raise ResumeMismatch("the member in progress is not the one in the .part")
 
     def _read(self, m: MemberSource, shard_name: str, start: int = 0) -> None:
-        """Read the file from byte `start` into pooled buffers, to exactly `m.size` bytes, or ShardBuildError.
+        """Ask for the file's bytes from `start` on, READ_CHUNK at a time, on the reading threads; each read
+        is handed on in order as it is done (_hand_on), and the file checked to be exactly `m.size` bytes.
 
         With O_DIRECT where the file system takes it: measured reading this corpus cold, 1 GB through the
         page cache cost 0.36-0.59 s of CPU (copying, filling and dropping the cache), directly 0.11 s, at the
         same speed; the archive is read once, so its pages in the cache would only push out others.
         """
         fail = functools.partial(_member_error, m, shard_name)
-        stats, failure = self._main_stats, self.failure
-        with _open_source(m, shard_name) as f:
+        f = _open_source(m, shard_name)
+        try:
             fd = f.fileno()
             cached = _in_page_cache(fd, start, self.in_pool)
             direct = READ_CHUNK % PAGE == 0 and start % PAGE == 0 and DIRECT_READS and not cached
             if direct and not set_direct(fd, True):
                 direct, self.direct_refused = False, True
-            self.reads_direct = direct
-            pos, size = start, m.size
-            if start:
-                self.report(start)
+        except BaseException:
+            f.close()
+            raise
+        self.reads_direct = direct
+        source = _Source(m, f, direct, cached, fail)
+        self._open.append(source)
+        if start:
+            self.report(start)
+        pos, size = start, m.size
+        while pos < size:
+            buf = self.in_pool.get(self.tick)
+            want = min(READ_CHUNK, size - pos, buf.capacity)
+            # Whole pages at page offsets for O_DIRECT; the file's end makes the last read short.
+            view = buf.view[: -(-want // PAGE) * PAGE] if direct else buf.view[:want]
             try:
-                while pos < size:
-                    buf = self.in_pool.get(self.tick)
-                    try:
-                        want = min(READ_CHUNK, size - pos, buf.capacity)
-                        t = time.perf_counter() if stats is not None else 0.0
-                        if direct:
-                            # Whole pages at page offsets; the file's end makes the last read short.
-                            n = os.preadv(fd, [buf.view[: -(-want // PAGE) * PAGE]], pos)
-                            if n % PAGE and pos + n < size:  # short, mid-file: the rest unaligned
-                                direct = not set_direct(fd, False)
-                        else:
-                            n = os.preadv(fd, [buf.view[:want]], pos)
-                        if stats is not None:
-                            stats["reading"] = stats.get("reading", 0.0) + time.perf_counter() - t
-                    except BaseException:
-                        buf.share(0)
-                        raise
-                    if not n or pos + n > size:
-                        buf.share(0)
-                        if n:
-                            raise fail(f"expected {size} bytes, found more (the file grew while it was read)")
-                        raise fail(f"expected {size} bytes, found {pos} (it shrank while it was read)")
-                    buf.fill = n
-                    pos += n
-                    self._content_submitted += n
-                    buf.share(2)
-                    self.compress_stage.put(buf)
-                    self.digest_stage.put(buf)
-                    failure.check()
+                future = self._readers.submit(os.preadv, source.fd, [view], pos)
+            except BaseException:
+                buf.share(0)
+                raise
+            self._pending.append(_Chunk(source, buf, pos, want, future))
+            self._reads_pending += 1
+            pos += want
+            self._hand_on(READS_IN_FLIGHT)
+        self._later(self._close_source, source)
+
+    def _later(self, action: Callable[..., None], *args) -> None:
+        """`action(*args)` once every read asked for before it has been handed on."""
+        if self._pending:
+            self._pending.append((action, args))
+        else:
+            action(*args)
+
+    def _hand_on(self, keep: int) -> None:
+        """Hand on the reads done, and what follows them, in order, until at most `keep` reads are pending
+        (waiting for the oldest if need be, reporting progress meanwhile)."""
+        pending = self._pending
+        while pending:
+            head = pending[0]
+            if type(head) is tuple:
+                pending.popleft()
+                head[0](*head[1])
+                continue
+            if self._reads_pending <= keep and not head.future.done():
+                return
+            pending.popleft()
+            self._reads_pending -= 1
+            self._deliver(head)
+
+    def _deliver(self, chunk: _Chunk) -> None:
+        source, buf, pos, want = chunk.source, chunk.buf, chunk.pos, chunk.want
+        size, fail, stats = source.m.size, source.fail, self._main_stats
+        t = time.perf_counter() if stats is not None else 0.0
+        try:
+            while True:
+                try:
+                    n = chunk.future.result(WAKE)
+                    break
+                except TimeoutError:
                     self.tick()
-                if direct:
-                    set_direct(fd, False)
-                if os.pread(fd, 1, size):
-                    raise fail(f"expected {size} bytes, found more (the file grew while it was read)")
-            except OSError as exc:
-                raise fail(f"unreadable: {exc.strerror}") from None
-            if not self.reads_direct and not cached and size >= DROP_BEHIND_BYTES:
+            if stats is not None:
+                stats["reading"] = stats.get("reading", 0.0) + time.perf_counter() - t
+            if n > want and pos + want == size:
+                raise fail(f"expected {size} bytes, found more (the file grew while it was read)")
+            n = min(n, want)
+            if not n:
+                raise fail(f"expected {size} bytes, found {pos} (it shrank while it was read)")
+            if n < want:  # short, mid-file: the rest of this read again, unaligned, and no more O_DIRECT
+                if source.direct:
+                    source.direct = not set_direct(source.fd, False)
+                while n < want:
+                    more = os.preadv(source.fd, [buf.view[n:want]], pos + n)
+                    if not more:
+                        raise fail(f"expected {size} bytes, found {pos + n} (it shrank while it was read)")
+                    n += more
+        except OSError as exc:
+            buf.share(0)
+            raise fail(f"unreadable: {exc.strerror}") from None
+        except BaseException:
+            buf.share(0)
+            raise
+        buf.fill = n
+        self._content_submitted += n
+        buf.share(2)
+        self.compress_stage.put(buf)
+        self.digest_stage.put(buf)
+        self.failure.check()
+        self.tick()
+
+    def _close_source(self, source: _Source) -> None:
+        """After a file's last read: check it did not grow, and close it."""
+        fd, size = source.fd, source.m.size
+        self._open.remove(source)
+        try:
+            if source.direct:
+                set_direct(fd, False)
+            if os.pread(fd, 1, size):
+                raise source.fail(f"expected {size} bytes, found more (the file grew while it was read)")
+            if not source.direct and not source.cached and size >= DROP_BEHIND_BYTES:
                 # The archive is read once: its pages would only push others out of the page cache (pages
                 # that were cached before are someone else's, and stay).
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError as exc:
+            raise source.fail(f"unreadable: {exc.strerror}") from None
+        finally:
+            source.f.close()
+
+    def _abandon_reads(self) -> None:
+        """After a failure: wait for the reads in flight (their buffers and descriptors are still in use),
+        then free them and close the files."""
+        while self._pending:
+            head = self._pending.popleft()
+            if type(head) is not tuple:
+                head.future.exception()  # waits; the first failure is the one reported
+                head.buf.share(0)
+        self._reads_pending = 0
+        for source in self._open:
+            source.f.close()
+        self._open.clear()
+        self._readers.shutdown(wait=True)
 
     def report(self, n: int) -> None:
         """Input bytes done without compressing them (a resumed shard's prefix)."""
@@ -288,6 +395,7 @@ class _ShardPipeline:
             self.report(n)
 
     def digests(self) -> list[MemberDigest]:
+        self._hand_on(0)
         self.compress_stage_idle()
         self.digest_stage.close(self.tick)
         self.failure.check()
@@ -317,6 +425,7 @@ class _ShardPipeline:
     def close(self) -> None:
         # Producers first: the compressing stage may wait for a buffer that only the output stages free.
         try:
+            self._abandon_reads()
             for s in [self.compress_stage, self.digest_stage, *self._outputs]:
                 s.close()
         finally:
