@@ -295,6 +295,14 @@ def bench_resume(args) -> dict:
     verdict = "ok" if share <= TARGET_RESUME_SHARE and identical else "MISSED"
     print(f"restart/whole  {share:5.2f}  (target <= {TARGET_RESUME_SHARE})  {verdict}")
     print(f"byte-identical {'yes' if identical else 'NO'}")
+    # What the disk moves: the whole build reads the corpus and writes the shard; the restart reads the kept
+    # prefix again (its check), the sources of the rest, and writes the rest.
+    tail_in = total * (expected - kept) / expected
+    print(
+        f"disk: whole build read {total / 1e9:.2f} GB, wrote {expected / 1e9:.2f} GB; restart read "
+        f"{(kept + tail_in) / 1e9:.2f} GB (prefix check {kept / 1e9:.2f}, sources {tail_in / 1e9:.2f}), "
+        f"wrote {(expected - kept) / 1e9:.2f} GB"
+    )
     print(f"cache: {cold.how}")
     if report["restarted"]:
         print(f"checkpoint refused: {report['restarted']}")
