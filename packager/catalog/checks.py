@@ -255,7 +255,7 @@ class Checker:
         dot = path.rfind(".")
         end = dot if dot > start else len(path)
         if path[start:end] == item_id:
-            stored = path[:start] + ID_MARK + path[end:]
+            stored = f"{path[:start]}{ID_MARK}{path[end:]}"
             if mtime is None:
                 return (item_id, stored, kind, popularity, size, extra, row.line, fp, xk), None
             return (item_id, stored, kind, popularity, size, extra, row.line, fp, xk, mtime, None), None

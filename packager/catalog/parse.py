@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import gc
 import itertools
+import marshal
 import multiprocessing
 import pickle
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import orjson
 
 from ..config import ReleaseConfig
 from ..errors import UsageError
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from .load import IngestOptions
 
 BATCH = 20_000
+ROWS = b"R"  # the first byte of a message of rows (pickle's, of the other events, is 0x80)
 
 
 def parsed(
@@ -135,8 +135,9 @@ def _parse_child(
     try:
         for kind, payload in parsed(config, catalogs, options, sources, part, select):
             if kind == "rows":
-                # orjson packs a batch 4x faster than pickle (and unpacks 2x faster); parameters may be lists.
-                conn.send_bytes(orjson.dumps(payload))
+                # marshal packs a batch of tuples of str, int, float and None 4x faster than pickle, and
+                # unpacks it 1.4x faster than orjson (measured: 0.17 + 0.68 us a row, against 0.24 + 0.95).
+                conn.send_bytes(ROWS + marshal.dumps(payload))
             else:
                 conn.send((kind, payload))
         conn.send(("end", None))
@@ -180,8 +181,8 @@ def parsed_in_children(
                 message = pipes[current].recv_bytes()
             except EOFError:
                 raise UsageError("the catalog parser stopped unexpectedly") from None
-            if message[:1] == b"[":
-                yield "rows", orjson.loads(message)
+            if message[:1] == ROWS:
+                yield "rows", marshal.loads(memoryview(message)[1:])
                 continue
             kind, payload = pickle.loads(message)
             if kind == "error":
