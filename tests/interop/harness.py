@@ -283,6 +283,13 @@ def dask_command(*args: str) -> list[str]:
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "dask", *args]
 
 
+def _scheduler_address(file: Path) -> str | None:
+    try:
+        return json.loads(file.read_text())["address"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @dataclass
 class DaskCluster:
     """A `dask scheduler` and `dask worker` processes on 127.0.0.1 (each worker a nanny with one worker
@@ -311,9 +318,10 @@ class DaskCluster:
             dask_command("scheduler", "--host", LOOPBACK, "--port", "0", "--no-dashboard",
                          "--scheduler-file", str(file)),
         )  # fmt: skip
-        if not wait_until(file.exists, 30):
+        # The scheduler writes the file in place: it can exist, empty or half-written, before it is whole.
+        if not wait_until(lambda: _scheduler_address(file), 30):
             raise HarnessError(f"the dask scheduler wrote no {file.name} in 30 s\n{self.logs()}")
-        self.address = json.loads(file.read_text())["address"]
+        self.address = _scheduler_address(file)
         for i in range(workers):
             local = str(self.folder / f"worker{i}")
             one = ("--nthreads", "1", "--nworkers", "1", "--host", LOOPBACK, "--no-dashboard")
