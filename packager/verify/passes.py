@@ -5,6 +5,7 @@ The pieces of one file, checked alone, are split across threads instead: pieces 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import queue
 import threading
@@ -208,7 +209,7 @@ def _read_range(
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
-        buffer = memoryview(bytearray(min(READ_CHUNK, max(end - start, 1))))
+        buffer = _page_aligned(min(READ_CHUNK, max(end - start, 1)))
         offset = start
         while offset < end:
             try:
@@ -223,6 +224,14 @@ def _read_range(
         return offset - start, None
     finally:
         os.close(fd)
+
+
+def _page_aligned(size: int) -> memoryview:
+    """A read buffer starting on a page boundary (an anonymous mapping). The kernel copied page-cache pages
+    into a bytearray's buffer, 16 bytes past a page boundary where malloc puts a large block, at under half
+    the speed (here 0.15 s of system CPU per GiB instead of 0.06 s, in every new process: a command's check
+    of 2 GB was 0.1 s slower than the same check in a process whose heap happened to align it)."""
+    return memoryview(mmap.mmap(-1, size))
 
 
 def _drain(q: queue.Queue, consumer: Consumer, errors: list[BaseException]) -> None:
