@@ -89,6 +89,11 @@ def _settings(s: SwarmSettings) -> dict:
         # Announce to every tracker of every tier: the more peers, the sooner the pieces come.
         "announce_to_all_tiers": True,
         "announce_to_all_trackers": True,
+        # libtorrent waits min_reconnect_time (60 s) after any connection to a peer before it dials that peer
+        # again. The member index's torrent is added with no piece wanted, so it is "finished" and drops the
+        # seeds it meets; the first read then wants a piece, and the one seeder it knew stays out of reach
+        # for 60 s (the fetch-swarm test's load-dependent 60 s stall, when the read came after that drop).
+        "min_reconnect_time": 2,
     }
     pack.update(dict(check_libtorrent_setting(k, v) for k, v in s.libtorrent))
     return pack
