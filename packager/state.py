@@ -519,27 +519,31 @@ class State(ReleaseQueries):
             (shard_id,),
         )
 
-    def iter_member_builds(self, shard_id: int) -> Iterator[tuple]:
-        """What iter_member_records gives, in plan order, with the item's rowid in place of its id, and its
-        path and size None: members and member_builds share their key, so this reads both in order and
-        no item (index_rows.py joins the items in rowid order)."""
+    def iter_member_build_parts(self, shard_id: int) -> Iterator[tuple[int, int, int, int, bytes]]:
+        """(item rowid, offset, first_frame, last_frame, b'"xxh3_128","sha256"') of a built shard's members
+        in plan order, the hashes as the member index's row writes them (json_quote writes a string as
+        orjson does: tests/test_member_index.py checks any text). members and member_builds share their
+        key, so this reads both in order and no item (index_rows.py joins the items in rowid order)."""
         yield from self.db.execute(
-            "SELECT m.item_rowid, NULL, NULL, mb.offset, mb.first_frame, mb.last_frame, mb.xxh3_128, "
-            "mb.sha256 "
+            "SELECT m.item_rowid, mb.offset, mb.first_frame, mb.last_frame, "
+            "CAST(json_quote(mb.xxh3_128) || ',' || json_quote(mb.sha256) AS BLOB) "
             "FROM member_builds mb JOIN members m ON m.shard_id = mb.shard_id AND m.ord = mb.ord "
             "WHERE mb.shard_id = ? ORDER BY mb.ord",
             (shard_id,),
         )
 
-    def iter_item_facts(self, lo: int, hi: int) -> Iterator[tuple[int, str, str, int]]:
-        """(rowid, id, path, size) of the items with rowids in [lo, hi), in rowid order: one range of the
-        table, read in order."""
-        yield from self.db.execute(
-            f"SELECT n, id, {_PATH}, size FROM items i WHERE n >= ? AND n < ?", (lo, hi)
-        )
+    _ITEM_PARTS = (
+        "SELECT CAST(i.n AS BLOB), CAST(i.id AS BLOB), CAST(json_quote(i.id) AS BLOB), "
+        f"CAST(json_quote({_PATH}) || ',' || i.size AS BLOB) FROM items i"
+    )
 
-    def item_facts(self, rowid: int) -> tuple[int, str, str, int] | None:
-        return self.db.execute(f"SELECT n, id, {_PATH}, size FROM items i WHERE n = ?", (rowid,)).fetchone()
+    def iter_item_parts(self, lo: int, hi: int) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
+        """(rowid as decimal text, id as UTF-8, id as JSON, b"<path as JSON>,<size>") of the items with
+        rowids in [lo, hi), in rowid order: one range of the table, read in order."""
+        yield from self.db.execute(f"{self._ITEM_PARTS} WHERE i.n >= ? AND i.n < ?", (lo, hi))
+
+    def item_parts(self, rowid: int) -> tuple[bytes, bytes, bytes, bytes] | None:
+        return self.db.execute(f"{self._ITEM_PARTS} WHERE i.n = ?", (rowid,)).fetchone()
 
     def max_item_rowid(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(n), 0) FROM items").fetchone()[0]

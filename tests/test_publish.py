@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
 import feedparser
 import pytest
 import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from packager import index_rows, layout, trust
@@ -532,3 +535,34 @@ def test_the_member_index_is_the_same_however_its_rows_are_read(make_workspace, 
         do_publish(ws, "audio")
         digests.append(folder_digests(ws / layout.PUBLISHED / layout.MEMBER_INDEX_DIR))
     assert digests[0] == digests[1] == digests[2] == digests[3] and len(digests[0]) == 2
+
+
+@given(text=st.text())
+def test_sqlite_json_quote_writes_any_text_as_orjson_does(text):
+    """The member index's rows are joined from JSON text SQLite writes (state.iter_item_parts,
+    iter_member_build_parts): its bytes must be orjson's, or the index would differ from the plain read."""
+    import sqlite3
+
+    import orjson
+
+    db = sqlite3.connect(":memory:")
+    assert db.execute("SELECT CAST(json_quote(?) AS BLOB)", (text,)).fetchone()[0] == orjson.dumps(text)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_built_member_whose_item_is_gone_is_refused(built, monkeypatch, sparse):
+    """Read by item rowid range (a dense range in one scan, a sparse one item by item), a built member
+    whose item is gone stops the index, naming its rowid (two shards cannot hold one item: members_item is
+    unique)."""
+    monkeypatch.setattr(index_rows, "RANGE_MEMBERS", 3)
+    if sparse:
+        monkeypatch.setattr(index_rows, "SPARSE", 10**6)
+    with open_state(built) as state:
+        rowid = state.db.execute(
+            "SELECT m.item_rowid FROM members m JOIN shards s ON s.id = m.shard_id WHERE s.phase = 'audio' "
+            "ORDER BY m.shard_id DESC, m.ord DESC LIMIT 1"
+        ).fetchone()[0]
+        state.db.execute("DELETE FROM items WHERE n = ?", (rowid,))
+    do_publish(built, "metadata")
+    with pytest.raises(PublishError, match=re.escape(f"1 built member(s) have no item, e.g. rowid {rowid}")):
+        do_publish(built, "audio")

@@ -57,16 +57,16 @@ class Spill:
     def add_rows(self, rows: Iterable[tuple]) -> int:
         """Spill index rows (as row_line writes them); how many there were."""
         dumps = orjson.dumps
-        return self.add_lines((row[0], dumps(row)) for row in rows)
+        return self.add_lines((row[0].encode("utf-8", "surrogatepass"), dumps(row)) for row in rows)
 
-    def add_lines(self, lines: Iterable[tuple[str, bytes]]) -> int:
-        """Spill (id, its row as row_line writes it, without the newline) pairs; how many there were. The
-        loop of 10^8 rows, written out for speed."""
+    def add_lines(self, lines: Iterable[tuple[bytes, bytes]]) -> int:
+        """Spill (id as UTF-8, its row as row_line writes it, without the newline) pairs; how many there
+        were. The loop of 10^8 rows, written out for speed."""
         shift, mask, buffers, sizes, flush = self.shift, self._mask, self._buffers, self._sizes, self._flush
         digest = xxhash.xxh3_64_intdigest
         count = 0
         for ident, row in lines:
-            h = digest(ident.encode("utf-8", "surrogatepass"))
+            h = digest(ident)
             line = b"%016x%b\n" % (h, row)
             b = (h >> shift) & mask
             buffers[b].append(line)

@@ -124,9 +124,9 @@ class MemberIndexWriter:
         """Add (n, entry) torrents whose member rows are those of every (job, weight) of `jobs`, each
         `rows_of(job)`: read and spilled by WORKERS processes, the jobs shared out by weight, when the
         weights add up to POOL_MEMBERS or more. `rows_of` is a module-level function and each job
-        picklable. With `formatted`, rows_of yields (id, row as row_line writes it without the newline)
-        pairs: a caller that has the row's JSON in parts saves a parse and a dump. The bytes are those
-        add_torrents writes."""
+        picklable. With `formatted`, rows_of yields (id as UTF-8, row as row_line writes it without the
+        newline) pairs: a caller that has the row's JSON in parts saves a parse and a dump. The bytes are
+        those add_torrents writes."""
         for n, entry in torrents:
             self._add_torrent(IndexedTorrent.of_entry(n, entry))
         workers = WORKERS if sum(w for _, w in jobs) >= POOL_MEMBERS else 1
