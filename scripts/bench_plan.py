@@ -55,11 +55,20 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _here_first() -> dict[str, str]:
+    """The environment for a child that runs this file as a script: the tree bench.py runs from first on
+    its path. A script's own folder replaces the current one on sys.path, so without it the child imported
+    packager from wherever it is installed (an editable install: another worktree), not the tree measured."""
+    return os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+    }
+
+
 def run_measured(cmd: list[str]) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds, peak RSS in MB) of one child process and the children it waited for.
     CPU time is the steadier figure on a machine shared with other work."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=_here_first())
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -172,13 +181,14 @@ def bench_plan(args) -> dict:
                 check=True,
                 capture_output=True,
                 text=True,
+                env=_here_first(),
             ).stdout
             ms = json.loads(out)["ms_per_lookup"]
             figures["steps"]["locate"] = {"ms_per_lookup": ms}
             print(f"{'locate':<14}{ms:>10.3f} ms per id (cold process, 100 random ids)")
             continue
         if step == "member index":  # as if every shard were built: not measured
-            subprocess.run(commands["fake builds"], check=True)
+            subprocess.run(commands["fake builds"], check=True, env=_here_first())
         wall, cpu, rss = run_measured(commands[step])
         size = state_size(ws)
         figures["steps"][step] = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": rss, "state_bytes": size}
