@@ -545,6 +545,10 @@ class State(ReleaseQueries):
     def item_parts(self, rowid: int) -> tuple[bytes, bytes, bytes, bytes] | None:
         return self.db.execute(f"{self._ITEM_PARTS} WHERE i.n = ?", (rowid,)).fetchone()
 
+    def item_facts(self, rowid: int) -> tuple[int, str, str, int] | None:
+        """(rowid, id, path, size) of one item, its path rendered."""
+        return self.db.execute(f"SELECT n, id, {_PATH}, size FROM items i WHERE n = ?", (rowid,)).fetchone()
+
     def max_item_rowid(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(n), 0) FROM items").fetchone()[0]
 
