@@ -11,6 +11,7 @@ import random
 import struct
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -481,6 +482,31 @@ def test_symlink_and_directory_sources_are_refused(tmp_path: Path) -> None:
         write_one(tmp_path, replace(src, source=link))
     with pytest.raises(ShardBuildError, match="not a regular file"):
         write_one(tmp_path, replace(src, source=tmp_path, size=4096))
+
+
+def test_a_fifo_source_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    # A FIFO where the catalog (trusted sizes, or a file swapped after ingest) names a member: opening it
+    # for reading waits for a writer that never comes, and the build hung with no output.
+    (src,) = make_sources(tmp_path, [("a.ogg", 11)])
+    fifo = tmp_path / "fifo.ogg"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            write_one(tmp_path, replace(src, source=fifo))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=build, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # release the blocked open so the thread ends, then fail
+        os.close(os.open(fifo, os.O_WRONLY))
+        worker.join(10)
+        pytest.fail("opening a FIFO member waited for a writer")
+    assert len(outcome) == 1 and isinstance(outcome[0], ShardBuildError), outcome
+    assert "not a regular file" in str(outcome[0])
 
 
 def test_unreadable_source_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

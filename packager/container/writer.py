@@ -478,7 +478,8 @@ def _open_source(m: MemberSource, shard_name: str) -> io.FileIO:
     fail = functools.partial(_member_error, m, shard_name)
     try:
         # O_NOFOLLOW: a symlink swapped in after the catalog was checked is refused, not followed.
-        fd = os.open(m.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO there is refused below, not waited on for a writer (no effect on a regular file).
+        fd = os.open(m.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise fail("vanished: the file no longer exists") from None
     except OSError as exc:
