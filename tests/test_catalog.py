@@ -95,6 +95,26 @@ def test_duplicate_id_across_two_catalogs(workspace, archive):
     assert_reported(e.value, c2, 1, f"first seen at {c1}:1")
 
 
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (None, "id is missing or empty"),
+        ("  ", "id is missing or empty"),
+        (4.5, "id must be text or a whole number, not the number 4.5"),
+        (True, "id must be text or a whole number, not true"),
+        ({"a": 1}, "id must be text or a whole number, not an object"),
+        ([1], "id must be text or a whole number, not a list"),
+    ],
+)
+def test_an_id_of_the_wrong_type_is_named_as_such(workspace, archive, value, words):
+    # A present id of the wrong type was reported as "missing or empty", which sends the user looking for a
+    # row that has one.
+    rows = good_rows(archive)
+    rows[1]["id"] = value
+    cat = archive.jsonl(rows)
+    assert_reported(rejected(workspace, cat), cat, 2, words)
+
+
 def test_missing_file(workspace, archive):
     rows = good_rows(archive)
     rows[2]["path"] = "audio/gone.ogg"

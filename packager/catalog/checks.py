@@ -102,10 +102,29 @@ def _integer(value: object) -> int | None:
     return None
 
 
+def wrong_id_type(item_id: object) -> str:
+    """Why an id that is not text (nor an integer, which check() takes as its decimal text) is refused."""
+    if item_id is None:
+        return "id is missing or empty"
+    if isinstance(item_id, bool):
+        shown = "true" if item_id else "false"
+    elif isinstance(item_id, float):
+        shown = f"the number {item_id!r}"
+    elif isinstance(item_id, dict):
+        shown = "an object"
+    elif isinstance(item_id, list | tuple):
+        shown = "a list"
+    else:
+        shown = f"a value of type {type(item_id).__name__}"
+    return f"id must be text or a whole number, not {shown}"
+
+
 def check_id(item_id: object) -> str | None:
     """Why an id is unacceptable, or None. Ids are printed in reports and terminals, so no control
     characters (they printed raw escape sequences) and no lone surrogates."""
-    if not isinstance(item_id, str) or not item_id.strip():
+    if not isinstance(item_id, str):
+        return wrong_id_type(item_id)
+    if not item_id.strip():
         return "id is missing or empty"
     if item_id.isprintable() or not _SUSPECT_ID.search(item_id):
         return None
@@ -189,7 +208,7 @@ class Checker:
         item_id = f.get("id")
         if type(item_id) is not str:
             if isinstance(item_id, bool) or not isinstance(item_id, int):
-                return None, "id is missing or empty"
+                return None, wrong_id_type(item_id)
             item_id = str(item_id)
         elif not item_id.isprintable() or not item_id.strip():
             reason = check_id(item_id)
