@@ -38,6 +38,19 @@ def set_direct(fd: int, on: bool = True) -> bool:
     return True
 
 
+def read_rest(fd: int, view: memoryview, pos: int, n: int, want: int) -> int:
+    """After a read that brought `n` of `want` bytes into `view` from offset `pos` of `fd`: read the rest,
+    O_DIRECT off (a short read mid-file leaves the next offsets unaligned), stopping at the file's end.
+    Returns the bytes now in `view`: fewer than `want` if the file ends first."""
+    set_direct(fd, False)
+    while n < want:
+        more = os.preadv(fd, [view[n:want]], pos + n)
+        if not more:
+            break
+        n += more
+    return n
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

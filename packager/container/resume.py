@@ -43,7 +43,7 @@ from typing import Any
 
 import zstandard
 
-from packager.fsutil import set_direct
+from packager.fsutil import read_rest, set_direct
 from packager.hashing import MemberDigest, MemberHasher
 
 from .format import MAX_FRAME_SIZE, SEEK_ENTRY, ZSTD_MAGIC, tar_member
@@ -319,17 +319,14 @@ class PrefixCheck:
                 future, buf, pos, want = pending.popleft()
                 try:
                     n = future.result()
-                    while 0 < n < want:  # short: the rest read again, unaligned
-                        if direct:
-                            direct = not set_direct(fd, False)
-                        more = os.preadv(fd, [buf.view[n:want]], pos + n)
-                        n += more if more > 0 else -n
+                    if n < want:  # short: the rest read again, unaligned
+                        direct, n = False, read_rest(fd, buf.view, pos, n, want)
                 except BaseException:
                     buf.share(0)
                     raise
-                if n <= 0:
+                if n < want:
                     buf.share(0)
-                    raise CheckpointRejected(f"the .part ends at byte {pos:,}, before {end:,}")
+                    raise CheckpointRejected(f"the .part ends at byte {pos + n:,}, before {end:,}")
                 buf.fill = min(n, want)
                 done += buf.fill
                 buf.share(1)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from packager.errors import ShardBuildError
-from packager.fsutil import set_direct
+from packager.fsutil import read_rest, set_direct
 from packager.hashing import MemberDigest
 
 from .format import (
@@ -328,13 +328,10 @@ class _ShardPipeline:
             if not n:
                 raise fail(f"expected {size} bytes, found {pos} (it shrank while it was read)")
             if n < want:  # short, mid-file: the rest of this read again, unaligned, and no more O_DIRECT
-                if source.direct:
-                    source.direct = not set_direct(source.fd, False)
-                while n < want:
-                    more = os.preadv(source.fd, [buf.view[n:want]], pos + n)
-                    if not more:
-                        raise fail(f"expected {size} bytes, found {pos + n} (it shrank while it was read)")
-                    n += more
+                source.direct = False
+                n = read_rest(source.fd, buf.view, pos, n, want)
+                if n < want:
+                    raise fail(f"expected {size} bytes, found {pos + n} (it shrank while it was read)")
         except OSError as exc:
             buf.share(0)
             raise fail(f"unreadable: {exc.strerror}") from None
