@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from . import layout
 from .errors import ConfigError, UsageError
+from .units import FORMATS, PIECE_SIZE_MAX, PIECE_SIZE_MIN, parse_size
 
-FORMATS = ("v1", "hybrid", "v2")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 RELEASE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._]*$")
 # zstd's fastest negative level through its strongest ultra level.
@@ -27,42 +27,10 @@ LEVEL_MIN, LEVEL_MAX = -7, 22
 FRAME_SIZE_MIN, FRAME_SIZE_MAX = 64 * 1024, 1 << 30
 # Tar members carry mtime in an 11-digit octal ustar field: up to the year 2242.
 USTAR_MTIME_LIMIT = 8**11
-# BEP 52 requires v2 pieces of at least one 16 KiB merkle leaf; 64 MiB stays far below the 128-256 MiB that
-# libtorrent and others refuse, and 64 MiB x 2^12 pieces covers a 256 GiB shard.
-PIECE_SIZE_MIN, PIECE_SIZE_MAX = 16 * 1024, 64 * 1024 * 1024
 # Dask's comm schemes with a host and a port (inproc:// is in-process only, useless to a CLI).
 SCHEDULER_RE = re.compile(
     r"^(tcp|tls|ws|wss|ucx)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})$"
 )
-
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-
-
-def parse_size(value: Any) -> int:
-    """'50GB' -> 50_000_000_000, '16MiB' -> 16_777_216, 4096 -> 4096. ValueError on anything else."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a size: {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"negative size: {value}")
-        return value
-    match = _SIZE_RE.match(str(value))
-    if not match or match.group(2).upper() not in _UNITS:
-        raise ValueError(f"not a size: {value!r}")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-
 
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -76,24 +44,6 @@ def parse_duration(value: Any) -> int:
     if not match:
         raise ValueError(f"not a duration: {value!r}")
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def format_size(n: int | float) -> str:
-    """Human-readable size in powers of 1000, as disks and torrents are usually sold and shown."""
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
-def format_binary(n: int) -> str:
-    """Sizes that are powers of two (piece and frame sizes) read best in KiB/MiB/GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:g} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)

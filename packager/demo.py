@@ -17,7 +17,7 @@ from pathlib import Path
 from . import layout
 from .build import build
 from .catalog import IngestOptions, ingest
-from .config import SeedSettings, format_size
+from .config import SeedSettings
 from .container import ShardReader
 from .errors import ShardBuildError
 from .fetch import FetchOptions, SwarmSettings, Via, fetch
@@ -27,6 +27,7 @@ from .seed.events import Listening
 from .seed.seeder import seed
 from .seed.selection import whitelist_hashes
 from .signing import generate_keypair, load_signing_key, public_key_path
+from .units import format_size
 from .verify import VerifyOptions, format_ranges, verify
 from .workspace import Workspace
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
-from .config import FORMATS
 from .errors import UntrustedManifest
 from .hashing import swarm_hashes, truncated_v2
+from .units import FORMATS
 
 FORMAT = 1
 _HEX40 = re.compile(r"[0-9a-f]{40}")

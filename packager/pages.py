@@ -13,8 +13,9 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING
 
 from . import __version__, layout
-from .config import ReleaseConfig, format_size
+from .config import ReleaseConfig
 from .manifest import PhaseEntry, TorrentEntry, torrent_url
+from .units import format_size
 
 if TYPE_CHECKING:
     from .signing import SigningKey  # minisign: a page only shows the key its caller loaded

@@ -16,10 +16,10 @@ from urllib.parse import quote, urlsplit
 
 from . import __version__
 from .bencode import BencodeError, bdecode_dict, bencode
-from .config import FORMATS, PIECE_SIZE_MAX, PIECE_SIZE_MIN  # defined once; config checks them at load
 from .errors import PieceSizeError, TorrentError, UsageError
 from .fsutil import write_atomic
 from .hashing import V2_BLOCK_SIZE, ShardHashes
+from .units import FORMATS, PIECE_SIZE_MAX, PIECE_SIZE_MIN  # defined once; config checks them at load
 
 KiB, MiB, GiB, TiB = 2**10, 2**20, 2**30, 2**40
 

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import format_size
 from ..errors import UsageError
+from ..units import format_size
 from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out, pubkey_given
 
 

@@ -12,10 +12,10 @@ import typer
 from rich.table import Table
 
 from .. import layout, trust
-from ..config import format_size
 from ..errors import UsageError
 from ..member_index import MemberIndex, published_folder
 from ..publish import publish as run_publish
+from ..units import format_size
 from ..workspace import Workspace
 from ._app import JsonOpt, TrustFileOpt, WorkspaceArg, app, emit_json, out, pubkey_given
 

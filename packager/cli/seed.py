@@ -18,10 +18,10 @@ from rich.text import Text
 
 from ..clients import client_password, url_has_password
 from ..clients import push as run_push
-from ..config import format_size, parse_size
 from ..errors import UsageError
 from ..seed.events import Listening, Notice, Stopped, TorrentFault, TorrentsLoaded
 from ..seed.selection import published_torrents, whitelist_hashes, write_whitelist
+from ..units import format_size, parse_size
 from ..workspace import Workspace
 from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out, say
 

@@ -11,10 +11,11 @@ from rich.table import Table
 from .. import layout
 from ..build import BuildPlanned, BytesDone, ShardFailed, ShardFinished, ShardStarted, remake_torrents
 from ..build import build as run_build
-from ..config import check_scheduler_address, format_binary, format_size, parse_size
+from ..config import check_scheduler_address
 from ..container import ShardReader
 from ..errors import UsageError
 from ..torrent import piece_count, piece_size_for, piece_size_table, read_torrent
+from ..units import format_binary, format_size, parse_size
 from ..workspace import Workspace
 from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out, say
 

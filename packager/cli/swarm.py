@@ -9,12 +9,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..config import format_size, parse_size
 from ..errors import UsageError
 from ..swarm.health import health as run_health
 from ..swarm.model import BUCKET_NAMES
 from ..swarm.pick import FORMATS, aria2_input, write_torrents
 from ..swarm.pick import pick as run_pick
+from ..units import format_size, parse_size
 from ..workspace import Workspace
 from ._app import JsonOpt, WorkspaceArg, app, emit_json, err, out, say
 

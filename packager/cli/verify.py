@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..config import format_size
+from ..units import format_size
 from ..verify import BytesRead, Level, PassStarted, Severity, Status, VerifyOptions, format_ranges
 from ..verify import verify as run_verify
 from ._app import JsonOpt, TrustFileOpt, app, emit_json, err, out, pubkey_given

@@ -12,10 +12,10 @@ from rich.table import Table
 from .. import layout
 from ..catalog import IngestOptions
 from ..catalog import ingest as run_ingest
-from ..config import format_size
 from ..errors import UsageError
 from ..plan import ReleaseStatus, release_status, remove_items
 from ..plan import plan as run_plan
+from ..units import format_size
 from ..workspace import Workspace
 from ._app import JsonOpt, WorkspaceArg, app, count_progress, emit_json, out
 

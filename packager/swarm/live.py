@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import format_size
 from ..fsutil import write_atomic
 from ..layout import INDEX_HTML, SWARM_HTML, SWARM_JSON
+from ..units import format_size
 from .model import BUCKET_NAMES, Summary, SwarmView, TorrentHealth
 
 FORMAT = 1

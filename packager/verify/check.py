@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,7 @@ from packager.errors import UsageError
 from packager.layout import SHARD_SUFFIX, SHARDS
 
 from . import findings
+from .passes import map_on_threads
 from .published import damaged_data_files
 from .references import (
     References,
@@ -141,9 +141,8 @@ def verify(
             )
         workers = max(1, min(jobs, len(targets)))
         threads = max(1, (os.cpu_count() or 1) // workers)  # piece checks of few big files use every core
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            checks = [ShardCheck(t, options, emit_locked, threads) for t in targets]
-            results = list(pool.map(ShardCheck.run, checks))
+        checks = [ShardCheck(t, options, emit_locked, threads) for t in targets]
+        results = map_on_threads(ShardCheck.run, checks, workers)
         for group in results:
             files.extend(group)
         files.extend(damaged_data_files(refs, threads, emit_locked))
