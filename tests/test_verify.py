@@ -862,3 +862,39 @@ def test_the_piece_check_reads_into_a_page_aligned_buffer():
         buffer = _page_aligned(size)
         assert len(buffer) == size and not buffer.readonly
         assert ctypes.addressof(ctypes.c_char.from_buffer(buffer)) % mmap.PAGESIZE == 0
+
+
+def test_map_on_threads_keeps_order_and_raises_the_first_failure():
+    """verify's one thread pool (concurrent.futures, which loads logging, is not on its path): results in
+    the order of the items, at most `workers` at once, and after a failure no new item is started."""
+    import threading
+    import time
+
+    from packager.verify.passes import map_on_threads
+
+    running, most, lock = 0, 0, threading.Lock()
+
+    def slow_square(n: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        return n * n
+
+    assert map_on_threads(slow_square, range(12), 3) == [n * n for n in range(12)]
+    assert most == 3
+    assert map_on_threads(slow_square, [], 4) == []
+    started = []
+
+    def fails_at_two(n: int) -> int:
+        started.append(n)
+        if n == 2:
+            raise ValueError("two")
+        return n
+
+    with pytest.raises(ValueError, match="two"):
+        map_on_threads(fails_at_two, range(100), 2)
+    assert 2 in started and len(started) <= 4
