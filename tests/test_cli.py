@@ -108,6 +108,24 @@ def test_every_command_is_in_the_readme_and_has_an_example():
         assert r.exit_code == 0 and "Example:" in r.output, name
 
 
+def test_the_readmes_python_examples_compile_and_are_formatted_as_our_code(tmp_path):
+    """A user copies them: each ```python block compiles, and ruff (the project's settings) leaves it as is."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```", readme, flags=re.M | re.S)
+    assert blocks
+    root = Path(__file__).parent.parent
+    for i, block in enumerate(blocks):
+        compile(block, f"README.md python block {i}", "exec")
+        (tmp_path / f"block{i}.py").write_text(block)
+    for tool in (["format", "--check"], ["check"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *tool, "--config", str(root / "pyproject.toml"), str(tmp_path)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_command_table_names_every_command_and_its_module_in_help_order():
     from packager.cli import COMMANDS
 
