@@ -109,7 +109,7 @@ def test_every_command_is_in_the_readme_and_has_an_example():
 
 
 def test_the_readmes_python_examples_compile_and_are_formatted_as_our_code(tmp_path):
-    """A user copies them: each ```python block compiles, and ruff (the project's settings) leaves it as is."""
+    """A user copies them: each ```python block compiles, and ruff (our settings) leaves it as is."""
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     blocks = re.findall(r"^```python\n(.*?)^```", readme, flags=re.M | re.S)
     assert blocks
