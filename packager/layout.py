@@ -36,6 +36,7 @@ SHARD_SUFFIX = ".tar.zst"
 TORRENT_SUFFIX = ".torrent"
 PART_SUFFIX = ".part"  # a file being written; renamed into place when complete
 CHECKPOINT_SUFFIX = ".checkpoint"  # beside a shard's .part: where an interrupted build resumes
+SEAL_SUFFIX = ".seal"  # beside a shard's .part: its identity (fstat) as its writer last left it
 RESUME_SUFFIX = ".fastresume"
 SIGNATURE_SUFFIX = ".minisig"
 
@@ -106,6 +107,12 @@ def part_name(file_name: str) -> str:
 def checkpoint_name(part_file_name: str) -> str:
     """``<name>.tar.zst.part.checkpoint``: the state of the writer of ``<name>.tar.zst.part``."""
     return f"{part_file_name}{CHECKPOINT_SUFFIX}"
+
+
+def seal_name(part_file_name: str) -> str:
+    """``<name>.tar.zst.part.seal``: the ``.part``'s identity after its writer's last write, by which a
+    restart tells that nothing touched the ``.part`` while the build was down (container/resume.py)."""
+    return f"{part_file_name}{SEAL_SUFFIX}"
 
 
 # One attempt's own temporary file, ``<name>.tar.zst.<attempt>.part``: a cluster worker writes there, so two

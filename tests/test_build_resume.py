@@ -79,7 +79,7 @@ def leftovers(ws: Path) -> list[str]:
         p.name
         for d in ("shards", "torrents")
         for p in (ws / d).iterdir()
-        if p.name.endswith((".part", ".checkpoint", ".tmp")) or p.name.startswith(".")
+        if p.name.endswith((".part", ".checkpoint", ".seal", ".tmp")) or p.name.startswith(".")
     )
 
 
@@ -114,8 +114,8 @@ def test_an_interrupted_shard_resumes_with_the_bytes_of_an_uninterrupted_build(m
     interrupt(ws, after=12_000_000)
     report = run_build(ws)
     assert report.built and report.restarted == []
-    [(name, kept)] = report.resumed
-    assert kept >= CHECKPOINT_EVERY, "it resumed from a checkpoint, not from byte 0"
+    [resumed] = report.resumed
+    assert resumed.from_byte >= CHECKPOINT_EVERY, "it resumed from a checkpoint, not from byte 0"
     assert files(ws) == files(clean)
     assert leftovers(ws) == []
 
@@ -150,7 +150,8 @@ def test_kill_9_mid_shard_at_several_points_then_resume(make_workspace, archive,
         proc.wait(timeout=60)
     assert len(kills) == 3, "the build finished before it could be killed; make the data bigger"
     report = run_build(ws)
-    assert report.resumed and report.resumed[0][1] >= 10_000_000 - 4 * CHECKPOINT_EVERY - 64 * 2**20 // 4
+    [resumed] = report.resumed
+    assert resumed.from_byte >= 10_000_000 - 4 * CHECKPOINT_EVERY - 64 * 2**20 // 4
     assert files(ws) == reference
     assert leftovers(ws) == []
 
@@ -340,12 +341,14 @@ def _frame_middle(cp: Path, index: int) -> int:
     return sum(sizes[:index]) + sizes[index] // 2
 
 
+@pytest.mark.parametrize("mtime", ["changed", "restored"])
 def test_a_part_damaged_before_its_checkpoint_is_rebuilt_and_matches_its_torrent(
-    make_workspace, archive, reference
+    make_workspace, archive, reference, mtime
 ):
     """A byte of a finished frame changed while the build was down (the boundaries and the member in
-    progress intact): the kept prefix is hashed again against the checkpoint's pieces, so the shard is
-    rebuilt from byte 0 instead of being recorded with bytes its torrent does not describe."""
+    progress intact): the .part's seal no longer matches (its ctime, even with the mtime put back), so the
+    kept prefix is hashed again against the checkpoint's pieces, and the shard is rebuilt from byte 0
+    instead of being recorded with bytes its torrent does not describe."""
     from typer.testing import CliRunner
 
     from packager.cli import app
@@ -354,7 +357,10 @@ def test_a_part_damaged_before_its_checkpoint_is_rebuilt_and_matches_its_torrent
     interrupt(ws, after=12_000_000)
     part = next((ws / "shards").glob("*.part"))
     damaged = _frame_middle(part.with_name(layout.checkpoint_name(part.name)), 3)
+    before = part.stat()
     _flip(part, damaged)
+    if mtime == "restored":
+        os.utime(part, ns=(before.st_atime_ns, before.st_mtime_ns))
     runner = CliRunner()
     result = runner.invoke(app, ["build", str(ws)], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -28,6 +28,7 @@ from .shard import (
     BuildReport,
     BytesDone,
     Event,
+    Resumed,
     ShardFailed,
     ShardFinished,
     ShardJob,
@@ -41,6 +42,7 @@ __all__ = [
     "BuildReport",
     "BytesDone",
     "Event",
+    "Resumed",
     "ShardFailed",
     "ShardFinished",
     "ShardJob",
@@ -63,24 +65,32 @@ def build(
     phase: str | None = None,
     on_event: Callable[[Event], None] = lambda e: None,
     scheduler: str | None = None,
+    check_kept: bool = False,
 ) -> BuildReport:
     """Build every planned (or previously failed) shard. Failures are per shard; the others still finish.
 
     With `scheduler` (a Dask scheduler's address) the shards are built on that cluster (cluster.py), and
-    `jobs_count` bounds the shards in flight per worker thread; without, in a local process pool."""
+    `jobs_count` bounds the shards in flight per worker thread; without, in a local process pool. With
+    `check_kept`, a shard resumed from its checkpoint has its kept prefix read again and checked even
+    where its seal says nothing touched it (container/resume.py)."""
     if not ws.config.root.is_dir():
         raise WorkspaceError(f"{ws.config.root}: the archive root is not there", hint="check release.root")
     if jobs_count < 0:
         raise UsageError(f"--jobs {jobs_count}: must be 0 (one per two cores) or more")
     with ws.locked("build"):
-        return _build_locked(ws, jobs_count, phase, on_event, scheduler)
+        return _build_locked(ws, jobs_count, phase, on_event, scheduler, check_kept)
 
 
 def _build_locked(
-    ws: Workspace, jobs_count: int, phase: str | None, on_event, scheduler: str | None = None
+    ws: Workspace,
+    jobs_count: int,
+    phase: str | None,
+    on_event,
+    scheduler: str | None = None,
+    check_kept: bool = False,
 ) -> BuildReport:
     recovered = recover(ws)
-    todo = plan_jobs(ws, phase)
+    todo = plan_jobs(ws, phase, check_kept)
     shards = ws.state.shards(phase=phase)
     skipped = len([s for s in shards if s.state == "built"])
     counts = ws.state.unassigned_counts()

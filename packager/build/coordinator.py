@@ -35,6 +35,7 @@ from .shard import (
     BuildReport,
     Event,
     PathInTheWay,
+    Resumed,
     ShardFailed,
     ShardFinished,
     ShardJob,
@@ -144,11 +145,15 @@ def recover(ws: Workspace) -> list[str]:
     for stale in shards_dir.glob(layout.attempt_part_glob("*" + layout.SHARD_SUFFIX)):
         if layout.attempt_part_of(stale.name) and not _is_directory(stale):  # an attempt never settled
             stale.unlink(missing_ok=True)
-    for checkpoint in shards_dir.glob(layout.checkpoint_name("*" + layout.PART_SUFFIX)):
-        if _is_directory(checkpoint):
-            continue
-        if not os.path.lexists(checkpoint.with_name(checkpoint.name[: -len(layout.CHECKPOINT_SUFFIX)])):
-            checkpoint.unlink()  # its .part is gone (built, or discarded above)
+    sidecars = [
+        (layout.checkpoint_name("*" + layout.PART_SUFFIX), layout.CHECKPOINT_SUFFIX),
+        (layout.seal_name("*" + layout.PART_SUFFIX), layout.SEAL_SUFFIX),
+    ]
+    for pattern, suffix in sidecars:
+        for sidecar in shards_dir.glob(pattern):
+            part = sidecar.with_name(sidecar.name[: -len(suffix)])
+            if not _is_directory(sidecar) and not os.path.lexists(part):
+                sidecar.unlink()  # its .part is gone (built, or discarded above)
     for rel, _, _ in built.values():
         if not ws.file(rel).exists():
             state.mark_unbuilt(rel)
@@ -162,8 +167,9 @@ def _is_directory(path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
 
-def plan_jobs(ws: Workspace, phase: str | None) -> list[tuple[ShardJob, str]]:
-    """(job, torrent format) for every planned or failed shard, optionally of one phase."""
+def plan_jobs(ws: Workspace, phase: str | None, check_kept: bool = False) -> list[tuple[ShardJob, str]]:
+    """(job, torrent format) for every planned or failed shard, optionally of one phase; `check_kept`:
+    a resumed shard's kept prefix is read again and checked even where its seal says it is intact."""
     config = ws.config
     if phase is not None:
         config.phase(phase)  # raises ConfigError naming the phases
@@ -172,11 +178,11 @@ def plan_jobs(ws: Workspace, phase: str | None) -> list[tuple[ShardJob, str]]:
         if row.state == "built":
             continue
         p = config.phase(row.phase)
-        jobs.append((_job(ws, p, row), p.format))
+        jobs.append((_job(ws, p, row, check_kept), p.format))
     return jobs
 
 
-def _job(ws: Workspace, phase: Phase, row: ShardRow) -> ShardJob:
+def _job(ws: Workspace, phase: Phase, row: ShardRow, check_kept: bool = False) -> ShardJob:
     return ShardJob(
         shard_id=row.id,
         name=row.name,
@@ -188,6 +194,7 @@ def _job(ws: Workspace, phase: Phase, row: ShardRow) -> ShardJob:
         v2=phase.format in ("hybrid", "v2"),
         default_mtime=ws.config.mtime,
         planned_bytes=row.bytes,
+        check_kept=check_kept,
     )
 
 
@@ -242,8 +249,10 @@ class Coordinator:
         os.replace(job.part_path, job.final_path)
         fsync_dir(job.final_path.parent)
         job.checkpoint_path.unlink(missing_ok=True)
+        unlink_file(job.seal_path)  # a directory there is someone else's (the seal was then not written)
         if result.resumed_from:
-            self.report.resumed.append((job.name, result.resumed_from))
+            resumed = Resumed(job.name, result.resumed_from, result.kept_read_again, result.kept)
+            self.report.resumed.append(resumed)
         if result.resume_rejected:
             self.report.restarted.append((job.name, result.resume_rejected))
         return v1 or v2

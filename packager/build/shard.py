@@ -31,13 +31,17 @@ from ..container import resume as container_resume
 from ..container.resume import (
     CheckpointRejected,
     Checkpoints,
+    PartSeal,
     PrefixCheck,
     PrefixMismatch,
     Resume,
+    SealVerdict,
     check_part,
     decode_checkpoint,
     encode_checkpoint,
+    read_seal,
     rehash_tail,
+    seal_verdict,
 )
 from ..container.writer import ResumeMismatch
 from ..errors import ShardBuildError
@@ -61,6 +65,7 @@ class ShardJob:
     default_mtime: int
     planned_bytes: int
     attempt: str = ""  # a cluster attempt writes its own temporary file; see cluster.py
+    check_kept: bool = False  # resuming, read the kept prefix again even where its seal says it is intact
 
     @property
     def final_path(self) -> Path:
@@ -76,6 +81,10 @@ class ShardJob:
     @property
     def checkpoint_path(self) -> Path:
         return self.part_path.with_name(layout.checkpoint_name(self.part_path.name))
+
+    @property
+    def seal_path(self) -> Path:
+        return self.part_path.with_name(layout.seal_name(self.part_path.name))
 
     @property
     def torrent_path(self) -> Path:
@@ -98,6 +107,8 @@ class ShardResult:
     uncompressed: int
     resumed_from: int = 0  # bytes of the .part kept from an interrupted build
     resume_rejected: str | None = None  # why a checkpoint found was not used
+    kept_read_again: bool = False  # whether those bytes were read again and checked (see resume.py)
+    kept: str = ""  # why, or why not: the seal's verdict ("unchanged since the build stopped", ...)
 
 
 # ---- events: the library never prints; the CLI turns these into progress bars --------------------------
@@ -134,6 +145,25 @@ class ShardFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class Resumed:
+    """A shard that went on from its checkpoint: `from_byte` bytes of its .part kept, and whether they were
+    read again and checked against the checkpoint (`read_again`), with the seal's verdict that decided."""
+
+    shard: str
+    from_byte: int
+    read_again: bool
+    why: str
+
+    def as_dict(self) -> dict:
+        return {
+            "shard": self.shard,
+            "from_byte": self.from_byte,
+            "kept_read_again": self.read_again,
+            "kept": self.why,
+        }
+
+
 @dataclass
 class BuildReport:
     built: list[str]
@@ -141,7 +171,7 @@ class BuildReport:
     skipped: int
     recovered: list[str]
     unplanned: tuple[int, int] = (0, 0)  # (items, bytes) ingested but in no shard: `packager plan` first
-    resumed: list[tuple[str, int]] = field(default_factory=list)  # (shard, bytes kept from its .part)
+    resumed: list[Resumed] = field(default_factory=list)
     restarted: list[tuple[str, str]] = field(default_factory=list)  # (shard, why its checkpoint was refused)
     in_the_way: list[str] = field(
         default_factory=list
@@ -154,7 +184,7 @@ class BuildReport:
             "already_built": self.skipped,
             "recovered": self.recovered,
             "unplanned": {"items": self.unplanned[0], "bytes": self.unplanned[1]},
-            "resumed": [{"shard": n, "from_byte": b} for n, b in self.resumed],
+            "resumed": [r.as_dict() for r in self.resumed],
             "restarted": [{"shard": n, "reason": r} for n, r in self.restarted],
         }
 
@@ -193,30 +223,52 @@ def write_one(
 ) -> ShardResult:
     """Write one shard to its .part file, fsynced, and return its hashes: from the checkpoint of an
     interrupted build if one passes its checks (the kept prefix read again beside the writer, against the
-    checkpoint's piece hashes), else from byte 0. On a failure the .part and its checkpoint are removed;
-    on an interrupt (KeyboardInterrupt, SystemExit) they stay, for the next build.
+    checkpoint's piece hashes, unless its seal says nothing touched it), else from byte 0. On a failure the
+    .part and its checkpoint and seal are removed; on an interrupt (KeyboardInterrupt, SystemExit) they
+    stay, for the next build.
 
     The one shard build shared by every executor: job in, result out, input bytes reported to
     `on_progress`. `members` (in plan order) spares a worker on another machine from reading state.sqlite."""
     job.part_path.parent.mkdir(parents=True, exist_ok=True)
-    resume, hasher, rejected, prefix = _resume_point(job)
-    progress = _Progress(on_progress, prefix)
+    start = _resume_point(job)
+    starts = [start]
+    progress = _Progress(on_progress, start.prefix)
     try:
-        return _write_part(job, progress, members, resume, hasher, rejected, prefix)
+        return _write_part(job, progress, members, start)
     except (ResumeMismatch, PrefixMismatch) as exc:
         # The members differ from those the checkpoint saw, or the kept bytes from those it hashed: again
         # from byte 0, the bytes already reported taken back from the progress.
-        if prefix is not None:
-            prefix.cancel()
+        start.stop()
         discard(job)
         progress.restart()
-        return _write_part(job, progress, members, None, None, str(exc), None)
+        starts.append(_Start(rejected=str(exc)))
+        return _write_part(job, progress, members, starts[-1])
     except Exception:
         discard(job)
         raise
     finally:
-        if prefix is not None:
-            prefix.cancel()
+        for s in starts:
+            s.stop()
+
+
+@dataclass
+class _Start:
+    """Where a shard's writing starts: a checked checkpoint (`resume`, the hasher restored to it, and the
+    check of the kept prefix if it runs, with the seal's verdict in `kept`), or byte 0 (`rejected`: why a
+    checkpoint found was not used); and the seal the writer keeps."""
+
+    resume: Resume | None = None
+    hasher: ShardHasher | None = None
+    rejected: str | None = None
+    prefix: PrefixCheck | None = None
+    seal: PartSeal | None = None
+    kept: str = ""
+
+    def stop(self) -> None:
+        if self.prefix is not None:
+            self.prefix.cancel()
+        if self.seal is not None:
+            self.seal.close()
 
 
 class _Progress:
@@ -244,20 +296,21 @@ def _write_part(
     job: ShardJob,
     on_progress: Callable[[int], None],
     members: Iterable[MemberRow] | None,
-    resume: Resume | None,
-    hasher: ShardHasher | None,
-    rejected: str | None,
-    prefix: PrefixCheck | None,
+    start: _Start,
 ) -> ShardResult:
-    hasher = hasher or ShardHasher(job.piece_size, v2=job.v2)
+    resume, prefix = start.resume, start.prefix
+    hasher = start.hasher or ShardHasher(job.piece_size, v2=job.v2)
     checkpoints = None
     if hasher.resumable and not job.attempt:  # no later attempt reuses a cluster attempt's own file
         key = job.key()
+        if start.seal is None:  # from byte 0: every byte of the .part is this writer's
+            start.seal = PartSeal(job.seal_path, armed=True)
         checkpoints = Checkpoints(
             save=lambda cp: write_atomic(job.checkpoint_path, encode_checkpoint(key, cp)),
             snapshots=hasher.snapshots,
             every_bytes=container_resume.CHECKPOINT_EVERY_BYTES,
             every_seconds=container_resume.CHECKPOINT_EVERY_SECONDS,
+            seal=start.seal,
         )
     sources = _member_sources(job, members)
     with contextlib.closing(sources), open(job.part_path, "r+b" if resume else "wb") as out:
@@ -265,6 +318,8 @@ def _write_part(
         # SQLite connection belongs to this one).
         if resume is not None:
             os.ftruncate(out.fileno(), resume.checkpoint.offset)
+            if start.seal is not None:
+                start.seal.after(out.fileno())
         written = write_shard(
             out,
             sources,
@@ -293,22 +348,24 @@ def _write_part(
         written.frames,
         written.uncompressed_size,
         resume.checkpoint.offset if resume else 0,
-        rejected,
+        start.rejected,
+        prefix is not None,
+        start.kept,
     )
 
 
-def _resume_point(
-    job: ShardJob,
-) -> tuple[Resume | None, ShardHasher | None, str | None, PrefixCheck | None]:
-    """The checked checkpoint of an interrupted build of `job`, the hasher restored to it and the check of
-    the kept prefix, started; or, if there is none or it fails a check, (None, None, why, None) with the
-    .part and checkpoint removed. PathInTheWay if a directory is where the build puts one of its files."""
+def _resume_point(job: ShardJob) -> _Start:
+    """The checked checkpoint of an interrupted build of `job`, the hasher restored to it, and the check of
+    the kept prefix started unless the seal says nothing has touched the .part since its writer stopped;
+    or, if there is no checkpoint or it fails a check, a start from byte 0 (with why), the .part and
+    checkpoint removed. PathInTheWay if a directory is where the build puts one of its files."""
     part, saved = job.part_path, job.checkpoint_path
     for path in (part, saved, job.final_path, job.torrent_path):
         _refuse_directory(job, path)
     if job.attempt or not os.path.lexists(saved):
         part.unlink(missing_ok=True)
-        return None, None, None, None
+        return _Start()
+    seal = None
     try:
         fd = _open_regular(saved)
         try:
@@ -318,18 +375,36 @@ def _resume_point(
         cp = decode_checkpoint(data, job.key())
         fd = _open_regular(part)
         try:
+            # Before anything writes the .part: its fstat now against the seal of its last write.
+            kept = seal_verdict(read_seal(job.seal_path), os.fstat(fd))
+            if job.check_kept:
+                kept = SealVerdict(False, "not taken on trust (--check-kept)")
             resume = check_part(fd, cp, job.frame_size - job.frame_size % 512)
             hasher = ShardHasher.resumed(job.piece_size, job.v2, cp.offset, cp.sink_states)
             pieces = ShardHasher.prefix_check(job.piece_size, cp.offset, cp.sink_states)
             rehash_tail(fd, hasher.piece_start(cp.offset), cp.offset, hasher.piece_sinks)
+            if hasher.pieces.partial() != cp.sink_states[1][-20:]:
+                raise CheckpointRejected("the unfinished piece before the checkpoint is not what it recorded")
         finally:
             os.close(fd)
-        prefix = PrefixCheck(_open_regular(part), cp.offset, pieces.update, pieces.finish)
+        # Armed now only if the kept bytes are known good; else once the check below has passed.
+        seal = PartSeal(job.seal_path, armed=kept.intact)
+        prefix = None
+        if not kept.intact:
+            check = pieces
+
+            def passed() -> None:
+                check.finish()
+                seal.arm()
+
+            prefix = PrefixCheck(_open_regular(part), cp.offset, check.update, passed)
     except (CheckpointRejected, ValueError, OSError) as exc:
+        if seal is not None:
+            seal.close()
         discard(job)
         why = str(exc) if isinstance(exc, CheckpointRejected) else f"{type(exc).__name__}: {exc}"
-        return None, None, why, None
-    return resume, hasher, None, prefix
+        return _Start(rejected=why)
+    return _Start(resume, hasher, None, prefix, seal, kept.why)
 
 
 class PathInTheWay(ShardBuildError):
@@ -371,9 +446,9 @@ def _open_regular(path: Path) -> int:
 
 
 def discard(job: ShardJob) -> None:
-    """Remove the shard's .part and its checkpoint (a failed shard, or a checkpoint that failed a check);
-    a directory in their place is not packager's, and stays."""
-    for path in (job.part_path, job.checkpoint_path):
+    """Remove the shard's .part, its checkpoint and its seal (a failed shard, or a checkpoint that failed a
+    check); a directory in their place is not packager's, and stays."""
+    for path in (job.part_path, job.checkpoint_path, job.seal_path):
         unlink_file(path)
 
 

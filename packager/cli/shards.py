@@ -38,12 +38,22 @@ def build(
     local: Annotated[
         bool, typer.Option("--local", help="Build on this machine even if release.toml names a scheduler.")
     ] = False,
+    check_kept: Annotated[
+        bool,
+        typer.Option(
+            "--check-kept",
+            help="Resuming a shard, read its kept bytes again and check them against the checkpoint even "
+            "where its seal says nothing touched them since the build stopped.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write every planned shard as a seekable .tar.zst with its .torrent, in one pass over the bytes.
 
     Interrupted builds resume: finished shards are kept, and a shard cut short goes on from its last
     checkpoint (saved every 128 MiB or so), checked against what was written; identical bytes either way.
+    Its kept bytes are read again and checked only if the .part changed since the build stopped (its seal
+    tells), or with --check-kept.
     With a Dask scheduler the shards are built by its workers, which see the archive and the workspace at the
     same paths.
 
@@ -60,14 +70,21 @@ def build(
             raise UsageError(f"--scheduler: {e}", hint="give the address as tcp://HOST:PORT") from None
     with Workspace.open(workspace) as ws, _BuildProgress(as_json) as on_event:
         address = None if local else scheduler or ws.config.build.scheduler
-        report = run_build(ws, jobs_count=jobs, phase=phase, on_event=on_event, scheduler=address)
+        report = run_build(
+            ws, jobs_count=jobs, phase=phase, on_event=on_event, scheduler=address, check_kept=check_kept
+        )
     if as_json:
         emit_json(report)
     else:
         for name in report.recovered:
             out.print(f"completed the interrupted rename of {name}")
-        for name, kept in report.resumed:
-            out.print(f"resumed {name} from its checkpoint at {format_size(kept)}")
+        for r in report.resumed:
+            how = "read again and checked" if r.read_again else "not read again"
+            out.print(
+                f"resumed {r.shard} from byte {r.from_byte:,} (the kept {format_size(r.from_byte)} "
+                f"{r.why}: {how})",
+                markup=False,
+            )
         for name, why in report.restarted:
             say(err, "rebuilt from byte 0:", f"{name}: its checkpoint was refused: {why}", "bold")
         out.print(

@@ -22,7 +22,7 @@ from packager.hashing import MemberDigest, MemberHasher
 from .compress import FrameCompressor, Space
 from .format import encode_seek_table
 from .pipeline import PAGE, Buffer, BufferPool, Failure
-from .resume import CHECKPOINT_SHARE, Checkpoints, WriterCheckpoint
+from .resume import CHECKPOINT_SHARE, Checkpoints, PartSeal, WriterCheckpoint
 
 
 class Mark:
@@ -258,11 +258,12 @@ class Output:
     base = 0
     used_direct = False
 
-    def __init__(self, out: BinaryIO, direct: bool, marks: Marks | None):
+    def __init__(self, out: BinaryIO, direct: bool, marks: Marks | None, seal: PartSeal | None = None):
         self._out = out
         self._fd: int | None = None
         self._flags: int | None = None
         self._marks = marks
+        self._seal = seal
         try:
             fd = out.fileno()
         except (AttributeError, OSError, io.UnsupportedOperation):
@@ -304,6 +305,8 @@ class Output:
                 self._direct(False)
             views = [buf.view[: buf.fill] for buf in bufs]
             offset, left = self.base + bufs[0].offset, sum(buf.fill for buf in bufs)
+            if self._seal is not None:
+                self._seal.before(self._fd, offset, offset + left)
             while left:
                 try:
                     n = os.pwritev(self._fd, views, offset)
@@ -314,6 +317,8 @@ class Output:
                     continue
                 offset, left = offset + n, left - n
                 views = _after(views, n)
+            if self._seal is not None:
+                self._seal.after(self._fd)
             marked = [mark for buf in bufs for _, mark in buf.marks]
             if marked:
                 os.fsync(self._fd)  # a checkpoint may only claim bytes a crash cannot take back

@@ -138,7 +138,7 @@ class _ShardPipeline:
         cp = resume.checkpoint if resume else None
         self.digests_list: list[MemberDigest] = list(cp.digests) if cp else []
         self.marks = Marks(checkpoints, self.digests_list, self.failure) if checkpoints else None
-        self.output = Output(out, DIRECT_WRITES, self.marks)
+        self.output = Output(out, DIRECT_WRITES, self.marks, checkpoints.seal if checkpoints else None)
         if not self.output.has_fd:
             self.marks = self.output._marks = None  # checkpoints need a file to fsync
         if resume is not None and (not self.output.has_fd or self.output.base):
