@@ -10,8 +10,9 @@ completes:
 
 At the next start, a shard that is built but whose file is still ``.part`` (killed between 2 and 3) is
 renamed after a size and SHA-256 check. A planned shard's ``.part`` is kept when a checkpoint lies beside it
-(write_one resumes from it, or starts again, after its checks, see shard.py) and is otherwise deleted. A
-shard whose final file exists is never written again.
+(write_one resumes from it, or starts again, after its checks, see shard.py) and is otherwise deleted; a
+checkpoint or seal whose ``.part`` is gone is deleted. A shard whose final file exists is never written
+again.
 """
 
 from __future__ import annotations

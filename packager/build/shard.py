@@ -8,8 +8,9 @@ fsyncs it and returns the hashes. It never writes state.sqlite: coordinator.py d
 An interrupted build resumes: the writer saves a checkpoint beside the ``.part`` (``.part.checkpoint``, see
 container/resume.py); the next write_one continues from it once the checkpoint and the ``.part`` pass their
 checks, and otherwise deletes both and starts from the first byte; either way the bytes are those of an
-uninterrupted build. The kept prefix is read again and checked against the checkpoint's piece hashes while
-the tail is written; the shard is handed back only once it has passed (else it is rebuilt from byte 0).
+uninterrupted build. Unless the .part's seal (``.part.seal``) says that nothing has touched it since its
+writer stopped, the kept prefix is read again and checked against the checkpoint's piece hashes while the
+tail is written; the shard is handed back only once it has passed (else it is rebuilt from byte 0).
 """
 
 from __future__ import annotations
