@@ -83,15 +83,32 @@ def leftovers(ws: Path) -> list[str]:
     )
 
 
-def interrupt(ws: Path, after: int) -> None:
-    """Build until `after` input bytes are read and a checkpoint is saved, then interrupt (as Ctrl-C)."""
+def _saved_offset(ws: Path) -> int:
+    """The offset of the checkpoint in `ws` (0 if there is none yet)."""
+    try:
+        return _checkpoint_offset(next((ws / "shards").glob("*.checkpoint")))
+    except (StopIteration, OSError, ValueError):
+        return 0
+
+
+def interrupt(ws: Path, after: int, kept: int | None = None) -> None:
+    """Build until `after` input bytes are compressed and a checkpoint of at least `kept` bytes (`after` / 2)
+    is saved, then interrupt (as Ctrl-C). The build is held there until the checkpoint comes: on a loaded
+    machine the checkpoints lag the progress, and a stop at the first one found kept a prefix so short
+    that the member in progress reached back to the frame a test damaged (so it was found by another
+    check than the one that test is about)."""
     read = [0]
+    kept = after // 2 if kept is None else kept
 
     def on_event(event):
         if isinstance(event, BytesDone):
             read[0] += event.n
             time.sleep(0.01)  # let the writer keep up, so that checkpoints are saved before the stop
-            if read[0] >= after and list((ws / "shards").glob("*.checkpoint")):
+            if read[0] >= after:
+                # The stages behind this (the calling) thread write and checkpoint what it handed them.
+                deadline = time.monotonic() + 30
+                while _saved_offset(ws) < kept and time.monotonic() < deadline:
+                    time.sleep(0.005)
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -333,11 +350,13 @@ def test_a_huge_checkpoint_is_refused_by_its_bound_not_a_made_up_size():
 
 
 def _frame_middle(cp: Path, index: int) -> int:
-    """A byte in the middle of frame `index`: no boundary check (magic, header, checksum) reaches it."""
-    body = cp.read_bytes()[:-32]
-    entries = base64.b64decode(json.loads(body.split(b"\n", 1)[1])["entries"])
+    """A byte in the middle of frame `index`: no boundary check (magic, header, checksum) reaches it, nor
+    the decompression of the member in progress (asserted: it is a frame of a member already finished)."""
+    doc = json.loads(cp.read_bytes()[:-32].split(b"\n", 1)[1])
+    entries = base64.b64decode(doc["entries"])
     sizes = [int.from_bytes(entries[i : i + 4], "little") for i in range(0, len(entries), 12)]
-    assert len(sizes) > index + 8, "the checkpoint should be well past that frame"
+    decompressed = len(sizes) - doc["run_done"] // 2**16 if doc["run_done"] else len(sizes) - 1  # 64 KiB
+    assert index < decompressed, "the checkpoint should be past the member of that frame"
     return sum(sizes[:index]) + sizes[index] // 2
 
 
