@@ -546,6 +546,13 @@ def gil_shares(run: Callable[[], None], work: Path) -> dict[str, float] | None:
 def add_resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size-gb", type=float, default=4.0, help="the shard's content in GB (4)")
     p.add_argument("--kill-at", type=float, default=0.75, help="fraction of the shard written at the kill")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["sealed", "touched"],
+        default=["sealed", "touched"],
+        help="restarts to time: with the seal holding, and with the .part touched first (both)",
+    )
 
 
 def add_build_args(p: argparse.ArgumentParser) -> None:
