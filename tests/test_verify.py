@@ -621,11 +621,15 @@ def test_a_torrent_that_is_not_a_torrent_file_is_damage_not_a_hang(release, tmp_
     t = files[info.torrent_rel]
     assert t.status == "damaged" and report.exit_code() == 1
     size = (release.mirror / info.torrent_rel).stat().st_size
-    expected = f"11000000 bytes, expected {size}" if kind == "huge" else "not a regular file: fetch it again"
+    refused = "is not a regular file: fetch it again"
+    expected = f"11000000 bytes, expected {size}" if kind == "huge" else refused
     assert [f.message for f in t.findings] == [expected]
     r = files[info.rel]
     assert r.status == "ok" and r.levels == ["size", "sha256"]  # checked without its pieces
     assert any("pieces cannot be checked" in f.message for f in r.findings)
+    # The shard given alone: its .torrent is no file of the check, so the shard carries the damage.
+    alone = by_path(check(mirror / info.rel, pieces=True))[info.rel]
+    assert alone.status == "damaged" and expected in [f.message for f in alone.findings]
 
 
 def test_without_manifests_the_torrents_speak(release, tmp_path):

@@ -56,6 +56,12 @@ def not_regular_data(r: FileResult) -> None:
     r.add(Level.FILE, DAMAGE, "not a regular file: fetch it again")
 
 
+def unusable_data(r: FileResult, why: str) -> None:
+    """A file to fetch again that fsutil.open_regular refused: `why` is its reason ("is not a regular file",
+    "cannot be read: ...")."""
+    r.add(Level.FILE, DAMAGE, f"{why}: fetch it again")
+
+
 def not_a_shard(r: FileResult, why: str | None) -> None:
     r.add(Level.FILE, BAD_INPUT, f"not a packager shard: {why}")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packager.errors import PackagerError, TorrentError, UntrustedManifest
+from packager.fsutil import open_regular
 from packager.layout import TORRENT_SUFFIX
 from packager.torrent import METAINFO_MAX_BYTES, read_piece_hashes
 
@@ -48,16 +49,27 @@ def unfinished_names(name: str) -> tuple[str, ...]:
     return (f"{name}.part", f"{name}.!qB", f"{name}.!ut")
 
 
+class _Refused(Exception):
+    """fsutil.open_regular's refusal of a shard's .torrent; its argument says why ("is not a regular file",
+    "cannot be read: ...", or _NOT_THERE)."""
+
+
+_NOT_THERE = "not there"
+
+
 def _read_torrent_file(path: Path, tr: FileResult) -> bytes | None:
-    """A shard's .torrent, read only if it is a regular file of at most libtorrent's limit (a FIFO would
-    block for ever, /dev/zero never end): else None, with `tr` damaged (a file to fetch again), or
-    UntrustedManifest for an over-long one that no manifest gives a size for (nothing says it is damaged)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    """A shard's .torrent, opened by fsutil.open_regular (a regular file only: a FIFO would block for ever,
+    a link to /dev/zero never end) and read no further than libtorrent's limit. FileNotFoundError if it is
+    not there; else None with `tr` damaged (a file to fetch again), or UntrustedManifest for an over-long
+    one that no manifest gives a size for (nothing says it is damaged)."""
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            findings.not_regular_data(tr)
-            return None
+        f, st = open_regular(path, _Refused, missing=_NOT_THERE)
+    except _Refused as e:
+        if e.args[0] == _NOT_THERE:
+            raise FileNotFoundError(path) from None
+        findings.unusable_data(tr, e.args[0])
+        return None
+    with f:
         if st.st_size > METAINFO_MAX_BYTES:
             if tr.expected_size is None:
                 over = f"{st.st_size} bytes, over libtorrent's {METAINFO_MAX_BYTES}"
@@ -65,10 +77,7 @@ def _read_torrent_file(path: Path, tr: FileResult) -> bytes | None:
             tr.size, tr.levels = st.st_size, [Check.SIZE]
             findings.torrent_size_mismatch(tr)
             return None
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(st.st_size + 1)  # one more, to see a file that grew since
-    finally:
-        os.close(fd)
+        return f.read(st.st_size + 1)  # one more, to see a file that grew since
 
 
 @dataclass(frozen=True)
@@ -183,9 +192,9 @@ class ShardCheck:
             findings.not_downloaded(tr, Severity.MISSING if self.t.in_scope_torrent else Severity.NOTE)
             findings.pieces_unchecked(self.result, ref.torrent_path, "missing")
             return None
-        except OSError as e:
+        except OSError as e:  # an I/O error while reading it
             findings.unreadable(tr, "read", e.strerror)
-            return None
+            data = None
         if data is not None:
             tr.size, tr.sha256 = len(data), hashlib.sha256(data).hexdigest()
             tr.levels = [Check.SIZE, Check.SHA256]
