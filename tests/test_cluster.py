@@ -173,7 +173,26 @@ def test_a_worker_killed_while_it_writes_a_shard(ready, make_workspace, archive)
     assert [e.name for e in events if isinstance(e, ShardStarted)].count(shard) >= 2, "it was tried again"
 
 
+def _freeze_a_writer(cluster: DaskCluster, ws: Path, shard_bytes: int) -> tuple[int, Path] | None:
+    """SIGSTOP a worker that is writing a shard, and return (its pid, its attempt file): frozen before it
+    wrote half of the shard's bytes, it cannot have finished the attempt. None (and no worker stopped) if
+    no attempt was caught early enough."""
+    for part in attempt_files(ws):
+        pid = pid_of(part)
+        if pid not in cluster.worker_pids():
+            continue
+        os.kill(pid, signal.SIGSTOP)
+        with contextlib.suppress(FileNotFoundError):
+            if part.stat().st_size < shard_bytes // 2:
+                return pid, part
+        os.kill(pid, signal.SIGCONT)
+    return None
+
+
 def test_a_killed_coordinator_loses_no_committed_shard(ready, make_workspace, archive):
+    """SIGKILL the coordinator with one shard committed and another being written. The writer is frozen
+    (SIGSTOP) mid-shard until then, so that moment comes on a loaded machine too: the build was once
+    over before the test could catch it."""
     rows = slow_rows(archive, seed=6)
     reference = slow_workspace(make_workspace, "reference")
     prepare(reference, archive, rows)
@@ -187,16 +206,26 @@ def test_a_killed_coordinator_loses_no_committed_shard(ready, make_workspace, ar
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    shard_bytes = 3 * rows[0]["size"]  # the workspace's 3 MB shards of 1 MB files
     try:
-        # Kill it once a shard is committed and another one is being written.
-        assert wait_until(
-            lambda: proc.poll() is None and built_names(ws) and attempt_files(ws), 60, step=0.005
-        ), "the build finished before its coordinator could be killed"
+        assert wait_until(lambda: _freeze_a_writer(ready, ws, shard_bytes) is not None, 60, step=0.002), (
+            "no attempt was seen writing a shard"
+        )
+        # The other worker goes on: kill the coordinator once it committed a shard.
+        assert wait_until(lambda: proc.poll() is None and built_names(ws), 60, step=0.005), (
+            "no shard was committed"
+        )
         proc.send_signal(signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait(timeout=30)
+        for pid in ready.worker_pids():
+            os.kill(pid, signal.SIGCONT)
     committed = built_names(ws)
     assert committed and committed != all_names(ws)
+    # The thawed attempt sees that nobody wants it any more, and removes its own file.
+    assert wait_until(lambda: not attempt_files(ws), 30), attempt_files(ws)
     with Workspace.open(ws) as w:
         report = build(w, scheduler=ready.address)
     assert set(report.built) == all_names(ws) - committed and report.skipped == len(committed)
