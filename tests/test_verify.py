@@ -8,6 +8,7 @@ an oracle that compares the damaged bytes with the originals frame by frame.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -902,3 +903,69 @@ def test_map_on_threads_keeps_order_and_raises_the_first_failure():
     with pytest.raises(ValueError, match="two"):
         map_on_threads(fails_at_two, range(100), 2)
     assert 2 in started and len(started) <= 4
+
+
+def _v1_shard(release: Release, pieces: int = 8) -> ShardInfo:
+    return next(
+        s for s in release.shards.values() if s.format == "v1" and len(s.data) > pieces * s.piece_size
+    )
+
+
+@pytest.mark.parametrize("whole_read_fails", [True, False])
+def test_an_unreadable_piece_is_a_bad_piece_and_the_check_goes_on(
+    release, tmp_path, monkeypatch, whole_read_fails
+):
+    """A bad sector: the read error fails the piece it falls in, at its byte, and every later piece is still
+    read and checked. It was 'cut off by the end of the file' for every piece after it, good or not. The
+    disk either fails the whole read that touches the sector, or returns the bytes before it (a short
+    read) and fails the next read."""
+    info = _v1_shard(release)
+    size = info.piece_size
+    mirror = copy_mirror(release, tmp_path / "m", {info.rel})
+    data = bytearray(info.data)
+    data[5 * size + 7] ^= 1  # damage after the bad sector too
+    (mirror / info.rel).write_bytes(data)
+    sector = range(2 * size + 100, 2 * size + 4196)
+    inode = (mirror / info.rel).stat().st_ino
+    real = os.preadv
+
+    def failing(fd, buffers, offset):
+        want = sum(len(b) for b in buffers)
+        if os.fstat(fd).st_ino != inode or offset + want <= sector.start or offset >= sector.stop:
+            return real(fd, buffers, offset)
+        if offset < sector.start and not whole_read_fails:
+            return real(fd, [memoryview(buffers[0])[: sector.start - offset]], offset)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "preadv", failing)
+    report = check(mirror / info.rel, pieces=True)
+    r = report.files[0]
+    assert r.bad_pieces == [2, 5] and r.status == "damaged" and report.exit_code() == 1
+    errors = [f for f in r.findings if "read error" in f.message]
+    assert len(errors) == 1 and 2 * size <= errors[0].offset <= sector.start
+    assert errors[0].message == f"read error at byte {errors[0].offset}: Input/output error"
+    assert not any("cut off" in f.message for f in r.findings)
+
+
+@pytest.mark.parametrize("span_pieces, read", [(1, 5000), (3, 2 * 16384 + 1)])
+def test_the_pieces_are_shared_out_in_spans_whatever_their_size(
+    release, tmp_path, monkeypatch, span_pieces, read
+):
+    """The piece check's threads take spans of pieces as they go: with spans of a piece or a few, and reads
+    that end inside pieces, every damaged piece is found and no other."""
+    from packager.verify import passes
+
+    info = _v1_shard(release)
+    monkeypatch.setattr(passes, "SPAN", span_pieces * info.piece_size)
+    monkeypatch.setattr(passes, "READ_CHUNK", read)
+    mirror = copy_mirror(release, tmp_path / "m", {info.rel})
+    data = bytearray(info.data)
+    for at in (0, 3 * info.piece_size - 1, 3 * info.piece_size, len(data) - 1):
+        data[at] ^= 0x40
+    (mirror / info.rel).write_bytes(data)
+    r = check(mirror / info.rel, pieces=True).files[0]
+    assert r.bad_pieces == sorted(bad_pieces_oracle(info, bytes(data))) and len(r.bad_pieces) == 4
+    assert r.bytes_read >= len(data)
+    (mirror / info.rel).write_bytes(info.data[: 4 * info.piece_size + 10])  # cut short, inside a span
+    r = check(mirror / info.rel, pieces=True).files[0]
+    assert r.bad_pieces == list(range(4, -(-len(info.data) // info.piece_size)))

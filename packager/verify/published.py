@@ -61,7 +61,7 @@ def _check(r: FileResult, refs: References, threads: int, emit: Callable[[Event]
     r.pieces, r.piece_size, r.bad_pieces = hashes.count, hashes.piece_size, result.bad
     findings.pieces(r, result)
     if problem:
-        findings.read_error(r, problem, read)
+        findings.read_error(r, problem[1], problem[0])
 
 
 def _sha256(r: FileResult, path, emit: Callable[[Event], None]) -> None:

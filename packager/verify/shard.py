@@ -343,12 +343,14 @@ class ShardCheck:
 
     def _pass(self, consumers: list[Consumer]) -> None:
         self.emit(PassStarted(self.t.rel, tuple(_check_of(c) for c in consumers), self.result.size))
-        self._read_done(*read_pass(self.t.path, consumers, self._bytes_read))
+        read, problem = read_pass(self.t.path, consumers, self._bytes_read)
+        self._read_done(read, (read, problem) if problem is not None else None)
 
-    def _read_done(self, read: int, problem: str | None) -> None:
+    def _read_done(self, read: int, problem: tuple[int, str] | None) -> None:
+        """`problem`: the first read error, (its offset, its message)."""
         self.result.bytes_read += read
         if problem is not None:
-            findings.read_error(self.result, problem, read)
+            findings.read_error(self.result, problem[1], problem[0])
 
     # -- what the reads found --
 
