@@ -8,13 +8,16 @@ core while the first one compresses.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import xxhash
+
+if TYPE_CHECKING:
+    import ctypes
 
 V2_BLOCK_SIZE = 16 * 1024  # BEP 52: merkle leaves are 16 KiB blocks
 
@@ -136,6 +139,7 @@ class _OpenSSLSha256:
     SIZE = 112  # sizeof(SHA256_CTX): unsigned int h[8], Nl, Nh, data[16], num, md_len
     _lib = None
     _checked: bool | None = None
+    _ctypes = None  # the module, loaded by _load
 
     def __init__(self, raw: ctypes.Array) -> None:
         self._raw = raw
@@ -148,6 +152,11 @@ class _OpenSSLSha256:
 
     @classmethod
     def _load(cls) -> bool:
+        # ctypes costs 2 ms to import, and only a build (its resumable SHA-256) needs it: `verify --pieces`
+        # and the other commands that hash with hashlib do without it.
+        import ctypes
+
+        cls._ctypes = ctypes
         for name in ("libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.dylib"):
             try:
                 lib = ctypes.CDLL(name)
@@ -173,6 +182,7 @@ class _OpenSSLSha256:
 
     @classmethod
     def new(cls, state: bytes | None, length: int) -> _OpenSSLSha256:
+        ctypes = cls._ctypes
         raw = ctypes.create_string_buffer(cls.SIZE)
         if state is None:
             cls._lib.SHA256_Init(raw)
@@ -186,7 +196,7 @@ class _OpenSSLSha256:
         if not n:
             return
         if not view.readonly:
-            self._lib.SHA256_Update(self._raw, (ctypes.c_char * n).from_buffer(view), n)
+            self._lib.SHA256_Update(self._raw, (self._ctypes.c_char * n).from_buffer(view), n)
         elif type(view.obj) is bytes and len(view.obj) == n:
             self._lib.SHA256_Update(self._raw, view.obj, n)
         else:  # a slice of read-only memory (not the writer's buffers): copied a bounded piece at a time
@@ -195,6 +205,7 @@ class _OpenSSLSha256:
                 self._lib.SHA256_Update(self._raw, piece, len(piece))
 
     def digest(self) -> bytes:
+        ctypes = self._ctypes
         copy = ctypes.create_string_buffer(self._raw.raw, self.SIZE)
         out = ctypes.create_string_buffer(32)
         self._lib.SHA256_Final(out, copy)

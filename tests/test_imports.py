@@ -29,7 +29,8 @@ HEAVY = {"libtorrent", "minisign", "distributed", "pyarrow", "qbittorrentapi", "
 # member_index/ 10 ms, which verify needs only for a shard whose own manifest is lost; rich's console, text
 # and table (35 ms of a command's 0.17 s start), which a --json or quiet run never prints through; and what
 # `verify --pieces` of a good release never needs (VERIFY_PIECES_NEVER below): the member level (the
-# container's scan, verify's frames and localize: 15 ms), trust/ (5 ms) for a release without a statement.
+# container's scan, verify's frames and localize: 15 ms), trust/ (5 ms) for a release without a statement;
+# ctypes (2 ms), which only a build's resumable SHA-256 needs.
 SLOW = {
     "rich.progress",
     "packager.publish",
@@ -43,6 +44,7 @@ SLOW = {
     "packager.verify.frames",
     "packager.verify.localize",
     "packager.trust",
+    "ctypes",
 }
 
 
@@ -297,7 +299,7 @@ def test_a_circle_and_a_heavy_import_through_a_lazy_attribute_are_seen(tmp_path,
 # What `verify --pieces` of a good release, the command a mirror runs over terabytes, must never load: its
 # start-up is part of the wait, which bench.py verify compares with libtorrent's recheck (libtorrent alone
 # was 0.3 s cold; the member level 15 ms; rich 35 ms; the cyclic collector over start-up's objects 15 ms;
-# config, for three constants, 10 ms with tomllib; concurrent.futures 4 ms, most of it logging).
+# config, for three constants, 10 ms with tomllib; concurrent.futures 4 ms, most of it logging; ctypes 2 ms).
 VERIFY_PIECES_NEVER = (
     "libtorrent",
     "rich",
@@ -307,6 +309,7 @@ VERIFY_PIECES_NEVER = (
     "tomllib",
     "concurrent.futures",
     "logging",
+    "ctypes",
     "packager.container.scan",
     "packager.container.format",
     "packager.verify.frames",
