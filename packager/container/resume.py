@@ -29,6 +29,14 @@ the hashes resumed are those of the bytes the writer meant. Two ways to know the
   changes with every one of those and cannot be set back from user space. The prefix is then not read
   again. No fsync: after a killed process the page cache keeps the seal; after a power cut it may be stale
   (then it mismatches) or torn (its SHA-256 fails), and the full check below runs.
+- **The write in flight.** A write stamps the `.part`'s mtime and ctime as it starts, and with O_DIRECT
+  the writer spends much of a build inside one: a kill then lands mid-write more often than not (in
+  bench.py resume, most of the time), and a seal recorded only after each write would never match. So
+  just before each write the seal is rewritten too, with the identity so far, the clocks (coarse and
+  fine) and the bytes about to be written; the seal then also vouches for a `.part` that only that write
+  can have changed: the same inode, its size within that write, mtime equal to ctime, stamped between the
+  coarse clock and FLIGHT_NS (10 ms) after the fine one. An edit in those 10 ms after the write began,
+  after a kill, is the one change that would pass unseen.
 - **The full check** (PrefixCheck), whenever the seal is missing, damaged, not a regular file, of another
   inode or any field differs (or `build --check-kept` asks): the whole kept prefix is read once more, in
   order, while the tail is written, and hashed in pieces against the SHA-1 the checkpoint recorded for
@@ -49,10 +57,10 @@ exFAT, HFS+, ext3's small inodes; a ctime whose nanoseconds are a whole number o
 happens by chance once in 10^6 elsewhere) is not trusted, and the prefix is read again. Kernels before
 6.13 stamp times from a clock that ticks every 1-10 ms, so a write in the same tick as the writer's last
 one, not changing the size, would pass unseen: a window of one tick after a kill, while nothing else
-should be writing the `.part` at all. (This kernel, 6.18, gives a fine-grained ctime to a change following
-an fstat, which the writer always does: two writes 1 us apart get different ctimes here, tested on ext4
-and tmpfs.) Stepping the system clock back could, in principle, give a later change the same ctime to the
-nanosecond.
+should be writing the `.part` at all. (Since 6.13, multigrain timestamps: a change after an fstat, which
+the writer always makes, gets a ctime of its own, fine-grained if the coarse clock has not moved on; two
+writes 1 us apart get different ctimes here, on ext4 and tmpfs, kernel 6.18.) Stepping the system clock
+back could, in principle, give a later change the same ctime to the nanosecond.
 """
 
 from __future__ import annotations
