@@ -131,6 +131,22 @@ def kill_9(ws: Path, at: int = 12_000_000) -> Path:
     return part
 
 
+def stop_after_checkpoint(monkeypatch, beyond: int) -> None:
+    """The build stops (KeyboardInterrupt, as from Ctrl-C) right after it saves a checkpoint past byte
+    `beyond`: raised on the stage thread that saves it, and raised again by the writer's calling thread.
+    A stop at a byte, whatever the load: a stop from the progress callback could come after the last
+    checkpoint (the writer compresses up to 24 MiB ahead of what it has written)."""
+    real = build_shard.write_atomic
+
+    def save(path: Path, data: bytes) -> None:
+        real(path, data)
+        offset = json.loads(data[:-32].split(b"\n", 1)[1])["offset"] if path.suffix == ".checkpoint" else 0
+        if offset > beyond:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_shard, "write_atomic", save)
+
+
 def seal_of(part: Path) -> Path:
     return part.with_name(layout.seal_name(part.name))
 
@@ -269,7 +285,9 @@ def test_a_restart_stopped_before_its_check_passed_leaves_no_seal_so_the_next_on
     stopped before it gets there must not seal the .part as it writes on, or the restart after it would
     trust the damage (and record a shard whose bytes its torrent does not describe)."""
     ws = workspace_for(make_workspace, archive, "twice")
-    interrupt(ws, after=8_000_000)
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        stop_after_checkpoint(m, beyond=4_000_000)
+        run_build(ws)
     part = next((ws / "shards").glob("*.part"))
     checkpoint = part.with_name(layout.checkpoint_name(part.name))
     first = _checkpoint_offset(checkpoint)
@@ -291,11 +309,12 @@ def test_a_restart_stopped_before_its_check_passed_leaves_no_seal_so_the_next_on
             gate.set()
             super().cancel()
 
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
         m.setattr(build_shard, "PrefixCheck", StalledCheck)
-        interrupt(ws, after=first + 4_000_000, kept=first + CHECKPOINT_EVERY + 1)
+        stop_after_checkpoint(m, beyond=first)
+        run_build(ws)
     assert stalled == [first], "the restart resumed, with the full check"
-    assert _checkpoint_offset(checkpoint) > first + CHECKPOINT_EVERY
+    assert _checkpoint_offset(checkpoint) > first
     assert not seal_verdict(read_seal(seal_of(part)), os.stat(part)).intact
     report = run_build(ws)
     assert report.resumed == [] and "differs from its recorded SHA-1" in report.restarted[0][1], report
