@@ -137,11 +137,9 @@ def test_an_interrupted_shard_resumes_with_the_bytes_of_an_uninterrupted_build(m
     assert leftovers(ws) == []
 
 
-@pytest.mark.slow
-def test_kill_9_mid_shard_at_several_points_then_resume(make_workspace, archive, reference):
-    """A build process killed with SIGKILL while it writes one big shard, three times; each restart goes on
-    from the last checkpoint, and the shard comes out byte for byte as an uninterrupted build's."""
-    ws = workspace_for(make_workspace, archive, "killed")
+def kill_9(ws: Path, at: int) -> Path:
+    """A build process killed with SIGKILL while it writes one big shard, once its .part has `at` bytes
+    and a checkpoint; the .part."""
     driver = (
         "import sys, time\n"
         "from packager.container import resume\n"
@@ -154,18 +152,29 @@ def test_kill_9_mid_shard_at_several_points_then_resume(make_workspace, archive,
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
     part = ws / "shards" / "t-audio-t2-00001.tar.zst.part"
-    kills = []
-    for threshold in (5_000_000, 10_000_000, 15_000_000):
-        proc = subprocess.Popen([sys.executable, "-c", driver, str(ws)], env=env)
-        deadline = time.monotonic() + 60
+    checkpoint = part.with_name(layout.checkpoint_name(part.name))
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(ws)], env=env)
+    deadline = time.monotonic() + 60
+    try:
         while proc.poll() is None and time.monotonic() < deadline:
-            if part.exists() and part.stat().st_size >= threshold:
+            if part.exists() and part.stat().st_size >= at and checkpoint.exists():
                 proc.send_signal(signal.SIGKILL)
-                kills.append(part.stat().st_size)
                 break
             time.sleep(0.002)
+    finally:
+        proc.kill()
         proc.wait(timeout=60)
-    assert len(kills) == 3, "the build finished before it could be killed; make the data bigger"
+    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed; more data"
+    return part
+
+
+@pytest.mark.slow
+def test_kill_9_mid_shard_at_several_points_then_resume(make_workspace, archive, reference):
+    """A build process killed with SIGKILL while it writes one big shard, three times; each restart goes on
+    from the last checkpoint, and the shard comes out byte for byte as an uninterrupted build's."""
+    ws = workspace_for(make_workspace, archive, "killed")
+    for threshold in (5_000_000, 10_000_000, 15_000_000):
+        kill_9(ws, threshold)
     report = run_build(ws)
     [resumed] = report.resumed
     assert resumed.from_byte >= 10_000_000 - 4 * CHECKPOINT_EVERY - 64 * 2**20 // 4

@@ -9,9 +9,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -44,6 +41,9 @@ from tests.test_build_resume import (
     leftovers,
     run_build,
     workspace_for,
+)
+from tests.test_build_resume import (
+    kill_9 as kill_9_build,
 )
 
 
@@ -101,32 +101,9 @@ class PartReads:
 
 
 def kill_9(ws: Path, at: int = 12_000_000) -> Path:
-    """A build process killed with SIGKILL once its .part has `at` bytes and a checkpoint; the .part."""
-    driver = (
-        "import sys, time\n"
-        "from packager.container import resume\n"
-        f"resume.CHECKPOINT_EVERY_BYTES = {CHECKPOINT_EVERY}\n"
-        "from packager.build import build, BytesDone\n"
-        "from packager.workspace import Workspace\n"
-        "slow = lambda e: time.sleep(0.01) if isinstance(e, BytesDone) else None\n"
-        "with Workspace.open(sys.argv[1]) as w:\n"
-        "    build(w, jobs_count=1, on_event=slow)\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
-    part = ws / "shards" / "t-audio-t2-00001.tar.zst.part"
-    checkpoint = part.with_name(layout.checkpoint_name(part.name))
-    proc = subprocess.Popen([sys.executable, "-c", driver, str(ws)], env=env)
-    deadline = time.monotonic() + 60
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if part.exists() and part.stat().st_size >= at and checkpoint.exists():
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.002)
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    """test_build_resume's kill -9 of a build, once its .part has `at` bytes and a checkpoint, which
+    leaves a seal; the .part."""
+    part = kill_9_build(ws, at)
     assert part.with_name(layout.seal_name(part.name)).exists()
     return part
 

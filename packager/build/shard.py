@@ -16,7 +16,6 @@ tail is written; the shard is handed back only once it has passed (else it is re
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import stat
@@ -40,6 +39,7 @@ from ..container.resume import (
     check_part,
     decode_checkpoint,
     encode_checkpoint,
+    open_part_file,
     read_seal,
     rehash_tail,
     seal_verdict,
@@ -368,18 +368,19 @@ def _resume_point(job: ShardJob) -> _Start:
         return _Start()
     seal = None
     try:
-        fd = _open_regular(saved)
+        fd = open_part_file(saved)
         try:
             data = os.read(fd, container_resume.MAX_CHECKPOINT_BYTES + 1)
         finally:
             os.close(fd)
         cp = decode_checkpoint(data, job.key())
-        fd = _open_regular(part)
+        fd = open_part_file(part)
         try:
             # Before anything writes the .part: its fstat now against the seal of its last write.
-            kept = seal_verdict(read_seal(job.seal_path), os.fstat(fd))
             if job.check_kept:
                 kept = SealVerdict(False, "not taken on trust (--check-kept)")
+            else:
+                kept = seal_verdict(read_seal(job.seal_path), os.fstat(fd))
             resume = check_part(fd, cp, job.frame_size - job.frame_size % 512)
             hasher = ShardHasher.resumed(job.piece_size, job.v2, cp.offset, cp.sink_states)
             pieces = ShardHasher.prefix_check(job.piece_size, cp.offset, cp.sink_states)
@@ -398,7 +399,7 @@ def _resume_point(job: ShardJob) -> _Start:
                 check.finish()
                 seal.arm()
 
-            prefix = PrefixCheck(_open_regular(part), cp.offset, check.update, passed)
+            prefix = PrefixCheck(open_part_file(part), cp.offset, check.update, passed)
     except (CheckpointRejected, ValueError, OSError) as exc:
         if seal is not None:
             seal.close()
@@ -430,20 +431,6 @@ def _refuse_directory(job: ShardJob, path: Path) -> None:
         return
     if is_dir:
         raise PathInTheWay(job.name, path)
-
-
-def _open_regular(path: Path) -> int:
-    """A read-only descriptor of `path` if it is a regular file (not a FIFO that blocks, nor a symlink)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symlink, dangling, looping or not
-            raise CheckpointRejected(f"{path.name} is not a regular file (a symlink)") from None
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CheckpointRejected(f"{path.name} is not a regular file")
-    return fd
 
 
 def discard(job: ShardJob) -> None:

@@ -309,16 +309,30 @@ def seal_verdict(data: bytes | None, st: Any) -> SealVerdict:
     return SealVerdict(False, f"changed since the build stopped (its {', '.join(changed)})")
 
 
+def open_part_file(path: Path) -> int:
+    """A read-only descriptor of `path` (a .part, its checkpoint or its seal) if it is a regular file: a
+    symlink is not followed, a FIFO not waited on; CheckpointRejected saying so otherwise, OSError if it
+    cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW's answer for a symlink, dangling, looping or not
+            raise CheckpointRejected(f"{path.name} is not a regular file (a symlink)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CheckpointRejected(f"{path.name} is not a regular file")
+    return fd
+
+
 def read_seal(path: Path) -> bytes | None:
     """The seal file's bytes, at most one more than a seal has; None if it is missing, or is not a
     regular file (a symlink is not followed, a FIFO not waited on)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        fd = open_part_file(path)
+    except (CheckpointRejected, OSError):
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         return os.read(fd, SEAL_BYTES + 1)
     except OSError:
         return None
@@ -587,6 +601,7 @@ __all__ = [
     "decode_checkpoint",
     "encode_checkpoint",
     "members_key_update",
+    "open_part_file",
     "read_seal",
     "rehash_tail",
     "seal_verdict",
