@@ -768,8 +768,8 @@ def test_stream_frame_refuses_a_frame_that_is_not_what_the_seek_table_says() -> 
     with pytest.raises(FrameError, match="window"):
         _streamed(blob, Frame(0, 0, len(blob), 0, len(data), None))
     with pytest.raises(FrameError, match="seek table checksum"):
-        _streamed(compressed, replace(frame, checksum=frame.checksum ^ 1))
+        _streamed(compressed, frame._replace(checksum=frame.checksum ^ 1))
     with pytest.raises(FrameError, match="damaged|holds"):
-        _streamed(compressed[:-100], replace(frame, compressed_size=len(compressed) - 100))
+        _streamed(compressed[:-100], frame._replace(compressed_size=len(compressed) - 100))
     with pytest.raises(FrameError, match="zstd frame header"):
-        _streamed(b"\0" * 100, replace(frame, compressed_size=100))
+        _streamed(b"\0" * 100, frame._replace(compressed_size=100))

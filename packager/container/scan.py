@@ -9,7 +9,7 @@ import contextlib
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -179,7 +179,7 @@ def read_layout(path: Path, size: int, expected_size: int | None) -> Layout:
     try:
         # zstd's own checksum guards each frame; the seek table's copy is compared while streaming, where a
         # mismatch can be told apart from damage to the frame.
-        unchecked = [replace(frame, checksum=None) for frame in frames]
+        unchecked = [frame._replace(checksum=None) for frame in frames]
         with ShardReader(path, unchecked) as reader:
             records = reader.manifest()
         _check_order(records)
@@ -243,8 +243,8 @@ def _arbitrate(
                     f"the entry for frame {frame.index} lists {frame.decompressed_size} bytes; "
                     f"the frame holds {checked[0]} and checks out"
                 )
-                frame = replace(frame, decompressed_size=checked[0], checksum=checked[1])
-        fixed.append(replace(frame, decompressed_offset=doffset))
+                frame = frame._replace(decompressed_size=checked[0], checksum=checked[1])
+        fixed.append(frame._replace(decompressed_offset=doffset))
         doffset += frame.decompressed_size
     return fixed
 

@@ -7,7 +7,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -318,7 +318,7 @@ class ShardCheck:
         fixed = []
         for frame in layout.stream_frames:
             position = anchors.get(frame.compressed_offset, position)
-            fixed.append(replace(frame, decompressed_offset=position))
+            fixed.append(frame._replace(decompressed_offset=position))
             position += frame.decompressed_size
         if layout.partial is not None:
             layout.frames, layout.partial = fixed[:-1], fixed[-1]
