@@ -36,6 +36,7 @@ from packager.container import (
     writer,
 )
 from packager.container import reader as reader_module
+from packager.container.format import SeekTableError, read_frame_spans, read_seek_table
 from packager.container.reader import FrameError, stream_frame
 from packager.errors import ContainerError, MemberNotFound, ShardBuildError, ShardDamaged, UnsafeMemberName
 
@@ -317,6 +318,45 @@ def test_seek_table_follows_the_zstd_seekable_format(tmp_path: Path) -> None:
         offset += csize
         doffset += dsize
     assert offset == len(data) - table_size
+
+
+def test_frame_spans_are_the_seek_tables_frames(tmp_path: Path) -> None:
+    """read_frame_spans (the member index's read) gives each frame's offsets and size as read_seek_table
+    does, with checksums on or off."""
+    sources = make_sources(tmp_path, [("a", 2 * FRAME), ("b", 10), ("c", 0), ("d", 3 * FRAME + 7)])
+    build(tmp_path / "s.tar.zst", sources)
+    data = (tmp_path / "s.tar.zst").read_bytes()
+
+    def pread(size: int, offset: int) -> bytes:
+        return data[offset : offset + size]
+
+    frames = read_seek_table(pread, len(data))
+    assert len(frames) > 5
+    spans = read_frame_spans(pread, len(data))
+    assert spans == [(f.compressed_offset, f.compressed_size, f.decompressed_offset) for f in frames]
+    assert all(type(s) is tuple for s in spans)
+    # The same table without checksums (8-byte entries).
+    entries = b"".join(struct.pack("<II", f.compressed_size, f.decompressed_size) for f in frames)
+    body = data[: frames[-1].compressed_offset + frames[-1].compressed_size]
+    plain = body + struct.pack("<II", 0x184D2A5E, len(entries) + 9) + entries
+    plain += struct.pack("<IBI", len(frames), 0, 0x8F92EAB1)
+    assert read_frame_spans(lambda n, at: plain[at : at + n], len(plain)) == spans
+
+
+def test_a_seek_table_cut_short_is_a_seek_table_error(tmp_path: Path) -> None:
+    """A read that comes back short (the file truncated while read), and a table of fewer entries than its
+    footer lists, are SeekTableErrors that say so: never an IndexError or a struct.error."""
+    build(tmp_path / "s.tar.zst", make_sources(tmp_path, [("a", 2 * FRAME), ("b", 10)]))
+    data = (tmp_path / "s.tar.zst").read_bytes()
+    # The footer lists one frame more than the table holds.
+    more = data[:-9] + struct.pack("<I", struct.unpack("<I", data[-9:-5])[0] + 1) + data[-5:]
+    for read in (read_seek_table, read_frame_spans):
+        with pytest.raises(SeekTableError, match="cut short"):
+            read(lambda n, at: data[at : at + n][:-1], len(data))
+        with pytest.raises(SeekTableError, match="cut short: 0 of"):
+            read(lambda n, at: data[at : at + n] if at >= len(data) - 9 else b"", len(data))
+        with pytest.raises(SeekTableError, match="skippable frame header is damaged|add up"):
+            read(lambda n, at: more[at : at + n], len(more))
 
 
 def test_manifest_is_found_from_the_last_frames_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ The writer, the reader and the damage scan all take these from here, so that the
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import operator
 import struct
@@ -98,18 +99,25 @@ class SeekTableError(ValueError):
         self.whole_file = whole_file or reason
 
 
-def read_seek_table(pread: Callable[[int, int], bytes], end: int) -> list[Frame]:
-    """The frames listed by the seek table that ends at byte `end`, read through `pread(size, offset)`.
+def _seek_table(pread: Callable[[int, int], bytes], end: int) -> tuple[list[int], int, int]:
+    """The seek table that ends at byte `end`, checked: (its entries' fields, flat, in file order; fields
+    per entry, 3 with checksums or 2; the bytes its frames add up to). Every read must come back whole, so
+    a file cut short (or shrinking while read) is a SeekTableError, never a short buffer."""
 
-    SeekTableError if there is none or it cannot be right: the frame header is checked before the entries
-    are read, so a damaged frame count never makes us read (and hold) gigabytes, and no entry may claim more
-    than MAX_FRAME_SIZE bytes, so a hostile table cannot make a reader allocate 4 GiB for one frame.
-    """
+    def read(size: int, offset: int) -> bytes:
+        data = pread(size, offset)
+        if len(data) != size:
+            raise SeekTableError(
+                f"the seek table is cut short: {len(data)} of {size} bytes at byte {offset}",
+                "seek table cut short: the file ends early (truncated while read?)",
+            )
+        return data
+
     if end < SKIPPABLE_HEADER.size + SEEK_FOOTER.size:
         raise SeekTableError(
             f"{end} bytes are too few to hold a seek table", f"only {end} bytes: too short to be a shard"
         )
-    count, descriptor, magic = SEEK_FOOTER.unpack(pread(SEEK_FOOTER.size, end - SEEK_FOOTER.size))
+    count, descriptor, magic = SEEK_FOOTER.unpack(read(SEEK_FOOTER.size, end - SEEK_FOOTER.size))
     if magic != SEEKABLE_MAGIC:
         raise SeekTableError(
             f"no seek table footer at byte {end - SEEK_FOOTER.size}",
@@ -126,23 +134,55 @@ def read_seek_table(pread: Callable[[int, int], bytes], end: int) -> list[Frame]
             f"the seek table lists {count} frames, more than {end} bytes can hold",
             f"seek table lists {count} frames, more than the file can hold",
         )
-    skip_magic, skip_size = SKIPPABLE_HEADER.unpack(pread(SKIPPABLE_HEADER.size, end - table))
+    skip_magic, skip_size = SKIPPABLE_HEADER.unpack(read(SKIPPABLE_HEADER.size, end - table))
     if skip_magic != SKIPPABLE_MAGIC or skip_size != table - SKIPPABLE_HEADER.size:
         raise SeekTableError("the seek table's skippable frame header is damaged")
-    body = pread(table - SKIPPABLE_HEADER.size - SEEK_FOOTER.size, end - table + SKIPPABLE_HEADER.size)
-    frames: list[Frame] = []
-    coffset = doffset = 0
-    for index, fields in enumerate(entry.iter_unpack(body)):
-        if fields[1] > MAX_FRAME_SIZE:
-            raise SeekTableError(f"seek table entry {index} claims {fields[1]} bytes, over {MAX_FRAME_SIZE}")
-        checksum = fields[2] if entry is SEEK_ENTRY else None
-        frames.append(Frame(index, coffset, fields[0], doffset, fields[1], checksum))
-        coffset += fields[0]
-        doffset += fields[1]
-    if coffset != end - table:
-        precede = f"the seek table's frames add up to {coffset} bytes, but {end - table} precede it"
+    body = read(table - SKIPPABLE_HEADER.size - SEEK_FOOTER.size, end - table + SKIPPABLE_HEADER.size)
+    width = entry.size // 4
+    fields = list(struct.unpack(f"<{count * width}I", body))
+    dsizes = fields[1::width]
+    if dsizes and max(dsizes) > MAX_FRAME_SIZE:
+        index = next(i for i, size in enumerate(dsizes) if size > MAX_FRAME_SIZE)
+        raise SeekTableError(f"seek table entry {index} claims {dsizes[index]} bytes, over {MAX_FRAME_SIZE}")
+    total = sum(fields[0::width])
+    if total != end - table:
+        precede = f"the seek table's frames add up to {total} bytes, but {end - table} precede it"
         raise SeekTableError(precede, f"{precede} (truncated, or not written as one shard)")
-    return frames
+    return fields, width, total
+
+
+def read_seek_table(pread: Callable[[int, int], bytes], end: int) -> list[Frame]:
+    """The frames listed by the seek table that ends at byte `end`, read through `pread(size, offset)`.
+
+    SeekTableError if there is none or it cannot be right: the frame header is checked before the entries
+    are read, so a damaged frame count never makes us read (and hold) gigabytes, and no entry may claim more
+    than MAX_FRAME_SIZE bytes, so a hostile table cannot make a reader allocate 4 GiB for one frame.
+    """
+    fields, width, _ = _seek_table(pread, end)
+    csizes, dsizes = fields[0::width], fields[1::width]
+    checksums = fields[2::width] if width == 3 else itertools.repeat(None)
+    return list(
+        map(
+            Frame,
+            itertools.count(),
+            itertools.accumulate(csizes, initial=0),
+            csizes,
+            itertools.accumulate(dsizes, initial=0),
+            dsizes,
+            checksums,
+        )
+    )
+
+
+def read_frame_spans(pread: Callable[[int, int], bytes], end: int) -> list[tuple[int, int, int]]:
+    """(compressed offset, compressed size, decompressed offset) of each frame of the seek table that ends
+    at byte `end`, as plain tuples made in one go: what the member index records of a member's frames, for
+    every frame of every shard. Checked as read_seek_table checks (SeekTableError)."""
+    fields, width, _ = _seek_table(pread, end)
+    csizes = fields[0::width]
+    # The offsets run one past the last frame (the table's own offset): zip stops at the sizes.
+    ends = itertools.accumulate(csizes, initial=0), itertools.accumulate(fields[1::width], initial=0)
+    return list(zip(ends[0], csizes, ends[1], strict=False))
 
 
 # --- tar headers and member names -------------------------------------------------------------------------
