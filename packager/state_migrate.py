@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .state import State
 
 # The versions an open brings up to SCHEMA_VERSION.
-MIGRATABLE = (1, 2, 3, 4)
+MIGRATABLE = (1, 2, 3, 4, 5)
 
 
 def migrate(state: State, version: int) -> None:
@@ -31,6 +31,8 @@ def migrate(state: State, version: int) -> None:
         _from_v3(state)
     if version in (1, 2, 3, 4):
         _from_v4(state)
+    if version in (1, 2, 3, 4, 5):
+        _from_v5(state)
 
 
 def _from_v1(state: State) -> None:
@@ -56,7 +58,14 @@ def _from_v1(state: State) -> None:
         state.db.execute("DROP TABLE members_v1")
         for statement in schema_statements():
             state.db.execute(statement)
-        state.recount_totals()
+        # The totals as schema 2 counted them (kinds by name: _from_v5 numbers them).
+        state.db.execute("DELETE FROM catalog_totals")
+        state.db.execute(
+            "INSERT INTO catalog_totals SELECT kind, COUNT(*), SUM(removed), "
+            "SUM(removed = 0 AND m.item_rowid IS NULL), "
+            "COALESCE(SUM(CASE WHEN removed = 0 AND m.item_rowid IS NULL THEN size END), 0) "
+            "FROM items i LEFT JOIN members m ON m.item_rowid = i.rowid GROUP BY kind"
+        )
         state.db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
 
@@ -90,7 +99,7 @@ def _from_v2(state: State) -> None:
             "UPDATE items SET xk = extra_key(extra), extra = extra_values(extra) "
             "WHERE extra IS NOT NULL AND xk IS NULL"
         )
-        state.db.executemany("INSERT OR IGNORE INTO extra_names VALUES (?, ?)", names.items())
+        state.db.executemany("INSERT OR IGNORE INTO extra_names (h, names) VALUES (?, ?)", names.items())
         state.db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
 
 
@@ -113,3 +122,39 @@ def _from_v4(state: State) -> None:
         # ph is NULL exactly for the paths named by their ids (schema 4).
         state.db.execute("UPDATE items SET path = stored_path(path, id) WHERE ph IS NULL")
         state.db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+
+
+def _from_v5(state: State) -> None:
+    """Schema 5 -> 6: kinds by number (kinds), the sets of extra field names by number (extra_names.n). The
+    table is written anew, in rowid order (a kind's name becomes an integer, which a column of text affinity
+    would turn back into text); fingerprints are kept as they are (they hash the names' 47-bit key, which
+    extra_names keeps as h)."""
+    kinds: dict[str, int] = {}
+
+    def kind_code(name: str) -> int:
+        return kinds.setdefault(name, len(kinds))
+
+    state.db.create_function("kind_code", 1, kind_code, deterministic=True)
+    columns = "n, id, path, kind, popularity, size, mtime, extra, source, line, removed, fp, xk, ph"
+    with state.transaction():
+        for index in ("items_id", "items_ph", "items_removed"):
+            state.db.execute(f"DROP INDEX IF EXISTS {index}")
+        state.db.execute("ALTER TABLE items RENAME TO items_v5")
+        state.db.execute("ALTER TABLE extra_names RENAME TO extra_names_v5")
+        for statement in schema_statements():
+            head = statement.split("(", 1)[0].split()
+            if head[1] == "TABLE" and head[-1] in ("items", "extra_names", "kinds"):
+                state.db.execute(statement)
+        state.db.execute("INSERT INTO extra_names (h, names) SELECT h, names FROM extra_names_v5 ORDER BY h")
+        state.db.execute(
+            f"INSERT INTO items ({columns}) SELECT v.n, v.id, v.path, kind_code(v.kind), v.popularity, "
+            "v.size, v.mtime, v.extra, v.source, v.line, v.removed, v.fp, x.n, v.ph "
+            "FROM items_v5 v LEFT JOIN extra_names x ON x.h = v.xk ORDER BY v.n"
+        )
+        state.db.executemany("INSERT INTO kinds VALUES (?, ?)", ((c, k) for k, c in kinds.items()))
+        state.db.execute("DROP TABLE items_v5")
+        state.db.execute("DROP TABLE extra_names_v5")
+        for statement in schema_statements():
+            if "INDEX" in statement.split("(", 1)[0] and " ON items " in statement:
+                state.db.execute(statement)
+        state.db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import orjson
 import xxhash
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS items (
     n INTEGER PRIMARY KEY,      -- the item's rowid: members point at it (explicit, so VACUUM keeps it)
     id TEXT NOT NULL,
     path TEXT NOT NULL,         -- stored_path(): a path named by its id keeps ID_MARK for the id
-    kind TEXT NOT NULL,
+    kind INTEGER NOT NULL,      -- kinds.code: 0-1 byte a row, where the name took 3-8
     popularity REAL NOT NULL,
     size INTEGER NOT NULL,
     mtime INTEGER,
@@ -31,13 +31,20 @@ CREATE TABLE IF NOT EXISTS items (
     line INTEGER NOT NULL,      -- its line (or row number) there
     removed INTEGER NOT NULL DEFAULT 0,
     fp INTEGER NOT NULL,        -- line_fingerprint() or row_fingerprint(): what a re-ingest compares first
-    xk INTEGER,                 -- extra_names.h of the names of the extra fields (NULL: none)
+    xk INTEGER,                 -- extra_names.n of the names of the extra fields (NULL: none)
     ph INTEGER                  -- path_key(path), or NULL for a path named by its id (path_named_by_id):
                                 -- paths are found and kept unique through ids and this key's index
 );
 -- Read an item's path through item_path_sql(), never items.path itself.
--- The sets of extra field names (a catalog has a few): extra_names_key() of the sorted names -> names.
-CREATE TABLE IF NOT EXISTS extra_names (h INTEGER PRIMARY KEY, names TEXT NOT NULL);
+-- The sets of extra field names (a catalog has a few), numbered as first seen (n, the rows' xk: 0-1 byte a
+-- row, where the 47-bit key took 6); h is extra_names_key() of the sorted names, what fingerprints use.
+CREATE TABLE IF NOT EXISTS extra_names (
+    n INTEGER PRIMARY KEY,
+    h INTEGER NOT NULL UNIQUE,
+    names TEXT NOT NULL
+);
+-- The kinds, numbered from 0 as first registered (State.register_kinds, in release.toml's order).
+CREATE TABLE IF NOT EXISTS kinds (code INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 -- Indexes are created apart from the table so that a bulk ingest can drop and rebuild them in one sort.
 -- (id, fp) covers the re-ingest merge: a catalog row is matched and compared without reading the item;
 -- a refresh reads every (fp, rowid) from it too, to match its lines' fingerprints before it parses any.
@@ -384,3 +391,24 @@ def loads_extra(names: str | None, values: str | None) -> dict:
     if names is None or values is None:
         return {}
     return dict(zip(json.loads(names), json.loads(values), strict=True))
+
+
+def kind_name_sql(column: str, kinds: dict[str, int]) -> str:
+    """SQL: the name of the kind whose code is in `column`, for the kinds (name -> code) of the state. A CASE
+    of literals: a join with kinds for each of 10^8 rows would cost a lookup each."""
+    if not kinds:
+        return "NULL"
+    cases = " ".join(f"WHEN {code} THEN {_literal(name)}" for name, code in kinds.items())
+    return f"CASE {column} {cases} END"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def kind_code_sql(param: str, kinds: dict[str, int]) -> str:
+    """SQL: the code of the kind named by `param` (a parameter or column), NULL for a kind not registered."""
+    if not kinds:
+        return "NULL"
+    cases = " ".join(f"WHEN {_literal(name)} THEN {code}" for name, code in kinds.items())
+    return f"CASE {param} {cases} END"

@@ -1103,7 +1103,7 @@ def test_a_schema_2_state_gets_its_extra_fields_as_names_once_and_values(workspa
     with open_state(workspace) as state:
         assert state.item_extra("t001") == {"title": "song 1", "tags": ["a", 1]}
         assert state.item_extra("t003") == {}
-        assert state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
+        assert state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "6"
     assert run(workspace, cat, trust_sizes=True).unchanged == 4
 
 
@@ -1173,7 +1173,7 @@ def test_a_schema_3_state_drops_the_keys_of_paths_named_by_their_ids(workspace, 
         db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     with open_state(workspace) as state:
         db = state.db
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "6"
         assert db.execute("SELECT id, ph IS NULL FROM items ORDER BY id").fetchall() == [
             ("abc", 1),
             ("t001", 0),
@@ -1185,8 +1185,40 @@ def test_a_schema_3_state_drops_the_keys_of_paths_named_by_their_ids(workspace, 
     assert [p.reason for p in err.problems] == ["path 'audio/ab/abc.ogg' already belongs to id 'abc'"]
 
 
+SCHEMA_5_ITEMS = """CREATE TABLE items (
+    n INTEGER PRIMARY KEY, id TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, popularity REAL NOT NULL,
+    size INTEGER NOT NULL, mtime INTEGER, extra TEXT, source INTEGER NOT NULL, line INTEGER NOT NULL,
+    removed INTEGER NOT NULL DEFAULT 0, fp INTEGER NOT NULL, xk INTEGER, ph INTEGER)"""
+
+
+def back_to_schema_5(db) -> None:
+    """Kinds by name, extra names by their key: a state as schema 5 wrote it."""
+    kinds = dict(db.execute("SELECT code, name FROM kinds"))
+    db.create_function("kind_name", 1, kinds.get)
+    db.execute("ALTER TABLE items RENAME TO items_v6")
+    for index in ("items_id", "items_ph", "items_removed"):
+        db.execute(f"DROP INDEX {index}")
+    db.execute(SCHEMA_5_ITEMS)
+    db.execute(
+        "INSERT INTO items SELECT i.n, i.id, i.path, kind_name(i.kind), i.popularity, i.size, i.mtime, "
+        "i.extra, i.source, i.line, i.removed, i.fp, x.h, i.ph FROM items_v6 i "
+        "LEFT JOIN extra_names x ON x.n = i.xk"
+    )
+    db.execute("DROP TABLE items_v6")
+    db.execute("CREATE INDEX items_id ON items (id, fp)")
+    db.execute("CREATE INDEX items_ph ON items (ph) WHERE ph IS NOT NULL")
+    db.execute("CREATE INDEX items_removed ON items (id) WHERE removed = 1")
+    db.execute("CREATE TABLE extra_names_v5 (h INTEGER PRIMARY KEY, names TEXT NOT NULL)")
+    db.execute("INSERT INTO extra_names_v5 SELECT h, names FROM extra_names")
+    db.execute("DROP TABLE extra_names")
+    db.execute("ALTER TABLE extra_names_v5 RENAME TO extra_names")
+    db.execute("DROP TABLE kinds")
+    db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+
+
 def back_to_schema_4(db) -> None:
     """Every path stored whole: a state as schema 4 wrote it."""
+    back_to_schema_5(db)
     db.execute(f"UPDATE items SET path = {item_path_sql('items')}")
     db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
 
@@ -1206,7 +1238,7 @@ def test_a_schema_4_state_stores_paths_named_by_their_ids_without_their_ids(work
         assert w.state.db.execute("SELECT COUNT(*) FROM items WHERE instr(path, char(1))").fetchone()[0] == 0
     with Workspace.open(workspace) as w:
         db = w.state.db
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "6"
         assert db.execute("SELECT path FROM items WHERE ph IS NULL ORDER BY n").fetchall() == [
             (f"audio/{i % 2}/\x01.ogg",) for i in range(6)
         ] + [("art/\x01",), ("art/\x01.jpg",)]
@@ -1299,3 +1331,112 @@ def test_a_first_ingest_finds_repeated_paths_whether_it_builds_the_path_keys_bef
             ).fetchone()[0]
             == 5
         )
+
+
+def _user_view(ws: Path) -> dict:
+    """What a user and the later stages read of the items: status, the plan's members, extra fields, totals,
+    fingerprints."""
+    from typer.testing import CliRunner
+
+    from packager.cli import app
+
+    status = CliRunner().invoke(app, ["status", str(ws), "--json"])
+    assert status.exit_code == 0, status.output
+    with open_state(ws) as state:
+        ids = [r[0] for r in state.db.execute("SELECT id FROM items ORDER BY id")]
+        return {
+            "status": json.loads(status.output),
+            "members": {s.name: list(state.iter_members(s.id)) for s in state.shards()},
+            "extra": {i: state.item_extra(i) for i in ids},
+            "totals": (state.stored_totals(), state.counted_totals()),
+            "fp": state.db.execute("SELECT id, fp, source, line FROM items ORDER BY id").fetchall(),
+            "stored extra": state.db.execute("SELECT id, extra FROM items ORDER BY id").fetchall(),
+        }
+
+
+EXTRAS = [
+    {"title": "song", "n": 3, "live": False, "mood": None, "bpm": 120.5},
+    {"title": "tags", "tags": ["a", 1, {"z": 1, "a": [2]}]},
+    {"big": 2**70, "neg": -(2**63), "u64": 2**64 - 1, "uni": "é\u2028𝄞"},
+    {"obj": {"b": 1, "a": 2}},
+    {},
+]
+
+
+def test_a_schema_5_state_keeps_what_every_reader_sees_and_a_refresh_changes_nothing(workspace, archive):
+    """Schema 5 -> 6 (kinds and extra names by number) changes no answer: status, the
+    plan's members, the extra fields, the totals and the fingerprints are the same after the migration, and
+    re-ingesting the same catalogs (a JSON Lines one and a CSV one) finds every row unchanged."""
+    rows = [
+        trusted(i, kind=("audio", "art", "metadata")[i % 3], pop=i / 3) | EXTRAS[i % 5] for i in range(15)
+    ]
+    cat = archive.jsonl(rows)
+    csv = archive.base / "more.csv"
+    csv.write_text(
+        "id,path,kind,popularity,size,title,year\n"
+        + "".join(f"c{i},art/c{i}.jpg,art,{i},5,t{i},{1990 + i}\n" for i in range(4))
+    )
+    run(workspace, cat, csv, trust_sizes=True)
+    with Workspace.open(workspace) as w:
+        plan(w)
+    before = _user_view(workspace)
+    with open_state(workspace) as state:
+        back_to_schema_5(state.db)
+    with open_state(workspace) as state:
+        db = state.db
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "6"
+        assert db.execute("SELECT typeof(kind), COUNT(*) FROM items GROUP BY 1").fetchall() == [
+            ("integer", 19)
+        ]
+        assert db.execute("SELECT COUNT(*) FROM kinds").fetchone()[0] == 3
+        assert db.execute("SELECT DISTINCT xk FROM items ORDER BY xk").fetchall() == [
+            (None,),
+            *((n,) for n in range(1, 6)),
+        ]
+    assert _user_view(workspace) == before
+    report = run(workspace, cat, csv, trust_sizes=True)
+    assert (report.added, report.changed, report.unchanged, report.absent) == (0, 0, 19, 0)
+    assert _user_view(workspace) == before
+
+
+def test_a_killed_schema_5_migration_leaves_schema_5(workspace, archive, monkeypatch):
+    import packager.state_migrate
+
+    run(workspace, archive.jsonl([trusted(0, title="x")]), trust_sizes=True)
+    with open_state(workspace) as state:
+        back_to_schema_5(state.db)
+
+    def killed():
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(packager.state_migrate, "schema_statements", killed)  # after items is renamed
+    with pytest.raises(RuntimeError):
+        open_state(workspace)
+    db = sqlite3.connect(workspace / "state.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "5"
+    assert db.execute("SELECT kind, extra FROM items").fetchall() == [("audio", '["x"]')]
+    db.close()
+    monkeypatch.undo()
+    with open_state(workspace) as state:
+        assert state.item_extra("t000") == {"title": "x"}
+
+
+def test_row_fingerprints_keep_their_meaning(tmp_path, archive):
+    """The fingerprints a re-ingest compares are those schema 5 stored (pinned from packager before
+    schema 6): a kind by its name and a set of extra field names by its 47-bit key, whatever numbers items
+    stores for them, so a refresh after the migration finds its rows unchanged."""
+    (tmp_path / "c.csv").write_text(
+        "id,path,kind,popularity,size,title,year\n"
+        'c0,art/c0.jpg,art,0.5,5,t0,1990\nc1,audio/c1.ogg,audio,2,7,"x, y",\n'
+    )
+    (tmp_path / "j.jsonl").write_text(
+        '{"id":"j0","path":"audio/j0.ogg","kind":"audio","popularity":1.5,"size":3,"tags":["a",1],"n":2}\n'
+    )
+    Workspace.init(tmp_path / "ws", archive.root, "t").close()
+    run(tmp_path / "ws", tmp_path / "c.csv", tmp_path / "j.jsonl", trust_sizes=True)
+    with open_state(tmp_path / "ws") as state:
+        assert state.db.execute("SELECT id, fp FROM items ORDER BY id").fetchall() == [
+            ("c0", 1293415009345912051),
+            ("c1", -6988972810357491797),
+            ("j0", -3568979997803828078),
+        ]

@@ -106,7 +106,7 @@ def _load(
     finish it."""
     state, config = ws.state, ws.config
     report.rows = 0
-    loader = Loader(state, rows_wanted=problems.rejects_file is not None)
+    loader = Loader(state, config.kinds, rows_wanted=problems.rejects_file is not None)
     try:
         sources = {
             name: loader.source_number(name) for name in (source_name(c, options.table) for c in catalogs)
