@@ -33,7 +33,6 @@ from .member_index.buckets import share_out
 from .state import State
 
 if TYPE_CHECKING:
-    from .container import Frame
     from .manifest import TorrentEntry
 
 RANGE_MEMBERS = 250_000  # members of one rowid range, on average: ~100 MB of records in memory
@@ -46,10 +45,11 @@ def add_built_members(
     writer: MemberIndexWriter,
     state_path: Path,
     torrents: Sequence[tuple[int, TorrentEntry, int, object]],
-    frames_of: Callable[[object], Sequence[Frame]],
+    frames_of: Callable[[object], Sequence[tuple[int, int, int]]],
 ) -> None:
     """Add (n, entry, shard_id, shard) torrents, whose members are read from the state at `state_path`
-    and whose seek tables are `frames_of(shard)` (a module-level function: it runs in worker processes)."""
+    and whose seek tables are `frames_of(shard)`, as container.read_frame_spans gives them (a module-level
+    function: it runs in worker processes)."""
     if not torrents:
         return
     members = sum(entry.items for _, entry, _, _ in torrents)
@@ -60,7 +60,8 @@ def add_built_members(
     workers = index_writer.WORKERS if members >= index_writer.POOL_MEMBERS else 1
     folders = [writer.scratch(f"by-rowid-{w}") for w in range(workers)]
     shares = share_out(
-        [((n, shard_id, shard), entry.items) for n, entry, shard_id, shard in torrents], workers
+        [((n, shard_id, shard, entry.items), entry.items) for n, entry, shard_id, shard in torrents],
+        workers,
     )
     jobs = [
         (str(state_path), share, frames_of, str(f), width, ranges)
@@ -88,7 +89,8 @@ def add_built_members(
 
 def _spill_records(job: tuple) -> None:
     """Pass 1 over a share of the shards: each member's row, as "<item rowid> <torrent n> <the row's JSON
-    after the size>", appended to the file of its rowid range in compressed blocks."""
+    after the size>", appended to the file of its rowid range in compressed blocks. A shard whose build
+    records are not its planned members, each in the shard's frames, is refused (State.index_gaps)."""
     state_path, share, frames_of, folder, width, ranges = job
     buffers: list[list[bytes]] = [[] for _ in range(ranges)]
     sizes = [0] * ranges
@@ -102,9 +104,15 @@ def _spill_records(job: tuple) -> None:
         buffers[r], sizes[r] = [], 0
 
     with State(Path(state_path), readonly=True) as state:
-        for n, shard_id, shard in share:
-            frames = frames_of(shard)  # a member's bytes are those of its frames (format.member_rows)
+        for n, shard_id, shard, items in share:
+            # (compressed offset, compressed size, decompressed offset) of each frame: a member's bytes
+            # are those of its frames (format.member_rows).
+            frames = frames_of(shard)
+            count, got = len(frames), 0
             for rowid, offset, first, last, hashes in state.iter_member_build_parts(shard_id):
+                got += 1
+                if not 0 <= first <= last < count:
+                    _refuse_gaps(state, state_path, shard_id, count)
                 start, end = frames[first], frames[last]
                 line = b"%d %d %d,%d,%d,%d,%d,%d,%b\n" % (
                     rowid,
@@ -112,9 +120,9 @@ def _spill_records(job: tuple) -> None:
                     offset,
                     first,
                     last,
-                    start.compressed_offset,
-                    end.compressed_offset + end.compressed_size - start.compressed_offset,
-                    start.decompressed_offset,
+                    start[0],
+                    end[0] + end[1] - start[0],
+                    start[2],
                     hashes,
                 )
                 r = rowid // width
@@ -122,11 +130,23 @@ def _spill_records(job: tuple) -> None:
                 sizes[r] += len(line)
                 if sizes[r] >= BLOCK:
                     flush(r)
+            if got != items:
+                _refuse_gaps(state, state_path, shard_id, count, f"{got} of its {items} members have a build")
     for r in range(ranges):
         if buffers[r]:
             flush(r)
         if files[r] is not None:
             files[r].close()
+
+
+def _refuse_gaps(state: State, state_path: str, shard_id: int, frames: int, otherwise: str = "") -> None:
+    gaps = state.index_gaps(shard_id, frames)
+    name = state.shard_name(shard_id)
+    raise PublishError(
+        name,
+        f"its members cannot all be indexed: {'; '.join(gaps) if gaps else otherwise}",
+        hint=f"the state ({state_path}) does not match the shard: build it again (packager build)",
+    )
 
 
 def _range_rows(job: tuple) -> Iterator[tuple[bytes, bytes]]:

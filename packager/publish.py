@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 from . import __version__, layout, trust
 from .config import ReleaseConfig
-from .container import ShardReader
-from .errors import ContainerError, PackagerError, PublishError
+from .container.format import SeekTableError, read_frame_spans
+from .errors import PackagerError, PublishError
 from .fsutil import file_sha256, fsync_dir, fsync_file, write_durable
 from .hashing import ShardHashes
 from .index_rows import add_built_members
@@ -444,17 +444,22 @@ def _link_index(final: Path, tmp: Path) -> bool:
     return True
 
 
-def _shard_frames(shard: tuple) -> list:
+def _shard_frames(shard: tuple) -> list[tuple[int, int, int]]:
     """The seek table of a published shard, (its path on this machine, its name): what its members'
-    frames are. Run by the index's worker processes too, so it takes names, not objects."""
+    frames are, as container.read_frame_spans gives them. Run by the index's worker processes too, so it
+    takes names, not objects."""
     path, name = shard
     try:
-        with ShardReader(Path(path)) as reader:
-            return reader.frames
-    except ContainerError as e:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return read_frame_spans(lambda size, offset: os.pread(fd, size, offset), os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+    except (OSError, SeekTableError) as e:
+        reason = e.whole_file if isinstance(e, SeekTableError) else f"cannot read it: {e.strerror}"
         raise PublishError(
             name,
-            f"cannot read the shard's seek table for the member index: {e.reason}",
+            f"cannot read the shard's seek table for the member index: {reason}",
             hint="the index needs each published shard once; put the shard back in shards/",
         ) from None
 

@@ -561,6 +561,50 @@ class State(ReleaseQueries):
             (shard_id,),
         )
 
+    def index_gaps(self, shard_id: int, frames: int) -> list[str]:
+        """Why a built shard's members cannot all be in the member index, each named (at most one of
+        each kind): a build record with no planned member (no plan), a planned member with no build
+        record, one whose item is gone, or one whose frames are not among the shard's `frames`. Empty
+        when none: what index_rows asks once the rows read do not add up."""
+        gaps = []
+        row = self.db.execute(
+            "SELECT mb.ord FROM member_builds mb LEFT JOIN members m ON m.shard_id = mb.shard_id "
+            "AND m.ord = mb.ord WHERE mb.shard_id = ? AND m.ord IS NULL ORDER BY mb.ord LIMIT 1",
+            (shard_id,),
+        ).fetchone()
+        if row:
+            gaps.append(f"member {row[0]} has a build record but no plan (no members row)")
+        row = self.db.execute(
+            "SELECT m.ord, m.item_rowid FROM members m LEFT JOIN member_builds mb "
+            "ON mb.shard_id = m.shard_id AND mb.ord = m.ord WHERE m.shard_id = ? AND mb.ord IS NULL "
+            "ORDER BY m.ord LIMIT 1",
+            (shard_id,),
+        ).fetchone()
+        if row:
+            gaps.append(f"member {row[0]} (item rowid {row[1]}) has no build record")
+        row = self.db.execute(
+            "SELECT m.ord, m.item_rowid FROM members m LEFT JOIN items i ON i.n = m.item_rowid "
+            "WHERE m.shard_id = ? AND i.n IS NULL ORDER BY m.ord LIMIT 1",
+            (shard_id,),
+        ).fetchone()
+        if row:
+            gaps.append(f"member {row[0]} has no item (item rowid {row[1]} is gone)")
+        row = self.db.execute(
+            "SELECT ord, first_frame, last_frame FROM member_builds WHERE shard_id = ? AND NOT "
+            "(0 <= first_frame AND first_frame <= last_frame AND last_frame < ?) ORDER BY ord LIMIT 1",
+            (shard_id, frames),
+        ).fetchone()
+        if row:
+            gaps.append(
+                f"member {row[0]} lies in frames {row[1]}-{row[2]}, but the shard's seek table lists "
+                f"{frames} frames"
+            )
+        return gaps
+
+    def shard_name(self, shard_id: int) -> str:
+        row = self.db.execute("SELECT name FROM shards WHERE id = ?", (shard_id,)).fetchone()
+        return row[0] if row else f"shard id {shard_id}"
+
     _ITEM_PARTS = (
         "SELECT CAST(i.n AS BLOB), CAST(i.id AS BLOB), CAST(json_quote(i.id) AS BLOB), "
         f"CAST(json_quote({_PATH}) || ',' || i.size AS BLOB) FROM items i"

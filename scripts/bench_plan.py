@@ -48,10 +48,11 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--index-read",
-        choices=("two-pass", "join"),
-        default="two-pass",
-        help="how the member index step reads the members' rows: publish's two ordered passes (by shard, "
-        "then by item rowid range), or joined with their items shard by shard in the index's workers",
+        choices=("publish", "join"),
+        default="publish",
+        help="how the member index step reads the members' rows: as publish reads them (index_rows: two "
+        "ordered passes, by shard, then by item rowid range), or joined with their items shard by shard "
+        "in the index's workers (member_rows, the plain read publish's is checked against)",
     )
 
 
@@ -244,12 +245,10 @@ def _fake_builds(ws: Path) -> None:
     db.close()
 
 
-def _bench_frames(items: int) -> list:
-    """A synthetic seek table of one frame a member (publish reads each shard's: a few kB). Module level:
-    the index's workers run it."""
-    from packager.container import Frame
-
-    return [Frame(k, k * FRAME_BYTES, FRAME_BYTES, k * 2048, 2048, None) for k in range(items)]
+def _bench_frames(items: int) -> list[tuple[int, int, int]]:
+    """A synthetic seek table of one frame a member, as container.read_frame_spans gives a shard's
+    (publish reads each shard's: a few kB). Module level: the index's workers run it."""
+    return [(k * FRAME_BYTES, FRAME_BYTES, k * 2048) for k in range(items)]
 
 
 def _bench_rows(source: tuple, n: int):
@@ -271,7 +270,7 @@ def _join_rows(job: tuple):
     yield from _bench_rows((state_path, shard_id, items), n)
 
 
-def _write_index(ws: Path, target: Path, read: str = "two-pass") -> None:
+def _write_index(ws: Path, target: Path, read: str = "publish") -> None:
     """The member index of every built shard, as publish writes it (or, with read="join", from rows joined
     shard by shard)."""
     from packager import layout

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packager import layout
-from packager.container import Frame
 from packager.errors import PublishError, UntrustedManifest, UsageError
 from packager.member_index import (
     FolderFiles,
@@ -30,11 +29,11 @@ from packager.member_index import format as index_format
 from tests.helpers import torrent_entries, torrent_entry, unique_by_name
 
 
-def frames_of(sizes: list[int]) -> list[Frame]:
-    """Frames of the given compressed sizes, each 4096 bytes decompressed."""
+def frames_of(sizes: list[int]) -> list[tuple[int, int, int]]:
+    """Frames of the given compressed sizes, each 4096 bytes decompressed, as read_frame_spans gives them."""
     frames, offset = [], 0
     for i, size in enumerate(sizes):
-        frames.append(Frame(i, offset, size, i * 4096, 4096, None))
+        frames.append((offset, size, i * 4096))
         offset += size
     return frames
 
@@ -87,7 +86,7 @@ def indexed_torrents(draw):
             records.append(record(ident, draw(st.integers(0, 2**40)), first * 4096 + 512, first, last))
             if draw(st.booleans()):
                 break
-        size = frames[-1].compressed_offset + frames[-1].compressed_size
+        size = frames[-1][0] + frames[-1][1]
         e = e.__class__(
             **{**e.__dict__, "files": (e.shard.__class__(e.shard.path, size, e.shard.sha256), e.torrent)}
         )

@@ -566,3 +566,51 @@ def test_a_built_member_whose_item_is_gone_is_refused(built, monkeypatch, sparse
     do_publish(built, "metadata")
     with pytest.raises(PublishError, match=re.escape(f"1 built member(s) have no item, e.g. rowid {rowid}")):
         do_publish(built, "audio")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            "UPDATE member_builds SET last_frame = 10000 WHERE shard_id = ? AND ord = ?",
+            r"member \d+ lies in frames \d+-10000, but the shard's seek table lists \d+ frames",
+        ),
+        (
+            "UPDATE member_builds SET first_frame = -1 WHERE shard_id = ? AND ord = ?",
+            r"member \d+ lies in frames -1-\d+",
+        ),
+        ("DELETE FROM members WHERE shard_id = ? AND ord = ?", r"has a build record but no plan"),
+        (
+            "DELETE FROM member_builds WHERE shard_id = ? AND ord = ?",
+            r"member \d+ \(item rowid \d+\) has no build",
+        ),
+    ],
+)
+def test_a_build_record_that_does_not_match_the_shard_is_refused_by_name(built, damage, message):
+    """A member whose frames are not the shard's (no IndexError, no member silently left out: -1 would
+    have read the last frame), a build record of no planned member, a planned member with no build record:
+    the index is refused, naming the shard and the member (State.index_gaps), and nothing is published."""
+    do_publish(built, "metadata")
+    before = folder_digests(built / layout.PUBLISHED)
+    with open_state(built) as state:
+        shard_id, name, ord_ = state.db.execute(
+            "SELECT s.id, s.name, m.ord FROM members m JOIN shards s ON s.id = m.shard_id "
+            "WHERE s.phase = 'audio' ORDER BY m.shard_id, m.ord LIMIT 1"
+        ).fetchone()
+        state.db.execute(damage, (shard_id, ord_))
+    with pytest.raises(PublishError, match=message) as e:
+        do_publish(built, "audio")
+    assert e.value.subject == name and "cannot all be indexed" in str(e.value)
+    assert folder_digests(built / layout.PUBLISHED) == before
+
+
+def test_a_seek_table_that_cannot_be_read_is_refused_by_name(built, tmp_path):
+    """The index reads each shard's seek table (read_frame_spans): a missing shard, or one cut short, is a
+    PublishError naming it, not a traceback."""
+    with pytest.raises(PublishError, match="cannot read it: No such file"):
+        publish_module._shard_frames((str(tmp_path / "gone.tar.zst"), "gone"))
+    shard = next((built / layout.SHARDS).rglob("*.tar.zst"))
+    cut = tmp_path / "cut.tar.zst"
+    cut.write_bytes(shard.read_bytes()[:-3])
+    with pytest.raises(PublishError, match="cut: cannot read the shard's seek table .*no zstd seek table"):
+        publish_module._shard_frames((str(cut), "cut"))

@@ -162,15 +162,16 @@ class Location:
 _ROW_FIELDS = 12
 
 
-def member_rows(records: Iterable[tuple], frames: Sequence, n: int) -> Iterator[tuple]:
+def member_rows(records: Iterable[tuple], frames: Sequence[tuple[int, int, int]], n: int) -> Iterator[tuple]:
     """Index rows of torrent `n` from its members' (id, path, size, offset, first_frame, last_frame,
-    xxh3_128, sha256) and the shard's seek table (container.Frame objects): a member's bytes are those of
-    its frames, since a frame is the smallest unit that can be decompressed."""
+    xxh3_128, sha256) and the shard's frames as (compressed offset, compressed size, decompressed offset),
+    as container.read_frame_spans gives them: a member's bytes are those of its frames, since a frame is the
+    smallest unit that can be decompressed."""
     for ident, path, size, offset, first, last, xxh3_128, sha256 in records:
-        start = frames[first].compressed_offset
-        end = frames[last].compressed_offset + frames[last].compressed_size
-        tar_offset = frames[first].decompressed_offset
-        yield (ident, n, path, size, offset, first, last, start, end - start, tar_offset, xxh3_128, sha256)
+        start, end = frames[first], frames[last]
+        tar_offset = start[2]
+        span = end[0] + end[1] - start[0]
+        yield (ident, n, path, size, offset, first, last, start[0], span, tar_offset, xxh3_128, sha256)
 
 
 def row_line(row: tuple) -> bytes:
