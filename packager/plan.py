@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import itertools
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from operator import itemgetter
 
 from .config import Phase, Tier
 from .errors import UsageError
 from .ingest import remove_rows
-from .state import ShardRow, State
+from .state import ShardRow, State, candidate_kinds
 from .workspace import Workspace
 
 MEMBER_BATCH = 50_000
@@ -154,7 +153,7 @@ def range_text(ranges: Sequence[Range]) -> str:
 
 
 class _ShardCutter:
-    """Accumulates candidates into shards, writing members in batches as it goes."""
+    """Accumulates one group's candidates into shards, writing members in batches as it goes."""
 
     def __init__(
         self,
@@ -173,51 +172,75 @@ class _ShardCutter:
         self.count = self.bytes = 0
         self.pop_min = self.pop_max = 0.0
         self.batch: list[int] = []  # item rowids of the open shard from position count - len(batch) on
-        self.names: dict[str, tuple[str, int]] = {}  # folded path -> (path, item rowid), in this shard
+        self.names: dict[str, int] = {}  # folded path -> item rowid, in this shard
         self.by_kind: dict[str, list[int]] = {}  # kind -> [items, bytes] planned
+        self.closed = [0, 0]  # items and bytes of the shards this cutter closed
+        self.tallied = (0, 0)  # items and bytes taken when by_kind was last added to
 
-    def take(self, rows: Iterable[tuple], on_items: Callable[[int], None] | None = None) -> None:
-        """Cut this group's candidates, (group, rowid, size, popularity, kind, path) in plan order, into
-        shards. The loop of 10^8 rows, written out for speed: the open shard's counts live in locals and
-        go back to self only when it closes."""
-        limit = self.phase.shard_size
-        batch, names, by_kind = self.batch, self.names, self.by_kind
+    def take(self, rows: Iterator[tuple], first: int, on_items: Callable[[int], None] | None = None):
+        """Cut candidates, (group and kind, rowid, size, popularity, path) in plan order (State.candidates),
+        into shards while their group and kind is in [first, first + len(kinds)): the kind is its index
+        in the phase's kinds. Returns the first row past them, or None at the end. The loop of 10^8 rows,
+        written out for speed: the open shard's counts live in locals and go back to self only when it
+        closes (or the kind changes); with no shard open, nbytes is past the limit, so the first row opens
+        one; a file larger than the limit leaves the shard past it, so the next row closes it."""
+        limit, kinds = self.phase.shard_size, self.phase.kinds
+        end = first + len(kinds)
+        batch, names = self.batch, self.names
         shard_id, count, nbytes, pop_min = self.shard_id, self.count, self.bytes, self.pop_min
-        for _, rowid, size, popularity, kind, path in rows:
-            if shard_id is not None and nbytes + size > limit:
-                self.count, self.bytes, self.pop_min = count, nbytes, pop_min
-                self.close()
-                shard_id = None
-            if shard_id is None:
+        if shard_id is None:
+            nbytes = limit + 1
+        current = None  # the group and kind of the rows being taken
+        for gk, rowid, size, popularity, path in rows:
+            if gk != current:
+                if not first <= gk < end:
+                    self.count, self.bytes, self.pop_min = count, nbytes, pop_min
+                    self._tally(current, first)
+                    return gk, rowid, size, popularity, path
+                self.count, self.bytes = count, nbytes
+                self._tally(current, first)
+                current = gk
+            if nbytes + size > limit:
+                if shard_id is not None:
+                    self.count, self.bytes, self.pop_min = count, nbytes, pop_min
+                    self.close()
                 self._open(popularity)
                 shard_id, count, nbytes = self.shard_id, 0, 0
             batch.append(rowid)
             count += 1
             nbytes += size
             pop_min = popularity  # candidates arrive in descending popularity
-            totals = by_kind.get(kind)
-            if totals is None:
-                totals = by_kind[kind] = [0, 0]
-            totals[0] += 1
-            totals[1] += size
-            other = names.setdefault(path.lower() if path.isascii() else folded_path(path), (path, rowid))
-            if other[1] != rowid:
-                self._collision(path, rowid, *other)
+            other = names.setdefault(path.lower() if path.isascii() else folded_path(path), rowid)
+            if other != rowid:
+                self._collision(path, rowid, other)
             if len(batch) >= MEMBER_BATCH:
                 self.state.add_member_run(shard_id, count - len(batch), batch, self.staged)
                 batch.clear()
                 if on_items:
                     on_items(self.report.items + count)
-            if size > limit:
-                self.count, self.bytes, self.pop_min = count, nbytes, pop_min
-                self.close()
-                shard_id = None
         self.count, self.bytes, self.pop_min = count, nbytes, pop_min
+        self._tally(current, first)
+        return None
 
-    def _collision(self, path: str, rowid: int, other_path: str, other_rowid: int) -> None:
+    def _tally(self, gk: int | None, first: int) -> None:
+        """Add what was taken since the last tally to by_kind, all of it of the kind of `gk` (a group and
+        kind, as take's rows give it; None: nothing was taken)."""
+        taken = (
+            (self.closed[0] + self.count, self.closed[1] + self.bytes)
+            if self.shard_id is not None
+            else self.closed
+        )
+        if gk is not None:
+            totals = self.by_kind.setdefault(self.phase.kinds[gk - first], [0, 0])
+            totals[0] += taken[0] - self.tallied[0]
+            totals[1] += taken[1] - self.tallied[1]
+        self.tallied = tuple(taken)
+
+    def _collision(self, path: str, rowid: int, other_rowid: int) -> None:
         self.report.collision_count += 1
         if len(self.report.collisions) < MAX_COLLISIONS_KEPT:
             ids = dict(self.state.item_ids([rowid, other_rowid]))
+            other_path = self.state.item_facts(other_rowid)[2]
             name = self.phase.shard_name(self.release, self.tier.name, self.seq)
             self.report.collisions.append(PathCollision(name, path, other_path, ids[rowid], ids[other_rowid]))
 
@@ -252,6 +275,8 @@ class _ShardCutter:
         )
         self.report.items += self.count
         self.report.bytes += self.bytes
+        self.closed[0] += self.count
+        self.closed[1] += self.bytes
         self.seq += 1
         self.shard_id = None
 
@@ -281,10 +306,14 @@ def plan(ws: Workspace, dry_run: bool = False, on_items: Callable[[int], None] |
                 REBUILD_FRACTION * state.member_count()
             )
             by_kind: dict[str, list[int]] = {}
-            candidates = state.candidates([(p.kinds, *_bounds(p, t)) for p, t in groups])
-            for group, rows in itertools.groupby(candidates, key=itemgetter(0)):
+            specs = [(p.kinds, *_bounds(p, t)) for p, t in groups]
+            width = candidate_kinds(specs)
+            candidates = state.candidates(specs)
+            row = next(candidates, None)
+            while row is not None:
+                group = row[0] // width
                 cutter = _ShardCutter(state, config.name, *groups[group], now, report, many)
-                cutter.take(rows, on_items)
+                row = cutter.take(itertools.chain((row,), candidates), group * width, on_items)
                 cutter.close()
                 _merge(by_kind, cutter.by_kind)
             if many:

@@ -485,3 +485,57 @@ def test_an_item_goes_to_the_tier_whose_taken_ranges_hold_its_popularity(phases,
     for p, t in groups:
         if p.kinds == (kind,) and (p.name, t.name) != first:
             assert not holds(taken[(p.name, t.name)])
+
+
+MIXED_CONFIG = """\
+[release]
+name = "t"
+root = "{root}"
+
+[[phases]]
+name = "media"
+kinds = ["audio", "art", "video"]
+shard_size = "100kB"
+
+  [[phases.tiers]]
+  name = "hi"
+  min_popularity = 50
+
+  [[phases.tiers]]
+  name = "lo"
+
+[[phases]]
+name = "meta"
+kinds = ["metadata"]
+shard_size = "1MB"
+min_popularity = 100
+"""
+
+
+def test_a_phase_of_several_kinds_cuts_them_together_and_counts_each(workspace, archive):
+    """The kinds of one phase are ordered together (popularity desc, id asc, whatever the kind) and cut
+    greedily; the totals status reads count each kind's planned items and bytes (the planner tallies a kind
+    only where the candidates' kind changes), and an item no phase takes stays unplanned."""
+    from packager.state import open_state
+
+    (workspace / "release.toml").write_text(MIXED_CONFIG.replace("{root}", str(archive.root)))
+    kinds = ["audio", "art", "art", "video", "audio", "metadata", "art", "audio", "audio", "video"]
+    pops = [90, 80, 70, 60, 55, 45, 40, 30, 20, 10]
+    sizes = [40_000, 30_000, 20_000, 50_000, 1000, 7, 70_000, 200_000, 5000, 3000]
+    rows = [{"id": f"m{i}", "path": f"{k}/{i}.x", "kind": k, "popularity": p, "size": s}
+            for i, (k, p, s) in enumerate(zip(kinds, pops, sizes, strict=True))]  # fmt: skip
+    load(workspace, archive, rows, trust_sizes=True)
+    report = do_plan(workspace)
+    assert shard_members(workspace) == {
+        "t-media-hi-00001": ["m0", "m1", "m2"],
+        "t-media-hi-00002": ["m3", "m4"],
+        "t-media-lo-00001": ["m6"],
+        "t-media-lo-00002": ["m7"],
+        "t-media-lo-00003": ["m8", "m9"],
+    }
+    assert report.unassigned == [("metadata", 1, 7)]
+    with open_state(workspace) as state:
+        assert state.stored_totals() == state.counted_totals()
+        assert [(k, n, b) for k, _, _, n, b in state.stored_totals()] == [
+            ("art", 0, 0), ("audio", 0, 0), ("metadata", 1, 7), ("video", 0, 0)
+        ]  # fmt: skip
