@@ -25,10 +25,22 @@ from .errors import WorkspaceError
 from .state import State
 from .state_schema import item_path_sql, loads_extra, path_key, path_stem
 
-COLUMNS = "id, path, kind, popularity, size, mtime, extra, source, line, fp, xk, ph"
+COLUMNS = "id, path, kind, popularity, size, mtime, extra, fp, xk, ph"
 # What catalog/checks.py stages of a row, in its order; a row without mtime and path key ends at xk.
 STAGE_COLUMNS = ("id", "path", "kind", "popularity", "size", "extra", "line", "fp", "xk", "mtime", "ph")
-TEMP_TABLES = ("stage", "bad", "todo", "refp", "claims", "unread", "gone", "unmatched", "stems", "pathrows")
+TEMP_TABLES = (
+    "stage",
+    "runs",
+    "bad",
+    "todo",
+    "refp",
+    "claims",
+    "unread",
+    "gone",
+    "unmatched",
+    "stems",
+    "pathrows",
+)
 # A first ingest inserts keyed rows into items_ph (partial, over keyed rows only) up to this many, and builds
 # it in one sort after the inserts beyond.
 KEYED_INSERTS = 2**20
@@ -91,6 +103,8 @@ class Loader:
             # random inserts into it would then cost more than one sort.
             self.db.execute("DROP INDEX IF EXISTS items_id")
             self.db.execute("CREATE INDEX IF NOT EXISTS items_ph ON items (ph) WHERE ph IS NOT NULL")
+            # items keeps no catalog line: these runs of rows on consecutive lines give each row's (_origin).
+            self.db.execute("CREATE TEMP TABLE runs (n INTEGER PRIMARY KEY, source INTEGER, line INTEGER)")
             self.table = "items"
         else:
             # Columns as in items (kind and xk as their numbers).
@@ -120,15 +134,20 @@ class Loader:
         for each row cost ~0.5 us)."""
         sql = self.insert_sql.get((width, source))
         if sql is None:
+            columns = list(STAGE_COLUMNS[:width])
             values = [f"?{k + 1}" for k in range(width)]
             values[2] = self.state.kind_code_sql("?3")
             if 0 < len(self.names) <= 16:
                 values[8] = f"CASE ?9 {' '.join(f'WHEN {h} THEN {n}' for h, n in self.names.items())} END"
             else:
                 values[8] = "CASE WHEN ?9 IS NOT NULL THEN (SELECT n FROM extra_names WHERE h = ?9) END"
+            if self.direct:  # the line (?7) goes into temp.runs
+                del columns[6], values[6]
+            else:
+                columns.append("source")
+                values.append(str(int(source)))
             sql = self.insert_sql[width, source] = (
-                f"INSERT INTO {self.table} ({', '.join(STAGE_COLUMNS[:width])}, source) "
-                f"VALUES ({', '.join(values)}, {int(source)})"
+                f"INSERT INTO {self.table} ({', '.join(columns)}) VALUES ({', '.join(values)})"
             )
         return sql
 
@@ -138,6 +157,7 @@ class Loader:
         self.db.executemany(self._insert_sql(width, source), rows)
         self.staged += len(rows)
         if self.direct:
+            self._add_runs(source, rows)
             totals = self.totals
             short = width < len(STAGE_COLUMNS)
             named = len(rows) if short else sum(1 for row in rows if row[10] is None)
@@ -154,6 +174,28 @@ class Loader:
             if self.keyed > KEYED_INSERTS and not self.ph_dropped:
                 self.db.execute("DROP INDEX items_ph")
                 self.ph_dropped = True
+
+    def _add_runs(self, source: int, rows: list) -> None:
+        """Record the catalog lines of rows just inserted into items, as runs on consecutive lines (a batch
+        is one, unless rows were refused in it)."""
+        last = self.db.execute("SELECT MAX(rowid) FROM items").fetchone()[0]
+        first = last - len(rows) + 1
+        if rows[-1][6] - rows[0][6] == len(rows) - 1:  # lines only grow within a batch: all consecutive
+            runs = [(first, source, rows[0][6])]
+        else:
+            runs, prev = [], None
+            for k, row in enumerate(rows):
+                if prev is None or row[6] != prev + 1:
+                    runs.append((first + k, source, row[6]))
+                prev = row[6]
+        self.db.executemany("INSERT INTO temp.runs VALUES (?, ?, ?)", runs)
+
+    def _origin(self, alias: str) -> tuple[str, str]:
+        """SQL: (catalog file number, line) of the staged row `alias` (of self.table)."""
+        if not self.direct:
+            return f"{alias}.source", f"{alias}.line"
+        run = f"FROM temp.runs r WHERE r.n <= {alias}.rowid ORDER BY r.n DESC LIMIT 1"
+        return f"(SELECT r.source {run})", f"(SELECT r.line + {alias}.rowid - r.n {run})"
 
     def extra_names(self, names: dict[int, str]) -> None:
         """Record sets of extra field names by their key (extra_names_key)."""
@@ -207,9 +249,10 @@ class Loader:
     def _duplicate_ids(self, add: AddProblem) -> None:
         """Repeats of an id after its first row (in catalog order), read off the index on (id, fp)."""
         t = self.table
+        (s_source, s_line), (f_source, f_line) = self._origin("s"), self._origin("f")
         self._refuse(
             self.db.execute(
-                "SELECT s.rowid, s.source, s.line, s.id, f.source, f.line FROM (SELECT id, "
+                f"SELECT s.rowid, {s_source}, {s_line}, s.id, {f_source}, {f_line} FROM (SELECT id, "
                 "MIN(rowid) AS first "
                 f"FROM {t} GROUP BY id HAVING COUNT(*) > 1) d JOIN {t} s ON s.id = d.id AND s.rowid "
                 "!= d.first "
@@ -237,9 +280,11 @@ class Loader:
         if not self._count("temp.pathrows"):
             return
         # Only a catalog with errors (or a 2^-64 chance of equal keys) gets here.
+        (s_source, s_line), (f_source, f_line) = self._origin("s"), self._origin("f")
         self._refuse(
             self.db.execute(
-                "SELECT s.rowid, s.source, s.line, s.id, f.source, f.line, p.path FROM (SELECT path, "
+                f"SELECT s.rowid, {s_source}, {s_line}, s.id, {f_source}, {f_line}, p.path FROM (SELECT "
+                "path, "
                 "MIN(n) AS first FROM temp.pathrows WHERE n NOT IN (SELECT n FROM temp.bad) GROUP BY path "
                 "HAVING COUNT(*) > 1) d JOIN temp.pathrows p ON p.path = d.path AND p.n != d.first "
                 "JOIN items s ON s.rowid = p.n JOIN items f ON f.rowid = d.first "
@@ -390,7 +435,7 @@ class Loader:
         same = (
             "SET kind = s.kind, popularity = s.popularity, size = s.size, mtime = s.mtime, extra = s.extra, "
         )
-        same += "source = s.source, line = s.line, fp = s.fp, xk = s.xk"
+        same += "fp = s.fp, xk = s.xk"
         joined = f"FROM temp.todo t JOIN temp.stage s ON s.n = t.n WHERE items.rowid = t.item AND {refused}"
         moving = self._count(
             "temp.todo t JOIN temp.stage s ON s.n = t.n LEFT JOIN items i ON i.rowid = t.item "

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .state import State
 
 # The versions an open brings up to SCHEMA_VERSION.
-MIGRATABLE = (1, 2, 3, 4, 5)
+MIGRATABLE = (1, 2, 3, 4, 5, 6)
 
 
 def migrate(state: State, version: int) -> None:
@@ -33,6 +33,8 @@ def migrate(state: State, version: int) -> None:
         _from_v4(state)
     if version in (1, 2, 3, 4, 5):
         _from_v5(state)
+    if version in (1, 2, 3, 4, 5, 6):
+        _from_v6(state)
 
 
 def _from_v1(state: State) -> None:
@@ -46,12 +48,10 @@ def _from_v1(state: State) -> None:
             state.db.execute(statement)
         state.db.execute("INSERT INTO catalog_files (path) SELECT DISTINCT source FROM items_v1")
         state.db.execute(
-            "INSERT INTO items (n, id, path, kind, popularity, size, mtime, extra, source, line, "
-            "removed, "
-            "fp) SELECT v.rowid, v.id, v.path, v.kind, v.popularity, v.size, v.mtime, v.extra, "
-            "c.n, v.line, "
-            "v.removed, row_fingerprint(v.id, v.path, v.kind, v.popularity, v.size, v.mtime, v.extra) "
-            "FROM items_v1 v JOIN catalog_files c ON c.path = v.source ORDER BY v.rowid"
+            "INSERT INTO items (n, id, path, kind, popularity, size, mtime, extra, removed, fp) "
+            "SELECT v.rowid, v.id, v.path, v.kind, v.popularity, v.size, v.mtime, v.extra, v.removed, "
+            "row_fingerprint(v.id, v.path, v.kind, v.popularity, v.size, v.mtime, v.extra) "
+            "FROM items_v1 v ORDER BY v.rowid"
         )
         state.db.execute("INSERT INTO members SELECT * FROM members_v1")
         state.db.execute("DROP TABLE items_v1")
@@ -135,7 +135,7 @@ def _from_v5(state: State) -> None:
         return kinds.setdefault(name, len(kinds))
 
     state.db.create_function("kind_code", 1, kind_code, deterministic=True)
-    columns = "n, id, path, kind, popularity, size, mtime, extra, source, line, removed, fp, xk, ph"
+    columns = "n, id, path, kind, popularity, size, mtime, extra, removed, fp, xk, ph"
     with state.transaction():
         for index in ("items_id", "items_ph", "items_removed"):
             state.db.execute(f"DROP INDEX IF EXISTS {index}")
@@ -148,7 +148,7 @@ def _from_v5(state: State) -> None:
         state.db.execute("INSERT INTO extra_names (h, names) SELECT h, names FROM extra_names_v5 ORDER BY h")
         state.db.execute(
             f"INSERT INTO items ({columns}) SELECT v.n, v.id, v.path, kind_code(v.kind), v.popularity, "
-            "v.size, v.mtime, v.extra, v.source, v.line, v.removed, v.fp, x.n, v.ph "
+            "v.size, v.mtime, v.extra, v.removed, v.fp, x.n, v.ph "
             "FROM items_v5 v LEFT JOIN extra_names x ON x.h = v.xk ORDER BY v.n"
         )
         state.db.executemany("INSERT INTO kinds VALUES (?, ?)", ((c, k) for k, c in kinds.items()))
@@ -158,3 +158,14 @@ def _from_v5(state: State) -> None:
             if "INDEX" in statement.split("(", 1)[0] and " ON items " in statement:
                 state.db.execute(statement)
         state.db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+
+
+def _from_v6(state: State) -> None:
+    """Schema 6 -> 7: items keep no catalog file and line (nothing read them after the ingest that wrote
+    them). A state migrated from schema 5 or older has neither already."""
+    with state.transaction():
+        columns = {r[1] for r in state.db.execute("PRAGMA table_info(items)")}
+        for column in ("source", "line"):
+            if column in columns:
+                state.db.execute(f"ALTER TABLE items DROP COLUMN {column}")
+        state.db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import orjson
 import xxhash
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -27,15 +27,15 @@ CREATE TABLE IF NOT EXISTS items (
     mtime INTEGER,
     extra TEXT,                 -- the values of the catalog row's other fields: a JSON array, in the
                                 -- order of their names in extra_names (names once, not in every row)
-    source INTEGER NOT NULL,    -- catalog_files.n of the file the row came from
-    line INTEGER NOT NULL,      -- its line (or row number) there
     removed INTEGER NOT NULL DEFAULT 0,
     fp INTEGER NOT NULL,        -- line_fingerprint() or row_fingerprint(): what a re-ingest compares first
     xk INTEGER,                 -- extra_names.n of the names of the extra fields (NULL: none)
     ph INTEGER                  -- path_key(path), or NULL for a path named by its id (path_named_by_id):
                                 -- paths are found and kept unique through ids and this key's index
 );
--- Read an item's path through item_path_sql(), never items.path itself.
+-- Read an item's path through item_path_sql(), never items.path itself. A row's catalog file and line are
+-- kept only while its ingest runs (the stage's columns, ingest.py's temp.runs): nothing reads them after,
+-- and they cost 5-6 bytes a row.
 -- The sets of extra field names (a catalog has a few), numbered as first seen (n, the rows' xk: 0-1 byte a
 -- row, where the 47-bit key took 6); h is extra_names_key() of the sorted names, what fingerprints use.
 CREATE TABLE IF NOT EXISTS extra_names (

@@ -579,9 +579,8 @@ def test_parquet_catalog_loads_with_row_numbers(workspace, archive):
     report = run(workspace, cat, trust_sizes=True)
     assert (report.rows, report.added) == (5, 5)
     with open_state(workspace) as state:
-        line = state.db.execute("SELECT line FROM items WHERE id = 't003'").fetchone()[0]
         extra = state.item_extra("t003")
-    assert line == 4 and extra == {"album": "A3", "tags": ["x", "y"]}
+    assert extra == {"album": "A3", "tags": ["x", "y"]}  # row numbers: the test below
     assert run(workspace, cat, trust_sizes=True).unchanged == 5
 
 
@@ -866,7 +865,7 @@ def test_two_parser_processes_give_the_same_rows_lines_and_problems(
         monkeypatch.setattr(packager.catalog.jsonl, "BLOCK_BYTES", block)
         report = run(ws, first, csv_cat, third, trust_sizes=True, skip_invalid=True, rejects=ws / "r.jsonl")
         with open_state(ws) as state:
-            items = state.db.execute("SELECT n, id, source, line FROM items ORDER BY n").fetchall()
+            items = state.db.execute("SELECT n, id FROM items ORDER BY n").fetchall()
         outcomes.append((report.rows, report.added, [str(p) for p in report.problems], items))
     assert outcomes[0][2] == outcomes[1][2], (outcomes[0][2], outcomes[1][2])
     assert outcomes[0] == outcomes[1]
@@ -1103,7 +1102,7 @@ def test_a_schema_2_state_gets_its_extra_fields_as_names_once_and_values(workspa
     with open_state(workspace) as state:
         assert state.item_extra("t001") == {"title": "song 1", "tags": ["a", 1]}
         assert state.item_extra("t003") == {}
-        assert state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "6"
+        assert state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "7"
     assert run(workspace, cat, trust_sizes=True).unchanged == 4
 
 
@@ -1173,7 +1172,7 @@ def test_a_schema_3_state_drops_the_keys_of_paths_named_by_their_ids(workspace, 
         db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     with open_state(workspace) as state:
         db = state.db
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "6"
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "7"
         assert db.execute("SELECT id, ph IS NULL FROM items ORDER BY id").fetchall() == [
             ("abc", 1),
             ("t001", 0),
@@ -1201,7 +1200,7 @@ def back_to_schema_5(db) -> None:
     db.execute(SCHEMA_5_ITEMS)
     db.execute(
         "INSERT INTO items SELECT i.n, i.id, i.path, kind_name(i.kind), i.popularity, i.size, i.mtime, "
-        "i.extra, i.source, i.line, i.removed, i.fp, x.h, i.ph FROM items_v6 i "
+        "i.extra, 1, i.n, i.removed, i.fp, x.h, i.ph FROM items_v6 i "
         "LEFT JOIN extra_names x ON x.n = i.xk"
     )
     db.execute("DROP TABLE items_v6")
@@ -1238,7 +1237,7 @@ def test_a_schema_4_state_stores_paths_named_by_their_ids_without_their_ids(work
         assert w.state.db.execute("SELECT COUNT(*) FROM items WHERE instr(path, char(1))").fetchone()[0] == 0
     with Workspace.open(workspace) as w:
         db = w.state.db
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "6"
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "7"
         assert db.execute("SELECT path FROM items WHERE ph IS NULL ORDER BY n").fetchall() == [
             (f"audio/{i % 2}/\x01.ogg",) for i in range(6)
         ] + [("art/\x01",), ("art/\x01.jpg",)]
@@ -1349,7 +1348,7 @@ def _user_view(ws: Path) -> dict:
             "members": {s.name: list(state.iter_members(s.id)) for s in state.shards()},
             "extra": {i: state.item_extra(i) for i in ids},
             "totals": (state.stored_totals(), state.counted_totals()),
-            "fp": state.db.execute("SELECT id, fp, source, line FROM items ORDER BY id").fetchall(),
+            "fp": state.db.execute("SELECT id, fp FROM items ORDER BY id").fetchall(),
             "stored extra": state.db.execute("SELECT id, extra FROM items ORDER BY id").fetchall(),
         }
 
@@ -1384,7 +1383,7 @@ def test_a_schema_5_state_keeps_what_every_reader_sees_and_a_refresh_changes_not
         back_to_schema_5(state.db)
     with open_state(workspace) as state:
         db = state.db
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "6"
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "7"
         assert db.execute("SELECT typeof(kind), COUNT(*) FROM items GROUP BY 1").fetchall() == [
             ("integer", 19)
         ]
@@ -1397,6 +1396,30 @@ def test_a_schema_5_state_keeps_what_every_reader_sees_and_a_refresh_changes_not
     report = run(workspace, cat, csv, trust_sizes=True)
     assert (report.added, report.changed, report.unchanged, report.absent) == (0, 0, 19, 0)
     assert _user_view(workspace) == before
+
+
+def test_a_schema_6_state_drops_its_items_catalog_lines(workspace, archive):
+    """Schema 6 -> 7: the items' catalog file and line go; nothing else changes, and a refresh finds every
+    row unchanged."""
+    rows = [trusted(i, kind=("audio", "art")[i % 2]) | EXTRAS[i % 5] for i in range(10)]
+    cat = archive.jsonl(rows)
+    run(workspace, cat, trust_sizes=True)
+    with Workspace.open(workspace) as w:
+        plan(w)
+    before = _user_view(workspace)
+    with open_state(workspace) as state:  # back to schema 6: each item with its catalog file and line
+        db = state.db
+        db.execute("ALTER TABLE items ADD COLUMN source INTEGER NOT NULL DEFAULT 1")
+        db.execute("ALTER TABLE items ADD COLUMN line INTEGER NOT NULL DEFAULT 0")
+        db.execute("UPDATE items SET line = n")
+        db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    with open_state(workspace) as state:
+        db = state.db
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "7"
+        assert {r[1] for r in db.execute("PRAGMA table_info(items)")} & {"source", "line"} == set()
+    assert _user_view(workspace) == before
+    report = run(workspace, cat, trust_sizes=True)
+    assert (report.added, report.changed, report.unchanged) == (0, 0, 10)
 
 
 def test_a_killed_schema_5_migration_leaves_schema_5(workspace, archive, monkeypatch):

@@ -201,8 +201,8 @@ def _seen(ws: Path, catalog: Path, skip: bool, mark_absent: bool, plain_name: Pa
         dump = repr(
             [
                 state.db.execute(
-                    f"SELECT n, id, {item_path_sql('items')}, kind, popularity, size, mtime, extra, source, "
-                    "line, removed, xk FROM items ORDER BY n"
+                    f"SELECT n, id, {item_path_sql('items')}, kind, popularity, size, mtime, extra, "
+                    "removed, xk FROM items ORDER BY n"
                 ).fetchall(),
                 state.db.execute("SELECT * FROM catalog_totals ORDER BY kind").fetchall(),
                 state.db.execute("SELECT * FROM planned_popularity ORDER BY item_rowid").fetchall(),
