@@ -48,6 +48,8 @@ __all__ = [
     "open_state",
 ]
 
+PAGE_SIZE = 8192  # of a new state.sqlite (State.__init__)
+
 _STAGED_MEMBERS = (
     "CREATE TEMP TABLE IF NOT EXISTS staged_members (shard_id INTEGER, ord INTEGER, item_rowid INTEGER)"
 )
@@ -101,6 +103,11 @@ class State(ReleaseQueries):
         # isolation_level=None: we open transactions explicitly, so one ingest or plan is one commit.
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+            if create:
+                # Before WAL, which fixes it. Measured at 10^6 rows after plan: 224.6 MB instead of 228.5 (a
+                # page of items holds 55 rows, not 27: less of each left over), the same ingest and
+                # re-ingest CPU, plan 10 % less. A state made with 4096-byte pages keeps them.
+                self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self.db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError as e:
             raise _open_error(self.path, e, "for writing") from None

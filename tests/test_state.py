@@ -29,6 +29,7 @@ def a_shard(state: State, name: str = "r-audio-00001") -> int:
 def test_a_new_state_has_the_current_schema_and_reopens(tmp_path, state):
     row = state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert row == (str(SCHEMA_VERSION),)
+    assert state.db.execute("PRAGMA page_size").fetchone() == (8192,)
     a_shard(state)
     state.close()
     with open_state(tmp_path) as again, open_state(tmp_path, readonly=True) as reader:
