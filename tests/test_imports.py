@@ -351,3 +351,19 @@ def test_verify_pieces_of_a_good_release_loads_only_the_piece_path(published):
         (published / layout.PUBLISHED / name).unlink(missing_ok=True)
     code, _, loaded = _verify_loads(str(published), "--pieces", "--json")
     assert code == 0 and sorted(m for m in loaded if m.startswith(("packager.trust", *SLOW))) == []
+
+
+def test_an_ingest_of_a_small_catalog_does_not_load_pyarrow(workspace, archive):
+    """Arrow reads the blocks of big --trust-sizes JSON Lines catalogs (catalog/arrow_jsonl.py) and a
+    refresh matches fingerprints with it; a small catalog's ingest (one block under 1 MiB) and every other
+    command start without it (~50 ms of start-up)."""
+    rows = [
+        {"id": f"a{i}", "path": f"audio/a{i}.ogg", "kind": "audio", "popularity": i, "size": 9}
+        for i in range(3)
+    ]
+    catalog = archive.jsonl(rows)
+    for args in (["ingest", str(workspace), str(catalog), "--trust-sizes"], ["status", str(workspace)]):
+        done = subprocess.run([sys.executable, "-c", _LOADED, *args], capture_output=True, text=True)
+        code, _, modules = done.stderr.splitlines()[-1].split(" ", 2)
+        assert int(code) == 0, done.stderr
+        assert "pyarrow" not in modules.split(), args

@@ -151,6 +151,7 @@ class Checker:
         # or None when the row has no extra field: a few entries serve a whole catalog.
         self.extra_plans: dict[tuple, tuple[int, Callable] | None] = {}
         self.new_names: dict[int, str] = {}  # names keys not yet handed to the loader -> names (JSON)
+        self.known_keys: set[int] = set()  # names keys of the Arrow path (arrow_jsonl), handed on
 
     def _extra_plan(self, keys: tuple) -> tuple[int, Callable] | None:
         names = tuple(sorted(k for k in keys if k not in KNOWN_SET))
@@ -165,6 +166,14 @@ class Checker:
             self.extra_plans.clear()
         self.extra_plans[keys] = plan
         return plan
+
+    def extra_key(self, names: tuple[str, ...]) -> int:
+        """The key of a set of extra field names (sorted), handed on to the loader the first time."""
+        h, text = extra_names_key(names)
+        if h not in self.known_keys:
+            self.known_keys.add(h)
+            self.new_names[h] = text
+        return h
 
     def _inside_root(self, rel: str) -> bool:
         parent = os.path.dirname(rel)
@@ -262,7 +271,10 @@ class Checker:
                 try:  # dumps_extra(), inline: a call costs a tenth of a row's check
                     extra = orjson.dumps(plan[1](f), option=orjson.OPT_SORT_KEYS).decode()
                 except TypeError:
-                    extra = dumps_extra(plan[1](f))
+                    try:
+                        extra = dumps_extra(plan[1](f))
+                    except RecursionError:  # deeper than orjson (255) and json (~990) write
+                        return None, "extra fields are nested too deeply to store (under 900 levels)"
         # A line's own fingerprint stands for its row only when the line is all of it: with --trust-sizes.
         # Otherwise the size is the file's, which may change while the line stays the same.
         fp = row.fp if self.trust_sizes else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -19,6 +19,7 @@ from .rows import RawRow
 
 _xxh3 = xxhash.xxh3_64_intdigest
 _HALF = 2**63  # fingerprints are signed 64-bit, as SQLite stores them
+MAX_DEPTH = 1024  # orjson's limit of nesting (arrays and objects) in a line
 # RawRow(*values) with all five given, at a quarter of the cost: RawRow's generated __new__ took 0.5 us of
 # a row's ~8 us of parsing and checking.
 _new_tuple = tuple.__new__
@@ -28,6 +29,8 @@ _new_tuple = tuple.__new__
 BLOCK_BYTES = 16 * 2**20
 BLOCK_END = RawRow("", -1, None, "end of block")
 BLOCK_SKIPPED = RawRow("", -1, None, "block parsed by the other process")
+# The line of a RawRow whose fields are the stage tuples of a whole block, checked by a caller's `checked`.
+STAGED = -2
 
 
 def read_jsonl(
@@ -36,12 +39,15 @@ def read_jsonl(
     block: int = 0,
     seed: int = 0,
     select: Sequence[int] | None = None,
+    checked: Callable[[int, bytes], list | None] | None = None,
 ) -> Iterator[RawRow]:
     """Rows of a JSON Lines file, each with its line_fingerprint(raw line, seed). With part=(k, n), only the
     rows of blocks b with b % n == k, each owned block followed by BLOCK_END and each other block by
     BLOCK_SKIPPED (so that n processes share a file). With select (sorted line numbers), only those lines
     are parsed (a refresh's lines whose fingerprint is not stored); lines that cannot be read are always
-    reported."""
+    reported. With checked, each block is first offered to checked(first line, bytes): a list it returns
+    (the block's stage tuples) comes as one RawRow(path, STAGED, that list), None sends the block on
+    here, line by line."""
     name = str(path)
     for b, (first, lines) in enumerate(jsonl_blocks(path, block or BLOCK_BYTES)):
         if part is not None and b % part[1] != part[0]:
@@ -52,7 +58,11 @@ def read_jsonl(
         elif type(lines) is str:  # the compressed stream cannot be read on from here
             yield RawRow(name, first, None, lines)
         else:
-            yield from jsonl_rows(name, first, lines, seed, select)
+            staged = None if checked is None else checked(first, lines)
+            if staged is None:
+                yield from jsonl_rows(name, first, lines, seed, select)
+            else:
+                yield RawRow(name, STAGED, staged)  # type: ignore[arg-type]
         if part is not None:
             yield BLOCK_END
 
@@ -150,7 +160,7 @@ def _repeated_key(raw: bytes) -> str | None:
         json.loads(raw, object_pairs_hook=_pairs_once)
     except _RepeatedKey as e:
         return e.args[0]
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the standard parser goes: orjson took it
         return None
     return None
 
@@ -170,6 +180,8 @@ def _json_error(raw: bytes) -> str:
         obj = json.loads(text, parse_constant=_NonFinite, parse_float=big, object_pairs_hook=_pairs_once)
     except _RepeatedKey as e:
         return f"key {e.args[0]!r} appears twice in the object"
+    except RecursionError:  # it was a traceback
+        return f"not a JSON object: nested more than {MAX_DEPTH} levels deep"
     except json.JSONDecodeError as e:
         return f"not a JSON object: {e.msg} at column {e.colno}"
     if isinstance(obj, dict):

@@ -19,13 +19,16 @@ from . import jsonl
 from .checks import Checker
 from .compression import catalog_suffix
 from .formats import JSONL_SUFFIXES, read_catalog, source_name
-from .jsonl import BLOCK_END, BLOCK_SKIPPED, read_jsonl, read_jsonl_at
+from .jsonl import BLOCK_END, BLOCK_SKIPPED, STAGED, read_jsonl, read_jsonl_at
 from .rows import RawRow
 
 if TYPE_CHECKING:
     from .load import IngestOptions
 
 BATCH = 20_000
+# Blocks of JSON Lines at least this big go to Arrow (arrow_jsonl) with --trust-sizes: below it, Arrow's
+# set-up costs more than it saves (a small catalog is one small block).
+ARROW_MIN_BLOCK = 2**20
 ROWS = b"R"  # the first byte of a message of rows (pickle's, of the other events, is 0x80)
 
 
@@ -50,15 +53,21 @@ def parsed(
     for i, catalog in enumerate(catalogs):
         source = sources[source_name(catalog, options.table)]
         chosen = None if select is None else select[i]
+        jsonl_here = catalog_suffix(catalog)[0] in JSONL_SUFFIXES
+        checked = _arrow_checker(checker) if jsonl_here and options.trust_sizes and chosen is None else None
         if part is None:
-            if chosen is None:
-                rows: Iterable[RawRow] = read_catalog(catalog, options.table, checker.seed)
+            if checked is not None:
+                rows: Iterable[RawRow] = read_jsonl(catalog, seed=checker.seed, checked=checked)
+            elif chosen is None:
+                rows = read_catalog(catalog, options.table, checker.seed)
             elif offsets is not None and offsets[i] is not None:
                 rows = read_jsonl_at(catalog, chosen, offsets[i], checker.seed)
             else:
                 rows = read_jsonl(catalog, seed=checker.seed, select=chosen)
-        elif catalog_suffix(catalog)[0] in JSONL_SUFFIXES:
-            rows = read_jsonl(catalog, ((part[0] - block) % part[1], part[1]), part[2], checker.seed, chosen)
+        elif jsonl_here:
+            rows = read_jsonl(
+                catalog, ((part[0] - block) % part[1], part[1]), part[2], checker.seed, chosen, checked
+            )
         elif block % part[1] == part[0]:
             rows = itertools.chain(read_catalog(catalog, options.table), [BLOCK_END])
         else:
@@ -68,7 +77,14 @@ def parsed(
         count = done = 0
         width = 0  # the length of the batch's tuples: one batch, one shape (the order of rows is kept)
         for row in rows:
-            if row.line < 0:  # BLOCK_END or BLOCK_SKIPPED
+            if row.line < 0:  # STAGED, BLOCK_END or BLOCK_SKIPPED
+                if row.line == STAGED:  # a block checked whole (arrow_jsonl)
+                    yield from _batch_events(checker, source, batch, bad, count - done)
+                    staged: list = row.fields  # type: ignore[assignment]
+                    yield from _batch_events(checker, source, staged, [], len(staged))
+                    count += len(staged)
+                    batch, bad, done = [], [], count
+                    continue
                 block += 1
                 if row is BLOCK_END:
                     yield from _batch_events(checker, source, batch, bad, count - done)
@@ -93,6 +109,20 @@ def parsed(
                 batch, bad, done = [], [], count
         yield from _batch_events(checker, source, batch, bad, count - done)
         yield "catalog", (str(catalog), count)
+
+
+def _arrow_checker(checker: Checker):
+    """checked() for read_jsonl: a block big enough goes to arrow_jsonl (which imports pyarrow only then)."""
+
+    def checked(first: int, block: bytes) -> list | None:
+        if len(block) < ARROW_MIN_BLOCK:
+            return None
+        # pyarrow (~50 ms to import) only for a catalog with a block of at least ARROW_MIN_BLOCK bytes
+        from .arrow_jsonl import checked_block
+
+        return checked_block(block, first, checker)
+
+    return checked
 
 
 def _batch_events(

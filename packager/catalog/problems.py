@@ -70,7 +70,11 @@ class Problems:
         if self.rejects_file is not None:
             rec = {"file": source, "line": line, "reason": reason, "row": row}
             try:
-                self.rejects_file.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+                text = json.dumps(rec, ensure_ascii=False, default=str)
+            except RecursionError:  # a row nested too deeply to write again (its reason says so)
+                text = json.dumps(rec | {"row": None}, ensure_ascii=False, default=str)
+            try:
+                self.rejects_file.write(text + "\n")
             except OSError as e:
                 raise EnvironmentProblem(
                     f"{self.part}: cannot write the rejects file ({e.strerror})"
