@@ -158,7 +158,7 @@ def test_both_paths_stage_the_same_rows_and_report_the_same_problems(lines):
 def test_plain_blocks_are_taken_whole_and_hostile_ones_sent_back(tmp_path):
     """The comparison above would pass with Arrow never taking a block: these blocks must be taken."""
     checker = Checker(CONFIG, trust_sizes=True)
-    plain = b"".join(orjson.dumps(good(n)) + b"\n" for n in range(50))
+    plain = b"".join(orjson.dumps(good(n, title=f"Track {n}")) + b"\n" for n in range(50))
     staged = arrow_jsonl.checked_block(plain, 1, checker)
     assert staged is not None and len(staged) == 50
     assert [row[6] for row in staged] == list(range(1, 51))  # line numbers

@@ -1463,3 +1463,32 @@ def test_row_fingerprints_keep_their_meaning(tmp_path, archive):
             ("c1", -6988972810357491797),
             ("j0", -3568979997803828078),
         ]
+
+
+def test_read_ahead_gives_every_block_raises_the_readers_error_and_stops_when_closed():
+    import threading
+
+    from packager.catalog.jsonl import read_ahead
+
+    closed = threading.Event()
+
+    def blocks(fail_at: int | None):
+        try:
+            for n in range(10):
+                if n == fail_at:
+                    raise OSError(5, "Input/output error")
+                yield n
+        finally:
+            closed.set()
+
+    assert list(read_ahead(blocks(None))) == list(range(10)) and closed.is_set()
+    closed.clear()
+    with pytest.raises(OSError, match="Input/output"):
+        list(read_ahead(blocks(4)))
+    assert closed.is_set()
+    closed.clear()
+    first = read_ahead(blocks(None), depth=1)
+    assert next(first) == 0
+    first.close()  # the reader, blocked on a full queue, stops and closes the file
+    assert closed.wait(5)
+    assert not any(t.name == "catalog read-ahead" for t in threading.enumerate())

@@ -79,7 +79,7 @@ def checked_block(block: bytes, first: int, checker: Checker) -> list[tuple] | N
         return None
     if table.num_rows != n:
         return None
-    columns = _checked_columns(table, checker)
+    columns = _checked_columns(table, checker, escaped=b"\\" in block)
     if columns is None:
         return None
     extra, xk = columns
@@ -123,9 +123,10 @@ def stored_paths(ids: list[str], paths: list[str]) -> tuple[list[str], list[int 
     return stored, keys
 
 
-def _checked_columns(table: pa.Table, checker: Checker) -> tuple | None:
+def _checked_columns(table: pa.Table, checker: Checker, escaped: bool) -> tuple | None:
     """(extra values as JSON or None, their names key or None) when every row passes every check with
-    values the Python path takes as they are; else None."""
+    values the Python path takes as they are; else None. Without `escaped` (no backslash in the block) no
+    string holds a quote, a backslash or a control character below 0x20 (JSON has them escaped only)."""
     ids, path, kind = table["id"], table["path"], table["kind"]
     popularity, size, mtime = table["popularity"], table["size"], table["mtime"]
     n = table.num_rows
@@ -143,7 +144,7 @@ def _checked_columns(table: pa.Table, checker: Checker) -> tuple | None:
         refused.append(pc.or_kleene(pc.less(mtime, 0), pc.greater_equal(mtime, USTAR_MTIME_LIMIT)))
     if any(pc.any(r).as_py() for r in refused):
         return None
-    extra = _extra_json(table)
+    extra = _extra_json(table, escaped)
     if extra is False:
         return None
     if extra is None:
@@ -155,7 +156,7 @@ def _checked_columns(table: pa.Table, checker: Checker) -> tuple | None:
 _JSON_TYPES = (pa.string(), pa.int64(), pa.bool_())
 
 
-def _extra_json(table: pa.Table) -> tuple[tuple[str, ...], pa.ChunkedArray] | None | bool:
+def _extra_json(table: pa.Table, escaped: bool) -> tuple[tuple[str, ...], pa.ChunkedArray] | None | bool:
     """(sorted names, each row's values as checks.py writes them: orjson's JSON array) of the extra
     fields; None without any; False when some row's could differ (a null, a missing field, a float, a
     control character in a string: the Python path writes those)."""
@@ -170,7 +171,7 @@ def _extra_json(table: pa.Table) -> tuple[tuple[str, ...], pa.ChunkedArray] | No
         if k:
             pieces.append(",")
         if column.type == pa.string():
-            if pc.any(pc.match_substring_regex(column, r'[\x00-\x1f"\\]')).as_py():
+            if escaped and pc.any(pc.match_substring_regex(column, r'[\x00-\x1f"\\]')).as_py():
                 if pc.any(pc.match_substring_regex(column, r"[\x00-\x1f]")).as_py():
                     return False
                 column = pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
