@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .errors import WorkspaceError
 from .state import State
-from .state_schema import item_path_sql, loads_extra, path_key, path_stem
+from .state_schema import item_path_sql, path_key, path_stem
 
 COLUMNS = "id, path, kind, popularity, size, mtime, extra, fp, xk, ph"
 # What catalog/checks.py stages of a row, in its order; a row without mtime and path key ends at xk.
@@ -71,13 +71,12 @@ class Outcome:
 class Loader:
     """One ingest's rows, inside the caller's transaction: stage(), then check(), then apply()."""
 
-    def __init__(self, state: State, kinds: Iterable[str], rows_wanted: bool = False):
+    def __init__(self, state: State, kinds: Iterable[str]):
         """kinds: every kind a row may have (release.toml's), registered before any row is staged."""
         self.state, self.db = state, state.db
         state.register_kinds(kinds)
         self.names: dict[int, int] = dict(self.db.execute("SELECT h, n FROM extra_names"))
         self.insert_sql: dict[tuple[int, int], str] = {}  # (columns staged, source) -> their INSERT
-        self.rows_wanted = rows_wanted  # refused rows are reported with their fields (a rejects file)
         self.direct = not self.db.execute("SELECT EXISTS (SELECT 1 FROM items)").fetchone()[0]
         self.watermark = self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM items").fetchone()[0]
         self.sources: dict[int, str] = {}
@@ -229,22 +228,8 @@ class Loader:
         for row in rows:
             n, src, line, item_id = row[:4]
             if self.db.execute("INSERT OR IGNORE INTO temp.bad VALUES (?)", (n,)).rowcount:
-                fields = self._staged_fields(n) if self.rows_wanted else None
-                add(self.sources.get(src, str(src)), line, reason(row), item_id, fields)
-
-    def _staged_fields(self, n: int) -> dict:
-        """The catalog row staged as n, as fields (its checked values: a size read from the file is
-        written out), so that a rejects file can be fixed up and loaded again."""
-        item_id, path, kind, popularity, size, mtime, extra, names = self.db.execute(
-            f"SELECT s.id, {item_path_sql('s')}, {self.state.kind_name_sql('s.kind')}, s.popularity, s.size, "
-            f"s.mtime, s.extra, x.names FROM {self.table} s LEFT JOIN extra_names x ON x.n = s.xk "
-            "WHERE s.rowid = ?",
-            (n,),
-        ).fetchone()
-        fields = {"id": item_id, "path": path, "kind": kind, "popularity": popularity, "size": size}
-        if mtime is not None:
-            fields["mtime"] = mtime
-        return fields | loads_extra(names, extra)
+                # No fields: a rejects file gets the catalog's own row (catalog.problems reads it again).
+                add(self.sources.get(src, str(src)), line, reason(row), item_id, None)
 
     def _duplicate_ids(self, add: AddProblem) -> None:
         """Repeats of an id after its first row (in catalog order), read off the index on (id, fp)."""

@@ -1492,3 +1492,46 @@ def test_read_ahead_gives_every_block_raises_the_readers_error_and_stops_when_cl
     first.close()  # the reader, blocked on a full queue, stops and closes the file
     assert closed.wait(5)
     assert not any(t.name == "catalog read-ahead" for t in threading.enumerate())
+
+
+def test_rejects_hold_the_rows_as_the_catalog_gave_them_in_catalog_order(workspace, archive):
+    """A repeat is found after every row is checked; its rejects record is still the catalog's row (no
+    statted size added, 3 not 3.0) and in its place among the others."""
+    archive.add("audio/a0.ogg", 100)
+    archive.add("audio/a1.ogg", 101)
+    first = {"id": "a0", "path": "audio/a0.ogg", "kind": "audio", "popularity": 3}
+    lines = [
+        first,
+        {"id": "a1", "path": "audio/a1.ogg", "kind": "audio", "popularity": 4, "note": "x"},
+        dict(first, note="again"),  # a repeated id: refused by the loader's check
+        {"id": "a2", "path": "audio/a1.ogg", "kind": "video", "popularity": 1},  # refused as read
+        {"id": "a1", "path": "audio/a1.ogg", "kind": "audio", "popularity": 5, "size": 101},
+    ]
+    cat = archive.jsonl(lines)
+    rejects = workspace / "rejects.jsonl"
+    report = run(workspace, cat, skip_invalid=True, rejects=rejects)
+    assert (report.added, report.rejected) == (2, 3)
+    written = rejects.read_text().splitlines()
+    assert [json.loads(r)["line"] for r in written] == [3, 4, 5]
+    assert [json.loads(r)["row"] for r in written] == lines[2:]
+    assert '"popularity": 3,' in written[0] and '"size"' not in written[0]
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_parser_child_whose_reader_is_gone_ends_quietly(workspace, archive, capsys, fails):
+    """The inserting process killed, or stopped reading after an error: its parser child's sends fail with
+    a broken pipe, and it ends without a traceback (it printed two after ingest had stopped)."""
+    import multiprocessing
+
+    from packager.catalog import parse
+
+    cat = archive.jsonl([trusted(i) for i in range(3)])
+    if fails:  # the parser's error (a catalog gone) is then what cannot be handed on
+        cat.unlink()
+    ours, theirs = multiprocessing.Pipe(duplex=False)
+    ours.close()
+    with Workspace.open(workspace) as w:
+        parse._parse_child(
+            theirs, w.config, [cat], IngestOptions(trust_sizes=True), {str(cat): 1}, None, None
+        )
+    assert capsys.readouterr().err == ""

@@ -16,9 +16,9 @@ from ..workspace import Workspace
 from . import jsonl
 from .compression import catalog_suffix, is_compressed
 from .formats import JSONL_SUFFIXES, read_catalog, source_name
-from .jsonl import jsonl_blocks
+from .jsonl import jsonl_blocks, read_jsonl
 from .parse import no_cycle_collector, parsed, parsed_in_children
-from .problems import IngestReport, Problems
+from .problems import IngestReport, Problems, RowReader
 
 if TYPE_CHECKING:
     from ..refresh import Matched
@@ -75,7 +75,10 @@ def ingest(
                 outcome.removal,
             )
             report.rejected = report.problem_count
-            problems.keep()
+            order: dict[str, int] = {}
+            for catalog in catalogs:
+                order.setdefault(source_name(catalog, options.table), len(order))
+            problems.keep(_catalog_rows(catalogs, options.table), order)
     except BaseException:
         problems.discard()
         raise
@@ -106,7 +109,7 @@ def _load(
     finish it."""
     state, config = ws.state, ws.config
     report.rows = 0
-    loader = Loader(state, config.kinds, rows_wanted=problems.rejects_file is not None)
+    loader = Loader(state, config.kinds)
     try:
         sources = {
             name: loader.source_number(name) for name in (source_name(c, options.table) for c in catalogs)
@@ -159,6 +162,7 @@ def _load(
                     report.rows += payload
                     if on_rows:
                         on_rows(report.rows)
+        problems.defer_rows()
         for name, n in rows_of.items():
             if n == 0:
                 problems.add(name, 0, "empty catalog: no rows", None)
@@ -185,3 +189,27 @@ def _read_here(matched: Matched) -> bool:
     parser processes costs less than parsing them all in one)."""
     selected = sum(len(lines) for lines in matched.lines)
     return all(o is not None for o in matched.offsets) and selected * 10 <= selected + matched.matched
+
+
+def _catalog_rows(catalogs: list[Path], table: str | None) -> RowReader:
+    """problems.RowReader over these catalogs: rows read again as the catalog gives them (JSON Lines at the
+    lines asked for; other formats read through)."""
+
+    def read(wanted: set[tuple[str, int]]) -> dict[tuple[str, int], dict]:
+        found: dict[tuple[str, int], dict] = {}
+        for catalog in catalogs:
+            name = source_name(catalog, table)
+            lines = sorted(line for source, line in wanted if source == name)
+            if not lines:
+                continue
+            if catalog_suffix(catalog)[0] in JSONL_SUFFIXES:
+                rows = read_jsonl(catalog, select=lines)
+            else:
+                rows = read_catalog(catalog, table)
+            chosen = set(lines)
+            for row in rows:
+                if row.line in chosen and row.fields is not None:
+                    found[(name, row.line)] = row.fields
+        return found
+
+    return read

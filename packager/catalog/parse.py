@@ -171,13 +171,29 @@ def _parse_child(
             else:
                 conn.send((kind, payload))
         conn.send(("end", None))
+    except _GONE:
+        pass  # the inserting process is gone (killed, or stopped reading after an error): no one to tell
     except BaseException as e:  # handed to the parent, which raises it
-        try:
-            conn.send(("error", e))
-        except Exception:
-            conn.send(("error", UsageError(f"catalog parser failed: {type(e).__name__}: {e}")))
+        _send_error(conn, e)
     finally:
         conn.close()
+
+
+# What sending to a process that is gone raises: a parser child then ends quietly (it printed two
+# tracebacks on the user's terminal after ingest itself had stopped).
+_GONE = (BrokenPipeError, ConnectionResetError)
+
+
+def _send_error(conn, e: BaseException) -> None:
+    try:
+        try:
+            conn.send(("error", e))
+        except _GONE:
+            raise
+        except Exception:  # an exception that does not pickle
+            conn.send(("error", UsageError(f"catalog parser failed: {type(e).__name__}: {e}")))
+    except _GONE:
+        pass
 
 
 def parsed_in_children(

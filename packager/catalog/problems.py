@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CatalogProblem, EnvironmentProblem, UsageError
 
 MAX_PROBLEMS_KEPT = 10_000  # enough to show and count; the rest are only counted
+# {(source, line)} -> {(source, line): the catalog's fields of that row}
+RowReader = Callable[[set[tuple[str, int]]], dict[tuple[str, int], dict]]
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Problems:
         self.report, self.rejects_path = report, rejects
         self.rejects_file = None
         self.without_id = 0  # rows whose id could not be read: any absent item might be one of them
+        self.deferring = False
+        self.deferred: list[tuple[str, int, str]] = []  # (source, line, reason) written at keep()
         if rejects is not None:
             self.part = rejects.with_name(rejects.name + ".part")
             try:
@@ -67,34 +73,74 @@ class Problems:
             self.without_id += 1
         if len(self.report.problems) < MAX_PROBLEMS_KEPT:
             self.report.problems.append(CatalogProblem(source, line, reason, item_id))
-        if self.rejects_file is not None:
-            rec = {"file": source, "line": line, "reason": reason, "row": row}
-            try:
-                text = json.dumps(rec, ensure_ascii=False, default=str)
-            except RecursionError:  # a row nested too deeply to write again (its reason says so)
-                text = json.dumps(rec | {"row": None}, ensure_ascii=False, default=str)
-            try:
-                self.rejects_file.write(text + "\n")
-            except OSError as e:
-                raise EnvironmentProblem(
-                    f"{self.part}: cannot write the rejects file ({e.strerror})"
-                ) from None
+        if self.rejects_file is None:
+            return
+        if self.deferring:
+            self.deferred.append((source, line, reason))
+            return
+        self._write(self.rejects_file, {"file": source, "line": line, "reason": reason, "row": row})
+
+    def defer_rows(self) -> None:
+        """From now on (the loader's checks of repeats and conflicts, which see checked rows only), rows are
+        written to the rejects file at keep(), as the catalog gives them and in catalog order."""
+        self.deferring = True
+
+    def _write(self, f, rec: dict) -> None:
+        try:
+            text = json.dumps(rec, ensure_ascii=False, default=str)
+        except RecursionError:  # a row nested too deeply to write again (its reason says so)
+            text = json.dumps(rec | {"row": None}, ensure_ascii=False, default=str)
+        try:
+            f.write(text + "\n")
+        except OSError as e:
+            raise EnvironmentProblem(f"{self.part}: cannot write the rejects file ({e.strerror})") from None
+
+    def _merge_deferred(self, read_rows: RowReader, order: dict[str, int]) -> None:
+        """The rejects file with the deferred problems' catalog rows put in, every record in catalog order
+        (catalogs in the order given, then by line). Both sequences are in that order already (the parser's
+        records as read; the deferred ones once sorted), so one merge of the two."""
+        deferred = sorted(self.deferred, key=lambda p: (order.get(p[0], len(order)), p[1]))
+        rows = read_rows({(source, line) for source, line, _ in deferred})
+        later = (
+            {"file": source, "line": line, "reason": reason, "row": rows.get((source, line))}
+            for source, line, reason in deferred
+        )
+        self.rejects_file.close()
+
+        def place(rec: dict) -> tuple[int, int]:
+            return order.get(rec["file"], len(order)), rec["line"]
+
+        merged = self.part.with_name(self.part.name + "2")
+        try:
+            with open(self.part, encoding="utf-8") as written, open(merged, "w", encoding="utf-8") as out:
+                for rec in heapq.merge(map(json.loads, written), later, key=place):
+                    self._write(out, rec)
+            os.replace(merged, self.part)
+        finally:
+            merged.unlink(missing_ok=True)
+            self.rejects_file = open(self.part, "a", encoding="utf-8")  # noqa: SIM115 - closed by keep()
+        self.deferred = []
 
     def reset(self) -> None:
         """Forget every problem (the ingest starts again from the first row)."""
         self.report.problems.clear()
         self.report.problem_count = 0
         self.without_id = 0
+        self.deferring = False
+        self.deferred = []
         if self.rejects_file is not None:
             self.rejects_file.seek(0)
             self.rejects_file.truncate()
 
-    def keep(self) -> None:
+    def keep(self, read_rows: RowReader, order: dict[str, int]) -> None:
         """Put the complete rejects file in place (before the commit: rows are never committed while
-        their rejects are lost)."""
+        their rejects are lost). read_rows({(source, line)}) gives those rows as the catalogs have them
+        ({(source, line): fields}); order numbers the sources in the order the catalogs were given."""
         if self.rejects_file is None:
             return
         try:
+            if self.deferred:
+                self._merge_deferred(read_rows, order)
             self.rejects_file.flush()
             os.fsync(self.rejects_file.fileno())
             self.rejects_file.close()
