@@ -8,6 +8,7 @@ problem nothing is committed, unless the caller asks to skip invalid rows, which
 - rows.py: a row as read (RawRow), the known fields, the line limit every text reader keeps;
 - compression.py: compressed text catalogs, decompressed with bounds (a bomb or a damaged stream is said);
 - jsonl.py, tables.py: the readers of JSON Lines, and of CSV/TSV, SQLite and Parquet;
+- arrow_jsonl.py: blocks of plain JSON Lines parsed and checked by Arrow (--trust-sizes), else row by row;
 - formats.py: which reader a catalog's name takes, and how reports name a catalog;
 - checks.py: the checks of one row (and its file), into the tuple the loader stages;
 - problems.py: the ingest report, problems as found, and the rejects file;
