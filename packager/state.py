@@ -634,17 +634,22 @@ class State(ReleaseQueries):
         return row[0] if row else f"shard id {shard_id}"
 
     _ITEM_PARTS = (
-        "SELECT CAST(i.n AS BLOB), CAST(i.id AS BLOB), CAST(json_quote(i.id) AS BLOB), "
+        "SELECT i.n - ?, CAST(i.id AS BLOB), CAST(json_quote(i.id) AS BLOB), "
         f"CAST(json_quote({_PATH}) || ',' || i.size AS BLOB) FROM items i"
     )
 
-    def iter_item_parts(self, lo: int, hi: int) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
-        """(rowid as decimal text, id as UTF-8, id as JSON, b"<path as JSON>,<size>") of the items with
-        rowids in [lo, hi), in rowid order: one range of the table, read in order."""
-        yield from self.db.execute(f"{self._ITEM_PARTS} WHERE i.n >= ? AND i.n < ?", (lo, hi))
+    def iter_item_parts(self, lo: int, hi: int) -> Iterator[tuple[int, bytes, bytes, bytes]]:
+        """(rowid - lo, id as UTF-8, id as JSON, b"<path as JSON>,<size>") of the items with rowids in
+        [lo, hi), in rowid order: one range of the table, read in order."""
+        yield from self.db.execute(f"{self._ITEM_PARTS} WHERE i.n >= ? AND i.n < ?", (lo, lo, hi))
 
-    def item_parts(self, rowid: int) -> tuple[bytes, bytes, bytes, bytes] | None:
-        return self.db.execute(f"{self._ITEM_PARTS} WHERE i.n = ?", (rowid,)).fetchone()
+    def item_parts(self, rowid: int, lo: int) -> tuple[int, bytes, bytes, bytes] | None:
+        """One item's iter_item_parts row (its rowid given less `lo`, as theirs)."""
+        return self.db.execute(f"{self._ITEM_PARTS} WHERE i.n = ?", (lo, rowid)).fetchone()
+
+    def item_rowids(self, lo: int, hi: int) -> Iterator[int]:
+        for (rowid,) in self.db.execute("SELECT n FROM items WHERE n >= ? AND n < ?", (lo, hi)):
+            yield rowid
 
     def item_facts(self, rowid: int) -> tuple[int, str, str, int] | None:
         """(rowid, id, path, size) of one item, its path rendered."""
