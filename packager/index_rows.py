@@ -166,25 +166,27 @@ def _range_rows(job: tuple) -> Iterator[tuple[bytes, bytes]]:
         for key, record in map(methodcaller("split", b" ", 1), lines):
             slots[int(key) - lo] = record
         twice = slots.count(None) > len(slots) - len(lines)
-        get = slots.__getitem__
     else:
         records = {int(key) - lo: record for key, record in map(methodcaller("split", b" ", 1), lines)}
         twice = len(records) < len(lines)
-        get = records.pop
     if twice:
         _refuse_twice(state_path, lines)
     found = 0
     with State(Path(state_path), readonly=True) as state:
         if dense:
-            items = state.iter_item_parts(lo, hi)
+            for k, ident, id_json, path_size in state.iter_item_parts(lo, hi):
+                record = slots[k]
+                if record is not None:
+                    found += 1
+                    n, rest = record.split(b" ", 1)
+                    yield ident, b"[%b,%b,%b,%b]" % (id_json, n, path_size, rest)
         else:
-            items = filter(None, (state.item_parts(lo + k, lo) for k in sorted(records)))
-        for k, ident, id_json, path_size in items:
-            record = get(k)
-            if record is not None:
-                found += 1
-                n, rest = record.split(b" ", 1)
-                yield ident, b"[%b,%b,%b,%b]" % (id_json, n, path_size, rest)
+            for k in sorted(records):
+                item = state.item_parts(lo + k, lo)
+                if item is not None:
+                    found += 1
+                    n, rest = records.pop(k).split(b" ", 1)
+                    yield item[1], b"[%b,%b,%b,%b]" % (item[2], n, item[3], rest)
         if found < len(lines):
             if dense:
                 present = set(state.item_rowids(lo, hi))
