@@ -614,3 +614,17 @@ def test_a_seek_table_that_cannot_be_read_is_refused_by_name(built, tmp_path):
     cut.write_bytes(shard.read_bytes()[:-3])
     with pytest.raises(PublishError, match="cut: cannot read the shard's seek table .*no zstd seek table"):
         publish_module._shard_frames((str(cut), "cut"))
+
+
+@pytest.mark.parametrize("span", [2, 10**6])
+def test_an_item_in_two_build_records_is_refused(built, tmp_path, span):
+    """Pass 2 of the member index refuses a rowid range holding one item's record twice, whether the range
+    is dense (a list by rowid: a second record would replace the first) or sparse (a dict)."""
+    with open_state(built) as state:
+        rowid = state.db.execute("SELECT MIN(item_rowid) FROM members").fetchone()[0]
+    records = tmp_path / "00000"
+    line = b'%d 1 0,0,0,0,1,0,"x","y"\n' % rowid
+    records.write_bytes(zstandard.ZstdCompressor().compress(line + line))
+    job = (str(built / layout.STATE), [str(records)], rowid, rowid + span)
+    with pytest.raises(PublishError, match=f"item rowid {rowid} is a member of two built shards"):
+        list(index_rows._range_rows(job))
