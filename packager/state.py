@@ -335,9 +335,7 @@ class State(ReleaseQueries):
             return iter(())
         # A first plan (no members yet) needs no test of each item against them: 5 % of the query's work.
         unplanned = (
-            " AND NOT EXISTS (SELECT 1 FROM members m WHERE m.item_rowid = i.n)"
-            if self.db.execute("SELECT EXISTS (SELECT 1 FROM members)").fetchone()[0]
-            else ""
+            " AND NOT EXISTS (SELECT 1 FROM members m WHERE m.item_rowid = i.n)" if self.has_members() else ""
         )
         return self.db.execute(
             f"SELECT gk, n, size, popularity, path FROM (SELECT CASE {' '.join(cases)} END AS gk, i.n, "
@@ -407,6 +405,10 @@ class State(ReleaseQueries):
 
     def member_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM members").fetchone()[0]
+
+    def has_members(self) -> bool:
+        """Whether any item is planned: one row read, where member_count counts them all."""
+        return bool(self.db.execute("SELECT EXISTS (SELECT 1 FROM members)").fetchone()[0])
 
     def drop_member_index(self) -> None:
         """Before appending many members: the unique index on item_rowid is rebuilt in one sort by

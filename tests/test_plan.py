@@ -3,6 +3,7 @@
 import itertools
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -539,3 +540,26 @@ def test_a_phase_of_several_kinds_cuts_them_together_and_counts_each(workspace, 
         assert [(k, n, b) for k, _, _, n, b in state.stored_totals()] == [
             ("art", 0, 0), ("audio", 0, 0), ("metadata", 1, 7), ("video", 0, 0)
         ]  # fmt: skip
+
+
+def test_a_first_plan_that_fails_leaves_no_member_and_the_state_in_wal_mode(workspace, archive, monkeypatch):
+    """A first plan writes under a rollback journal (its pages once, not to the log and again), all or
+    nothing like any plan, and gives the write-ahead log back, failed or not: builds read while it writes."""
+    from packager.state import open_state
+
+    load(workspace, archive, [audio(i, 10, i) for i in range(5)], trust_sizes=True)
+
+    def fail() -> None:
+        raise RuntimeError("stopped")
+
+    with Workspace.open(workspace) as w:
+        with monkeypatch.context() as m:
+            m.setattr(w.state, "restore_member_index", fail)
+            with pytest.raises(RuntimeError):
+                plan(w)
+        assert w.state.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        with open_state(workspace, readonly=True) as state:
+            assert state.member_count() == 0 and state.shards() == []
+        assert plan(w).items == 5
+        assert w.state.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert w.state.member_count() == 5
