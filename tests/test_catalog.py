@@ -1535,3 +1535,66 @@ def test_a_parser_child_whose_reader_is_gone_ends_quietly(workspace, archive, ca
             theirs, w.config, [cat], IngestOptions(trust_sizes=True), {str(cat): 1}, None, None
         )
     assert capsys.readouterr().err == ""
+
+
+# ---- a catalog replaced or written while it is read --------------------------------------------------------
+
+
+def _replaced_during(monkeypatch, target, name: str, catalog: Path, new_text: str) -> None:
+    """Replace catalog by a file of new_text (written beside, renamed over it: how a new dump lands) right
+    after target.name runs."""
+    original = getattr(target, name)
+
+    def then_replace(*args, **kwargs):
+        result = original(*args, **kwargs)
+        beside = catalog.with_name(catalog.name + ".new")
+        beside.write_text(new_text)
+        os.replace(beside, catalog)
+        return result
+
+    monkeypatch.setattr(target, name, then_replace)
+
+
+def _popularities(ws: Path) -> dict:
+    with open_state(ws) as state:
+        return dict(state.db.execute("SELECT id, popularity FROM items"))
+
+
+def test_a_refresh_whose_catalog_is_replaced_while_read_is_refused(workspace, archive, monkeypatch):
+    import packager.refresh
+
+    rows = [trusted(i) | {"title": f"song {i}"} for i in range(50)]
+    run(workspace, archive.jsonl(rows), trust_sizes=True)
+    before = _popularities(workspace)
+    refresh = [dict(r) for r in rows]
+    refresh[3]["popularity"] = 7.5
+    catalog = archive.jsonl(refresh, "refresh.jsonl")
+    # The new file: other lines at the byte offsets the fingerprint pass found in the old one.
+    newer = "".join(json.dumps(r | {"title": "x" * (i % 7)}) + "\n" for i, r in enumerate(refresh))
+    _replaced_during(monkeypatch, packager.refresh, "match_catalogs", catalog, newer)
+    for skip in (False, True):
+        with pytest.raises(UsageError, match="changed while it was read"):
+            run(workspace, catalog, trust_sizes=True, skip_invalid=skip, rejects=archive.base / "rej.jsonl")
+        assert _popularities(workspace) == before, "nothing may be committed"
+        assert not (archive.base / "rej.jsonl").exists()
+        catalog.write_text("".join(json.dumps(r) + "\n" for r in refresh))
+
+
+def test_a_first_ingest_whose_catalog_is_written_while_read_is_refused(workspace, archive, monkeypatch):
+    import packager.ingest
+
+    catalog = archive.jsonl([trusted(i) for i in range(20)])
+    more = catalog.read_text() + json.dumps(trusted(99)) + "\n"
+    _replaced_during(monkeypatch, packager.ingest.Loader, "check", catalog, more)
+    with pytest.raises(UsageError, match="changed while it was read"):
+        run(workspace, catalog, trust_sizes=True)
+    assert count(workspace) == 0
+    monkeypatch.undo()
+    assert run(workspace, catalog, trust_sizes=True).added == 21
+
+
+def test_a_number_of_thousands_of_digits_is_a_problem_with_its_line(workspace, archive):
+    catalog = archive.base / "big.jsonl"
+    catalog.write_text(json.dumps(trusted(1))[:-1] + ', "big": ' + "9" * 5000 + "}\n")
+    err = rejected(workspace, catalog, trust_sizes=True)
+    assert_reported(err, catalog, 1, "a number too long to read")

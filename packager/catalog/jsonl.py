@@ -232,6 +232,8 @@ def _json_error(raw: bytes) -> str:
         return f"not a JSON object: nested more than {MAX_DEPTH} levels deep"
     except json.JSONDecodeError as e:
         return f"not a JSON object: {e.msg} at column {e.colno}"
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        return "not a JSON object: a number too long to read (over 4300 digits)"
     if isinstance(obj, dict):
         for k, v in obj.items():
             if isinstance(v, str) and _SURROGATE.search(v):

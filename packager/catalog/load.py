@@ -58,6 +58,7 @@ def ingest(
         )
     for catalog in catalogs:
         read_catalog(catalog, options.table)  # refuses a missing file or an unknown format before any work
+    identities = [_identity(c) for c in catalogs]
     # Compressed catalogs count as what they will likely expand to.
     size = sum(c.stat().st_size * (1 if catalog_suffix(c)[1] is None else 5) for c in catalogs)
     problems = Problems(report, options.rejects if options.skip_invalid else None)
@@ -78,11 +79,39 @@ def ingest(
             order: dict[str, int] = {}
             for catalog in catalogs:
                 order.setdefault(source_name(catalog, options.table), len(order))
+            _unchanged(catalogs, identities)  # before the commit: what was read is one file each
             problems.keep(_catalog_rows(catalogs, options.table), order)
+    except CatalogError:
+        problems.discard()
+        _unchanged(catalogs, identities)  # problems read from a catalog replaced meanwhile are not its own
+        raise
     except BaseException:
         problems.discard()
         raise
     return report
+
+
+def _identity(catalog: Path) -> tuple[int, ...]:
+    st = catalog.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _unchanged(catalogs: list[Path], identities: list[tuple[int, ...]]) -> None:
+    """Refuses the ingest if a catalog was replaced or written while it was read. Its rows are read by
+    several opens (parser processes, a refresh's fingerprints then its lines at their offsets), each of
+    which may have met another file: the usual way a new dump lands (written beside, renamed over the
+    old) would otherwise mix two catalogs, or read lines at the old file's offsets in the new one."""
+    for catalog, before in zip(catalogs, identities, strict=True):
+        try:
+            now = _identity(catalog)
+        except OSError:
+            now = None
+        if now != before:
+            raise UsageError(
+                f"{catalog}: the catalog changed while it was read (replaced, written or removed); "
+                "nothing was ingested",
+                hint="ingest again once the catalog is complete",
+            )
 
 
 def _fast_refresh_applies(loader: Loader, catalogs: list[Path], options: IngestOptions) -> bool:
