@@ -136,10 +136,13 @@ class Loader:
             columns = list(STAGE_COLUMNS[:width])
             values = [f"?{k + 1}" for k in range(width)]
             values[2] = self.state.kind_code_sql("?3")
+            # A key the literals do not list (a set of names new since this INSERT was made) is looked up.
+            lookup = "CASE WHEN ?9 IS NOT NULL THEN (SELECT n FROM extra_names WHERE h = ?9) END"
             if 0 < len(self.names) <= 16:
-                values[8] = f"CASE ?9 {' '.join(f'WHEN {h} THEN {n}' for h, n in self.names.items())} END"
+                literals = " ".join(f"WHEN {h} THEN {n}" for h, n in self.names.items())
+                values[8] = f"CASE ?9 {literals} ELSE {lookup} END"
             else:
-                values[8] = "CASE WHEN ?9 IS NOT NULL THEN (SELECT n FROM extra_names WHERE h = ?9) END"
+                values[8] = lookup
             if self.direct:  # the line (?7) goes into temp.runs
                 del columns[6], values[6]
             else:

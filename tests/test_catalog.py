@@ -1598,3 +1598,34 @@ def test_a_number_of_thousands_of_digits_is_a_problem_with_its_line(workspace, a
     catalog.write_text(json.dumps(trusted(1))[:-1] + ', "big": ' + "9" * 5000 + "}\n")
     err = rejected(workspace, catalog, trust_sizes=True)
     assert_reported(err, catalog, 1, "a number too long to read")
+
+
+@pytest.mark.parametrize("sets", [3, 20])  # the INSERT's few literal keys, and the lookup beyond 16 sets
+def test_sets_of_extra_names_first_met_batches_later_keep_their_names(workspace, archive, monkeypatch, sets):
+    import packager.catalog.parse
+
+    monkeypatch.setattr(packager.catalog.parse, "BATCH", 7)  # each set of names first seen batches later
+    rows = [trusted(i) | {f"field{i * sets // 100}": i} for i in range(100)]
+    run(workspace, archive.jsonl(rows), trust_sizes=True)
+    refresh = [r | {f"late{i * sets // 100}": "x"} if i % 2 else r for i, r in enumerate(rows)]
+    report = run(workspace, archive.jsonl(refresh, "refresh.jsonl"), trust_sizes=True)
+    assert (report.changed, report.unchanged) == (50, 50)
+    with open_state(workspace) as state:
+        for row in refresh:
+            extra = {k: v for k, v in row.items() if k not in trusted(0)}
+            assert state.item_extra(row["id"]) == extra, row["id"]
+
+
+def test_a_migration_that_rewrites_the_items_keeps_no_second_copy_of_them_in_a_log(workspace, archive):
+    """Schema 5 -> 7 rewrites the items table: through a rollback journal, not the write-ahead log, which
+    would hold a copy of every page written beside the state (at 10^8 rows, tens of GB more disk)."""
+    run(workspace, archive.jsonl([trusted(i) | EXTRAS[i % 5] for i in range(3000)]), trust_sizes=True)
+    with open_state(workspace) as state:
+        back_to_schema_5(state.db)
+        state.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    wal = workspace / "state.sqlite-wal"
+    with open_state(workspace) as state:
+        assert state.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "7"
+        items = state.db.execute("SELECT SUM(pgsize) FROM dbstat WHERE name = 'items'").fetchone()[0]
+        logged = wal.stat().st_size if wal.exists() else 0
+        assert logged < items / 4, (logged, items)
