@@ -1629,3 +1629,11 @@ def test_a_migration_that_rewrites_the_items_keeps_no_second_copy_of_them_in_a_l
         items = state.db.execute("SELECT SUM(pgsize) FROM dbstat WHERE name = 'items'").fetchone()[0]
         logged = wal.stat().st_size if wal.exists() else 0
         assert logged < items / 4, (logged, items)
+
+
+@pytest.mark.parametrize("size", ["²", "①", "١٢٣", "9" * 5000])
+def test_a_csv_size_of_other_digits_than_ascii_is_a_problem_with_its_line(workspace, archive, size):
+    catalog = archive.base / "c.csv"
+    catalog.write_text(f"id,path,kind,popularity,size\nu1,audio/u1.ogg,audio,1,{size}\n", encoding="utf-8")
+    err = rejected(workspace, catalog, trust_sizes=True)
+    assert_reported(err, catalog, 2, "is not a whole number of bytes")

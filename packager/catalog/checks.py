@@ -97,8 +97,12 @@ def _integer(value: object) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str):
+        # ASCII digits only: str.isdigit() takes any Unicode digit ('²', '①'), which int() refuses or reads
+        # as another number ('١٢٣' is 123); and int() reads at most 4300 digits.
+        text = value.strip()
+        if text.isascii() and text.isdigit() and len(text) <= 4300:
+            return int(text)
     return None
 
 
