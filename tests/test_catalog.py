@@ -1637,3 +1637,59 @@ def test_a_csv_size_of_other_digits_than_ascii_is_a_problem_with_its_line(worksp
     catalog.write_text(f"id,path,kind,popularity,size\nu1,audio/u1.ogg,audio,1,{size}\n", encoding="utf-8")
     err = rejected(workspace, catalog, trust_sizes=True)
     assert_reported(err, catalog, 2, "is not a whole number of bytes")
+
+
+@pytest.mark.parametrize(
+    "column, words",
+    [
+        ("decimal", "holds decimal128(5, 2) values"),
+        ("durations", "duration[s]> values"),
+        ("twice", "column 'id' appears twice"),
+    ],
+)
+def test_parquet_columns_no_row_can_hold_are_refused_once(workspace, archive, column, words):
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = {"id": ["p1"], "path": ["audio/p1.ogg"], "kind": ["audio"], "popularity": [1.0], "size": [3]}
+    if column == "decimal":
+        table = pa.table(base | {"price": pa.array([decimal.Decimal("1.25")], pa.decimal128(5, 2))})
+    elif column == "durations":
+        table = pa.table(
+            base | {"d": pa.array([[datetime.timedelta(seconds=3)]], pa.list_(pa.duration("s")))}
+        )
+    else:
+        table = pa.Table.from_arrays([*map(pa.array, base.values()), pa.array(["p2"])], [*base, "id"])
+    path = archive.base / "c.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(UsageError) as e:
+        run(workspace, path, trust_sizes=True)
+    assert words in e.value.message
+    assert count(workspace) == 0
+
+
+def test_parquet_nan_in_an_extra_column_is_a_problem_at_its_row_as_in_json_lines(workspace, archive):
+    rows = [trusted(i) | {"score": s} for i, s in enumerate([1.5, float("nan"), float("inf")])]
+    cat = write_parquet(archive.base / "c.parquet", rows)
+    err = rejected(workspace, cat, trust_sizes=True)
+    assert_reported(err, cat, 2, "column score: nan is not a finite number")
+    assert_reported(err, cat, 3, "column score: inf is not a finite number")
+
+
+def test_sqlite_catalog_from_a_view_and_a_quoted_table_name(workspace, archive, make_workspace):
+    db_path = archive.base / "c.sqlite"
+    db = sqlite3.connect(db_path)
+    db.execute('CREATE TABLE "tra""cks" (id, path, kind, popularity, size)')
+    db.executemany(
+        'INSERT INTO "tra""cks" VALUES (?, ?, ?, ?, ?)',
+        [(f"s{i}", f"audio/s{i}.ogg", "audio", i, 3) for i in range(3)],
+    )
+    db.execute('CREATE VIEW tracks AS SELECT * FROM "tra""cks" WHERE popularity > 0')
+    db.commit()
+    db.close()
+    assert run(workspace, db_path, trust_sizes=True, table='tra"cks').added == 3
+    other = make_workspace("other")
+    assert run(other, db_path, trust_sizes=True, table="tracks").added == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,14 +129,17 @@ def read_sqlite(path: Path, table: str) -> Iterator[RawRow]:
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         db.text_factory = bytes
-        cur = db.execute(f'SELECT rowid, * FROM "{table.replace(chr(34), "")}"')
+        quoted = '"' + table.replace('"', '""') + '"'
+        cur = db.execute(f"SELECT rowid, * FROM {quoted}")
     except sqlite3.Error as e:
         raise UsageError(
             f"{path}: cannot read table {table!r}: {e}", hint="name the table with --table"
         ) from None
     columns = [d[0] for d in cur.description][1:]
     try:
-        for rowid, *values in cur:
+        for n, (rowid, *values) in enumerate(cur, 1):
+            if rowid is None:  # a view has no rowid: its rows are numbered in the order it gives them
+                rowid = n
             row = {}
             for k, v in zip(columns, values, strict=True):
                 if isinstance(v, bytes):
@@ -152,6 +156,28 @@ def read_sqlite(path: Path, table: str) -> Iterator[RawRow]:
         db.close()
 
 
+def _parquet_schema_problem(schema) -> str | None:
+    """Why a Parquet file's columns cannot be read as catalog rows, once for the file, or None: a column
+    named twice (which one is meant?), or values that have no JSON form for the extra fields (decimals and
+    durations: pyarrow gives Decimal and timedelta objects)."""
+    import pyarrow.types as pt  # a Parquet catalog only: pyarrow is imported by its reader already
+
+    names = schema.names
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        return f"column {repeated[0]!r} appears twice"
+
+    def no_json(t) -> bool:
+        if pt.is_decimal(t) or pt.is_duration(t) or pt.is_interval(t):
+            return True
+        return any(no_json(t.field(i).type) for i in range(t.num_fields))
+
+    for field in schema:
+        if no_json(field.type):
+            return f"column {field.name!r} holds {field.type} values, which catalog rows cannot hold"
+    return None
+
+
 def read_parquet(path: Path) -> Iterator[RawRow]:
     """Rows of a Parquet file, numbered from 1 in file order (the "line" of every report)."""
     try:
@@ -162,6 +188,9 @@ def read_parquet(path: Path) -> Iterator[RawRow]:
         raise UsageError("reading Parquet catalogs needs pyarrow", hint="pip install pyarrow") from None
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
         raise UsageError(f"{path}: not a readable Parquet file ({e})") from None
+    wrong = _parquet_schema_problem(pf.schema_arrow)
+    if wrong:
+        raise UsageError(f"{path}: {wrong}", hint="cast the column to a double or a string when writing it")
     name, n = str(path), 0
     try:
         for batch in pf.iter_batches(batch_size=16_384):
@@ -175,6 +204,9 @@ def read_parquet(path: Path) -> Iterator[RawRow]:
                         except UnicodeDecodeError as e:
                             bad = f"column {k}: not valid UTF-8 at byte {e.start}"
                             break
+                    elif type(v) is float and not math.isfinite(v) and k not in KNOWN_FIELDS:  # as JSON Lines
+                        bad = f"column {k}: {v} is not a finite number"
+                        break
                     if v is not None:
                         row[k] = v
                 yield RawRow(name, n, None, bad) if bad else RawRow(name, n, row)
