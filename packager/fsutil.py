@@ -9,6 +9,7 @@ file only, opened without blocking (a FIFO never answers), read no further than 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -79,10 +80,38 @@ def write_durable(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
 
 
+class NotRegularFile(OSError):
+    """A path to be replaced by a new file is there, and is not a regular file."""
+
+
+def refuse_non_regular(path: Path) -> None:
+    """NotRegularFile (an OSError: its strerror says why) if `path` is there and is not a regular file. A
+    file is put in place by a rename, which replaces whatever has the name: as root, `--output /dev/null`
+    would replace the device for every program; a FIFO a script reads, or a symlink, would be replaced
+    instead of written through."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        what = (
+            "a symlink" if stat.S_ISLNK(info.st_mode)
+            else "a folder" if stat.S_ISDIR(info.st_mode)
+            else "a pipe" if stat.S_ISFIFO(info.st_mode)
+            else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "not a file"
+        )  # fmt: skip
+        raise NotRegularFile(
+            errno.EEXIST, f"is there and is {what}, not a regular file: it would be replaced", str(path)
+        )
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace `path` with `data`: a reader, even after a crash, sees the old file or the whole new one.
-    OSError is the caller's to turn into its own error; the temporary file is removed first."""
+    OSError is the caller's to turn into its own error (NotRegularFile for a path that is not a regular
+    file: refuse_non_regular); the temporary file is removed first."""
     path = Path(path)
+    refuse_non_regular(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write_durable(tmp, data, mode)

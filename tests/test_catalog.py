@@ -670,10 +670,18 @@ def test_rejects_to_an_unwritable_path_commits_nothing(workspace, archive):
     assert count(workspace) == 0
 
 
-def test_rejects_that_cannot_be_put_in_place_commit_nothing(workspace, archive):
+def test_rejects_that_cannot_be_put_in_place_commit_nothing(workspace, archive, monkeypatch):
+    import packager.ingest
+
     rows = [trusted(0), trusted(1, kind="video")]
     rejects = archive.base / "rejects.jsonl"
-    rejects.mkdir()  # the .part is written, but renaming it onto a folder fails
+    check = packager.ingest.Loader.check
+
+    def then_a_folder(self, add):  # the .part is written, but renaming it onto a folder made meanwhile fails
+        check(self, add)
+        rejects.mkdir()
+
+    monkeypatch.setattr(packager.ingest.Loader, "check", then_a_folder)
     with pytest.raises(Exception, match="cannot write the rejects file"):
         run(workspace, archive.jsonl(rows), trust_sizes=True, skip_invalid=True, rejects=rejects)
     assert count(workspace) == 0
@@ -1693,3 +1701,38 @@ def test_sqlite_catalog_from_a_view_and_a_quoted_table_name(workspace, archive, 
     assert run(workspace, db_path, trust_sizes=True, table='tra"cks').added == 3
     other = make_workspace("other")
     assert run(other, db_path, trust_sizes=True, table="tracks").added == 2
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "folder"])
+def test_a_rejects_path_that_is_not_a_regular_file_is_refused_and_left_as_it_is(workspace, archive, kind):
+    """The rejects file is put in place by a rename: as root, `--rejects /dev/null` replaced the device."""
+    rejects = archive.base / "rejects"
+    target = archive.base / "target.txt"
+    target.write_text("kept\n")
+    if kind == "fifo":
+        os.mkfifo(rejects)
+    elif kind == "symlink":
+        rejects.symlink_to(target)
+    else:
+        rejects.mkdir()
+    cat = archive.jsonl([trusted(1), {"id": "bad"}])
+    with pytest.raises(UsageError, match="not a regular file"):
+        run(workspace, cat, trust_sizes=True, skip_invalid=True, rejects=rejects)
+    assert count(workspace) == 0
+    assert {"fifo": rejects.is_fifo, "symlink": rejects.is_symlink, "folder": rejects.is_dir}[kind]()
+    assert target.read_text() == "kept\n"
+    assert not list(archive.base.glob("rejects?*"))
+
+
+def test_an_atomic_write_refuses_to_replace_what_is_not_a_regular_file(tmp_path):
+    from packager.fsutil import NotRegularFile, write_atomic
+
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    with pytest.raises(NotRegularFile, match="is a pipe"):
+        write_atomic(fifo, b"x")
+    assert fifo.is_fifo() and os.listdir(tmp_path) == ["out"]
+    plain = tmp_path / "plain"
+    write_atomic(plain, b"1")
+    write_atomic(plain, b"2")
+    assert plain.read_bytes() == b"2"

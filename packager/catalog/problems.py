@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CatalogProblem, EnvironmentProblem, UsageError
+from ..fsutil import NotRegularFile, refuse_non_regular
 
 MAX_PROBLEMS_KEPT = 10_000  # enough to show and count; the rest are only counted
 # {(source, line)} -> {(source, line): the catalog's fields of that row}
@@ -60,7 +61,13 @@ class Problems:
         if rejects is not None:
             self.part = rejects.with_name(rejects.name + ".part")
             try:
+                refuse_non_regular(rejects)  # it is put in place by a rename, at keep()
                 self.rejects_file = open(self.part, "w", encoding="utf-8")  # noqa: SIM115 - see finish()
+            except NotRegularFile as e:
+                raise UsageError(
+                    f"--rejects {rejects} {e.strerror}",
+                    hint="give --rejects the path of a new or regular file",
+                ) from None
             except OSError as e:
                 raise UsageError(
                     f"{rejects}: cannot write the rejects file ({e.strerror})",
