@@ -73,6 +73,8 @@ HOSTILE = [
     b'{"id":"\\ud800","path":"audio/a.ogg","kind":"audio","popularity":1,"size":1}',  # lone surrogate
     b'{"id":"a\\u0001","path":"audio/a.ogg","kind":"audio","popularity":1,"size":1}',
     b'{"id":" \\u3000","path":"audio/a.ogg","kind":"audio","popularity":1,"size":1}',
+    orjson.dumps(good(51, id="   ")),  # an id of spaces only, in an otherwise plain row
+    orjson.dumps(good(52, id="\u3000 ")),  # of U+3000 and a space, unescaped
     b'{"id":"a","path":"../a.ogg","kind":"audio","popularity":1,"size":1}',
     b'{"id":"a","path":".packager/a","kind":"audio","popularity":1,"size":1}',
     b'{"id":"a","path":"audio//a.ogg","kind":"video","popularity":1,"size":1}',

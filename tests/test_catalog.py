@@ -1502,9 +1502,15 @@ def test_read_ahead_gives_every_block_raises_the_readers_error_and_stops_when_cl
     assert not any(t.name == "catalog read-ahead" for t in threading.enumerate())
 
 
-def test_rejects_hold_the_rows_as_the_catalog_gave_them_in_catalog_order(workspace, archive):
+@pytest.mark.parametrize("chunk", [1, 2, 100_000])  # deferred rows read again a chunk at a time
+def test_rejects_hold_the_rows_as_the_catalog_gave_them_in_catalog_order(
+    workspace, archive, monkeypatch, chunk
+):
     """A repeat is found after every row is checked; its rejects record is still the catalog's row (no
     statted size added, 3 not 3.0) and in its place among the others."""
+    import packager.catalog.problems
+
+    monkeypatch.setattr(packager.catalog.problems, "DEFER_CHUNK", chunk)
     archive.add("audio/a0.ogg", 100)
     archive.add("audio/a1.ogg", 101)
     first = {"id": "a0", "path": "audio/a0.ogg", "kind": "audio", "popularity": 3}
@@ -1514,15 +1520,20 @@ def test_rejects_hold_the_rows_as_the_catalog_gave_them_in_catalog_order(workspa
         dict(first, note="again"),  # a repeated id: refused by the loader's check
         {"id": "a2", "path": "audio/a1.ogg", "kind": "video", "popularity": 1},  # refused as read
         {"id": "a1", "path": "audio/a1.ogg", "kind": "audio", "popularity": 5, "size": 101},
+        dict(first, note="thrice"),
     ]
     cat = archive.jsonl(lines)
+    other = archive.jsonl([dict(first, note="in another catalog")], "other.jsonl")
     rejects = workspace / "rejects.jsonl"
-    report = run(workspace, cat, skip_invalid=True, rejects=rejects)
-    assert (report.added, report.rejected) == (2, 3)
-    written = rejects.read_text().splitlines()
-    assert [json.loads(r)["line"] for r in written] == [3, 4, 5]
-    assert [json.loads(r)["row"] for r in written] == lines[2:]
-    assert '"popularity": 3,' in written[0] and '"size"' not in written[0]
+    report = run(workspace, other, cat, skip_invalid=True, rejects=rejects)
+    assert (report.added, report.rejected) == (2, 5)  # a0 from the other catalog, given first; a1
+    written = [json.loads(r) for r in rejects.read_text().splitlines()]
+    assert [(Path(r["file"]).name, r["line"]) for r in written] == [
+        ("catalog.jsonl", n) for n in (1, 3, 4, 5, 6)
+    ]
+    assert [r["row"] for r in written] == [lines[0], *lines[2:]]
+    first_line = rejects.read_text().splitlines()[0]
+    assert '"popularity": 3}' in first_line and '"size"' not in first_line
 
 
 @pytest.mark.parametrize("fails", [False, True])

@@ -6,7 +6,8 @@ from __future__ import annotations
 import heapq
 import json
 import os
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from ..errors import CatalogProblem, EnvironmentProblem, UsageError
 from ..fsutil import NotRegularFile, refuse_non_regular
 
 MAX_PROBLEMS_KEPT = 10_000  # enough to show and count; the rest are only counted
+# Deferred rejects records whose catalog rows are read again at a time (each chunk: one pass over the catalogs
+# that hold them): a chunk's rows are what the rejects file's merge holds in memory.
+DEFER_CHUNK = 100_000
 # {(source, line)} -> {(source, line): the catalog's fields of that row}
 RowReader = Callable[[set[tuple[str, int]]], dict[tuple[str, int], dict]]
 
@@ -57,7 +61,8 @@ class Problems:
         self.rejects_file = None
         self.without_id = 0  # rows whose id could not be read: any absent item might be one of them
         self.deferring = False
-        self.deferred: list[tuple[str, int, str]] = []  # (source, line, reason) written at keep()
+        # (source, line, reason) written at keep(), kept on disk: a doubled catalog defers every row
+        self.deferred: sqlite3.Connection | None = None
         if rejects is not None:
             self.part = rejects.with_name(rejects.name + ".part")
             try:
@@ -83,7 +88,10 @@ class Problems:
         if self.rejects_file is None:
             return
         if self.deferring:
-            self.deferred.append((source, line, reason))
+            if self.deferred is None:
+                self.deferred = sqlite3.connect("")  # a private temporary database, on disk beyond its cache
+                self.deferred.execute("CREATE TABLE d (source TEXT, line INTEGER, reason TEXT)")
+            self.deferred.execute("INSERT INTO d VALUES (?, ?, ?)", (source, line, reason))
             return
         self._write(self.rejects_file, {"file": source, "line": line, "reason": reason, "row": row})
 
@@ -105,13 +113,23 @@ class Problems:
     def _merge_deferred(self, read_rows: RowReader, order: dict[str, int]) -> None:
         """The rejects file with the deferred problems' catalog rows put in, every record in catalog order
         (catalogs in the order given, then by line). Both sequences are in that order already (the parser's
-        records as read; the deferred ones once sorted), so one merge of the two."""
-        deferred = sorted(self.deferred, key=lambda p: (order.get(p[0], len(order)), p[1]))
-        rows = read_rows({(source, line) for source, line, _ in deferred})
-        later = (
-            {"file": source, "line": line, "reason": reason, "row": rows.get((source, line))}
-            for source, line, reason in deferred
+        records as read; the deferred ones sorted by SQLite, out of core), so one merge of the two. The
+        deferred records' rows are read again DEFER_CHUNK at a time, so memory is bounded by a chunk."""
+        db = self.deferred
+        db.execute("CREATE TABLE o (source TEXT PRIMARY KEY, k INTEGER)")
+        db.executemany("INSERT INTO o VALUES (?, ?)", order.items())
+        deferred = db.execute(
+            "SELECT d.source, d.line, d.reason FROM d LEFT JOIN o ON o.source = d.source "
+            "ORDER BY coalesce(o.k, ?), d.line, d.rowid",
+            (len(order),),
         )
+
+        def later() -> Iterator[dict]:
+            while chunk := deferred.fetchmany(DEFER_CHUNK):
+                rows = read_rows({(source, line) for source, line, _ in chunk})
+                for source, line, reason in chunk:
+                    yield {"file": source, "line": line, "reason": reason, "row": rows.get((source, line))}
+
         self.rejects_file.close()
 
         def place(rec: dict) -> tuple[int, int]:
@@ -120,13 +138,18 @@ class Problems:
         merged = self.part.with_name(self.part.name + "2")
         try:
             with open(self.part, encoding="utf-8") as written, open(merged, "w", encoding="utf-8") as out:
-                for rec in heapq.merge(map(json.loads, written), later, key=place):
+                for rec in heapq.merge(map(json.loads, written), later(), key=place):
                     self._write(out, rec)
             os.replace(merged, self.part)
         finally:
             merged.unlink(missing_ok=True)
             self.rejects_file = open(self.part, "a", encoding="utf-8")  # noqa: SIM115 - closed by keep()
-        self.deferred = []
+            self._forget_deferred()
+
+    def _forget_deferred(self) -> None:
+        if self.deferred is not None:
+            self.deferred.close()
+            self.deferred = None
 
     def reset(self) -> None:
         """Forget every problem (the ingest starts again from the first row)."""
@@ -134,7 +157,7 @@ class Problems:
         self.report.problem_count = 0
         self.without_id = 0
         self.deferring = False
-        self.deferred = []
+        self._forget_deferred()
         if self.rejects_file is not None:
             self.rejects_file.seek(0)
             self.rejects_file.truncate()
@@ -146,7 +169,7 @@ class Problems:
         if self.rejects_file is None:
             return
         try:
-            if self.deferred:
+            if self.deferred is not None:
                 self._merge_deferred(read_rows, order)
             self.rejects_file.flush()
             os.fsync(self.rejects_file.fileno())
@@ -163,6 +186,7 @@ class Problems:
             ) from None
 
     def discard(self) -> None:
+        self._forget_deferred()
         if self.rejects_path is None:
             return
         if self.rejects_file is not None:
