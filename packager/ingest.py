@@ -528,13 +528,7 @@ class Loader:
         """Per kind: (kind, items, removed, unplanned, unplanned bytes) of these items, times sign."""
         return [
             (kind, sign * a, sign * b, sign * c, sign * d)
-            for kind, a, b, c, d in self.db.execute(
-                f"SELECT {self.state.kind_name_sql('i.kind')}, COUNT(*), SUM(i.removed), "
-                "SUM(i.removed = 0 AND m.item_rowid IS NULL), "
-                "COALESCE(SUM(CASE WHEN i.removed = 0 AND m.item_rowid IS NULL THEN i.size END), 0) "
-                f"FROM items i LEFT JOIN members m ON m.item_rowid = i.rowid WHERE i.rowid IN ({rowids_sql}) "
-                "GROUP BY i.kind"
-            )
+            for kind, a, b, c, d in self.state.totals_of(rowids_sql)
         ]
 
     def _add_new_totals(self) -> None:
@@ -575,7 +569,7 @@ def remove_rows(state: State, table: str) -> dict[str, int]:
         ).fetchall()
     )
     rowids = f"SELECT g.n FROM {table} g"
-    loader_totals = _contributions(state, rowids)
+    loader_totals = state.totals_of(rowids)
     state.add_totals([(k, -a, -b, -c, -d) for k, a, b, c, d in loader_totals])
     db.execute("DROP TABLE IF EXISTS temp.touched")
     db.execute(
@@ -602,15 +596,5 @@ def remove_rows(state: State, table: str) -> dict[str, int]:
         "WHERE id IN (SELECT id FROM temp.touched)"
     )
     db.execute("DROP TABLE temp.touched")
-    state.add_totals(_contributions(state, rowids))
+    state.add_totals(state.totals_of(rowids))
     return counts
-
-
-def _contributions(state: State, rowids_sql: str) -> list[tuple[str, int, int, int, int]]:
-    return state.db.execute(
-        f"SELECT {state.kind_name_sql('i.kind')}, COUNT(*), SUM(i.removed), "
-        "SUM(i.removed = 0 AND m.item_rowid IS NULL), "
-        "COALESCE(SUM(CASE WHEN i.removed = 0 AND m.item_rowid IS NULL THEN i.size END), 0) "
-        f"FROM items i LEFT JOIN members m ON m.item_rowid = i.rowid WHERE i.rowid IN ({rowids_sql}) "
-        "GROUP BY i.kind"
-    ).fetchall()

@@ -264,11 +264,17 @@ class State(ReleaseQueries):
 
     def counted_totals(self) -> list[tuple[str, int, int, int, int]]:
         """(kind, items, removed, unplanned, unplanned bytes) counted from the items: a full scan."""
+        return self.totals_of(None)
+
+    def totals_of(self, rowids_sql: str | None) -> list[tuple[str, int, int, int, int]]:
+        """(kind, items, removed, unplanned, unplanned bytes) of the items whose rowids the SQL selects (all
+        items for None), by kind name."""
+        where = "" if rowids_sql is None else f"WHERE i.rowid IN ({rowids_sql}) "
         return self.db.execute(
-            f"SELECT {self.kind_name_sql('kind')}, COUNT(*), SUM(removed), "
-            "SUM(removed = 0 AND m.item_rowid IS NULL), "
-            "COALESCE(SUM(CASE WHEN removed = 0 AND m.item_rowid IS NULL THEN size END), 0) "
-            "FROM items i LEFT JOIN members m ON m.item_rowid = i.rowid GROUP BY kind ORDER BY 1"
+            f"SELECT {self.kind_name_sql('i.kind')}, COUNT(*), SUM(i.removed), "
+            "SUM(i.removed = 0 AND m.item_rowid IS NULL), "
+            "COALESCE(SUM(CASE WHEN i.removed = 0 AND m.item_rowid IS NULL THEN i.size END), 0) "
+            f"FROM items i LEFT JOIN members m ON m.item_rowid = i.rowid {where}GROUP BY i.kind ORDER BY 1"
         ).fetchall()
 
     def stored_totals(self) -> list[tuple[str, int, int, int, int]]:
