@@ -66,6 +66,14 @@ def test_pieces_cover_the_member_frames():
     }
 
 
+@pytest.mark.parametrize("first, last", [(-1, 0), (0, -1), (2, 1), (0, 5), (5, 5)])
+def test_a_member_outside_the_seek_table_is_refused(first, last):
+    # A negative frame would be one from the table's end: a wrong span with nothing said (review F14).
+    frames = frames_of([100, 200, 300])
+    with pytest.raises(ValueError, match="not among the shard's 3"):
+        list(member_rows([record("a", 10, 512, first, last)], frames, 1))
+
+
 # --- read back what was written ---------------------------------------------------------------------------
 
 ID = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=22)

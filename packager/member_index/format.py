@@ -166,8 +166,13 @@ def member_rows(records: Iterable[tuple], frames: Sequence[tuple[int, int, int]]
     """Index rows of torrent `n` from its members' (id, path, size, offset, first_frame, last_frame,
     xxh3_128, sha256) and the shard's frames as (compressed offset, compressed size, decompressed offset),
     as container.read_frame_spans gives them: a member's bytes are those of its frames, since a frame is the
-    smallest unit that can be decompressed."""
+    smallest unit that can be decompressed. A member whose frames are not among the shard's (a negative
+    index would silently be a frame from the end) is a ValueError, as index_rows refuses it (its own check,
+    inline in the loop of 10^8 members)."""
+    count = len(frames)
     for ident, path, size, offset, first, last, xxh3_128, sha256 in records:
+        if not 0 <= first <= last < count:
+            raise ValueError(f"member {ident!r}: frames {first}..{last} are not among the shard's {count}")
         start, end = frames[first], frames[last]
         tar_offset = start[2]
         span = end[0] + end[1] - start[0]
