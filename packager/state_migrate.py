@@ -3,9 +3,12 @@ leaves the state as it was, and the next open migrates it again."""
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import TYPE_CHECKING
 
 from .state_schema import (
+    SCHEMA_VERSION,
     path_key,
     path_named_by_id,
     row_fingerprint,
@@ -26,8 +29,18 @@ def migrate(state: State, version: int) -> None:
     from 5 on rewrite the items table: through a rollback journal (bulk_journal), as the write-ahead log
     would hold a second copy of it beside the state (2.4x the state's size on disk at its peak)."""
     if version in MIGRATABLE:
+        # Minutes at 10^8 items, with nothing else said: a user would think it hung (review F11).
+        items = state.db.execute("SELECT COALESCE(MAX(n), 0) FROM items").fetchone()[0]
+        print(
+            f"{state.path}: migrating from schema {version} to {SCHEMA_VERSION} ({items:,} items); "
+            "interrupted, it leaves the state as it was ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        start = time.monotonic()
         with state.bulk_journal():
             _migrate(state, version)
+        print(f"{state.path}: migrated in {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 def _migrate(state: State, version: int) -> None:
