@@ -94,6 +94,21 @@ class CatalogError(PackagerError):
         )
 
 
+class TotalsOverflow(UsageError):
+    """A total the state keeps of a kind (its bytes, most likely) would pass SQLite's largest integer,
+    2^63-1: SQLite would turn it into a floating-point number (or stop with "integer overflow")."""
+
+    def __init__(self, kind: str | None, total: int | float | None = None):
+        self.kind, self.total = kind, total
+        what = "the sizes of one kind's items" if kind is None else f"the sizes of the {kind!r} items"
+        beyond = "" if total is None else f" ({total})"
+        super().__init__(
+            f"{what} add up to more than 2^63-1 bytes{beyond}, beyond what the state can count; "
+            "nothing was changed",
+            hint="check the catalog's sizes (one file is at most 2^40 bytes), or split the release",
+        )
+
+
 class WorkspaceError(PackagerError):
     """The release workspace is missing, incomplete or inconsistent."""
 

@@ -391,10 +391,10 @@ class Loader:
     def drop_refused(self) -> None:
         """With --skip-invalid: refused rows of a first ingest leave items (a re-ingest never wrote them)."""
         if self.direct:
-            for kind, rows, size in self.db.execute(
+            for kind, rows, size in self.state.summed(
                 f"SELECT {self.state.kind_name_sql('kind')}, COUNT(*), COALESCE(SUM(size), 0) FROM items "
                 "WHERE rowid IN (SELECT n FROM temp.bad) GROUP BY kind"
-            ).fetchall():
+            ):
                 self.totals[kind][0] -= rows
                 self.totals[kind][1] -= size
             self.db.execute("DELETE FROM items WHERE rowid IN (SELECT n FROM temp.bad)")
@@ -533,11 +533,11 @@ class Loader:
 
     def _add_new_totals(self) -> None:
         self.state.add_totals(
-            self.db.execute(
+            self.state.summed(
                 f"SELECT {self.state.kind_name_sql('kind')}, COUNT(*), 0, COUNT(*), COALESCE(SUM(size), 0) "
                 "FROM items WHERE rowid > ? GROUP BY kind",
                 (self.watermark,),
-            ).fetchall()
+            )
         )
 
     def close(self) -> None:

@@ -18,11 +18,12 @@ from pathlib import Path
 import orjson
 
 from . import layout
-from .errors import EnvironmentProblem, WorkspaceError
+from .errors import EnvironmentProblem, TotalsOverflow, WorkspaceError
 from .hashing import ShardHashes
 from .state_migrate import MIGRATABLE, migrate
 from .state_release import ReleaseQueries
 from .state_schema import (
+    MAX_SQLITE_INTEGER,
     SCHEMA,
     SCHEMA_VERSION,
     MemberRow,
@@ -270,12 +271,22 @@ class State(ReleaseQueries):
         """(kind, items, removed, unplanned, unplanned bytes) of the items whose rowids the SQL selects (all
         items for None), by kind name."""
         where = "" if rowids_sql is None else f"WHERE i.rowid IN ({rowids_sql}) "
-        return self.db.execute(
+        return self.summed(
             f"SELECT {self.kind_name_sql('i.kind')}, COUNT(*), SUM(i.removed), "
             "SUM(i.removed = 0 AND m.item_rowid IS NULL), "
             "COALESCE(SUM(CASE WHEN i.removed = 0 AND m.item_rowid IS NULL THEN i.size END), 0) "
             f"FROM items i LEFT JOIN members m ON m.item_rowid = i.rowid {where}GROUP BY i.kind ORDER BY 1"
-        ).fetchall()
+        )
+
+    def summed(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """The rows of a query that sums items' sizes: TotalsOverflow where SQLite's SUM stops with "integer
+        overflow" (a sum beyond 2^63-1), which was a traceback."""
+        try:
+            return self.db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as e:
+            if "integer overflow" not in str(e):
+                raise
+            raise TotalsOverflow(None) from None
 
     def stored_totals(self) -> list[tuple[str, int, int, int, int]]:
         return self.db.execute(
@@ -289,13 +300,23 @@ class State(ReleaseQueries):
         self.db.executemany("INSERT INTO catalog_totals VALUES (?,?,?,?,?)", self.counted_totals())
 
     def add_totals(self, rows: Iterable[tuple[str, int, int, int, int]]) -> None:
-        """Add (kind, items, removed, unplanned, unplanned bytes) deltas. Call in a transaction."""
+        """Add (kind, items, removed, unplanned, unplanned bytes) deltas. Call in a transaction. Added here,
+        not in SQL: SQLite's integer sum beyond 2^63-1 silently becomes a REAL; TotalsOverflow instead."""
+        totals: dict[str, list] = {}
+        for kind, *deltas in rows:
+            if kind not in totals:
+                stored = self.db.execute(
+                    "SELECT items, removed, unplanned, unplanned_bytes FROM catalog_totals WHERE kind = ?",
+                    (kind,),
+                ).fetchone()
+                totals[kind] = list(stored or (0, 0, 0, 0))
+            t = totals[kind]
+            for k, delta in enumerate(deltas):
+                t[k] += delta
+                if t[k] > MAX_SQLITE_INTEGER:
+                    raise TotalsOverflow(kind, t[k])
         self.db.executemany(
-            "INSERT INTO catalog_totals VALUES (?,?,?,?,?) ON CONFLICT (kind) DO UPDATE SET "
-            "items = items + excluded.items, removed = removed + excluded.removed, "
-            "unplanned = unplanned + excluded.unplanned, unplanned_bytes = unplanned_bytes + "
-            "excluded.unplanned_bytes",
-            rows,
+            "INSERT OR REPLACE INTO catalog_totals VALUES (?,?,?,?,?)", [(k, *t) for k, t in totals.items()]
         )
 
     # ---- plan -----------------------------------------------------------------------------------

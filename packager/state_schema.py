@@ -13,6 +13,7 @@ import orjson
 import xxhash
 
 SCHEMA_VERSION = 7
+MAX_SQLITE_INTEGER = 2**63 - 1  # the largest value an INTEGER column holds; beyond it SQLite has REALs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -67,6 +67,7 @@ HOSTILE = [
     b'{"id":"a","path":"audio/a.ogg","kind":"audio","popularity":1e400,"size":1}',
     b'{"id":"a","path":"audio/a.ogg","kind":"audio","popularity":1,"size":123456789012345678901234567890}',
     b'{"id":"a","path":"audio/a.ogg","kind":"audio","popularity":1,"size":-1}',
+    b'{"id":"a","path":"audio/a.ogg","kind":"audio","popularity":1,"size":1099511627777}',  # over 2^40
     b'{"id":"a","path":"audio/a.ogg","kind":"audio","popularity":1,"size":3.0}',
     b'{"id":"a","path":"audio/a.ogg","kind":"audio","popularity":"2.5","size":"3"}',
     b'{"id":7,"path":"audio/7.ogg","kind":"audio","popularity":1,"size":1}',

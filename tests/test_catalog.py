@@ -634,7 +634,7 @@ def test_parquet_size_beyond_sqlite_and_a_bad_mtime(workspace, archive):
     ]
     cat = write_parquet(archive.base / "c.parquet", rows, schema)
     err = rejected(workspace, cat, trust_sizes=True)
-    assert_reported(err, cat, 2, "size 18446744073709551615 is too large (at most 2^63-1 bytes)")
+    assert_reported(err, cat, 2, "size 18446744073709551615 is too large for one file (at most 2^40 bytes")
     assert_reported(err, cat, 3, "mtime -1 is not Unix seconds")
 
 
@@ -651,6 +651,90 @@ def test_size_too_large_for_sqlite_is_exit_2_with_the_line(workspace, archive):
     assert result.exit_code == 2, result.output
     assert f"{cat}:2" in result.output and "too large" in result.output
     assert count(workspace) == 0
+
+
+def ingest_cli(workspace: Path, *args: str):
+    from typer.testing import CliRunner
+
+    from packager.cli import app
+
+    return CliRunner().invoke(app, ["ingest", str(workspace), *args])
+
+
+def test_a_size_beyond_one_tebibyte_is_a_problem_at_its_line_that_skip_invalid_skips(workspace, archive):
+    cat = archive.jsonl([trusted(0), trusted(1) | {"size": 2**40 + 1}, trusted(2) | {"size": 2**63 - 1}])
+    result = ingest_cli(workspace, str(cat), "--trust-sizes")
+    assert result.exit_code == 2, result.output
+    assert f"{cat}:2 (id t001): size 1099511627777 is too large for one file" in result.output
+    assert f"{cat}:3 (id t002): size 9223372036854775807 is too large" in result.output
+    assert "Traceback" not in result.output and count(workspace) == 0
+    rejects = archive.base / "rejects.jsonl"
+    result = ingest_cli(workspace, str(cat), "--trust-sizes", "--skip-invalid", "--rejects", str(rejects))
+    assert result.exit_code == 0, result.output
+    assert count(workspace) == 1
+    assert [json.loads(x)["line"] for x in rejects.read_text().splitlines()] == [2, 3]
+    totals_agree(workspace)
+
+
+def test_a_size_beyond_one_tebibyte_sends_an_arrow_block_back_to_its_problem(workspace, archive):
+    rows = [trusted(i) for i in range(12_000)]  # over 1 MiB: one block for arrow_jsonl (ARROW_MIN_BLOCK)
+    rows[7_000]["size"] = 2**40 + 1
+    cat = archive.jsonl(rows)
+    assert cat.stat().st_size > 2**20
+    result = ingest_cli(workspace, str(cat), "--trust-sizes")
+    assert result.exit_code == 2, result.output
+    assert f"{cat}:7001 (id t7000): size 1099511627777 is too large for one file" in result.output
+    assert count(workspace) == 0
+
+
+def test_a_sparse_file_beyond_one_tebibyte_is_a_problem(workspace, archive):
+    archive.add("audio/big.ogg", 0)
+    try:
+        os.truncate(archive.root / "audio/big.ogg", 2**40 + 1)
+    except OSError as e:
+        pytest.skip(f"no sparse file of 1 TiB here: {e.strerror}")
+    cat = archive.jsonl([{"id": "big", "path": "audio/big.ogg", "kind": "audio", "popularity": 1}])
+    err = rejected(workspace, cat)
+    assert_reported(err, cat, 1, "file 'audio/big.ogg' has 1099511627777 bytes, too many for one file")
+
+
+@pytest.fixture
+def unbounded_sizes(monkeypatch):
+    """Sizes up to 2^63-1, as before MAX_FILE_SIZE: a total beyond SQLite's integers without 2^23 rows."""
+    from packager.catalog import arrow_jsonl, checks
+
+    monkeypatch.setattr(checks, "MAX_FILE_SIZE", 2**63 - 1)
+    monkeypatch.setattr(arrow_jsonl, "MAX_FILE_SIZE", 2**63 - 1)
+
+
+def assert_totals_refused(result, workspace: Path, before: list) -> None:
+    assert result.exit_code == 2, result.output
+    assert "add up to more than 2^63-1 bytes" in result.output and "nothing was changed" in result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    with open_state(workspace) as state:
+        assert state.stored_totals() == before
+        assert all(type(v) is int for row in before for v in row[1:])
+    totals_agree(workspace)
+
+
+def test_totals_beyond_sqlite_integers_are_refused_on_a_first_ingest(workspace, archive, unbounded_sizes):
+    cat = archive.jsonl([trusted(0, size=2**62 + 1), trusted(1, size=2**62)])
+    result = ingest_cli(workspace, str(cat), "--trust-sizes")
+    assert "the sizes of the 'audio' items add up" in result.output
+    assert_totals_refused(result, workspace, [])
+    assert count(workspace) == 0
+
+
+@pytest.mark.parametrize("new", [[2**62], [2**62, 2**62]], ids=["one-more", "summed-by-sqlite"])
+def test_totals_beyond_sqlite_integers_are_refused_on_a_reingest(workspace, archive, unbounded_sizes, new):
+    first = [trusted(0, size=2**62 + 1)]
+    assert ingest_cli(workspace, str(archive.jsonl(first)), "--trust-sizes").exit_code == 0
+    with open_state(workspace) as state:
+        before = state.stored_totals()
+    more = [trusted(1 + k, size=size) for k, size in enumerate(new)]
+    result = ingest_cli(workspace, str(archive.jsonl(first + more, "c2.jsonl")), "--trust-sizes")
+    assert_totals_refused(result, workspace, before)
+    assert count(workspace) == 1
 
 
 @pytest.mark.parametrize("item_id", ["a\x1b[2Jb", "tab\there", "nul\x00", "del\x7f", "\ud800x"])

@@ -21,7 +21,7 @@ import xxhash
 
 from ..config import USTAR_MTIME_LIMIT
 from ..state_schema import ID_MARK
-from .checks import RESERVED_PREFIX, Checker
+from .checks import MAX_FILE_SIZE, RESERVED_PREFIX, Checker
 
 _KNOWN = pa.schema(
     [
@@ -139,6 +139,7 @@ def _checked_columns(table: pa.Table, checker: Checker, escaped: bool) -> tuple 
         pc.invert(pc.is_in(kind, pa.array(sorted(checker.kinds), pa.string()))),
         pc.invert(pc.is_finite(popularity)),
         pc.less(size, 0),
+        pc.greater(size, MAX_FILE_SIZE),
     ]
     if mtime.null_count < n:
         refused.append(pc.or_kleene(pc.less(mtime, 0), pc.greater_equal(mtime, USTAR_MTIME_LIMIT)))

@@ -87,7 +87,9 @@ def _number(value: object) -> float | str:
     return f
 
 
-MAX_SQLITE_INTEGER = 2**63 - 1
+# No one file of an archive is near 1 TiB: a size beyond it is a mistake in the catalog (or a sparse file),
+# and it bounds the totals of a kind (state.add_totals refuses a total beyond SQLite's integers).
+MAX_FILE_SIZE = 2**40
 
 
 def _integer(value: object) -> int | None:
@@ -208,6 +210,8 @@ class Checker:
             return None, f"file {rel!r} is not readable"
         if size is not None and st.st_size != size:
             return None, f"size mismatch for {rel!r}: catalog says {size} bytes, the file has {st.st_size}"
+        if st.st_size > MAX_FILE_SIZE:
+            return None, f"file {rel!r} has {st.st_size} bytes, too many for one file (at most 2^40, 1 TiB)"
         return st.st_size, None
 
     def check(self, row: RawRow) -> tuple[tuple | None, str | None]:
@@ -242,15 +246,15 @@ class Checker:
             if type(popularity) is str:
                 return None, popularity
         size = f.get("size")
-        if type(size) is not int or size < 0 or size > MAX_SQLITE_INTEGER:
+        if type(size) is not int or size < 0 or size > MAX_FILE_SIZE:
             if size is None or size == "":
                 size = None
             else:
                 size = _integer(size)
                 if size is None or size < 0:
                     return None, f"size {f.get('size')!r} is not a whole number of bytes"
-                if size > MAX_SQLITE_INTEGER:
-                    return None, f"size {size} is too large (at most 2^63-1 bytes)"
+                if size > MAX_FILE_SIZE:
+                    return None, f"size {size} is too large for one file (at most 2^40 bytes, 1 TiB)"
         mtime = f.get("mtime")
         if mtime is not None and (type(mtime) is not int or not 0 <= mtime < USTAR_MTIME_LIMIT):
             if mtime == "":
