@@ -94,16 +94,24 @@ def refuse_non_regular(path: Path) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISREG(info.st_mode):
-        what = (
-            "a symlink" if stat.S_ISLNK(info.st_mode)
-            else "a folder" if stat.S_ISDIR(info.st_mode)
-            else "a pipe" if stat.S_ISFIFO(info.st_mode)
-            else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
-            else "not a file"
-        )  # fmt: skip
         raise NotRegularFile(
-            errno.EEXIST, f"is there and is {what}, not a regular file: it would be replaced", str(path)
+            errno.EEXIST,
+            f"is there and is {file_type(info.st_mode)}, not a regular file: it would be replaced",
+            str(path),
         )
+
+
+def file_type(mode: int) -> str:
+    """What a file of this st_mode is, in a message's words ("a pipe", "a folder", ...)."""
+    return (
+        "a regular file" if stat.S_ISREG(mode)
+        else "a symlink" if stat.S_ISLNK(mode)
+        else "a folder" if stat.S_ISDIR(mode)
+        else "a pipe" if stat.S_ISFIFO(mode)
+        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "not a file"
+    )  # fmt: skip
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:

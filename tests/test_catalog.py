@@ -1837,3 +1837,39 @@ def test_an_atomic_write_refuses_to_replace_what_is_not_a_regular_file(tmp_path)
     write_atomic(plain, b"1")
     write_atomic(plain, b"2")
     assert plain.read_bytes() == b"2"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_catalog_that_is_not_a_regular_file_says_what_it_is_and_is_never_opened(workspace, archive, kind):
+    import threading
+
+    cat = archive.base / "c.jsonl"
+    if kind == "fifo":
+        os.mkfifo(cat)  # an open for reading would block until a writer comes
+    elif kind == "device":
+        cat.symlink_to(os.devnull)  # a symlink to a catalog is one: it is followed
+    else:
+        cat.mkdir()
+    results = []
+    ingesting = threading.Thread(
+        target=lambda: results.append(ingest_cli(workspace, str(cat), "--trust-sizes"))
+    )
+    ingesting.start()
+    ingesting.join(20)
+    if ingesting.is_alive():  # blocked in an open of the FIFO: a writer that closes at once ends it
+        os.close(os.open(cat, os.O_WRONLY | os.O_NONBLOCK))
+        ingesting.join()
+        pytest.fail("the ingest opened the FIFO")
+    what = {"fifo": "a pipe", "device": "a device", "folder": "a folder"}[kind]
+    assert results[0].exit_code == 2, results[0].output
+    assert f"{cat}: is {what}, not a regular file" in results[0].output
+    assert "not found" not in results[0].output and count(workspace) == 0
+
+
+def test_a_catalog_through_a_symlink_is_read_and_a_missing_one_not_found(workspace, archive):
+    link = archive.base / "link.jsonl"
+    link.symlink_to(archive.jsonl([trusted(0)]))
+    assert ingest_cli(workspace, str(link), "--trust-sizes").exit_code == 0
+    assert count(workspace) == 1
+    result = ingest_cli(workspace, str(archive.base / "gone.jsonl"), "--trust-sizes")
+    assert result.exit_code == 2 and "gone.jsonl: catalog not found" in result.output

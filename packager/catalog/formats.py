@@ -3,10 +3,12 @@ maybe compressed), and how reports name a catalog."""
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UsageError
+from ..fsutil import file_type
 from .compression import COMPRESSED_SUFFIXES, catalog_suffix, compression_of
 from .jsonl import read_jsonl
 from .rows import RawRow
@@ -15,14 +17,30 @@ from .tables import read_csv, read_parquet, read_sqlite
 SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 TEXT_SUFFIXES = JSONL_SUFFIXES + (".csv", ".tsv")
+_CATALOG_HINT = "give the path of a .jsonl, .csv, .parquet or .sqlite file"
 
 
 def read_catalog(path: Path, table: str | None = None, seed: int = 0) -> Iterator[RawRow]:
     """Rows of a catalog file, chosen by extension (.jsonl/.ndjson, .csv/.tsv, .parquet, .sqlite/.db)."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        # stat, never open: a FIFO would block its opener until some program writes to it. A symlink to a
+        # catalog is one (stat follows it).
+        info = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: catalog not found", hint=_CATALOG_HINT) from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the catalog ({e.strerror})", hint=_CATALOG_HINT) from None
+    if not stat.S_ISREG(info.st_mode):
+        streamed = not stat.S_ISDIR(info.st_mode)
         raise UsageError(
-            f"{path}: catalog not found", hint="give the path of a .jsonl, .csv, .parquet or .sqlite file"
+            f"{path}: is {file_type(info.st_mode)}, not a regular file",
+            hint=_CATALOG_HINT
+            + (
+                "; an ingest reads a catalog more than once: save a stream to a file first"
+                if streamed
+                else ""
+            ),
         )
     suffix, compression = catalog_suffix(path)
     if compression is not None and suffix not in TEXT_SUFFIXES:
