@@ -44,6 +44,8 @@ TEMP_TABLES = (
 # A first ingest inserts keyed rows into items_ph (partial, over keyed rows only) up to this many, and builds
 # it in one sort after the inserts beyond.
 KEYED_INSERTS = 2**20
+# Absent items a report names, the first by id (the count is always whole).
+ABSENT_LISTED = 20
 # Fields of an item that may change after it is planned, even once its shard is built: no shard holds them.
 FREE_IN_A_SHARD = frozenset({"popularity", "extra"})
 
@@ -64,7 +66,7 @@ class Outcome:
     changed: int = 0
     unchanged: int = 0
     absent: int = 0
-    absent_ids: list[str] = field(default_factory=list)  # a few, to show
+    absent_ids: list[str] = field(default_factory=list)  # the first ABSENT_LISTED, by id
     removal: dict[str, int] = field(default_factory=dict)  # --mark-absent: outcome -> count
 
 
@@ -471,7 +473,7 @@ class Loader:
 
     def _count_absent(self, out: Outcome, matched_ids: int) -> None:
         """Present items named by no row: counted from the totals and the merge, without a scan of items;
-        a few are listed (the anti-join stops at the first 20)."""
+        the first ABSENT_LISTED are listed (the anti-join stops there)."""
         db = self.db
         present_before = (
             db.execute("SELECT COALESCE(SUM(items - removed), 0) FROM catalog_totals").fetchone()[0]
@@ -496,7 +498,7 @@ class Loader:
         ).fetchone()[0]
         out.absent = max(0, present_before - (matched_ids - matched_removed) - unread_known)
         if out.absent:
-            self._list_absent(20)
+            self._list_absent(ABSENT_LISTED)
             out.absent_ids = [r[0] for r in db.execute("SELECT id FROM temp.gone ORDER BY id")]
 
     def _list_absent(self, limit: int | None) -> None:

@@ -480,6 +480,25 @@ def test_reingest_reports_new_changed_unchanged_and_absent(workspace, archive):
     assert (again.added, again.changed, again.unchanged, again.absent) == (0, 0, 10, 2)
 
 
+def test_a_reingest_says_how_many_absent_items_it_does_not_name(workspace, archive):
+    run(workspace, archive.jsonl([trusted(i) for i in range(26)]), trust_sizes=True)
+    kept = archive.jsonl([trusted(25)], "kept.jsonl")
+    result = ingest_cli(workspace, str(kept), "--trust-sizes", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["absent"] == 25 and report["absent_unlisted"] == 5
+    assert report["absent_ids"] == [f"t{i:03d}" for i in range(20)]
+    result = ingest_cli(workspace, str(kept), "--trust-sizes")
+    assert "25 known items are absent from the catalog (t000, t001, t002, t003, t004 and 20 more)" in (
+        result.output
+    )
+    result = ingest_cli(workspace, str(kept), "--trust-sizes", "--mark-absent")
+    assert (
+        "marked removed (25 will not be planned): t000, t001, t002, t003, t004 and 20 more" in result.output
+    )
+    assert count(workspace) == 26
+
+
 def test_mark_absent_follows_the_rules_of_remove(workspace, archive):
     from tests.helpers import shard_members
 

@@ -30,7 +30,7 @@ class IngestReport:
     unchanged: int = 0
     rejected: int = 0
     absent: int = 0  # present items that no row of these catalogs names
-    absent_ids: list[str] = field(default_factory=list)  # the first few, by id
+    absent_ids: list[str] = field(default_factory=list)  # the first ingest.ABSENT_LISTED, by id
     marked_absent: dict[str, int] = field(default_factory=dict)  # --mark-absent: outcome -> items
     problems: list[CatalogProblem] = field(default_factory=list)
     problem_count: int = 0
@@ -45,6 +45,7 @@ class IngestReport:
             "rejected": self.rejected,
             "absent": self.absent,
             "absent_ids": self.absent_ids,
+            "absent_unlisted": self.absent - len(self.absent_ids),  # absent items absent_ids leaves out
             "marked_absent": self.marked_absent,
             "rejects_file": str(self.rejects_file) if self.rejects_file else None,
             "problems": [vars(p) for p in self.problems],

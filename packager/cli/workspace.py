@@ -96,7 +96,9 @@ def ingest(
         f"{report.unchanged} unchanged, {report.rejected} rejected"
     )
     if report.absent:
-        shown = ", ".join(report.absent_ids[:5]) + (", ..." if report.absent > 5 else "")
+        shown = ", ".join(report.absent_ids[:5])
+        if report.absent > 5:
+            shown += f" and {report.absent - 5} more"
         if report.marked_absent:
             outcomes = {"unplanned": "will not be planned", "dropped": "left unbuilt shards",
                         "stays": "stay in built shards, marked"}  # fmt: skip
