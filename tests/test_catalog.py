@@ -657,6 +657,24 @@ def test_parquet_size_beyond_sqlite_and_a_bad_mtime(workspace, archive):
     assert_reported(err, cat, 3, "mtime -1 is not Unix seconds")
 
 
+@pytest.mark.parametrize("unit, tz", [("s", None), ("ms", "Europe/Berlin"), ("ns", "UTC")])
+def test_a_parquet_timestamp_mtime_is_read_as_unix_seconds(workspace, archive, unit, tz):
+    import datetime
+
+    import pyarrow as pa
+
+    columns = [("id", pa.string()), ("path", pa.string()), ("kind", pa.string())]
+    columns += [("popularity", pa.float64()), ("size", pa.int64()), ("mtime", pa.timestamp(unit, tz))]
+    utc = datetime.UTC
+    when = datetime.datetime(2020, 1, 2, 3, 4, 5, 678000, tzinfo=utc)
+    rows = [trusted(0) | {"mtime": when if tz else when.replace(tzinfo=None)}, trusted(1) | {"mtime": None}]
+    cat = write_parquet(archive.base / "c.parquet", rows, pa.schema(columns))
+    assert run(workspace, cat, trust_sizes=True).added == 2
+    with open_state(workspace) as state:
+        mtimes = state.db.execute("SELECT id, mtime FROM items ORDER BY id").fetchall()
+    assert mtimes == [("t000", 1577934245), ("t001", None)]
+
+
 # ---- rough edges (issue 13) --------------------------------------------------------------------------
 
 

@@ -178,6 +178,24 @@ def _parquet_schema_problem(schema) -> str | None:
     return None
 
 
+def _mtime_seconds(schema):
+    """For an mtime column of Parquet timestamps: a batch's with its values as Unix seconds (whole, cut
+    toward zero), as a catalog's mtime is; else None. pyarrow gives datetime objects, which every row then
+    refused as "not Unix seconds". A timestamp without a time zone is taken as UTC, as Arrow stores it."""
+    import pyarrow as pa  # a Parquet catalog only: pyarrow is imported by its reader already
+    import pyarrow.types as pt  # likewise
+
+    if "mtime" not in schema.names or not pt.is_timestamp(schema.field("mtime").type):
+        return None
+
+    def seconds(batch):
+        k = batch.schema.get_field_index("mtime")
+        column = batch.column(k).cast(pa.timestamp("s"), safe=False).cast(pa.int64())
+        return batch.set_column(k, "mtime", column)
+
+    return seconds
+
+
 def read_parquet(path: Path) -> Iterator[RawRow]:
     """Rows of a Parquet file, numbered from 1 in file order (the "line" of every report)."""
     try:
@@ -192,8 +210,11 @@ def read_parquet(path: Path) -> Iterator[RawRow]:
     if wrong:
         raise UsageError(f"{path}: {wrong}", hint="cast the column to a double or a string when writing it")
     name, n = str(path), 0
+    seconds = _mtime_seconds(pf.schema_arrow)
     try:
         for batch in pf.iter_batches(batch_size=16_384):
+            if seconds is not None:
+                batch = seconds(batch)
             for values in batch.to_pylist():
                 n += 1
                 row, bad = {}, None
